@@ -1,0 +1,222 @@
+//! Receiver-side rate control for pulls: a simplified BBR.
+//!
+//! The puller decides how many bytes may be requested but not yet delivered (the
+//! window) and how fast requests leave (the pacing rate). Both come from a model of the
+//! path — the bottleneck delivery rate (a windowed max of measured rates) and the
+//! minimum RTT — not from loss, because random loss is not congestion: loss-driven
+//! control collapses on lossy links. The window (2x the bandwidth-delay product) still
+//! bounds the queue this flow can build, which is what lets competing flows keep a share.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Smallest window: enough to keep a few chunks moving at start and after idle.
+pub const MIN_WINDOW: u64 = 64 * 1024;
+const MAX_WINDOW: u64 = 256 << 20;
+/// Startup gain (2/ln 2, as BBR) and the steady probing cycle.
+const STARTUP_GAIN: f64 = 2.89;
+const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+const BW_FILTER_ROUNDS: usize = 10;
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Startup,
+    Drain,
+    ProbeBw,
+}
+
+#[derive(Debug)]
+pub struct RateControl {
+    mode: Mode,
+    /// Recent per-round delivery rates (bytes/s), newest last.
+    bw_samples: VecDeque<f64>,
+    btl_bw: f64,
+    min_rtt: Duration,
+    min_rtt_at: Instant,
+    srtt: Duration,
+    rttvar: Duration,
+    has_rtt: bool,
+    round_start: Instant,
+    round_delivered: u64,
+    full_bw: f64,
+    full_bw_rounds: u32,
+    cycle_idx: usize,
+    cycle_start: Instant,
+    /// Consecutive loss timeouts without any delivery in between (blackout backoff).
+    pub backoff: u32,
+}
+
+impl RateControl {
+    pub fn new(now: Instant, initial_rtt: Duration) -> Self {
+        let rtt = initial_rtt.max(Duration::from_micros(50));
+        Self {
+            mode: Mode::Startup,
+            bw_samples: VecDeque::new(),
+            btl_bw: 0.0,
+            min_rtt: rtt,
+            min_rtt_at: now,
+            srtt: rtt,
+            rttvar: rtt / 2,
+            has_rtt: false,
+            round_start: now,
+            round_delivered: 0,
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+            cycle_idx: 0,
+            cycle_start: now,
+            backoff: 0,
+        }
+    }
+
+    pub fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
+        if !self.has_rtt {
+            self.srtt = rtt;
+            self.rttvar = rtt / 2;
+            self.has_rtt = true;
+        } else {
+            let diff = self.srtt.abs_diff(rtt);
+            self.rttvar = (self.rttvar * 3 + diff) / 4;
+            self.srtt = (self.srtt * 7 + rtt) / 8;
+        }
+        if rtt <= self.min_rtt || now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW {
+            self.min_rtt = rtt;
+            self.min_rtt_at = now;
+        }
+    }
+
+    /// Records newly delivered bytes; closes a measurement round every RTT.
+    pub fn on_delivered(&mut self, now: Instant, bytes: u64) {
+        self.backoff = 0;
+        self.round_delivered += bytes;
+        let elapsed = now.saturating_duration_since(self.round_start);
+        let round = self.srtt.max(Duration::from_millis(1));
+        if elapsed < round {
+            return;
+        }
+        let rate = self.round_delivered as f64 / elapsed.as_secs_f64();
+        self.round_start = now;
+        self.round_delivered = 0;
+        self.bw_samples.push_back(rate);
+        if self.bw_samples.len() > BW_FILTER_ROUNDS {
+            self.bw_samples.pop_front();
+        }
+        self.btl_bw = self.bw_samples.iter().copied().fold(0.0, f64::max);
+        self.advance_mode(now);
+    }
+
+    fn advance_mode(&mut self, now: Instant) {
+        match self.mode {
+            Mode::Startup => {
+                if self.btl_bw >= self.full_bw * 1.25 {
+                    self.full_bw = self.btl_bw;
+                    self.full_bw_rounds = 0;
+                } else {
+                    self.full_bw_rounds += 1;
+                    if self.full_bw_rounds >= 3 {
+                        self.mode = Mode::Drain;
+                    }
+                }
+            }
+            Mode::Drain => {
+                self.mode = Mode::ProbeBw;
+                self.cycle_idx = 0;
+                self.cycle_start = now;
+            }
+            Mode::ProbeBw => {
+                if now.saturating_duration_since(self.cycle_start)
+                    >= self.min_rtt.max(Duration::from_millis(1))
+                {
+                    self.cycle_idx = (self.cycle_idx + 1) % PROBE_GAINS.len();
+                    self.cycle_start = now;
+                }
+            }
+        }
+    }
+
+    /// A loss timeout fired with nothing delivered since the last one.
+    pub fn on_timeout(&mut self) {
+        self.backoff = self.backoff.saturating_add(1);
+    }
+
+    fn bdp(&self) -> f64 {
+        self.btl_bw * self.min_rtt.as_secs_f64()
+    }
+
+    /// Bytes that may be requested and not yet delivered.
+    pub fn window(&self) -> u64 {
+        if self.backoff > 0 {
+            // Blackout: probe with little until something gets through.
+            return 16 * 1024;
+        }
+        let w = match self.mode {
+            Mode::Startup if self.btl_bw == 0.0 => return MIN_WINDOW,
+            Mode::Startup => STARTUP_GAIN * 1.5 * self.bdp(),
+            _ => 2.0 * self.bdp(),
+        };
+        // Room for one loss-detection delay of re-requests beyond the bare BDP.
+        let w = w + self.btl_bw * self.rto().as_secs_f64() * 0.5;
+        (w as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+    }
+
+    /// Bytes per second at which requests may ask for data.
+    pub fn pacing_rate(&self) -> f64 {
+        let floor = MIN_WINDOW as f64 / self.srtt.as_secs_f64().max(1e-4);
+        let gain = match self.mode {
+            Mode::Startup => STARTUP_GAIN,
+            Mode::Drain => 1.0 / STARTUP_GAIN,
+            Mode::ProbeBw => PROBE_GAINS[self.cycle_idx],
+        };
+        if self.btl_bw == 0.0 {
+            return floor * STARTUP_GAIN;
+        }
+        (self.btl_bw * gain).max(floor)
+    }
+
+    /// How long after a request its data counts as lost. Doubles per blackout timeout.
+    pub fn rto(&self) -> Duration {
+        let base = self.srtt + (self.rttvar * 4).max(Duration::from_millis(2));
+        let base = base.max(Duration::from_millis(4));
+        let mult = 1u32 << self.backoff.min(8);
+        (base * mult).min(Duration::from_secs(2))
+    }
+
+    pub fn srtt(&self) -> Duration {
+        self.srtt
+    }
+    pub fn min_rtt(&self) -> Duration {
+        self.min_rtt
+    }
+    pub fn bandwidth(&self) -> f64 {
+        self.btl_bw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_tracks_bdp_and_backs_off() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(40));
+        assert_eq!(cc.window(), MIN_WINDOW);
+        // Deliver 25 MB/s for a few seconds at 40 ms RTT.
+        let mut t = t0;
+        for _ in 0..200 {
+            t += Duration::from_millis(10);
+            cc.on_rtt_sample(t, Duration::from_millis(40));
+            cc.on_delivered(t, 250_000);
+        }
+        let bdp = 25e6 * 0.040;
+        let w = cc.window() as f64;
+        assert!(w >= 2.0 * bdp && w <= 4.0 * bdp, "window {w} vs bdp {bdp}");
+        assert!((cc.bandwidth() - 25e6).abs() / 25e6 < 0.05);
+        let rto = cc.rto();
+        cc.on_timeout();
+        assert_eq!(cc.window(), 16 * 1024);
+        assert!(cc.rto() >= rto * 2);
+        cc.on_delivered(t, 1);
+        assert_eq!(cc.backoff, 0);
+    }
+}

@@ -1,0 +1,297 @@
+//! Symmetric crypto: chunk encryption under the per-exposure content key, the exposer's
+//! stateless address-validation tokens, and sealed REQUEST bodies.
+//!
+//! All of it is ChaCha20-Poly1305. Chunk nonces come from (object, index), which is
+//! safe because a content key belongs to one exposure and every (object, index) always
+//! carries the same plaintext; the associated data binds exposure id, object, index and
+//! total length, so a chunk cannot be moved, replayed across exposures or truncated.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use crate::wire::{ExposureId, Object, Reader, Writer};
+
+pub const TAG_LEN: usize = 16;
+
+/// Fills `buf` from the OS CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // The OS RNG failing is not recoverable and not attacker-controlled.
+    getrandom::getrandom(&mut b).expect("OS random number generator failed");
+    b
+}
+
+fn chunk_nonce(object: Object, index: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[0] = object as u8;
+    n[4..].copy_from_slice(&index.to_le_bytes());
+    Nonce::from(n)
+}
+
+fn chunk_aad(exposure: &ExposureId, object: Object, index: u64, total_len: u64) -> [u8; 33] {
+    let mut a = [0u8; 33];
+    a[..16].copy_from_slice(exposure);
+    a[16] = object as u8;
+    a[17..25].copy_from_slice(&index.to_le_bytes());
+    a[25..].copy_from_slice(&total_len.to_le_bytes());
+    a
+}
+
+/// Encryption of one exposure's chunks.
+#[derive(Clone)]
+pub struct ContentCipher {
+    aead: ChaCha20Poly1305,
+    exposure: ExposureId,
+    total_len: u64,
+}
+
+impl ContentCipher {
+    pub fn new(key: &[u8; 32], exposure: ExposureId, total_len: u64) -> Self {
+        Self {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            exposure,
+            total_len,
+        }
+    }
+
+    /// Encrypts `buf` (the plaintext chunk) in place and appends the tag.
+    pub fn seal(&self, object: Object, index: u64, buf: &mut Vec<u8>) {
+        let aad = chunk_aad(&self.exposure, object, index, self.total_len);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&chunk_nonce(object, index), &aad, buf)
+            .expect("chunk below the AEAD length limit");
+        buf.extend_from_slice(&tag);
+    }
+
+    /// Decrypts a sealed chunk in place; on success `buf` holds the plaintext.
+    pub fn open(&self, object: Object, index: u64, buf: &mut Vec<u8>) -> bool {
+        if buf.len() < TAG_LEN {
+            return false;
+        }
+        let split = buf.len() - TAG_LEN;
+        let tag = Tag::clone_from_slice(&buf[split..]);
+        let aad = chunk_aad(&self.exposure, object, index, self.total_len);
+        let ok = self
+            .aead
+            .decrypt_in_place_detached(&chunk_nonce(object, index), &aad, &mut buf[..split], &tag)
+            .is_ok();
+        if ok {
+            buf.truncate(split);
+        }
+        ok
+    }
+}
+
+/// Seals and opens REQUEST bodies with a per-puller request key.
+pub struct RequestSealer {
+    aead: ChaCha20Poly1305,
+}
+
+impl RequestSealer {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+        }
+    }
+    fn nonce(seq: u64) -> Nonce {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&seq.to_le_bytes());
+        Nonce::from(n)
+    }
+    /// Appends `plain` sealed under `seq` with `header` as associated data.
+    pub fn seal(&self, seq: u64, header: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&Self::nonce(seq), header, &mut out[start..])
+            .expect("request below the AEAD length limit");
+        out.extend_from_slice(&tag);
+    }
+    pub fn open(&self, seq: u64, header: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let split = sealed.len().checked_sub(TAG_LEN)?;
+        let mut buf = sealed[..split].to_vec();
+        let tag = Tag::clone_from_slice(&sealed[split..]);
+        self.aead
+            .decrypt_in_place_detached(&Self::nonce(seq), header, &mut buf, &tag)
+            .ok()?;
+        Some(buf)
+    }
+}
+
+/// What a token vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// Kind: a RETRY cookie only validates the address; a session token also carries
+    /// the request key and the datagram size agreed in the handshake.
+    pub session: bool,
+    pub addr: SocketAddr,
+    /// Expiry, in milliseconds on the exposer's own clock.
+    pub expires_ms: u64,
+    pub exposure: ExposureId,
+    pub max_datagram: u16,
+    pub request_key: [u8; 32],
+}
+
+const TOKEN_NONCE_LEN: usize = 12;
+/// Sealed token length: nonce, claims, tag.
+pub const TOKEN_LEN: usize = TOKEN_NONCE_LEN + (1 + 16 + 2 + 8 + 16 + 2 + 32) + TAG_LEN;
+
+/// The exposer's stateless token minting: an AEAD under a secret only it knows, so a
+/// token proves that the exposer issued it to that address (QUIC Retry / WireGuard
+/// cookies). Restarting the exposer invalidates every token, which pullers handle by
+/// handshaking again.
+pub struct TokenKey {
+    aead: ChaCha20Poly1305,
+}
+
+impl TokenKey {
+    pub fn random() -> Self {
+        Self::from_bytes(&random_bytes::<32>())
+    }
+    pub fn from_bytes(k: &[u8; 32]) -> Self {
+        Self {
+            aead: ChaCha20Poly1305::new(Key::from_slice(k)),
+        }
+    }
+
+    pub fn seal(&self, c: &TokenClaims) -> Vec<u8> {
+        let nonce: [u8; TOKEN_NONCE_LEN] = random_bytes();
+        let ip = match c.addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let mut w = Writer::with_capacity(TOKEN_LEN);
+        w.bytes(&nonce)
+            .u8(c.session as u8)
+            .bytes(&ip.octets())
+            .u16(c.addr.port())
+            .u64(c.expires_ms)
+            .bytes(&c.exposure)
+            .u16(c.max_datagram)
+            .bytes(&c.request_key);
+        let mut buf = w.buf;
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(
+                &Nonce::from(nonce),
+                b"rgtp token",
+                &mut buf[TOKEN_NONCE_LEN..],
+            )
+            .expect("token below the AEAD length limit");
+        buf.extend_from_slice(&tag);
+        buf
+    }
+
+    /// Opens a token; `None` if it is forged, damaged or not ours.
+    pub fn open(&self, token: &[u8]) -> Option<TokenClaims> {
+        if token.len() != TOKEN_LEN {
+            return None;
+        }
+        let nonce = Nonce::clone_from_slice(&token[..TOKEN_NONCE_LEN]);
+        let split = token.len() - TAG_LEN;
+        let mut plain = token[TOKEN_NONCE_LEN..split].to_vec();
+        let tag = Tag::clone_from_slice(&token[split..]);
+        self.aead
+            .decrypt_in_place_detached(&nonce, b"rgtp token", &mut plain, &tag)
+            .ok()?;
+        let mut r = Reader::new(&plain);
+        let session = r.u8().ok()? == 1;
+        let ip6 = Ipv6Addr::from(r.array::<16>().ok()?);
+        let port = r.u16().ok()?;
+        let ip = match ip6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(ip6),
+        };
+        Some(TokenClaims {
+            session,
+            addr: SocketAddr::new(ip, port),
+            expires_ms: r.u64().ok()?,
+            exposure: r.array().ok()?,
+            max_datagram: r.u16().ok()?,
+            request_key: r.array().ok()?,
+        })
+    }
+}
+
+/// Compares addresses the way tokens see them (IPv4-mapped IPv6 equals IPv4).
+pub fn same_addr(a: &SocketAddr, b: &SocketAddr) -> bool {
+    fn canon(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        }
+    }
+    a.port() == b.port() && canon(a.ip()) == canon(b.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_seal_open_and_binding() {
+        let key = [1u8; 32];
+        let c = ContentCipher::new(&key, [2; 16], 1000);
+        let mut buf = b"hello chunk".to_vec();
+        c.seal(Object::Content, 5, &mut buf);
+        assert_eq!(buf.len(), 11 + TAG_LEN);
+        let sealed = buf.clone();
+        assert!(c.open(Object::Content, 5, &mut buf));
+        assert_eq!(buf, b"hello chunk");
+        // Wrong index, object, exposure or total length: rejected.
+        let mut b = sealed.clone();
+        assert!(!c.open(Object::Content, 6, &mut b));
+        let mut b = sealed.clone();
+        assert!(!c.open(Object::Outboard, 5, &mut b));
+        let mut b = sealed.clone();
+        assert!(!ContentCipher::new(&key, [3; 16], 1000).open(Object::Content, 5, &mut b));
+        let mut b = sealed.clone();
+        assert!(!ContentCipher::new(&key, [2; 16], 999).open(Object::Content, 5, &mut b));
+        let mut b = sealed;
+        b[0] ^= 1;
+        assert!(!c.open(Object::Content, 5, &mut b));
+    }
+
+    #[test]
+    fn tokens_bind_address_and_reject_forgery() {
+        let k = TokenKey::random();
+        let claims = TokenClaims {
+            session: true,
+            addr: "127.0.0.1:4000".parse().unwrap(),
+            expires_ms: 12345,
+            exposure: [9; 16],
+            max_datagram: 1200,
+            request_key: [7; 32],
+        };
+        let t = k.seal(&claims);
+        assert_eq!(t.len(), TOKEN_LEN);
+        assert_eq!(k.open(&t), Some(claims.clone()));
+        let mut bad = t.clone();
+        bad[20] ^= 1;
+        assert_eq!(k.open(&bad), None);
+        assert_eq!(TokenKey::random().open(&t), None);
+        assert_eq!(k.open(&t[1..]), None);
+        let v6 = TokenClaims {
+            addr: "[::1]:5".parse().unwrap(),
+            ..claims
+        };
+        assert_eq!(k.open(&k.seal(&v6)).unwrap().addr, v6.addr);
+    }
+
+    #[test]
+    fn request_sealing() {
+        let s = RequestSealer::new(&[4; 32]);
+        let mut out = Vec::new();
+        s.seal(9, b"hdr", b"items", &mut out);
+        assert_eq!(s.open(9, b"hdr", &out).unwrap(), b"items");
+        assert!(s.open(10, b"hdr", &out).is_none());
+        assert!(s.open(9, b"hdX", &out).is_none());
+        assert!(RequestSealer::new(&[5; 32]).open(9, b"hdr", &out).is_none());
+    }
+}

@@ -1,0 +1,460 @@
+//! The exposer: a sans-IO state machine that answers HELLOs with authenticated
+//! manifests and REQUESTs with encrypted chunk fragments.
+//!
+//! It keeps no per-puller state: a REQUEST is served from the request alone, its token
+//! (sealed by the exposer) proving the source address and carrying the request key.
+//! The only per-source state is a bounded table of rate buckets.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::crypto::{random_bytes, same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey};
+use crate::handshake;
+use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::source::{ChunkSource, CipherCache};
+use crate::transmit::Transmit;
+use crate::wire::{
+    self, Data, ExposureId, Hello, Manifest, ManifestBody, Object, PacketType, Request,
+    RequestItem, Retry, Stale, Welcome, DATA_HEADER_LEN,
+};
+
+#[derive(Debug, Clone)]
+pub struct ExposerConfig {
+    /// Largest datagram this exposer sends (pullers may ask for less).
+    pub max_datagram: usize,
+    /// How long a session token stays valid.
+    pub token_lifetime: Duration,
+    /// Handshakes per second above which a HELLO without a RETRY token gets a RETRY
+    /// instead of Diffie-Hellman work. 0 means always demand a token.
+    pub retry_threshold: u32,
+    /// Memory for cached ciphertext, shared by all exposures.
+    pub cache_bytes: usize,
+    /// Most bytes one REQUEST may ask for.
+    pub max_request_bytes: usize,
+    /// Sending rate cap per source IP, bytes per second.
+    pub source_rate: u64,
+}
+
+impl Default for ExposerConfig {
+    fn default() -> Self {
+        Self {
+            max_datagram: wire::DEFAULT_MAX_DATAGRAM,
+            token_lifetime: Duration::from_secs(600),
+            retry_threshold: 1000,
+            cache_bytes: 64 << 20,
+            max_request_bytes: 8 << 20,
+            source_rate: 4 << 30,
+        }
+    }
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct ExposerStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub handshakes: u64,
+    pub retries_sent: u64,
+    pub stale_sent: u64,
+    pub dropped: u64,
+    pub encryptions: u64,
+    pub cache_hits: u64,
+    pub rate_limited: u64,
+}
+
+/// Public facts about an exposure, for printing URLs.
+#[derive(Debug, Clone)]
+pub struct ExposureInfo {
+    pub id: ExposureId,
+    pub name: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+struct Exposure {
+    info: ExposureInfo,
+    source: Box<dyn ChunkSource>,
+    content_key: [u8; 32],
+    cipher: ContentCipher,
+    /// Outboard bytes (chunk CVs), sealed lazily like content.
+    outboard: Vec<u8>,
+    chunk_count: u64,
+}
+
+impl Exposure {
+    fn object_len(&self, object: Object) -> u64 {
+        match object {
+            Object::Content => self.info.size,
+            Object::Outboard => self.outboard.len() as u64,
+        }
+    }
+    fn object_chunks(&self, object: Object) -> u64 {
+        match object {
+            Object::Content => self.chunk_count,
+            Object::Outboard => merkle::chunk_count(self.outboard.len() as u64),
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Bound on the per-source rate table; beyond it the table is cleared (a burst of
+/// sources then starts with full buckets, which only costs precision, never safety,
+/// since every source is address-validated before it gets bulk data).
+const MAX_BUCKETS: usize = 65_536;
+
+pub struct Exposer {
+    config: ExposerConfig,
+    static_private: [u8; 32],
+    token_key: TokenKey,
+    epoch: Instant,
+    exposures: HashMap<ExposureId, Exposure>,
+    by_name: HashMap<String, ExposureId>,
+    cache: CipherCache,
+    transmits: VecDeque<Transmit>,
+    buckets: HashMap<IpAddr, Bucket>,
+    handshake_window: (Instant, u32),
+    scratch: Vec<u8>,
+    pub stats: ExposerStats,
+}
+
+impl Exposer {
+    pub fn new(config: ExposerConfig, static_private: [u8; 32], now: Instant) -> Self {
+        let cache = CipherCache::new(config.cache_bytes);
+        Self {
+            config,
+            static_private,
+            token_key: TokenKey::random(),
+            epoch: now,
+            exposures: HashMap::new(),
+            by_name: HashMap::new(),
+            cache,
+            transmits: VecDeque::new(),
+            buckets: HashMap::new(),
+            handshake_window: (now, 0),
+            scratch: Vec::with_capacity(CHUNK_SIZE + 16),
+            stats: ExposerStats::default(),
+        }
+    }
+
+    /// Publishes `source` under `name`. `cvs` are its chunk CVs (`merkle::cvs_of_*`).
+    /// A new random exposure id is drawn each time, so restarts never reuse one.
+    pub fn add_exposure(
+        &mut self,
+        name: &str,
+        source: Box<dyn ChunkSource>,
+        cvs: Vec<Hash>,
+    ) -> ExposureInfo {
+        let size = source.size();
+        let chunk_count = merkle::chunk_count(size);
+        assert_eq!(cvs.len() as u64, chunk_count, "one CV per chunk");
+        let root = merkle::root_from_cvs(&cvs, size);
+        let id: ExposureId = random_bytes();
+        let content_key: [u8; 32] = random_bytes();
+        let info = ExposureInfo {
+            id,
+            name: name.to_string(),
+            size,
+            root,
+        };
+        let outboard: Vec<u8> = cvs.iter().flat_map(|c| c.iter().copied()).collect();
+        self.exposures.insert(
+            id,
+            Exposure {
+                info: info.clone(),
+                source,
+                cipher: ContentCipher::new(&content_key, id, size),
+                content_key,
+                outboard,
+                chunk_count,
+            },
+        );
+        if let Some(old) = self.by_name.insert(name.to_string(), id) {
+            self.exposures.remove(&old);
+        }
+        info
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn has_transmits(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
+    fn send(&mut self, t: Transmit) {
+        self.stats.datagrams_out += t.count() as u64;
+        self.stats.bytes_out += t.contents.len() as u64;
+        self.transmits.push_back(t);
+    }
+
+    /// Feeds one received datagram. Anything malformed or unauthenticated is dropped.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let ok = match wire::peek_type(datagram) {
+            Ok(PacketType::Hello) => self.on_hello(now, from, datagram),
+            Ok(PacketType::Request) => self.on_request(now, from, datagram),
+            _ => false,
+        };
+        if !ok {
+            self.stats.dropped += 1;
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok(hello) = Hello::decode(datagram) else {
+            return false;
+        };
+        let (start, _) = self.handshake_window;
+        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
+            self.handshake_window = (now, 0);
+        }
+        self.handshake_window.1 += 1;
+        let busy = self.handshake_window.1 > self.config.retry_threshold;
+        if !hello.token.is_empty() {
+            // A token must be a valid RETRY cookie for this very address.
+            let valid = self.token_key.open(hello.token).is_some_and(|c| {
+                !c.session && same_addr(&c.addr, &from) && c.expires_ms >= self.now_ms(now)
+            });
+            if !valid {
+                return false;
+            }
+        } else if busy {
+            let cookie = self.token_key.seal(&TokenClaims {
+                session: false,
+                addr: from,
+                expires_ms: self.now_ms(now) + 10_000,
+                exposure: [0; 16],
+                max_datagram: 0,
+                request_key: [0; 32],
+            });
+            self.stats.retries_sent += 1;
+            let pkt = Retry { token: &cookie }.encode();
+            debug_assert!(pkt.len() < datagram.len());
+            self.send(Transmit::single(from, pkt));
+            return true;
+        }
+        let max_datagram = (hello.max_datagram as usize)
+            .clamp(wire::MIN_MAX_DATAGRAM, self.config.max_datagram)
+            as u16;
+        let manifest = match self
+            .by_name
+            .get(hello.name)
+            .and_then(|id| self.exposures.get(id))
+        {
+            None => Manifest::NotFound,
+            Some(e) => {
+                let request_key: [u8; 32] = random_bytes();
+                let token = self.token_key.seal(&TokenClaims {
+                    session: true,
+                    addr: from,
+                    expires_ms: self.now_ms(now) + self.config.token_lifetime.as_millis() as u64,
+                    exposure: e.info.id,
+                    max_datagram,
+                    request_key,
+                });
+                Manifest::Found(ManifestBody {
+                    exposure: e.info.id,
+                    size: e.info.size,
+                    chunk_size: CHUNK_SIZE as u32,
+                    chunk_count: e.chunk_count,
+                    root: e.info.root,
+                    content_key: e.content_key,
+                    max_datagram,
+                    token,
+                    request_key,
+                })
+            }
+        };
+        let Ok(msg2) = handshake::respond(
+            &self.static_private,
+            hello.name,
+            hello.max_datagram,
+            hello.noise,
+            &manifest.encode(),
+        ) else {
+            return false;
+        };
+        let pkt = Welcome { noise: &msg2 }.encode();
+        // Anti-amplification: never more than 3x what this unvalidated address sent.
+        if pkt.len() > 3 * datagram.len() {
+            return false;
+        }
+        self.stats.handshakes += 1;
+        self.send(Transmit::single(from, pkt));
+        true
+    }
+
+    fn on_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok((req, header_len)) = Request::decode(datagram) else {
+            return false;
+        };
+        let claims = self.token_key.open(req.token);
+        let valid = match (&claims, self.exposures.get(&req.exposure)) {
+            (Some(c), Some(_)) => {
+                c.session
+                    && c.exposure == req.exposure
+                    && same_addr(&c.addr, &from)
+                    && c.expires_ms >= self.now_ms(now)
+            }
+            _ => false,
+        };
+        let Some(claims) = claims.filter(|_| valid) else {
+            // Unknown exposure (e.g. we restarted), expired token or new address: tell
+            // the puller to handshake again. STALE is smaller than any REQUEST.
+            let pkt = Stale {
+                exposure: req.exposure,
+            }
+            .encode();
+            debug_assert!(pkt.len() < datagram.len());
+            self.stats.stale_sent += 1;
+            self.send(Transmit::single(from, pkt));
+            return true;
+        };
+        let sealer = RequestSealer::new(&claims.request_key);
+        let Some(plain) = sealer.open(req.seq, &datagram[..header_len], req.sealed) else {
+            return false;
+        };
+        let Ok(items) = wire::decode_items(&plain) else {
+            return false;
+        };
+        let mut budget = self.take_budget(now, from.ip());
+        let max_datagram = claims.max_datagram as usize;
+        for item in items {
+            let (object, start, count, mask) = match item {
+                RequestItem::Range {
+                    object,
+                    start,
+                    count,
+                } => (object, start as u64, count as u64, u64::MAX),
+                RequestItem::Fragments {
+                    object,
+                    chunk,
+                    mask,
+                } => (object, chunk as u64, 1, mask),
+            };
+            for index in start..start.saturating_add(count) {
+                if budget == 0 {
+                    self.stats.rate_limited += 1;
+                    return true;
+                }
+                let sent = self.send_chunk(&req.exposure, object, index, mask, max_datagram, from);
+                match sent {
+                    Some(n) => budget = budget.saturating_sub(n),
+                    None => break,
+                }
+            }
+        }
+        true
+    }
+
+    /// Bytes this source may receive for one request: the per-request cap and the
+    /// source's token bucket.
+    fn take_budget(&mut self, now: Instant, ip: IpAddr) -> usize {
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&ip) {
+            self.buckets.clear();
+        }
+        let rate = self.config.source_rate as f64;
+        let cap = self.config.max_request_bytes as f64;
+        // Burst allowance: one second of rate, at least one full request.
+        let burst = rate.max(cap);
+        let b = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        let dt = now.saturating_duration_since(b.last).as_secs_f64();
+        b.last = now;
+        b.tokens = (b.tokens + dt * rate).min(burst);
+        let grant = b.tokens.min(cap);
+        b.tokens -= grant;
+        grant as usize
+    }
+
+    /// Sends the fragments of one chunk selected by `mask`. Returns the bytes queued,
+    /// or `None` if the chunk does not exist.
+    fn send_chunk(
+        &mut self,
+        id: &ExposureId,
+        object: Object,
+        index: u64,
+        mask: u64,
+        max_datagram: usize,
+        dest: SocketAddr,
+    ) -> Option<usize> {
+        let e = self.exposures.get(id)?;
+        if index >= e.object_chunks(object) {
+            return None;
+        }
+        let key = (*id, object, index as u32);
+        let ct = match self.cache.get(key) {
+            Some(ct) => {
+                self.stats.cache_hits += 1;
+                ct
+            }
+            None => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                match object {
+                    Object::Content => {
+                        if let Err(err) = e.source.read_chunk(index, &mut buf) {
+                            tracing::warn!("reading chunk {index} of {}: {err}", e.info.name);
+                            self.scratch = buf;
+                            return None;
+                        }
+                    }
+                    Object::Outboard => {
+                        let start = index as usize * CHUNK_SIZE;
+                        let len = merkle::chunk_len(index, e.object_len(object));
+                        buf.clear();
+                        buf.extend_from_slice(&e.outboard[start..start + len]);
+                    }
+                }
+                e.cipher.seal(object, index, &mut buf);
+                self.stats.encryptions += 1;
+                let ct = Arc::new(buf.clone());
+                self.scratch = buf;
+                self.cache.insert(key, ct.clone());
+                ct
+            }
+        };
+        let (frags, per) = wire::fragmentation(ct.len(), max_datagram);
+        let seg = DATA_HEADER_LEN + per;
+        let mut contents = Vec::with_capacity(ct.len() + frags * DATA_HEADER_LEN);
+        for f in 0..frags {
+            if mask & (1u64 << f) == 0 {
+                continue;
+            }
+            let payload = &ct[f * per..ct.len().min((f + 1) * per)];
+            let at = contents.len();
+            contents.resize(at + DATA_HEADER_LEN, 0);
+            Data::write_header(&mut contents[at..], id, object, index as u32, f as u8);
+            contents.extend_from_slice(payload);
+        }
+        if contents.is_empty() {
+            return Some(0);
+        }
+        let n = contents.len();
+        self.send(Transmit {
+            dest,
+            segment_size: seg,
+            contents,
+        });
+        Some(n)
+    }
+
+    pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {
+        self.exposures.values().map(|e| &e.info)
+    }
+}

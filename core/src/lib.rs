@@ -1,0 +1,26 @@
+//! RGTP — Red Giant Transport Protocol.
+//!
+//! A receiver-driven transport over UDP: an exposer publishes content once (chunked,
+//! encrypted once per chunk, bound into a BLAKE3 Merkle root); pullers request exactly
+//! the chunks they miss at the rate they can take, verify every chunk against the root
+//! and resume at any time. See `docs/PROTOCOL.md` for the wire format.
+//!
+//! Layering: `wire`, `merkle`, `crypto` are pure pieces; `handshake`, `exposer`,
+//! `puller`, `cc` are sans-IO state machines (no sockets, no clocks); `udp`,
+//! `sidecar`, `keys` and the binaries do the I/O.
+
+pub mod bitset;
+pub mod cc;
+pub mod crypto;
+pub mod exposer;
+pub mod handshake;
+pub mod keys;
+pub mod merkle;
+pub mod puller;
+pub mod sidecar;
+pub mod sim;
+pub mod source;
+pub mod transmit;
+pub mod udp;
+pub mod url;
+pub mod wire;

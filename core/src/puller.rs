@@ -1,0 +1,824 @@
+//! The puller: a sans-IO state machine that handshakes, fetches the outboard, then
+//! requests exactly the chunks it lacks, verifies each against the root and hands
+//! verified plaintext to its driver.
+//!
+//! Loss recovery is receiver-driven: every requested chunk has a deadline derived from
+//! the RTT; what has not arrived by then is requested again (only the missing
+//! fragments). The exposer keeps no timers.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::bitset::ChunkSet;
+use crate::cc::RateControl;
+use crate::crypto::{ContentCipher, RequestSealer, TAG_LEN};
+use crate::handshake::Initiator;
+use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::transmit::Transmit;
+use crate::wire::{
+    self, Data, Hello, Manifest, ManifestBody, Object, PacketType, Request, RequestItem, Retry,
+    Stale, Welcome,
+};
+
+#[derive(Debug, Clone)]
+pub struct PullConfig {
+    pub remote: SocketAddr,
+    pub name: String,
+    /// Largest datagram we ask the exposer to send.
+    pub max_datagram: u16,
+    /// The exposer static key we require (from a URL or the known-exposers file).
+    pub pinned_key: Option<[u8; 32]>,
+    /// The root we require (from a URL).
+    pub expected_root: Option<Hash>,
+    /// Chunks already verified by an earlier run.
+    pub resume: Option<ResumeState>,
+    /// Give up after this long without hearing from the exposer.
+    pub idle_timeout: Duration,
+}
+
+impl PullConfig {
+    pub fn new(remote: SocketAddr, name: &str) -> Self {
+        Self {
+            remote,
+            name: name.to_string(),
+            max_datagram: wire::DEFAULT_MAX_DATAGRAM as u16,
+            pinned_key: None,
+            expected_root: None,
+            resume: None,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResumeState {
+    pub root: Hash,
+    pub size: u64,
+    pub have: ChunkSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullError {
+    /// Nothing heard from the exposer for the idle timeout.
+    Timeout,
+    /// The exposer does not expose that name.
+    NotFound,
+    /// The exposer's key is not the pinned one.
+    KeyMismatch { expected: [u8; 32], got: [u8; 32] },
+    /// The content's root is not the one asked for.
+    RootMismatch { expected: Hash, got: Hash },
+    /// The outboard sent by the exposer does not hash to the root.
+    BadOutboard,
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::url::hex;
+        match self {
+            Self::Timeout => write!(f, "exposer unreachable: no answer within the timeout"),
+            Self::NotFound => write!(f, "the exposer has no such name"),
+            Self::KeyMismatch { expected, got } => write!(
+                f,
+                "exposer key mismatch: expected {}, got {} (possible impersonation)",
+                hex(expected),
+                hex(got)
+            ),
+            Self::RootMismatch { expected, got } => write!(
+                f,
+                "content root mismatch: expected {}, exposer has {}",
+                hex(expected),
+                hex(got)
+            ),
+            Self::BadOutboard => write!(f, "exposer sent an outboard that does not match its root"),
+        }
+    }
+}
+impl std::error::Error for PullError {}
+
+#[derive(Debug)]
+pub enum PullEvent {
+    /// First successful handshake. `resumed` is false when a resume state was given but
+    /// belongs to other content (the driver must then start its output afresh).
+    Started {
+        exposer_key: [u8; 32],
+        size: u64,
+        root: Hash,
+        resumed: bool,
+    },
+    /// A verified content chunk; its bytes belong at `index * CHUNK_SIZE`.
+    Chunk {
+        index: u64,
+        data: Vec<u8>,
+    },
+    Done,
+    Failed(PullError),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PullStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub requests: u64,
+    /// Fragments asked for again after their deadline passed.
+    pub rerequested_fragments: u64,
+    pub duplicate_fragments: u64,
+    pub bad_chunks: u64,
+    pub handshakes: u64,
+    pub dropped: u64,
+    pub content_bytes: u64,
+}
+
+struct Session {
+    m: ManifestBody,
+    cipher: ContentCipher,
+    sealer: RequestSealer,
+}
+
+struct Flight {
+    buf: Vec<u8>,
+    got: u64,
+    need: u64,
+    /// Fragments requested and neither received nor declared lost.
+    outstanding: u64,
+    sent_at: Instant,
+    deadline: Instant,
+    rerequested: bool,
+}
+
+enum Phase {
+    Handshake {
+        /// The Noise initiator and its message 1, re-sent unchanged on timeout so a late
+        /// WELCOME to an earlier copy is still good.
+        init: Option<Box<(Initiator, Vec<u8>)>>,
+        token: Vec<u8>,
+        sent_at: Option<Instant>,
+        attempts: u32,
+    },
+    Transfer,
+    Finished,
+}
+
+pub struct Puller {
+    cfg: PullConfig,
+    phase: Phase,
+    session: Option<Session>,
+    learned_key: Option<[u8; 32]>,
+    root: Option<Hash>,
+    size: u64,
+    have: ChunkSet,
+    have_outboard: ChunkSet,
+    outboard: Vec<u8>,
+    cvs: Vec<Hash>,
+    /// Next chunk never yet requested, per object.
+    cursor: [u64; 2],
+    retx: VecDeque<(Object, u32, u64)>,
+    flights: HashMap<(Object, u32), Flight>,
+    inflight_bytes: u64,
+    cc: RateControl,
+    next_send: Instant,
+    next_loss_check: Option<Instant>,
+    last_rx: Instant,
+    seq: u64,
+    events: VecDeque<PullEvent>,
+    pending_hello: bool,
+    pub stats: PullStats,
+}
+
+fn obj_idx(o: Object) -> usize {
+    o as usize
+}
+
+impl Puller {
+    pub fn new(cfg: PullConfig, now: Instant) -> Self {
+        Self {
+            learned_key: cfg.pinned_key,
+            phase: Phase::Handshake {
+                init: None,
+                token: Vec::new(),
+                sent_at: None,
+                attempts: 0,
+            },
+            session: None,
+            root: None,
+            size: 0,
+            have: ChunkSet::new(0),
+            have_outboard: ChunkSet::new(0),
+            outboard: Vec::new(),
+            cvs: Vec::new(),
+            cursor: [0, 0],
+            retx: VecDeque::new(),
+            flights: HashMap::new(),
+            inflight_bytes: 0,
+            cc: RateControl::new(now, Duration::from_millis(100)),
+            next_send: now,
+            next_loss_check: None,
+            last_rx: now,
+            seq: 0,
+            events: VecDeque::new(),
+            pending_hello: true,
+            stats: PullStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<PullEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// Verified content chunks so far.
+    pub fn have(&self) -> &ChunkSet {
+        &self.have
+    }
+
+    pub fn rate_control(&self) -> &RateControl {
+        &self.cc
+    }
+
+    fn fail(&mut self, e: PullError) {
+        self.phase = Phase::Finished;
+        self.events.push_back(PullEvent::Failed(e));
+    }
+
+    fn restart_handshake(&mut self) {
+        self.phase = Phase::Handshake {
+            init: None,
+            token: Vec::new(),
+            sent_at: None,
+            attempts: 0,
+        };
+        self.pending_hello = true;
+        self.session = None;
+        // Ciphertext from the old session is useless under a new exposure id and key.
+        self.flights.clear();
+        self.retx.clear();
+        self.inflight_bytes = 0;
+        self.cursor = [0, 0];
+    }
+
+    // ---------------------------------------------------------------- receiving
+
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if from != self.cfg.remote || matches!(self.phase, Phase::Finished) {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let ok = match wire::peek_type(datagram) {
+            Ok(PacketType::Data) => self.on_data(now, datagram),
+            Ok(PacketType::Welcome) => self.on_welcome(now, datagram),
+            Ok(PacketType::Retry) => self.on_retry(datagram),
+            Ok(PacketType::Stale) => self.on_stale(datagram),
+            _ => false,
+        };
+        if ok {
+            self.last_rx = now;
+        } else {
+            self.stats.dropped += 1;
+        }
+    }
+
+    fn on_retry(&mut self, d: &[u8]) -> bool {
+        let Ok(r) = Retry::decode(d) else {
+            return false;
+        };
+        if let Phase::Handshake { token, init, .. } = &mut self.phase {
+            if token.is_empty() && init.is_some() {
+                *token = r.token.to_vec();
+                self.pending_hello = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn on_stale(&mut self, d: &[u8]) -> bool {
+        let Ok(s) = Stale::decode(d) else {
+            return false;
+        };
+        match (&self.phase, &self.session) {
+            (Phase::Transfer, Some(sess)) if sess.m.exposure == s.exposure => {
+                tracing::info!("exposer says our session is stale; handshaking again");
+                self.restart_handshake();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_welcome(&mut self, now: Instant, d: &[u8]) -> bool {
+        let Ok(w) = Welcome::decode(d) else {
+            return false;
+        };
+        let Phase::Handshake { init, sent_at, .. } = &mut self.phase else {
+            return false;
+        };
+        let Some(boxed) = init.take() else {
+            return false;
+        };
+        let (initiator, _) = *boxed;
+        let sent_at = *sent_at;
+        let Ok((key, payload)) = initiator.finish(w.noise) else {
+            // Forged or damaged: the initiator is spent; start a fresh one.
+            self.pending_hello = true;
+            return false;
+        };
+        if let Some(expected) = self.learned_key {
+            if expected != key {
+                self.fail(PullError::KeyMismatch { expected, got: key });
+                return true;
+            }
+        }
+        let Ok(manifest) = Manifest::decode(&payload) else {
+            return false;
+        };
+        let m = match manifest {
+            Manifest::NotFound => {
+                self.fail(PullError::NotFound);
+                return true;
+            }
+            Manifest::Found(m) => m,
+        };
+        if let Some(expected) = self.cfg.expected_root.or(self.root) {
+            if expected != m.root {
+                self.fail(PullError::RootMismatch {
+                    expected,
+                    got: m.root,
+                });
+                return true;
+            }
+        }
+        self.stats.handshakes += 1;
+        if let Some(t) = sent_at {
+            self.cc.on_rtt_sample(now, now.saturating_duration_since(t));
+        }
+        if self.root.is_none() {
+            self.learned_key = Some(key);
+            self.root = Some(m.root);
+            self.size = m.size;
+            let chunks = m.chunk_count;
+            let mut resumed = false;
+            self.have = ChunkSet::new(chunks);
+            if let Some(r) = self.cfg.resume.take() {
+                if r.root == m.root && r.size == m.size && r.have.len() == chunks {
+                    self.have = r.have;
+                    resumed = true;
+                }
+            }
+            let ob_len = chunks * 32;
+            self.have_outboard = ChunkSet::new(if chunks > 1 {
+                merkle::chunk_count(ob_len)
+            } else {
+                0
+            });
+            self.outboard = vec![0; if chunks > 1 { ob_len as usize } else { 0 }];
+            self.events.push_back(PullEvent::Started {
+                exposer_key: key,
+                size: m.size,
+                root: m.root,
+                resumed,
+            });
+        }
+        self.session = Some(Session {
+            cipher: ContentCipher::new(&m.content_key, m.exposure, m.size),
+            sealer: RequestSealer::new(&m.request_key),
+            m,
+        });
+        self.phase = Phase::Transfer;
+        self.next_send = now;
+        self.check_done();
+        true
+    }
+
+    fn object_len(&self, o: Object) -> u64 {
+        match o {
+            Object::Content => self.size,
+            Object::Outboard => self.outboard.len() as u64,
+        }
+    }
+
+    fn object_set(&self, o: Object) -> &ChunkSet {
+        match o {
+            Object::Content => &self.have,
+            Object::Outboard => &self.have_outboard,
+        }
+    }
+
+    /// (fragment count, payload per fragment, ciphertext length) of a chunk.
+    fn geometry(&self, o: Object, chunk: u64) -> (usize, usize, usize) {
+        let max_dg = self
+            .session
+            .as_ref()
+            .map_or(wire::DEFAULT_MAX_DATAGRAM, |s| s.m.max_datagram as usize);
+        let ct = merkle::chunk_len(chunk, self.object_len(o)) + TAG_LEN;
+        let (n, per) = wire::fragmentation(ct, max_dg);
+        (n, per, ct)
+    }
+
+    fn on_data(&mut self, now: Instant, d: &[u8]) -> bool {
+        let Ok(p) = Data::decode(d) else { return false };
+        let Some(sess) = &self.session else {
+            return false;
+        };
+        if p.exposure != sess.m.exposure || !matches!(self.phase, Phase::Transfer) {
+            return false;
+        }
+        let key = (p.object, p.chunk);
+        let (n, per, ct_len) = self.geometry(p.object, p.chunk as u64);
+        let f = p.fragment as usize;
+        if f >= n {
+            return false;
+        }
+        let expect_len = if f + 1 == n { ct_len - f * per } else { per };
+        if p.payload.len() != expect_len {
+            return false;
+        }
+        let Some(fl) = self.flights.get_mut(&key) else {
+            self.stats.duplicate_fragments += 1;
+            return true;
+        };
+        let bit = 1u64 << f;
+        if fl.got & bit != 0 {
+            self.stats.duplicate_fragments += 1;
+            return true;
+        }
+        if fl.got == 0 && !fl.rerequested {
+            let rtt = now.saturating_duration_since(fl.sent_at);
+            self.cc.on_rtt_sample(now, rtt);
+        }
+        if fl.buf.len() != ct_len {
+            fl.buf.resize(ct_len, 0);
+        }
+        fl.buf[f * per..f * per + p.payload.len()].copy_from_slice(p.payload);
+        fl.got |= bit;
+        if fl.outstanding & bit != 0 {
+            fl.outstanding &= !bit;
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(expect_len as u64);
+        }
+        self.cc.on_delivered(now, expect_len as u64);
+        if fl.got == fl.need {
+            if let Some(fl) = self.flights.remove(&key) {
+                self.inflight_bytes = self.inflight_bytes.saturating_sub(outstanding_bytes(
+                    fl.outstanding,
+                    n,
+                    per,
+                    ct_len,
+                ));
+                self.complete_chunk(p.object, p.chunk, fl.buf);
+            }
+        }
+        true
+    }
+
+    fn complete_chunk(&mut self, o: Object, chunk: u32, mut buf: Vec<u8>) {
+        let Some(sess) = &self.session else { return };
+        let index = chunk as u64;
+        if !sess.cipher.open(o, index, &mut buf) {
+            self.stats.bad_chunks += 1;
+            self.retx.push_back((o, chunk, u64::MAX));
+            return;
+        }
+        match o {
+            Object::Outboard => {
+                let start = index as usize * CHUNK_SIZE;
+                if let Some(dst) = self.outboard.get_mut(start..start + buf.len()) {
+                    dst.copy_from_slice(&buf);
+                    self.have_outboard.insert(index);
+                }
+                if self.have_outboard.is_full() && self.cvs.is_empty() {
+                    let cvs: Vec<Hash> = self
+                        .outboard
+                        .chunks_exact(32)
+                        .map(|c| {
+                            let mut h = [0u8; 32];
+                            h.copy_from_slice(c);
+                            h
+                        })
+                        .collect();
+                    if Some(merkle::root_from_cvs(&cvs, self.size)) != self.root {
+                        self.fail(PullError::BadOutboard);
+                        return;
+                    }
+                    self.cvs = cvs;
+                    self.outboard = Vec::new();
+                }
+            }
+            Object::Content => {
+                let cv = merkle::chunk_cv(index, &buf, self.size);
+                let expected = if self.have.len() == 1 {
+                    self.root
+                } else {
+                    self.cvs.get(index as usize).copied()
+                };
+                if Some(cv) != expected {
+                    self.stats.bad_chunks += 1;
+                    self.retx.push_back((o, chunk, u64::MAX));
+                    return;
+                }
+                if self.have.insert(index) {
+                    self.stats.content_bytes += buf.len() as u64;
+                    self.events.push_back(PullEvent::Chunk { index, data: buf });
+                }
+            }
+        }
+        self.check_done();
+    }
+
+    fn check_done(&mut self) {
+        if matches!(self.phase, Phase::Transfer) && self.have.is_full() {
+            self.phase = Phase::Finished;
+            self.events.push_back(PullEvent::Done);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self.last_rx + self.cfg.idle_timeout;
+        let t = match &self.phase {
+            Phase::Finished => return None,
+            Phase::Handshake {
+                sent_at, attempts, ..
+            } => {
+                if self.pending_hello {
+                    return Some(self.next_send.min(idle));
+                }
+                sent_at.map(|s| s + hello_rto(*attempts))
+            }
+            Phase::Transfer => {
+                let send = if self.can_request() {
+                    Some(self.next_send)
+                } else {
+                    None
+                };
+                match (send, self.next_loss_check) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        };
+        Some(t.map_or(idle, |t| t.min(idle)))
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Finished) {
+            return;
+        }
+        if now >= self.last_rx + self.cfg.idle_timeout {
+            self.fail(PullError::Timeout);
+            return;
+        }
+        match &mut self.phase {
+            Phase::Handshake {
+                sent_at, attempts, ..
+            } => {
+                if let Some(s) = *sent_at {
+                    if now >= s + hello_rto(*attempts) {
+                        self.pending_hello = true;
+                    }
+                }
+            }
+            Phase::Transfer => self.detect_losses(now),
+            Phase::Finished => {}
+        }
+    }
+
+    fn detect_losses(&mut self, now: Instant) {
+        match self.next_loss_check {
+            Some(t) if now >= t => {}
+            _ => return,
+        }
+        let mut next: Option<Instant> = None;
+        let mut lost_any = false;
+        let mut lost = Vec::new();
+        for (&key, fl) in self.flights.iter_mut() {
+            if fl.outstanding == 0 {
+                continue;
+            }
+            if now >= fl.deadline {
+                lost.push((key, fl.outstanding));
+                fl.outstanding = 0;
+                lost_any = true;
+            } else {
+                next = Some(next.map_or(fl.deadline, |n: Instant| n.min(fl.deadline)));
+            }
+        }
+        for ((o, c), mask) in lost {
+            let (n, per, ct) = self.geometry(o, c as u64);
+            self.inflight_bytes = self
+                .inflight_bytes
+                .saturating_sub(outstanding_bytes(mask, n, per, ct));
+            self.retx.push_back((o, c, mask));
+        }
+        if lost_any && now.saturating_duration_since(self.last_rx) >= self.cc.rto() {
+            // Nothing at all got through for a whole timeout: back off (blackout or a
+            // dead exposer) so an outage costs a trickle of probes, not a flood.
+            self.cc.on_timeout();
+        }
+        self.next_loss_check = next;
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    fn can_request(&self) -> bool {
+        (!self.retx.is_empty() || self.has_new_work()) && self.inflight_bytes < self.cc.window()
+    }
+
+    fn current_object(&self) -> Object {
+        if self.have_outboard.is_full() {
+            Object::Content
+        } else {
+            Object::Outboard
+        }
+    }
+
+    fn has_new_work(&self) -> bool {
+        let o = self.current_object();
+        let set = self.object_set(o);
+        set.first_missing_from(self.cursor[obj_idx(o)]).is_some()
+    }
+
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        match &mut self.phase {
+            Phase::Finished => None,
+            Phase::Handshake {
+                init,
+                token,
+                sent_at,
+                attempts,
+            } => {
+                if !self.pending_hello || now < self.next_send {
+                    return None;
+                }
+                self.pending_hello = false;
+                if init.is_none() {
+                    *init = Initiator::start(&self.cfg.name, self.cfg.max_datagram)
+                        .ok()
+                        .map(Box::new);
+                }
+                let (_, msg1) = init.as_deref()?;
+                *sent_at = Some(now);
+                *attempts += 1;
+                let pkt = Hello {
+                    max_datagram: self.cfg.max_datagram,
+                    token,
+                    name: &self.cfg.name,
+                    noise: msg1,
+                }
+                .encode();
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += pkt.len() as u64;
+                Some(Transmit::single(self.cfg.remote, pkt))
+            }
+            Phase::Transfer => {
+                if now < self.next_send || !self.can_request() {
+                    return None;
+                }
+                self.build_request(now)
+            }
+        }
+    }
+
+    fn build_request(&mut self, now: Instant) -> Option<Transmit> {
+        let sess = self.session.as_ref()?;
+        let max_dg = sess.m.max_datagram as usize;
+        let header_len = 2 + 16 + 1 + sess.m.token.len() + 8;
+        let room = max_dg.saturating_sub(header_len + 2 + TAG_LEN);
+        let max_items = (room / RequestItem::FRAGMENTS_LEN).min(wire::MAX_REQUEST_ITEMS);
+        let rate = self.cc.pacing_rate();
+        // Ask for about 1 ms of data per request (fewer, larger requests at high rates),
+        // within the window and the exposer's per-request cap.
+        let window_room = self.cc.window().saturating_sub(self.inflight_bytes);
+        let quantum = ((rate * 0.001) as u64)
+            .clamp(CHUNK_SIZE as u64, 4 << 20)
+            .min(window_room.max(CHUNK_SIZE as u64));
+        let rto = self.cc.rto();
+        let mut items: Vec<RequestItem> = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < quantum && items.len() < max_items {
+            if let Some((o, c, mask)) = self.retx.pop_front() {
+                let set = self.object_set(o);
+                if c as u64 >= set.len() || set.contains(c as u64) {
+                    continue;
+                }
+                let (n, per, ct) = self.geometry(o, c as u64);
+                let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                let fl = self.flights.entry((o, c)).or_insert_with(|| Flight {
+                    buf: Vec::new(),
+                    got: 0,
+                    need: all,
+                    outstanding: 0,
+                    sent_at: now,
+                    deadline: now,
+                    rerequested: true,
+                });
+                let want = mask & all & !fl.got & !fl.outstanding;
+                if want == 0 {
+                    continue;
+                }
+                fl.outstanding |= want;
+                fl.sent_at = now;
+                fl.deadline = now + rto;
+                fl.rerequested = true;
+                self.stats.rerequested_fragments += want.count_ones() as u64;
+                let b = outstanding_bytes(want, n, per, ct);
+                bytes += b;
+                self.inflight_bytes += b;
+                items.push(if want == all && fl.got == 0 {
+                    RequestItem::Range {
+                        object: o,
+                        start: c,
+                        count: 1,
+                    }
+                } else {
+                    RequestItem::Fragments {
+                        object: o,
+                        chunk: c,
+                        mask: want,
+                    }
+                });
+                continue;
+            }
+            let o = self.current_object();
+            let set = self.object_set(o);
+            let Some(start) = set.first_missing_from(self.cursor[obj_idx(o)]) else {
+                break;
+            };
+            // Extend the run while chunks are missing and the quantum allows.
+            let mut end = start;
+            let mut run_bytes = 0u64;
+            while end < set.len() && !set.contains(end) && bytes + run_bytes < quantum {
+                let (_, _, ct) = self.geometry(o, end);
+                run_bytes += ct as u64;
+                end += 1;
+            }
+            for c in start..end {
+                let (n, _, _) = self.geometry(o, c);
+                let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                self.flights.insert(
+                    (o, c as u32),
+                    Flight {
+                        buf: Vec::new(),
+                        got: 0,
+                        need: all,
+                        outstanding: all,
+                        sent_at: now,
+                        deadline: now + rto,
+                        rerequested: false,
+                    },
+                );
+            }
+            self.cursor[obj_idx(o)] = end;
+            bytes += run_bytes;
+            self.inflight_bytes += run_bytes;
+            items.push(RequestItem::Range {
+                object: o,
+                start: start as u32,
+                count: (end - start) as u32,
+            });
+        }
+        if items.is_empty() {
+            return None;
+        }
+        let deadline = now + rto;
+        self.next_loss_check = Some(self.next_loss_check.map_or(deadline, |t| t.min(deadline)));
+        self.next_send = now + Duration::from_secs_f64(bytes as f64 / rate.max(1.0));
+        let sess = self.session.as_ref()?;
+        self.seq += 1;
+        let mut pkt = Request::encode_header(&sess.m.exposure, &sess.m.token, self.seq);
+        let header = pkt.clone();
+        sess.sealer
+            .seal(self.seq, &header, &wire::encode_items(&items), &mut pkt);
+        self.stats.requests += 1;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += pkt.len() as u64;
+        Some(Transmit::single(self.cfg.remote, pkt))
+    }
+}
+
+/// Bytes of the fragments in `mask` for a chunk of `n` fragments.
+fn outstanding_bytes(mask: u64, n: usize, per: usize, ct_len: usize) -> u64 {
+    if mask == 0 {
+        return 0;
+    }
+    let last_bit = 1u64 << (n - 1);
+    let full = (mask & !last_bit).count_ones() as u64 * per as u64;
+    let last = if mask & last_bit != 0 {
+        (ct_len - (n - 1) * per) as u64
+    } else {
+        0
+    };
+    full + last
+}
+
+/// HELLO retransmission: 250 ms doubling to 2 s.
+fn hello_rto(attempts: u32) -> Duration {
+    Duration::from_millis(250 << attempts.saturating_sub(1).min(3))
+}

@@ -1,0 +1,221 @@
+//! A deterministic network for testing the sans-IO state machines: a virtual clock and
+//! a seeded link that loses, duplicates, reorders, corrupts and MTU-drops datagrams,
+//! and can black out. Any failure reproduces from its seed.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::transmit::Transmit;
+
+/// SplitMix64: tiny, fast, good enough for test randomness, and fully reproducible.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.f64() < p
+    }
+}
+
+/// What the link does to each datagram.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub delay: Duration,
+    /// Extra uniform random delay (reorders datagrams).
+    pub jitter: Duration,
+    pub loss: f64,
+    pub duplicate: f64,
+    /// Probability that one random bit of a datagram flips.
+    pub corrupt: f64,
+    /// Datagrams larger than this vanish (as on a path with a small MTU).
+    pub mtu: usize,
+    /// Bytes per second; 0 for unlimited. Excess beyond `queue_bytes` is dropped.
+    pub rate: u64,
+    pub queue_bytes: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_millis(5),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+            corrupt: 0.0,
+            mtu: 65_535,
+            rate: 0,
+            queue_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LinkStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub queue_drops: u64,
+    pub mtu_drops: u64,
+    pub blackout_drops: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+}
+
+/// A datagram in flight.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+pub struct SimNet {
+    pub now: Instant,
+    pub rng: SimRng,
+    pub link: LinkConfig,
+    /// Datagrams sent while `now` is inside a blackout window are lost.
+    pub blackouts: Vec<(Instant, Instant)>,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    seq: u64,
+    /// When the rate-limited link is next free.
+    link_free_at: Instant,
+    pub stats: LinkStats,
+}
+
+impl SimNet {
+    pub fn new(seed: u64, link: LinkConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            rng: SimRng::new(seed),
+            link,
+            blackouts: Vec::new(),
+            queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            seq: 0,
+            link_free_at: now,
+            stats: LinkStats::default(),
+        }
+    }
+
+    fn in_blackout(&self) -> bool {
+        self.blackouts
+            .iter()
+            .any(|&(a, b)| self.now >= a && self.now < b)
+    }
+
+    /// Puts every datagram of a transmit on the link, sent from `from`.
+    pub fn send(&mut self, from: SocketAddr, t: &Transmit) {
+        for d in t.datagrams() {
+            self.send_one(from, t.dest, d.to_vec());
+        }
+    }
+
+    pub fn send_one(&mut self, from: SocketAddr, to: SocketAddr, mut data: Vec<u8>) {
+        self.stats.sent += 1;
+        if data.len() > self.link.mtu {
+            self.stats.mtu_drops += 1;
+            return;
+        }
+        if self.in_blackout() {
+            self.stats.blackout_drops += 1;
+            return;
+        }
+        if self.rng.chance(self.link.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let mut depart = self.now;
+        if self.link.rate > 0 {
+            let start = self.link_free_at.max(self.now);
+            let backlog =
+                start.saturating_duration_since(self.now).as_secs_f64() * self.link.rate as f64;
+            if backlog as usize + data.len() > self.link.queue_bytes {
+                self.stats.queue_drops += 1;
+                return;
+            }
+            let ser = Duration::from_secs_f64(data.len() as f64 / self.link.rate as f64);
+            self.link_free_at = start + ser;
+            depart = self.link_free_at;
+        }
+        if self.rng.chance(self.link.corrupt) && !data.is_empty() {
+            let bit = self.rng.below(data.len() as u64 * 8);
+            data[(bit / 8) as usize] ^= 1 << (bit % 8);
+            self.stats.corrupted += 1;
+        }
+        let copies = if self.rng.chance(self.link.duplicate) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = if self.link.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(self.rng.below(self.link.jitter.as_nanos() as u64))
+            };
+            let at = depart + self.link.delay + jitter;
+            let slot = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                }
+            };
+            self.slots[slot] = Some(InFlight {
+                from,
+                to,
+                data: data.clone(),
+            });
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq, slot)));
+        }
+    }
+
+    /// When the next datagram arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Pops the next datagram due at or before `now`.
+    pub fn pop_due(&mut self) -> Option<InFlight> {
+        let &Reverse((t, _, slot)) = self.queue.peek()?;
+        if t > self.now {
+            return None;
+        }
+        self.queue.pop();
+        self.free.push(slot);
+        self.stats.delivered += 1;
+        self.slots[slot].take()
+    }
+
+    /// Advances the clock to `t` (never backwards).
+    pub fn advance_to(&mut self, t: Instant) {
+        if t > self.now {
+            self.now = t;
+        }
+    }
+}

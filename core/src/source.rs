@@ -1,0 +1,145 @@
+//! Where an exposure's bytes come from, and the shared ciphertext cache that makes
+//! "encrypt once, serve every puller" true with bounded memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::merkle::{chunk_len, CHUNK_SIZE};
+use crate::wire::{ExposureId, Object};
+
+/// A sealed chunk is identified by its exposure, object and index.
+pub type CacheKey = (ExposureId, Object, u32);
+
+/// Random access to an exposure's plaintext.
+pub trait ChunkSource: Send + Sync {
+    fn size(&self) -> u64;
+    /// Reads chunk `index` into `buf` (cleared first).
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()>;
+}
+
+/// A file read with pread: nothing is held in memory.
+pub struct FileSource {
+    file: File,
+    size: u64,
+}
+
+impl FileSource {
+    pub fn open(path: &std::path::Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(Self {
+            size: meta.len(),
+            file,
+        })
+    }
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl ChunkSource for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        let len = chunk_len(index, self.size);
+        buf.clear();
+        buf.resize(len, 0);
+        self.file.read_exact_at(buf, index * CHUNK_SIZE as u64)
+    }
+}
+
+/// Bytes in memory (tests, small exposures).
+pub struct MemSource(pub Arc<Vec<u8>>);
+
+impl ChunkSource for MemSource {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        let start = (index * CHUNK_SIZE as u64) as usize;
+        let len = chunk_len(index, self.size());
+        let s = self
+            .0
+            .get(start..start + len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "chunk out of range"))?;
+        buf.clear();
+        buf.extend_from_slice(s);
+        Ok(())
+    }
+}
+
+/// Sealed chunks kept for reuse, evicted first-in first-out beyond a byte budget.
+/// FIFO is enough here: pullers of one file sweep it in order, so recency and age agree.
+pub struct CipherCache {
+    map: HashMap<CacheKey, Arc<Vec<u8>>>,
+    order: VecDeque<CacheKey>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl CipherCache {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+    pub fn get(&self, key: CacheKey) -> Option<Arc<Vec<u8>>> {
+        self.map.get(&key).cloned()
+    }
+    pub fn insert(&mut self, key: CacheKey, v: Arc<Vec<u8>>) {
+        self.bytes += v.len();
+        if self.map.insert(key, v).is_none() {
+            self.order.push_back(key);
+        }
+        while self.bytes > self.budget {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.map.remove(&old) {
+                self.bytes -= v.len();
+            }
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_respects_budget() {
+        let mut c = CipherCache::new(100);
+        for i in 0..10u32 {
+            c.insert(([0; 16], Object::Content, i), Arc::new(vec![0; 30]));
+            assert!(c.bytes() <= 100);
+        }
+        assert!(c.get(([0; 16], Object::Content, 9)).is_some());
+        assert!(c.get(([0; 16], Object::Content, 0)).is_none());
+    }
+
+    #[test]
+    fn mem_source_reads_chunks() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let s = MemSource(Arc::new(data.clone()));
+        let mut buf = Vec::new();
+        s.read_chunk(2, &mut buf).unwrap();
+        assert_eq!(buf, &data[2 * CHUNK_SIZE..]);
+        assert!(s.read_chunk(3, &mut buf).is_err());
+    }
+}

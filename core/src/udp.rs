@@ -1,0 +1,376 @@
+//! UDP I/O for the drivers: socket set-up, GSO sends (`UDP_SEGMENT`: one system call
+//! for a whole chunk's fragments) and batched GRO receives (`recvmmsg` + `UDP_GRO`),
+//! with plain fallbacks where the kernel lacks them. Nothing protocol-specific here.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::transmit::Transmit;
+
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Socket buffers large enough to absorb a burst of a few MiB at loopback speed.
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// Binds a UDP socket with large buffers; IPv6 wildcard binds are dual-stack.
+pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    // Best effort: unprivileged users get the sysctl maximum instead.
+    if s.set_recv_buffer_size(SOCKET_BUFFER).is_err()
+        || s.recv_buffer_size().unwrap_or(0) < SOCKET_BUFFER
+    {
+        let _ = force_buffer(&s, libc::SO_RCVBUFFORCE);
+    }
+    if s.set_send_buffer_size(SOCKET_BUFFER).is_err()
+        || s.send_buffer_size().unwrap_or(0) < SOCKET_BUFFER
+    {
+        let _ = force_buffer(&s, libc::SO_SNDBUFFORCE);
+    }
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    let sock: UdpSocket = s.into();
+    enable_gro(&sock);
+    Ok(sock)
+}
+
+fn force_buffer(s: &Socket, opt: libc::c_int) -> io::Result<()> {
+    let v = SOCKET_BUFFER as libc::c_int;
+    // SAFETY: setsockopt with a valid fd, a pointer to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &v as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn enable_gro(sock: &UdpSocket) {
+    let one: libc::c_int = 1;
+    // SAFETY: as above; failure only means the kernel lacks UDP GRO.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            &one as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let sa: socket2::SockAddr = (*addr).into();
+    // SAFETY: sockaddr_storage is plain data; SockAddr's storage is at most its size.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = sa.len();
+    // SAFETY: copying `len` bytes from a valid SockAddr into storage of at least that size.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr() as *const u8,
+            &mut storage as *mut _ as *mut u8,
+            len as usize,
+        );
+    }
+    (storage, len)
+}
+
+fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: family says this storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(sin.sin_addr.s_addr).into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says this storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Sends transmits, with GSO when the kernel takes it.
+pub struct Sender {
+    gso: AtomicBool,
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Self {
+            gso: AtomicBool::new(std::env::var_os("RGTP_NO_GSO").is_none()),
+        }
+    }
+}
+
+impl Sender {
+    /// Sends every datagram of `t`; waits (bounded) when the socket buffer is full and
+    /// drops what still does not fit: the receiver re-requests anything lost.
+    pub fn send(&self, sock: &UdpSocket, t: &Transmit) -> io::Result<()> {
+        let n = t.count();
+        if n > 1 && n <= 64 && self.gso.load(Ordering::Relaxed) {
+            match self.send_gso(sock, t) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    tracing::debug!("UDP GSO unavailable ({e}); sending datagrams one by one");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for d in t.datagrams() {
+            retry_blocked(sock, || sock.send_to(d, t.dest).map(|_| ()))?;
+        }
+        Ok(())
+    }
+
+    fn send_gso(&self, sock: &UdpSocket, t: &Transmit) -> io::Result<()> {
+        let (mut addr, addr_len) = to_sockaddr(&t.dest);
+        let mut iov = libc::iovec {
+            iov_base: t.contents.as_ptr() as *mut libc::c_void,
+            iov_len: t.contents.len(),
+        };
+        // Room for one cmsg carrying a u16, aligned as the kernel wants.
+        let mut control = [0u64; 4];
+        let seg = t.segment_size as u16;
+        retry_blocked(sock, || {
+            // SAFETY: msghdr is plain data; every pointer stored in it (address, iovec,
+            // control buffer) outlives the sendmsg call below.
+            let mut msg: libc::msghdr = unsafe { zeroed() };
+            msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+            msg.msg_namelen = addr_len;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+            // SAFETY: the control buffer holds CMSG_SPACE(2) bytes, so the first header
+            // and its 2-byte payload are in bounds.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, seg);
+            }
+            // SAFETY: valid fd and a fully initialised msghdr.
+            let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Runs a send, waiting up to ~50 ms for buffer space on EAGAIN.
+fn retry_blocked(sock: &UdpSocket, mut f: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    for _ in 0..50 {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_fd(
+                    sock.as_raw_fd(),
+                    libc::POLLOUT,
+                    Some(Duration::from_millis(1)),
+                );
+            }
+            // A peer's port being closed shows up as ECONNREFUSED on some sends: not ours
+            // to act on, the protocol's timers handle it.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Ok(()),
+            r => return r,
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is ready for `events` or the timeout passes. Returns readiness.
+pub fn wait_fd(fd: libc::c_int, events: libc::c_short, timeout: Option<Duration>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = match timeout {
+        None => -1,
+        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    r > 0
+}
+
+const BATCH: usize = 32;
+const BUF_SIZE: usize = 65_536;
+
+/// Batched receive: up to 32 messages per system call, each possibly a GRO train of
+/// equal-size datagrams that `for_each` splits back apart.
+pub struct Receiver {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u64; 8]>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self {
+            bufs: (0..BATCH).map(|_| vec![0u8; BUF_SIZE]).collect(),
+            // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+            addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            controls: vec![[0u64; 8]; BATCH],
+        }
+    }
+}
+
+impl Receiver {
+    /// Receives what is queued now (never blocks) and calls `f` per datagram.
+    /// Returns the number of datagrams seen.
+    pub fn recv(
+        &mut self,
+        sock: &UdpSocket,
+        mut f: impl FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
+        let mut iovs: Vec<libc::iovec> = self
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data; the pointers set below stay valid for the call.
+        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+        for i in 0..BATCH {
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.controls[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = size_of::<[u64; 8]>();
+        }
+        // SAFETY: valid fd; `msgs` holds BATCH initialised headers whose buffers live
+        // until after the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let mut count = 0;
+        for (i, m) in msgs.iter().take(n as usize).enumerate() {
+            let len = m.msg_len as usize;
+            let Some(from) = from_sockaddr(&self.addrs[i]) else {
+                continue;
+            };
+            let seg = gro_segment_size(&m.msg_hdr).unwrap_or(len).max(1);
+            for d in self.bufs[i][..len].chunks(seg) {
+                count += 1;
+                f(from, d);
+            }
+        }
+        Ok(count)
+    }
+}
+
+fn gro_segment_size(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: walking the control messages the kernel wrote, within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(h);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                return usize::try_from(v).ok().filter(|&v| v > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(h, cmsg);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_send_arrives_as_separate_datagrams() {
+        let a = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let dest = b.local_addr().unwrap();
+        let mut contents = Vec::new();
+        for i in 0..5u8 {
+            contents.extend_from_slice(&[i; 100]);
+        }
+        contents.extend_from_slice(&[9u8; 40]);
+        let t = Transmit {
+            dest,
+            segment_size: 100,
+            contents,
+        };
+        Sender::default().send(&a, &t).unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut rx = Receiver::default();
+        for _ in 0..100 {
+            wait_fd(b.as_raw_fd(), libc::POLLIN, Some(Duration::from_millis(20)));
+            rx.recv(&b, |from, d| {
+                assert_eq!(from, a.local_addr().unwrap());
+                got.push(d.to_vec());
+            })
+            .unwrap();
+            if got.len() >= 6 {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 6);
+        for (i, d) in got.iter().take(5).enumerate() {
+            assert_eq!(d, &vec![i as u8; 100]);
+        }
+        assert_eq!(got[5], vec![9u8; 40]);
+    }
+}

@@ -1,0 +1,735 @@
+//! Strict encoding and decoding of every RGTP datagram (see docs/PROTOCOL.md).
+//!
+//! Decoding never panics: every length is checked against the datagram, trailing bytes
+//! are rejected (except HELLO's padding, which must be zero), and unknown versions or
+//! types are errors. Decoders borrow from the datagram to avoid copies on the data path.
+
+use std::fmt;
+
+/// The only protocol version this implementation speaks.
+pub const VERSION: u8 = 1;
+/// Default largest UDP payload: crosses any Internet path (QUIC's choice).
+pub const DEFAULT_MAX_DATAGRAM: usize = 1200;
+/// Smallest datagram size a peer may ask for: a 16 KiB chunk must fit in 64 fragments.
+pub const MIN_MAX_DATAGRAM: usize = 512;
+/// Largest UDP payload over IPv4.
+pub const MAX_MAX_DATAGRAM: usize = 65_507;
+/// A HELLO is padded to at least this size so the 3x anti-amplification budget covers
+/// the WELCOME (QUIC pads its Initial the same way).
+pub const MIN_HELLO_LEN: usize = 1200;
+/// Bytes of a DATA header: version, type, exposure id, object, chunk, fragment.
+pub const DATA_HEADER_LEN: usize = 2 + 16 + 1 + 4 + 1;
+/// Upper bound on request items in one REQUEST.
+pub const MAX_REQUEST_ITEMS: usize = 256;
+/// Upper bound on token length.
+pub const MAX_TOKEN_LEN: usize = 255;
+
+pub type ExposureId = [u8; 16];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PacketType {
+    Hello = 1,
+    Welcome = 2,
+    Retry = 3,
+    Request = 5,
+    Data = 6,
+    Stale = 7,
+}
+
+impl PacketType {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Hello,
+            2 => Self::Welcome,
+            3 => Self::Retry,
+            5 => Self::Request,
+            6 => Self::Data,
+            7 => Self::Stale,
+            _ => return None,
+        })
+    }
+}
+
+/// Which byte sequence of an exposure a chunk belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Object {
+    /// The content itself.
+    Content = 0,
+    /// The outboard: the BLAKE3 chaining value of every content chunk, 32 bytes each.
+    Outboard = 1,
+}
+
+impl Object {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Content),
+            1 => Some(Self::Outboard),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    Truncated,
+    BadVersion(u8),
+    BadType(u8),
+    BadLength,
+    BadValue(&'static str),
+    TrailingBytes,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated => write!(f, "datagram truncated"),
+            Self::BadVersion(v) => write!(f, "unsupported protocol version {v}"),
+            Self::BadType(t) => write!(f, "unknown packet type {t}"),
+            Self::BadLength => write!(f, "length field out of range"),
+            Self::BadValue(what) => write!(f, "invalid {what}"),
+            Self::TrailingBytes => write!(f, "trailing bytes after packet"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Bounds-checked cursor over a datagram.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(WireError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A byte string prefixed by a u8 length.
+    pub fn short_bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u8()? as usize;
+        self.bytes(n)
+    }
+    /// A byte string prefixed by a u16 length.
+    pub fn long_bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u16()? as usize;
+        self.bytes(n)
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+    pub fn finish(&self) -> Result<(), WireError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(WireError::TrailingBytes)
+        }
+    }
+}
+
+/// Append-only encoder.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(n),
+        }
+    }
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
+        self
+    }
+    /// Panics only on a programming error (caller passed > 255 bytes).
+    pub fn short_bytes(&mut self, b: &[u8]) -> &mut Self {
+        assert!(b.len() <= 255, "short_bytes too long");
+        self.u8(b.len() as u8).bytes(b)
+    }
+    pub fn long_bytes(&mut self, b: &[u8]) -> &mut Self {
+        assert!(b.len() <= 65535, "long_bytes too long");
+        self.u16(b.len() as u16).bytes(b)
+    }
+    fn header(&mut self, t: PacketType) -> &mut Self {
+        self.u8(VERSION).u8(t as u8)
+    }
+}
+
+/// Reads version and type; the rest is left to the type's decoder.
+pub fn peek_type(datagram: &[u8]) -> Result<PacketType, WireError> {
+    let (&v, rest) = datagram.split_first().ok_or(WireError::Truncated)?;
+    if v != VERSION {
+        return Err(WireError::BadVersion(v));
+    }
+    let &t = rest.first().ok_or(WireError::Truncated)?;
+    PacketType::from_u8(t).ok_or(WireError::BadType(t))
+}
+
+fn expect(datagram: &[u8], t: PacketType) -> Result<Reader<'_>, WireError> {
+    if peek_type(datagram)? != t {
+        return Err(WireError::BadType(datagram[1]));
+    }
+    let mut r = Reader::new(datagram);
+    r.bytes(2)?;
+    Ok(r)
+}
+
+/// Puller → exposer: first handshake message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// Largest datagram the puller wants to receive.
+    pub max_datagram: u16,
+    /// Address-validation token from a RETRY, or empty.
+    pub token: &'a [u8],
+    /// Name of the exposure (file name), UTF-8.
+    pub name: &'a str,
+    /// Noise message 1 (`-> e`).
+    pub noise: &'a [u8],
+}
+
+impl Hello<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(MIN_HELLO_LEN);
+        w.header(PacketType::Hello)
+            .u16(self.max_datagram)
+            .short_bytes(self.token)
+            .long_bytes(self.name.as_bytes())
+            .long_bytes(self.noise);
+        if w.buf.len() < MIN_HELLO_LEN {
+            w.buf.resize(MIN_HELLO_LEN, 0);
+        }
+        w.buf
+    }
+    pub fn decode(d: &[u8]) -> Result<Hello<'_>, WireError> {
+        if d.len() < MIN_HELLO_LEN {
+            return Err(WireError::BadLength);
+        }
+        let mut r = expect(d, PacketType::Hello)?;
+        let max_datagram = r.u16()?;
+        let token = r.short_bytes()?;
+        let name = std::str::from_utf8(r.long_bytes()?).map_err(|_| WireError::BadValue("name"))?;
+        let noise = r.long_bytes()?;
+        if r.rest().iter().any(|&b| b != 0) {
+            return Err(WireError::BadValue("padding"));
+        }
+        Ok(Hello {
+            max_datagram,
+            token,
+            name,
+            noise,
+        })
+    }
+}
+
+/// Exposer → puller: Noise message 2 whose payload is a [`Manifest`].
+pub struct Welcome<'a> {
+    pub noise: &'a [u8],
+}
+
+impl Welcome<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(4 + self.noise.len());
+        w.header(PacketType::Welcome).long_bytes(self.noise);
+        w.buf
+    }
+    pub fn decode(d: &[u8]) -> Result<Welcome<'_>, WireError> {
+        let mut r = expect(d, PacketType::Welcome)?;
+        let noise = r.long_bytes()?;
+        r.finish()?;
+        Ok(Welcome { noise })
+    }
+}
+
+/// Exposer → puller: prove you own your address, then say HELLO again with this token.
+pub struct Retry<'a> {
+    pub token: &'a [u8],
+}
+
+impl Retry<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.header(PacketType::Retry).short_bytes(self.token);
+        w.buf
+    }
+    pub fn decode(d: &[u8]) -> Result<Retry<'_>, WireError> {
+        let mut r = expect(d, PacketType::Retry)?;
+        let token = r.short_bytes()?;
+        r.finish()?;
+        Ok(Retry { token })
+    }
+}
+
+/// Exposer → puller: "this exposure or token is unknown here; handshake again".
+pub struct Stale {
+    pub exposure: ExposureId,
+}
+
+impl Stale {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.header(PacketType::Stale).bytes(&self.exposure);
+        w.buf
+    }
+    pub fn decode(d: &[u8]) -> Result<Stale, WireError> {
+        let mut r = expect(d, PacketType::Stale)?;
+        let exposure = r.array()?;
+        r.finish()?;
+        Ok(Stale { exposure })
+    }
+}
+
+/// Outcome carried in the (authenticated) WELCOME payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Manifest {
+    Found(ManifestBody),
+    NotFound,
+}
+
+/// What a puller learns in the handshake; authenticated by the Noise session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestBody {
+    pub exposure: ExposureId,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u64,
+    pub root: [u8; 32],
+    pub content_key: [u8; 32],
+    /// Datagram size the exposer will use toward this puller.
+    pub max_datagram: u16,
+    /// Token to attach to every REQUEST (validates the address, carries the request key).
+    pub token: Vec<u8>,
+    /// Key sealing this puller's REQUEST bodies.
+    pub request_key: [u8; 32],
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(200);
+        match self {
+            Manifest::NotFound => {
+                w.u8(1);
+            }
+            Manifest::Found(m) => {
+                w.u8(0)
+                    .bytes(&m.exposure)
+                    .u64(m.size)
+                    .u32(m.chunk_size)
+                    .u64(m.chunk_count)
+                    .bytes(&m.root)
+                    .bytes(&m.content_key)
+                    .u16(m.max_datagram)
+                    .short_bytes(&m.token)
+                    .bytes(&m.request_key);
+            }
+        }
+        w.buf
+    }
+    pub fn decode(d: &[u8]) -> Result<Manifest, WireError> {
+        let mut r = Reader::new(d);
+        let m = match r.u8()? {
+            1 => Manifest::NotFound,
+            0 => {
+                let m = ManifestBody {
+                    exposure: r.array()?,
+                    size: r.u64()?,
+                    chunk_size: r.u32()?,
+                    chunk_count: r.u64()?,
+                    root: r.array()?,
+                    content_key: r.array()?,
+                    max_datagram: r.u16()?,
+                    token: r.short_bytes()?.to_vec(),
+                    request_key: r.array()?,
+                };
+                if m.chunk_size as usize != crate::merkle::CHUNK_SIZE {
+                    return Err(WireError::BadValue("chunk size"));
+                }
+                if m.chunk_count != crate::merkle::chunk_count(m.size) {
+                    return Err(WireError::BadValue("chunk count"));
+                }
+                if (m.max_datagram as usize) < MIN_MAX_DATAGRAM {
+                    return Err(WireError::BadValue("max datagram"));
+                }
+                Manifest::Found(m)
+            }
+            _ => return Err(WireError::BadValue("manifest status")),
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+/// One thing a puller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestItem {
+    /// Every fragment of chunks `start .. start + count`.
+    Range {
+        object: Object,
+        start: u32,
+        count: u32,
+    },
+    /// The fragments of one chunk whose bits are set in `mask`.
+    Fragments {
+        object: Object,
+        chunk: u32,
+        mask: u64,
+    },
+}
+
+impl RequestItem {
+    pub const RANGE_LEN: usize = 10;
+    pub const FRAGMENTS_LEN: usize = 14;
+}
+
+/// Encodes request items (the plaintext of a REQUEST body).
+pub fn encode_items(items: &[RequestItem]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(2 + items.len() * RequestItem::FRAGMENTS_LEN);
+    w.u16(items.len() as u16);
+    for it in items {
+        match *it {
+            RequestItem::Range {
+                object,
+                start,
+                count,
+            } => {
+                w.u8(object as u8).u32(start).u32(count);
+            }
+            RequestItem::Fragments {
+                object,
+                chunk,
+                mask,
+            } => {
+                w.u8(0x80 | object as u8).u32(chunk).u64(mask);
+            }
+        }
+    }
+    w.buf
+}
+
+/// Strict decoder for a REQUEST body's plaintext.
+pub fn decode_items(d: &[u8]) -> Result<Vec<RequestItem>, WireError> {
+    let mut r = Reader::new(d);
+    let n = r.u16()? as usize;
+    if n == 0 || n > MAX_REQUEST_ITEMS {
+        return Err(WireError::BadLength);
+    }
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tag = r.u8()?;
+        let object = Object::from_u8(tag & 0x7f).ok_or(WireError::BadValue("object"))?;
+        let item = if tag & 0x80 == 0 {
+            let start = r.u32()?;
+            let count = r.u32()?;
+            if count == 0 {
+                return Err(WireError::BadValue("range count"));
+            }
+            RequestItem::Range {
+                object,
+                start,
+                count,
+            }
+        } else {
+            let chunk = r.u32()?;
+            let mask = r.u64()?;
+            if mask == 0 {
+                return Err(WireError::BadValue("fragment mask"));
+            }
+            RequestItem::Fragments {
+                object,
+                chunk,
+                mask,
+            }
+        };
+        items.push(item);
+    }
+    r.finish()?;
+    Ok(items)
+}
+
+/// Puller → exposer: sealed list of wanted chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub exposure: ExposureId,
+    pub token: &'a [u8],
+    /// Nonce of the sealed body; strictly increasing per puller.
+    pub seq: u64,
+    /// `encode_items` output sealed with the request key (AEAD tag included).
+    pub sealed: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    /// Encodes everything up to the sealed body; the result is also the AEAD's
+    /// associated data, so the header cannot be altered.
+    pub fn encode_header(exposure: &ExposureId, token: &[u8], seq: u64) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64 + token.len());
+        w.header(PacketType::Request)
+            .bytes(exposure)
+            .short_bytes(token)
+            .u64(seq);
+        w.buf
+    }
+    /// Returns the packet and the length of its header (the associated data).
+    pub fn decode(d: &'a [u8]) -> Result<(Request<'a>, usize), WireError> {
+        let mut r = expect(d, PacketType::Request)?;
+        let exposure = r.array()?;
+        let token = r.short_bytes()?;
+        let seq = r.u64()?;
+        let header_len = r.position();
+        let sealed = r.rest();
+        if sealed.len() < 16 {
+            return Err(WireError::Truncated);
+        }
+        Ok((
+            Request {
+                exposure,
+                token,
+                seq,
+                sealed,
+            },
+            header_len,
+        ))
+    }
+}
+
+/// Exposer → puller: one fragment of an encrypted chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data<'a> {
+    pub exposure: ExposureId,
+    pub object: Object,
+    pub chunk: u32,
+    pub fragment: u8,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Data<'a> {
+    /// Writes a DATA header into `out` (which must hold DATA_HEADER_LEN bytes).
+    pub fn write_header(
+        out: &mut [u8],
+        exposure: &ExposureId,
+        object: Object,
+        chunk: u32,
+        fragment: u8,
+    ) {
+        out[0] = VERSION;
+        out[1] = PacketType::Data as u8;
+        out[2..18].copy_from_slice(exposure);
+        out[18] = object as u8;
+        out[19..23].copy_from_slice(&chunk.to_le_bytes());
+        out[23] = fragment;
+    }
+    pub fn decode(d: &'a [u8]) -> Result<Data<'a>, WireError> {
+        let mut r = expect(d, PacketType::Data)?;
+        let exposure = r.array()?;
+        let object = Object::from_u8(r.u8()?).ok_or(WireError::BadValue("object"))?;
+        let chunk = r.u32()?;
+        let fragment = r.u8()?;
+        let payload = r.rest();
+        if payload.is_empty() || fragment >= 64 {
+            return Err(WireError::BadValue("fragment"));
+        }
+        Ok(Data {
+            exposure,
+            object,
+            chunk,
+            fragment,
+            payload,
+        })
+    }
+}
+
+/// Number of fragments needed to carry `ciphertext_len` bytes in datagrams of
+/// `max_datagram` bytes, and the payload size of every fragment but the last.
+pub fn fragmentation(ciphertext_len: usize, max_datagram: usize) -> (usize, usize) {
+    let per = max_datagram - DATA_HEADER_LEN;
+    (ciphertext_len.div_ceil(per), per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hello_round_trip_and_padding() {
+        let h = Hello {
+            max_datagram: 1200,
+            token: b"tok",
+            name: "ubuntu.iso",
+            noise: &[7u8; 32],
+        };
+        let enc = h.encode();
+        assert_eq!(enc.len(), MIN_HELLO_LEN);
+        assert_eq!(Hello::decode(&enc).unwrap(), h);
+        // Short (unpadded) HELLOs are refused: they would break the 3x budget.
+        assert_eq!(Hello::decode(&enc[..600]), Err(WireError::BadLength));
+        // Non-zero padding is refused.
+        let mut bad = enc.clone();
+        *bad.last_mut().unwrap() = 1;
+        assert!(Hello::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn version_and_type_are_checked() {
+        let s = Stale { exposure: [1; 16] }.encode();
+        assert!(Stale::decode(&s).is_ok());
+        let mut v = s.clone();
+        v[0] = 2;
+        assert_eq!(peek_type(&v), Err(WireError::BadVersion(2)));
+        let mut t = s.clone();
+        t[1] = 99;
+        assert_eq!(peek_type(&t), Err(WireError::BadType(99)));
+        assert!(Welcome::decode(&s).is_err());
+        let mut long = s.clone();
+        long.push(0);
+        assert_eq!(Stale::decode(&long).err(), Some(WireError::TrailingBytes));
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let items = vec![
+            RequestItem::Range {
+                object: Object::Content,
+                start: 5,
+                count: 9,
+            },
+            RequestItem::Fragments {
+                object: Object::Outboard,
+                chunk: 3,
+                mask: 0b1010,
+            },
+        ];
+        assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
+        assert!(decode_items(&encode_items(&[])).is_err());
+    }
+
+    #[test]
+    fn manifest_round_trip_and_checks() {
+        let body = ManifestBody {
+            exposure: [3; 16],
+            size: 100_000,
+            chunk_size: crate::merkle::CHUNK_SIZE as u32,
+            chunk_count: crate::merkle::chunk_count(100_000),
+            root: [4; 32],
+            content_key: [5; 32],
+            max_datagram: 1200,
+            token: vec![9; 40],
+            request_key: [6; 32],
+        };
+        let m = Manifest::Found(body.clone());
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        let mut wrong = body;
+        wrong.chunk_count += 1;
+        assert!(Manifest::decode(&Manifest::Found(wrong).encode()).is_err());
+        assert_eq!(
+            Manifest::decode(&Manifest::NotFound.encode()).unwrap(),
+            Manifest::NotFound
+        );
+    }
+
+    #[test]
+    fn data_round_trip() {
+        let mut d = vec![0u8; DATA_HEADER_LEN + 10];
+        Data::write_header(&mut d, &[8; 16], Object::Outboard, 77, 3);
+        d[DATA_HEADER_LEN..].fill(0xAB);
+        let p = Data::decode(&d).unwrap();
+        assert_eq!((p.object, p.chunk, p.fragment), (Object::Outboard, 77, 3));
+        assert_eq!(p.payload, &[0xAB; 10]);
+        assert!(Data::decode(&d[..DATA_HEADER_LEN]).is_err());
+    }
+
+    fn decode_any(d: &[u8]) {
+        let _ = peek_type(d);
+        let _ = Hello::decode(d);
+        let _ = Welcome::decode(d);
+        let _ = Retry::decode(d);
+        let _ = Stale::decode(d);
+        let _ = Request::decode(d);
+        let _ = Data::decode(d);
+        let _ = Manifest::decode(d);
+        let _ = decode_items(d);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn decoders_never_panic(d in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            decode_any(&d);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_valid_prefix(t in 1u8..8, d in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut v = vec![VERSION, t];
+            v.extend_from_slice(&d);
+            decode_any(&v);
+        }
+
+        #[test]
+        fn items_round_trip_prop(raw in proptest::collection::vec((any::<bool>(), 0u8..2, any::<u32>(), 1u64..), 1..50)) {
+            let items: Vec<RequestItem> = raw.iter().map(|&(range, o, a, b)| {
+                let object = Object::from_u8(o).unwrap();
+                if range { RequestItem::Range { object, start: a, count: (b as u32).max(1) } }
+                else { RequestItem::Fragments { object, chunk: a, mask: b } }
+            }).collect();
+            prop_assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
+        }
+
+        #[test]
+        fn request_round_trip(exp in any::<[u8;16]>(), tok in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 16..100)) {
+            let mut pkt = Request::encode_header(&exp, &tok, seq);
+            let hl = pkt.len();
+            pkt.extend_from_slice(&body);
+            let (r, h) = Request::decode(&pkt).unwrap();
+            prop_assert_eq!(h, hl);
+            prop_assert_eq!(r.exposure, exp);
+            prop_assert_eq!(r.token, &tok[..]);
+            prop_assert_eq!(r.seq, seq);
+            prop_assert_eq!(r.sealed, &body[..]);
+        }
+    }
+}

@@ -12,10 +12,12 @@
 pub mod bitset;
 pub mod cc;
 pub mod crypto;
+pub mod driver;
 pub mod exposer;
 pub mod handshake;
 pub mod keys;
 pub mod merkle;
+pub mod output;
 pub mod puller;
 pub mod sidecar;
 pub mod sim;

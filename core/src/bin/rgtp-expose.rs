@@ -1,1 +1,186 @@
-fn main() {}
+//! rgtp-expose: publish files over RGTP.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rgtp::exposer::{Exposer, ExposerConfig};
+use rgtp::keys::{self, StaticKey};
+use rgtp::source::FileSource;
+use rgtp::url::{hex, RgtpUrl};
+use rgtp::{driver, merkle, udp, wire};
+
+const AFTER_HELP: &str = "\
+Each FILE is published under its base name. For every file a pull URL is printed
+(a line starting with rgtp://) that pins this exposer's key and the content root;
+the root equals `b3sum FILE`.
+
+Exit codes:
+  0   stopped cleanly (Ctrl-C / SIGTERM)
+  2   bad arguments
+  3   a FILE is missing or unreadable
+  10  cannot bind the UDP port (in use, or a privileged port without permission)
+  11  the key file is malformed or unreadable
+  1   any other error
+
+Environment:
+  RGTP_CONFIG_DIR   where the exposer key lives (default ~/.config/rgtp)
+  RUST_LOG          log filter for stderr, e.g. RUST_LOG=debug";
+
+/// Publish files once; pullers fetch, verify and resume them over UDP.
+#[derive(Parser)]
+#[command(name = "rgtp-expose", version, after_help = AFTER_HELP)]
+struct Args {
+    /// Files to expose.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// UDP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 443)]
+    port: u16,
+    /// Address to bind; the default `::` also accepts IPv4.
+    #[arg(long, default_value = "::")]
+    bind: IpAddr,
+    /// Static key file (created on first use). Default: $RGTP_CONFIG_DIR/exposer.key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Host name to put in the printed URLs. Default: the bind address if specific,
+    /// else this machine's host name.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Largest UDP payload to send. 1200 crosses any Internet path; raise it on LANs
+    /// or loopback (up to 65507) for speed.
+    #[arg(long, default_value_t = wire::DEFAULT_MAX_DATAGRAM)]
+    max_datagram: usize,
+    /// Memory for cached ciphertext shared by all pullers, in MiB.
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("rgtp-expose: {msg}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let args = Args::parse();
+    if !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&args.max_datagram) {
+        return fail(
+            2,
+            format!(
+                "--max-datagram must be between {} and {}",
+                wire::MIN_MAX_DATAGRAM,
+                wire::MAX_MAX_DATAGRAM
+            ),
+        );
+    }
+    let key_path = args.key.clone().unwrap_or_else(keys::default_key_path);
+    let key = match StaticKey::load_or_create(&key_path) {
+        Ok(k) => k,
+        Err(e) => return fail(11, e),
+    };
+
+    // Hash every file before binding, so a printed URL is always servable.
+    let mut files = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for path in &args.files {
+        let name = match path.file_name().and_then(|n| n.to_str()) {
+            Some(n) => n.to_string(),
+            None => return fail(3, format!("{}: not a file name", path.display())),
+        };
+        if !names.insert(name.clone()) {
+            return fail(
+                2,
+                format!("two files share the name {name}; expose them from separate processes"),
+            );
+        }
+        let src = match FileSource::open(path) {
+            Ok(s) => s,
+            Err(e) => return fail(3, format!("{}: {e}", path.display())),
+        };
+        let cvs = match merkle::cvs_of_file(src.file(), rgtp::source::ChunkSource::size(&src)) {
+            Ok(c) => c,
+            Err(e) => return fail(3, format!("{}: {e}", path.display())),
+        };
+        files.push((name, path.clone(), src, cvs));
+    }
+
+    let bind = SocketAddr::new(args.bind, args.port);
+    let sock = match udp::bind(bind) {
+        Ok(s) => s,
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (ports below 1024 need privileges: pick another with --port)"
+            } else {
+                " (choose another with --port)"
+            };
+            return fail(10, format!("cannot bind UDP {bind}: {e}{hint}"));
+        }
+    };
+    let local = match sock.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(1, e),
+    };
+    let host = args.advertise.clone().unwrap_or_else(|| {
+        if args.bind.is_unspecified() {
+            hostname()
+        } else {
+            args.bind.to_string()
+        }
+    });
+
+    let config = ExposerConfig {
+        max_datagram: args.max_datagram,
+        cache_bytes: args.cache_mib << 20,
+        ..Default::default()
+    };
+    let mut ex = Exposer::new(config, key.private, std::time::Instant::now());
+    let mut out = std::io::stdout().lock();
+    for (name, path, src, cvs) in files {
+        let size = rgtp::source::ChunkSource::size(&src);
+        let info = ex.add_exposure(&name, Box::new(src), cvs);
+        let url = RgtpUrl {
+            host: host.clone(),
+            port: local.port(),
+            name,
+            key: Some(key.public),
+            root: Some(info.root),
+        };
+        let _ = writeln!(out, "{url}");
+        let _ = writeln!(out, "  file: {} ({size} bytes)", path.display());
+        let _ = writeln!(out, "  root: {}", hex(&info.root));
+        let _ = writeln!(out, "  key:  {}", keys::fingerprint(&key.public));
+    }
+    let _ = writeln!(out, "listening on {local}");
+    let _ = out.flush();
+    drop(out);
+
+    driver::install_stop_handler();
+    if let Err(e) = driver::serve(&sock, &mut ex, &driver::STOP) {
+        return fail(1, format!("socket error: {e}"));
+    }
+    tracing::info!("stopping: {:?}", ex.stats);
+    ExitCode::SUCCESS
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

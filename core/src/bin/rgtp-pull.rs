@@ -1,1 +1,434 @@
-fn main() {}
+//! rgtp-pull: fetch a file over RGTP, verified chunk by chunk, resumable.
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rgtp::driver::{self, PullEnd};
+use rgtp::keys::{self, KnownExposers, Trust};
+use rgtp::output::{Output, OutputError};
+use rgtp::puller::{PullConfig, PullError, PullEvent, Puller};
+use rgtp::url::{hex, parse_hex32, parse_host_port, RgtpUrl, DEFAULT_PORT};
+use rgtp::{merkle, udp, wire};
+
+const AFTER_HELP: &str = "\
+SOURCE is either a pull URL printed by rgtp-expose (it pins the exposer's key and
+the content root), or HOST[:PORT] followed by NAME. Without a pinned key the
+exposer's key is trusted on first use and remembered in the known-exposers file;
+a later change of that key is refused.
+
+While pulling, OUTPUT.rgtp-part holds the data and OUTPUT.rgtp-state the verified
+set. Interrupt at any time (Ctrl-C, kill -9) and run the same command again: only
+the missing chunks are pulled. On success the part file becomes OUTPUT.
+
+Exit codes:
+  0    pulled and verified
+  1    internal error
+  2    bad arguments or URL
+  3    cannot create or write the output
+  4    disk full (progress is saved; free space and rerun)
+  5    exposer unreachable (no answer within --timeout) or host unknown
+  6    exposer key mismatch (pinned key differs, or a known key changed)
+  7    the exposer has no such name
+  8    content mismatch (root differs from the pinned one, or a bad outboard)
+  9    the resume state file is corrupt
+  130  interrupted (progress is saved; rerun to resume)
+
+Environment:
+  RGTP_CONFIG_DIR   where known_exposers lives (default ~/.config/rgtp)
+  RUST_LOG          log filter for stderr, e.g. RUST_LOG=debug";
+
+/// Pull a file from an RGTP exposer.
+#[derive(Parser)]
+#[command(name = "rgtp-pull", version, after_help = AFTER_HELP)]
+struct Args {
+    /// rgtp:// URL, or HOST[:PORT] (then NAME is required).
+    source: String,
+    /// Name of the file on the exposer (with the HOST[:PORT] form).
+    name: Option<String>,
+    /// Where to write (default: ./NAME). A character device such as /dev/null
+    /// discards the bytes (no resume).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Require this exposer key (64 hex digits).
+    #[arg(long)]
+    key: Option<String>,
+    /// Give up when the exposer has been silent this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Largest UDP payload to ask for (the exposer may use less).
+    #[arg(long, default_value_t = wire::DEFAULT_MAX_DATAGRAM)]
+    max_datagram: usize,
+    /// No progress display.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print one JSON object with the transfer's figures at the end.
+    #[arg(long)]
+    json: bool,
+    /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
+    #[arg(long)]
+    known_exposers: Option<PathBuf>,
+}
+
+struct Failure(u8, String);
+
+fn fail<T>(code: u8, msg: impl std::fmt::Display) -> Result<T, Failure> {
+    Err(Failure(code, msg.to_string()))
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("rgtp-pull: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn output_failure(e: OutputError) -> Failure {
+    let code = match e {
+        OutputError::Io(..) => 3,
+        OutputError::Full(_) => 4,
+        OutputError::CorruptState(..) => 9,
+    };
+    Failure(code, e.to_string())
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    if !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&args.max_datagram) {
+        return fail(
+            2,
+            format!(
+                "--max-datagram must be between {} and {}",
+                wire::MIN_MAX_DATAGRAM,
+                wire::MAX_MAX_DATAGRAM
+            ),
+        );
+    }
+    let (host, port, name, mut pin, root) = if args.source.to_ascii_lowercase().starts_with("rgtp:")
+    {
+        if args.name.is_some() {
+            return fail(2, "a URL already names the file; drop the NAME argument");
+        }
+        let u: RgtpUrl = match args.source.parse() {
+            Ok(u) => u,
+            Err(e) => return fail(2, format!("bad URL: {e}")),
+        };
+        (u.host, u.port, u.name, u.key, u.root)
+    } else {
+        let Some(name) = args.name.clone() else {
+            return fail(
+                2,
+                "NAME is required with the HOST[:PORT] form (or give an rgtp:// URL)",
+            );
+        };
+        match parse_host_port(&args.source, DEFAULT_PORT) {
+            Ok((h, p)) => (h, p, name, None, None),
+            Err(e) => return fail(2, format!("bad address: {e}")),
+        }
+    };
+    if let Some(k) = &args.key {
+        match parse_hex32(k) {
+            Some(k) => pin = Some(k),
+            None => return fail(2, "--key must be 64 hex digits"),
+        }
+    }
+    let host_port = rgtp::url::format_host_port(&host, port);
+    let remote: SocketAddr = match (host.as_str(), port)
+        .to_socket_addrs()
+        .map(|mut a| a.next())
+    {
+        Ok(Some(a)) => a,
+        _ => return fail(5, format!("cannot resolve host {host}")),
+    };
+
+    // Trust on first use when nothing pins the key.
+    let known_path = args
+        .known_exposers
+        .clone()
+        .unwrap_or_else(keys::default_known_path);
+    let known = if pin.is_none() {
+        match KnownExposers::load(&known_path) {
+            Ok(k) => Some(k),
+            Err(e) => return fail(6, e),
+        }
+    } else {
+        None
+    };
+    let known_key = known.as_ref().and_then(|k| k.get(&host_port).copied());
+
+    let out_path = args.output.clone().unwrap_or_else(|| {
+        PathBuf::from(
+            std::path::Path::new(&name)
+                .file_name()
+                .map_or("download".into(), |n| n.to_owned()),
+        )
+    });
+    let (output, resume) = Output::open(&out_path).map_err(output_failure)?;
+    let resumed_have = resume.as_ref().map(|r| r.have.clone());
+
+    let mut cfg = PullConfig::new(remote, &name);
+    cfg.max_datagram = args.max_datagram as u16;
+    cfg.pinned_key = pin.or(known_key);
+    cfg.expected_root = root;
+    cfg.resume = resume;
+    cfg.idle_timeout = Duration::from_secs(args.timeout.max(1));
+
+    let bind: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = match udp::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("cannot open a UDP socket: {e}")),
+    };
+
+    driver::install_stop_handler();
+    let start = Instant::now();
+    let mut puller = Puller::new(cfg, start);
+    let mut h = Handler {
+        output,
+        known,
+        host_port: host_port.clone(),
+        name: name.clone(),
+        resumed_have,
+        progress: !args.quiet && !args.json && std::io::stderr().is_terminal(),
+        start,
+        last_progress: start,
+        total: 0,
+        missing_at_start: 0,
+        stored: 0,
+        resumed: false,
+    };
+    let end = driver::pull(&sock, &mut puller, &driver::STOP, &mut h);
+    let progress = h.progress;
+    let (total, missing_at_start, resumed) = (h.total, h.missing_at_start, h.resumed);
+    let mut output = h.output;
+    if progress {
+        eprint!("\r\x1b[2K");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    match end {
+        PullEnd::Done => {
+            output.finish().map_err(output_failure)?;
+        }
+        PullEnd::Interrupted => {
+            let _ = output.save();
+            return fail(
+                130,
+                "interrupted; progress saved, run the same command to resume",
+            );
+        }
+        PullEnd::Sink(e) => {
+            let _ = output.save();
+            return Err(output_failure(e));
+        }
+        PullEnd::Io(e) => {
+            let _ = output.save();
+            return fail(1, format!("socket error: {e}"));
+        }
+        PullEnd::Failed(e) => {
+            let _ = output.save();
+            let code = match &e {
+                PullError::Timeout => 5,
+                PullError::KeyMismatch { .. } => 6,
+                PullError::NotFound => 7,
+                PullError::RootMismatch { .. } | PullError::BadOutboard => 8,
+            };
+            let msg = match (&e, known_key) {
+                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
+                    "the key of {host_port} changed: known {}, now {}; refusing (if the change is \
+                     expected, delete its line in {})",
+                    hex(&old),
+                    hex(got),
+                    known_path.display()
+                ),
+                (PullError::Timeout, _) => format!(
+                    "exposer {host_port} unreachable: no answer for {} s",
+                    args.timeout
+                ),
+                (PullError::NotFound, _) => format!("{host_port} exposes no file named {name:?}"),
+                _ => e.to_string(),
+            };
+            return fail(code, msg);
+        }
+    }
+    let s = &puller.stats;
+    if args.json {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(
+            o,
+            "{{\"bytes\":{total},\"seconds\":{secs:.6},\"throughput\":{:.0},\"datagrams_received\":{},\
+             \"bytes_received\":{},\"datagrams_sent\":{},\"requests\":{},\"rerequested_fragments\":{},\
+             \"duplicate_fragments\":{},\"bad_chunks\":{},\"handshakes\":{},\"resumed\":{resumed},\
+             \"missing_bytes_at_start\":{missing_at_start},\"output\":\"{}\"}}",
+            missing_at_start as f64 / secs.max(1e-9),
+            s.datagrams_in,
+            s.bytes_in,
+            s.datagrams_out,
+            s.requests,
+            s.rerequested_fragments,
+            s.duplicate_fragments,
+            s.bad_chunks,
+            s.handshakes,
+            json_escape(&out_path.display().to_string()),
+        );
+    } else if !args.quiet {
+        eprintln!(
+            "rgtp-pull: {} -> {} ({total} bytes in {secs:.2} s, {}/s)",
+            name,
+            out_path.display(),
+            human(missing_at_start as f64 / secs.max(1e-9))
+        );
+    }
+    Ok(())
+}
+
+/// Carries a pull's events to the output file and the terminal.
+struct Handler {
+    output: Output,
+    known: Option<KnownExposers>,
+    host_port: String,
+    name: String,
+    resumed_have: Option<rgtp::bitset::ChunkSet>,
+    progress: bool,
+    start: Instant,
+    last_progress: Instant,
+    total: u64,
+    missing_at_start: u64,
+    stored: u64,
+    resumed: bool,
+}
+
+impl driver::PullHandler for Handler {
+    type Error = OutputError;
+
+    fn on_event(&mut self, ev: PullEvent) -> Result<(), OutputError> {
+        match ev {
+            PullEvent::Started {
+                exposer_key,
+                size,
+                root,
+                resumed,
+            } => {
+                self.resumed = resumed;
+                self.total = size;
+                if let Some(k) = self.known.as_mut() {
+                    if k.check(&self.host_port, &exposer_key) == Trust::New {
+                        if let Err(e) = k.remember(&self.host_port, &exposer_key) {
+                            tracing::warn!("cannot record the exposer key: {e}");
+                        }
+                        eprintln!(
+                            "rgtp-pull: trusting {} on first use: key {}",
+                            self.host_port,
+                            keys::fingerprint(&exposer_key)
+                        );
+                    }
+                }
+                let have = if resumed {
+                    self.resumed_have.take()
+                } else {
+                    None
+                };
+                let have_bytes = have.as_ref().map_or(0, |h| have_bytes(h, size));
+                self.missing_at_start = size - have_bytes;
+                self.stored = have_bytes;
+                tracing::info!("pulling {}: {size} bytes, root {}", self.name, hex(&root));
+                self.output.start(root, size, have)
+            }
+            PullEvent::Chunk { index, data } => {
+                self.stored += data.len() as u64;
+                self.output.write_chunk(index, &data)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_tick(&mut self, p: &Puller) -> Result<(), OutputError> {
+        if self.progress && self.last_progress.elapsed() >= Duration::from_millis(250) {
+            self.last_progress = Instant::now();
+            draw_progress(
+                self.stored,
+                self.total,
+                self.missing_at_start,
+                self.start,
+                p,
+            );
+        }
+        self.output.tick()
+    }
+}
+
+fn have_bytes(have: &rgtp::bitset::ChunkSet, size: u64) -> u64 {
+    (0..have.len())
+        .filter(|&i| have.contains(i))
+        .map(|i| merkle::chunk_len(i, size) as u64)
+        .sum()
+}
+
+fn draw_progress(stored: u64, total: u64, missing: u64, start: Instant, p: &Puller) {
+    let secs = start.elapsed().as_secs_f64().max(1e-3);
+    let done_now = stored.saturating_sub(total - missing);
+    let rate = done_now as f64 / secs;
+    let pct = if total == 0 {
+        100.0
+    } else {
+        stored as f64 * 100.0 / total as f64
+    };
+    let eta = if rate > 0.0 {
+        format!("{:.0}s", (total.saturating_sub(stored)) as f64 / rate)
+    } else {
+        "?".into()
+    };
+    let width = 30usize;
+    let filled = ((pct / 100.0) * width as f64) as usize;
+    eprint!(
+        "\r\x1b[2K[{}{}] {pct:5.1}% {} / {}  {}/s  ETA {eta}  rtt {:.1} ms",
+        "#".repeat(filled.min(width)),
+        " ".repeat(width - filled.min(width)),
+        human(stored as f64),
+        human(total as f64),
+        human(rate),
+        p.rate_control().srtt().as_secs_f64() * 1e3,
+    );
+}
+
+fn human(b: f64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
+fn json_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

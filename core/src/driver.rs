@@ -1,0 +1,164 @@
+//! Thin drivers that run the sans-IO exposer and puller over a real UDP socket with
+//! the real clock. All protocol decisions stay in the state machines.
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::exposer::Exposer;
+use crate::puller::{PullError, PullEvent, Puller};
+use crate::udp::{Receiver, Sender};
+
+/// Waits for readability with microsecond precision (pacing needs better than poll's ms).
+fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd, a valid timespec and no signal mask change.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    r > 0
+}
+
+/// Serves until `stop` is set. Datagrams are handled in batches and the answers sent
+/// right after each batch, so queued ciphertext stays small.
+pub fn serve(sock: &UdpSocket, ex: &mut Exposer, stop: &AtomicBool) -> io::Result<()> {
+    let mut rx = Receiver::default();
+    let tx = Sender::default();
+    while !stop.load(Ordering::Relaxed) {
+        wait_readable(sock.as_raw_fd(), Duration::from_millis(200));
+        for _ in 0..64 {
+            let now = Instant::now();
+            let n = rx.recv(sock, |from, d| ex.handle(now, from, d))?;
+            while let Some(t) = ex.poll_transmit() {
+                if let Err(e) = tx.send(sock, &t) {
+                    tracing::debug!("send to {}: {e}", t.dest);
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a pull loop ended.
+#[derive(Debug)]
+pub enum PullEnd<E> {
+    Done,
+    Failed(PullError),
+    Interrupted,
+    /// The event handler failed (e.g. the disk is full).
+    Sink(E),
+    Io(io::Error),
+}
+
+/// What a pull's driver hands its events to.
+pub trait PullHandler {
+    type Error;
+    /// Every event but Done and Failed (chunks to store, start).
+    fn on_event(&mut self, ev: PullEvent) -> Result<(), Self::Error>;
+    /// About every 100 ms: progress and persistence.
+    fn on_tick(&mut self, p: &Puller) -> Result<(), Self::Error>;
+}
+
+/// Runs a pull to its end.
+pub fn pull<H: PullHandler>(
+    sock: &UdpSocket,
+    p: &mut Puller,
+    stop: &AtomicBool,
+    h: &mut H,
+) -> PullEnd<H::Error> {
+    let mut rx = Receiver::default();
+    let tx = Sender::default();
+    let mut last_tick = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return PullEnd::Interrupted;
+        }
+        let mut received = 0;
+        for _ in 0..16 {
+            let now = Instant::now();
+            match rx.recv(sock, |from, d| p.handle(now, from, d)) {
+                Ok(0) => break,
+                Ok(n) => received += n,
+                Err(e) => return PullEnd::Io(e),
+            }
+            // Hand verified chunks out as they come so memory stays bounded.
+            while let Some(ev) = p.poll_event() {
+                match ev {
+                    PullEvent::Done => return PullEnd::Done,
+                    PullEvent::Failed(e) => return PullEnd::Failed(e),
+                    ev => {
+                        if let Err(e) = h.on_event(ev) {
+                            return PullEnd::Sink(e);
+                        }
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if p.poll_timeout().is_some_and(|t| t <= now) {
+            p.handle_timeout(now);
+        }
+        while let Some(t) = p.poll_transmit(now) {
+            if let Err(e) = tx.send(sock, &t) {
+                tracing::debug!("send: {e}");
+            }
+        }
+        while let Some(ev) = p.poll_event() {
+            match ev {
+                PullEvent::Done => return PullEnd::Done,
+                PullEvent::Failed(e) => return PullEnd::Failed(e),
+                ev => {
+                    if let Err(e) = h.on_event(ev) {
+                        return PullEnd::Sink(e);
+                    }
+                }
+            }
+        }
+        if now.duration_since(last_tick) >= Duration::from_millis(100) {
+            last_tick = now;
+            if let Err(e) = h.on_tick(p) {
+                return PullEnd::Sink(e);
+            }
+        }
+        if received == 0 {
+            let wait = p
+                .poll_timeout()
+                .map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(Instant::now())
+                })
+                .min(Duration::from_millis(100));
+            if !wait.is_zero() {
+                wait_readable(sock.as_raw_fd(), wait);
+            }
+        }
+    }
+}
+
+/// Ctrl-C / SIGTERM flag shared by the binaries.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM set [`STOP`] instead of killing the process, so state can
+/// be saved on the way out.
+pub fn install_stop_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Where a pull puts its bytes: a `.rgtp-part` file written at chunk offsets plus a
+//! `.rgtp-state` sidecar (root, size, verified set), renamed into place only when
+//! complete, so a partial file never passes for a complete one.
+//!
+//! Durability order: the part file is synced before the sidecar that claims its
+//! chunks is written, so after a crash the sidecar never claims unwritten data.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::bitset::ChunkSet;
+use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::puller::ResumeState;
+use crate::sidecar::{Sidecar, SidecarError};
+
+/// How often the verified set is made durable.
+pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub enum OutputError {
+    /// The output cannot be created or written.
+    Io(PathBuf, io::Error),
+    /// The disk is full.
+    Full(PathBuf),
+    /// The resume sidecar is damaged.
+    CorruptState(PathBuf, String),
+}
+
+impl std::fmt::Display for OutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(p, e) => write!(f, "cannot write {}: {e}", p.display()),
+            Self::Full(p) => write!(
+                f,
+                "disk full writing {} (progress saved; free space and run the same command to resume)",
+                p.display()
+            ),
+            Self::CorruptState(p, why) => write!(
+                f,
+                "resume state {} is corrupt ({why}); delete it to start over",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OutputError {}
+
+fn io_err(path: &Path, e: io::Error) -> OutputError {
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        OutputError::Full(path.to_path_buf())
+    } else {
+        OutputError::Io(path.to_path_buf(), e)
+    }
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// A pull's destination.
+pub enum Output {
+    /// A character device such as /dev/null: bytes are dropped, nothing is resumable.
+    Discard,
+    File(PartFile),
+}
+
+pub struct PartFile {
+    pub final_path: PathBuf,
+    pub part_path: PathBuf,
+    pub state_path: PathBuf,
+    file: Option<File>,
+    have: ChunkSet,
+    root: Hash,
+    size: u64,
+    dirty: bool,
+    last_persist: Instant,
+}
+
+impl Output {
+    /// Prepares the output at `path` and returns what an earlier run left to resume.
+    pub fn open(path: &Path) -> Result<(Output, Option<ResumeState>), OutputError> {
+        if let Ok(meta) = fs::metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_char_device() {
+                return Ok((Output::Discard, None));
+            }
+        }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(OutputError::Io(
+                path.to_path_buf(),
+                io::Error::new(io::ErrorKind::NotFound, "directory does not exist"),
+            ));
+        }
+        let part_path = with_suffix(path, ".rgtp-part");
+        let state_path = with_suffix(path, ".rgtp-state");
+        let resume = match Sidecar::load(&state_path) {
+            Ok(Some(s)) => {
+                let part_ok = fs::metadata(&part_path).is_ok_and(|m| m.len() == s.size);
+                if s.chunk_size as usize != CHUNK_SIZE
+                    || s.have.len() != merkle::chunk_count(s.size)
+                {
+                    return Err(OutputError::CorruptState(
+                        state_path,
+                        "chunk geometry".into(),
+                    ));
+                }
+                if !part_ok {
+                    return Err(OutputError::CorruptState(
+                        state_path,
+                        format!("{} is missing or has the wrong size", part_path.display()),
+                    ));
+                }
+                Some(ResumeState {
+                    root: s.root,
+                    size: s.size,
+                    have: s.have,
+                })
+            }
+            Ok(None) => None,
+            Err(SidecarError::Corrupt(why)) => {
+                return Err(OutputError::CorruptState(state_path, why))
+            }
+            Err(SidecarError::Io(e)) => return Err(OutputError::Io(state_path, e)),
+        };
+        Ok((
+            Output::File(PartFile {
+                final_path: path.to_path_buf(),
+                part_path,
+                state_path,
+                file: None,
+                have: ChunkSet::new(0),
+                root: [0; 32],
+                size: 0,
+                dirty: false,
+                last_persist: Instant::now(),
+            }),
+            resume,
+        ))
+    }
+
+    /// Called once the exposer's manifest is known.
+    pub fn start(
+        &mut self,
+        root: Hash,
+        size: u64,
+        resumed: Option<ChunkSet>,
+    ) -> Result<(), OutputError> {
+        let Output::File(p) = self else { return Ok(()) };
+        let fresh = resumed.is_none();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(fresh)
+            .open(&p.part_path)
+            .map_err(|e| io_err(&p.part_path, e))?;
+        file.set_len(size).map_err(|e| io_err(&p.part_path, e))?;
+        p.file = Some(file);
+        p.root = root;
+        p.size = size;
+        p.have = resumed.unwrap_or_else(|| ChunkSet::new(merkle::chunk_count(size)));
+        p.dirty = true;
+        p.persist()
+    }
+
+    pub fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<(), OutputError> {
+        let Output::File(p) = self else { return Ok(()) };
+        let Some(file) = &p.file else { return Ok(()) };
+        file.write_all_at(data, index * CHUNK_SIZE as u64)
+            .map_err(|e| io_err(&p.part_path, e))?;
+        p.have.insert(index);
+        p.dirty = true;
+        Ok(())
+    }
+
+    /// Makes progress durable about once per [`PERSIST_EVERY`].
+    pub fn tick(&mut self) -> Result<(), OutputError> {
+        let Output::File(p) = self else { return Ok(()) };
+        if p.dirty && p.last_persist.elapsed() >= PERSIST_EVERY {
+            p.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Saves progress now (on interruption or error).
+    pub fn save(&mut self) -> Result<(), OutputError> {
+        match self {
+            Output::File(p) if p.file.is_some() && p.dirty => p.persist(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Completes the output: sync, rename into place, drop the sidecar.
+    pub fn finish(&mut self) -> Result<(), OutputError> {
+        let Output::File(p) = self else { return Ok(()) };
+        if p.file.is_none() {
+            // Empty content: nothing was ever started by a chunk.
+            p.file = Some(File::create(&p.part_path).map_err(|e| io_err(&p.part_path, e))?);
+        }
+        if let Some(f) = &p.file {
+            f.sync_all().map_err(|e| io_err(&p.part_path, e))?;
+        }
+        fs::rename(&p.part_path, &p.final_path).map_err(|e| io_err(&p.final_path, e))?;
+        let _ = fs::remove_file(&p.state_path);
+        Ok(())
+    }
+
+    /// Chunks verified and stored so far (for progress).
+    pub fn stored_bytes(&self) -> Option<u64> {
+        match self {
+            Output::File(p) if p.file.is_some() => Some(p.have.count() * CHUNK_SIZE as u64),
+            _ => None,
+        }
+    }
+}
+
+impl PartFile {
+    fn persist(&mut self) -> Result<(), OutputError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.sync_data().map_err(|e| io_err(&self.part_path, e))?;
+        let s = Sidecar {
+            root: self.root,
+            size: self.size,
+            chunk_size: CHUNK_SIZE as u32,
+            have: self.have.clone(),
+        };
+        s.store(&self.state_path)
+            .map_err(|e| io_err(&self.state_path, e))?;
+        self.dirty = false;
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::crypto::{random_bytes, same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey};
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::sealed::SealedStore;
 use crate::source::{ChunkSource, CipherCache};
 use crate::transmit::Transmit;
 use crate::wire::{
@@ -63,6 +64,8 @@ pub struct ExposerStats {
     pub dropped: u64,
     pub encryptions: u64,
     pub cache_hits: u64,
+    /// Chunks served from the sealed-ahead store (no crypto).
+    pub sealed_reads: u64,
     pub rate_limited: u64,
 }
 
@@ -83,6 +86,8 @@ struct Exposure {
     /// Outboard bytes (chunk CVs), sealed lazily like content.
     outboard: Vec<u8>,
     chunk_count: u64,
+    /// Content sealed ahead of time, when the driver asked for it.
+    sealed: Option<SealedStore>,
 }
 
 impl Exposure {
@@ -174,12 +179,36 @@ impl Exposer {
                 content_key,
                 outboard,
                 chunk_count,
+                sealed: None,
             },
         );
         if let Some(old) = self.by_name.insert(name.to_string(), id) {
             self.exposures.remove(&old);
         }
         info
+    }
+
+    /// Encrypts all of an exposure's content now, into an unnamed file in `dir`, so
+    /// that serving needs no crypto (see `sealed`). A set-up step, done before serving.
+    pub fn seal_ahead(
+        &mut self,
+        id: &ExposureId,
+        dir: &std::path::Path,
+        threads: usize,
+    ) -> std::io::Result<()> {
+        let Some(e) = self.exposures.get_mut(id) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such exposure",
+            ));
+        };
+        e.sealed = Some(SealedStore::build(
+            e.source.as_ref(),
+            &e.cipher,
+            dir,
+            threads,
+        )?);
+        Ok(())
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -399,6 +428,24 @@ impl Exposer {
             return None;
         }
         let key = (*id, object, index as u32);
+        let sealed = match (&e.sealed, object) {
+            (Some(store), Object::Content) => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                if let Err(err) = store.read(index, &mut buf) {
+                    tracing::warn!("reading sealed chunk {index} of {}: {err}", e.info.name);
+                    self.scratch = buf;
+                    return None;
+                }
+                self.stats.sealed_reads += 1;
+                Some(buf)
+            }
+            _ => None,
+        };
+        if let Some(buf) = sealed {
+            let n = self.send_fragments(id, object, index, mask, max_datagram, dest, &buf);
+            self.scratch = buf;
+            return Some(n);
+        }
         let ct = match self.cache.get(key) {
             Some(ct) => {
                 self.stats.cache_hits += 1;
@@ -429,6 +476,21 @@ impl Exposer {
                 ct
             }
         };
+        Some(self.send_fragments(id, object, index, mask, max_datagram, dest, &ct))
+    }
+
+    /// Queues the fragments of sealed chunk `ct` selected by `mask` as one transmit.
+    #[allow(clippy::too_many_arguments)]
+    fn send_fragments(
+        &mut self,
+        id: &ExposureId,
+        object: Object,
+        index: u64,
+        mask: u64,
+        max_datagram: usize,
+        dest: SocketAddr,
+        ct: &[u8],
+    ) -> usize {
         let (frags, per) = wire::fragmentation(ct.len(), max_datagram);
         let seg = DATA_HEADER_LEN + per;
         let mut contents = Vec::with_capacity(ct.len() + frags * DATA_HEADER_LEN);
@@ -443,7 +505,7 @@ impl Exposer {
             contents.extend_from_slice(payload);
         }
         if contents.is_empty() {
-            return Some(0);
+            return 0;
         }
         let n = contents.len();
         self.send(Transmit {
@@ -451,7 +513,7 @@ impl Exposer {
             segment_size: seg,
             contents,
         });
-        Some(n)
+        n
     }
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod merkle;
 pub mod output;
 pub mod puller;
+pub mod sealed;
 pub mod sidecar;
 pub mod sim;
 pub mod source;

@@ -43,6 +43,7 @@ struct World {
     data: Arc<Vec<u8>>,
     pullers: Vec<PullerSlot>,
     next_addr: usize,
+    exposure: [u8; 16],
 }
 
 impl World {
@@ -58,6 +59,7 @@ impl World {
             data,
             pullers: Vec::new(),
             next_addr: 0,
+            exposure: [0; 16],
         };
         w.expose();
         w
@@ -65,8 +67,10 @@ impl World {
 
     fn expose(&mut self) {
         let cvs = merkle::cvs_of_bytes(&self.data);
-        self.ex
-            .add_exposure("file.bin", Box::new(MemSource(self.data.clone())), cvs);
+        self.exposure = self
+            .ex
+            .add_exposure("file.bin", Box::new(MemSource(self.data.clone())), cvs)
+            .id;
     }
 
     fn restart_exposer(&mut self, cfg: ExposerConfig) {
@@ -263,6 +267,24 @@ fn serving_many_pullers_encrypts_each_chunk_once() {
     let outboard_chunks = merkle::chunk_count(chunks * 32);
     assert_eq!(w.ex.stats.encryptions, chunks + outboard_chunks);
     assert!(w.ex.stats.cache_hits >= 7 * chunks);
+}
+
+#[test]
+fn sealed_ahead_content_is_served_without_encrypting() {
+    let size = 2 * 1024 * 1024 + 5;
+    let mut w = World::new(20, LinkConfig::default(), size, ExposerConfig::default());
+    let dir = std::env::temp_dir().join("rgtp-sim-sealed");
+    let id = w.exposure;
+    w.ex.seal_ahead(&id, &dir, 2).unwrap();
+    for _ in 0..3 {
+        w.add_puller(|_| {});
+    }
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(20);
+    let chunks = merkle::chunk_count(size as u64);
+    // Only the outboard is encrypted while serving; content comes from the store.
+    assert_eq!(w.ex.stats.encryptions, merkle::chunk_count(chunks * 32));
+    assert!(w.ex.stats.sealed_reads >= 3 * chunks);
 }
 
 #[test]

@@ -53,6 +53,14 @@ struct Args {
     /// or loopback (up to 65507) for speed.
     #[arg(long, default_value_t = wire::DEFAULT_MAX_DATAGRAM)]
     max_datagram: usize,
+    /// Do not encrypt files ahead of serving; encrypt chunks on demand into a memory
+    /// cache instead (no extra disk space, more CPU per pull).
+    #[arg(long)]
+    no_seal_ahead: bool,
+    /// Where sealed-ahead copies live while serving (unnamed files, gone at exit).
+    /// Default: $RGTP_CACHE_DIR, else $XDG_CACHE_HOME/rgtp, else ~/.cache/rgtp.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
@@ -152,6 +160,19 @@ fn main() -> ExitCode {
     for (name, path, src, cvs) in files {
         let size = rgtp::source::ChunkSource::size(&src);
         let info = ex.add_exposure(&name, Box::new(src), cvs);
+        if !args.no_seal_ahead && size > 0 {
+            let dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            if let Err(e) = ex.seal_ahead(&info.id, &dir, threads()) {
+                return fail(
+                    3,
+                    format!(
+                        "cannot seal {} ahead into {}: {e} (or use --no-seal-ahead)",
+                        path.display(),
+                        dir.display()
+                    ),
+                );
+            }
+        }
         let url = RgtpUrl {
             host: host.clone(),
             port: local.port(),
@@ -174,6 +195,26 @@ fn main() -> ExitCode {
     }
     tracing::info!("stopping: {:?}", ex.stats);
     ExitCode::SUCCESS
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("RGTP_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return d.join("rgtp");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("rgtp"),
+        None => std::env::temp_dir().join("rgtp-cache"),
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn init_logging() {

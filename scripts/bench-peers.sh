@@ -375,18 +375,21 @@ bp_lossy_all() {
 }
 
 # ----------------------------------------------------------------------------- competing flows
-# bp_compete LABEL OTHER_BYTES -- CMD...: with the link up, start a long HTTPS/TCP download
-# (rgtp-a <- nginx in rgtp-b, congestion control as set by `lossy-link.sh congctl`), let it
-# reach steady state for BENCH_COMPETE_WARMUP s, then run CMD (the competing transfer, e.g.
-# an RGTP pull; it must move OTHER_BYTES and exit; bounded by BENCH_COMPETE_SECS x 3).
+# bp_compete LABEL BYTES|@FILE -- CMD...: with the link up (bp_lossy_up), start a long
+# HTTPS/TCP download of the 1 GiB file (rgtp-a <- nginx in rgtp-b; congestion control as
+# set by `lossy-link.sh congctl`), let it reach steady state for BENCH_COMPETE_WARMUP
+# (3) s, then run CMD: the competing transfer, e.g. an RGTP pull run in rgtp-a (the caller
+# adds `ip netns exec rgtp-a`). CMD is bounded by BENCH_COMPETE_SECS x 3 (timeout).
+# What CMD moved: BYTES (a number, valid when CMD exits 0) or @FILE (the size of FILE
+# after CMD: use this when CMD writes its download there and may stop early).
 # TCP's rate is measured over exactly CMD's run time, from the growth of its output file.
-# Emits kind=compete with both rates and their share.
+# Emits kind=compete with both rates and the other flow's share.
 bp_compete() {
-  local label=$1 obytes=$2
+  local label=$1 ospec=$2
   shift 2
   [[ ${1:-} == -- ]] && shift
   [[ $# -gt 0 ]] || { bp_die "bp_compete: no command"; return 1; }
-  local out=$BENCH_DIR/compete-tcp.out warm=${BENCH_COMPETE_WARMUP:-3} tpid s0 s1 t0 t1 rc cc
+  local out=$BENCH_DIR/compete-tcp.out warm=${BENCH_COMPETE_WARMUP:-3} tpid s0 s1 t0 t1 rc cc obytes
   cc=$(ip -n rgtp-b route show "$BP_IP_A/32" 2>/dev/null | grep -oE 'congctl( lock)? [a-z0-9_]+' | awk '{print $NF}')
   rm -f "$out"
   ip netns exec rgtp-a curl -sk --max-time $((BENCH_COMPETE_SECS * 3 + warm + 10)) -o "$out" \
@@ -403,27 +406,39 @@ bp_compete() {
   kill "$tpid" 2>/dev/null
   wait "$tpid" 2>/dev/null
   rm -f "$out"
-  local secs tcp_mbps other_mbps
+  local secs tcp_mbps other_mbps=NA share=NA
+  if [[ $ospec == @* ]]; then
+    obytes=$(stat -c %s "${ospec#@}" 2>/dev/null || echo 0)
+  elif ((rc == 0)); then
+    obytes=$ospec
+  else
+    obytes=NA
+  fi
   secs=$(bp_calc "$t1 - $t0")
   tcp_mbps=$(bp_calc "($s1 - $s0) * 8 / $secs / 1e6" 2)
-  other_mbps=$(bp_calc "$obytes * 8 / $secs / 1e6" 2)
+  if [[ $obytes != NA ]]; then
+    other_mbps=$(bp_calc "$obytes * 8 / $secs / 1e6" 2)
+    share=$(bp_calc "$other_mbps / ($other_mbps + $tcp_mbps + 1e-9)" 3)
+  fi
   bp_emit compete label=$label tcp_cc=${cc:-default} other_rc=$rc secs=$secs \
     tcp_bytes=$((s1 - s0)) tcp_Mbps=$tcp_mbps other_bytes=$obytes other_Mbps=$other_mbps \
-    other_share="$(bp_calc "$other_mbps / ($other_mbps + $tcp_mbps + 1e-9)" 3)" \
-    rtt_ms=$((2 * BENCH_DELAY_MS)) rate_mbit=$BENCH_RATE_MBIT loss_pct=${BP_COMPETE_LOSS:-?}
+    other_share=$share warmup_s=$warm rtt_ms=$((2 * BENCH_DELAY_MS)) rate_mbit=$BENCH_RATE_MBIT \
+    loss_pct=${BP_COMPETE_LOSS:-NA}
 }
 
-# Demonstration: TCP vs a second TCP download of the 64 MiB file (what an RGTP pull will
-# replace), for each congestion control, at loss 0 and 1 %.
+# Demonstration: a long TCP download vs a second TCP download (what an RGTP pull will
+# replace) for BENCH_COMPETE_SECS, for each congestion control, at loss 0 and 1 %.
 bp_compete_all() {
-  local loss cc
+  local loss cc f=$BENCH_DIR/compete-other.out
   for loss in 0 1; do
     bp_lossy_up "$loss" || return 1
     for cc in $BENCH_CCS; do
       "$BP_LOSSY_LINK" congctl "$cc"
-      BP_COMPETE_LOSS=$loss bp_compete "tcp-$cc-vs-tcp-$cc" "$BP_MID_SIZE" -- \
-        ip netns exec rgtp-a curl -sk --max-time $((BENCH_COMPETE_SECS * 3)) -o /dev/null \
-        "https://$BP_IP_B:8443/$BP_MID"
+      rm -f "$f"
+      BP_COMPETE_LOSS=$loss bp_compete "tcp-$cc-vs-tcp-$cc" "@$f" -- \
+        ip netns exec rgtp-a curl -sk --max-time "$BENCH_COMPETE_SECS" -o "$f" \
+        "https://$BP_IP_B:8443/$BP_BIG"
+      rm -f "$f"
     done
     bp_lossy_down
   done
@@ -444,7 +459,7 @@ bp_cleanup() {
   bp_nginx_stop lo
   bp_nginx_stop lossy
   "$BP_LOSSY_LINK" down 2>/dev/null
-  rm -f "$BENCH_DIR/download.tmp" "$BENCH_DIR/compete-tcp.out"
+  rm -f "$BENCH_DIR/download.tmp" "$BENCH_DIR/compete-tcp.out" "$BENCH_DIR/compete-other.out"
 }
 
 bp_main() {

@@ -125,7 +125,8 @@ do_up() {
   ip netns add "$NS_A"
   ip netns add "$NS_B"
   # setsid: linkem outlives the calling shell/session; it stops by itself after --duration.
-  setsid "$LINKEM_BIN" --tun-a "$DEV_A" --tun-b "$DEV_B" --stats "$LINKEM_DIR/stats.json" \
+  # nice -10: the emulator should win the CPU against the endpoints it serves (2 cores)
+  setsid nice -n -10 "$LINKEM_BIN" --tun-a "$DEV_A" --tun-b "$DEV_B" --stats "$LINKEM_DIR/stats.json" \
     "${args[@]}" </dev/null >/dev/null 2>"$LINKEM_DIR/linkem.log" 9>&- &
   local pid=$!
   echo "$pid" >"$LINKEM_DIR/linkem.pid"

@@ -164,7 +164,7 @@ it = json.load(open(sys.argv[1])); d = json.load(open(sys.argv[2]))["ab"]
 print(round(it["end"]["sum_sent"]["bits_per_second"]/1e6, 2), d["fwd_bytes"], d["drop_queue"], d["pkts_in"], d["config"]["queue_bytes"], d["max_backlog_bytes"])
 EOF
 )
-say "   UDP offered $sent_mbit Mbit/s: drop_queue=$dq of $pin packets in; max backlog $maxb of $qb bytes"
+say "   UDP offered $sent_mbit Mbit/s: drop_queue=$dq of $pin packets in (whole run, TCP test included); max backlog $maxb of $qb bytes"
 check "queue drops under 2x overload" "$dq > 0"
 check "backlog never exceeded the queue limit" "$maxb <= $qb"
 # everything forwarded a->b over the whole run (TCP test 4 s + UDP test 3 s + slack)
@@ -224,6 +224,7 @@ PY
 rm -f "$TMP/rx.ready"
 timeout 40 "$LL" exec b python3 "$TMP/udp.py" recv 9999 30 "$TMP/rx.ready" >"$TMP/rx.txt" &
 rx_pid=$!
+echo "$rx_pid" >"$TMP/rx.pid" # killed by cleanup if we fail before it ends
 for ((i = 0; i < 50; i++)); do [[ -f $TMP/rx.ready ]] && break; sleep 0.1; done
 timeout 40 "$LL" exec a python3 "$TMP/udp.py" send 9999 20000 5000
 wait "$rx_pid" || true

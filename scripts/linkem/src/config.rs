@@ -64,11 +64,22 @@ impl Tri {
     }
 }
 
-const DIR_KEYS: &[&str] =
-    &["delay-ms", "rate-mbit", "queue-ms", "queue-bytes", "loss", "ge-p", "ge-r", "ge-bad-loss", "ge-good-loss"];
+const DIR_KEYS: &[&str] = &[
+    "delay-ms",
+    "rate-mbit",
+    "queue-ms",
+    "queue-bytes",
+    "loss",
+    "ge-p",
+    "ge-r",
+    "ge-bad-loss",
+    "ge-good-loss",
+];
 
 fn num(name: &str, v: &str) -> Result<f64, String> {
-    let x: f64 = v.parse().map_err(|_| format!("--{name}: not a number: {v:?}"))?;
+    let x: f64 = v
+        .parse()
+        .map_err(|_| format!("--{name}: not a number: {v:?}"))?;
     if !x.is_finite() || x < 0.0 {
         return Err(format!("--{name}: must be a finite number >= 0, got {v}"));
     }
@@ -123,7 +134,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
             "stats-interval" => stats_interval = Some(num("stats-interval", &value()?)?),
             "seed" => {
                 let v = value()?;
-                seed = v.parse().map_err(|_| format!("--seed: not an unsigned integer: {v:?}"))?
+                seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed: not an unsigned integer: {v:?}"))?
             }
             "max-pending-mb" => max_pending_mb = num("max-pending-mb", &value()?)?,
             other => {
@@ -193,7 +206,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, String>
         if ge.is_none() && (g("ge-bad-loss").is_some() || g("ge-good-loss").is_some()) {
             return Err("--ge-bad-loss/--ge-good-loss need --ge-p and --ge-r".into());
         }
-        Ok(DirConfig { delay_ns: (delay_ms * 1e6).round() as u64, rate_bps, queue_bytes, loss, ge })
+        Ok(DirConfig {
+            delay_ns: (delay_ms * 1e6).round() as u64,
+            rate_bps,
+            queue_bytes,
+            loss,
+            ge,
+        })
     };
 
     Ok(Options {
@@ -226,7 +245,8 @@ mod tests {
 
     #[test]
     fn shared_and_directional() {
-        let o = p("--duration 5 --loss-ab 10 --loss 1 --delay-ms 20 --rate-mbit 200 --queue-ms 40").unwrap();
+        let o = p("--duration 5 --loss-ab 10 --loss 1 --delay-ms 20 --rate-mbit 200 --queue-ms 40")
+            .unwrap();
         assert_eq!(o.ab.loss, 0.10);
         assert_eq!(o.ba.loss, 0.01);
         assert_eq!(o.ab.delay_ns, 20_000_000);
@@ -240,7 +260,10 @@ mod tests {
         let o = p("--duration=1 --ge-p 1 --ge-r 25 --ge-bad-loss-ba 50").unwrap();
         let ab = o.ab.ge.unwrap();
         let ba = o.ba.ge.unwrap();
-        assert_eq!((ab.p_good_bad, ab.p_bad_good, ab.loss_bad), (0.01, 0.25, 1.0));
+        assert_eq!(
+            (ab.p_good_bad, ab.p_bad_good, ab.loss_bad),
+            (0.01, 0.25, 1.0)
+        );
         assert_eq!(ba.loss_bad, 0.5);
         assert!(p("--duration 1 --ge-p 1").is_err());
         assert!(p("--duration 1 --loss 101").is_err());

@@ -75,14 +75,27 @@ const MAX_POOL: usize = 4096;
 
 impl Forwarder {
     pub fn new(opts: Options) -> io::Result<Self> {
-        let a = Tun::open(&opts.tun_a).map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", opts.tun_a)))?;
-        let b = Tun::open(&opts.tun_b).map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", opts.tun_b)))?;
+        let a = Tun::open(&opts.tun_a)
+            .map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", opts.tun_a)))?;
+        let b = Tun::open(&opts.tun_b)
+            .map_err(|e| io::Error::new(e.kind(), format!("TUN {}: {e}", opts.tun_b)))?;
         // Direction seeds derived from the one seed.
         let seed_ab = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5;
         let seed_ba = opts.seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5A5A;
-        let mk = |cfg: &DirConfig, seed| Pipe { model: LinkDir::new(cfg.clone(), seed), line: DelayLine::default(), io: IoCounters::default() };
+        let mk = |cfg: &DirConfig, seed| Pipe {
+            model: LinkDir::new(cfg.clone(), seed),
+            line: DelayLine::default(),
+            io: IoCounters::default(),
+        };
         let pipes = [mk(&opts.ab, seed_ab), mk(&opts.ba, seed_ba)];
-        Ok(Forwarder { opts, a, b, pipes, pool: Vec::new(), start: Instant::now() })
+        Ok(Forwarder {
+            opts,
+            a,
+            b,
+            pipes,
+            pool: Vec::new(),
+            start: Instant::now(),
+        })
     }
 
     pub fn tun_names(&self) -> (&str, &str) {
@@ -135,10 +148,21 @@ impl Forwarder {
             }
             let timeout = wake.saturating_sub(now);
             let mut fds = [
-                libc::pollfd { fd: self.a.fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.b.fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.a.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.b.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            let ts = libc::timespec { tv_sec: (timeout / 1_000_000_000) as _, tv_nsec: (timeout % 1_000_000_000) as _ };
+            let ts = libc::timespec {
+                tv_sec: (timeout / 1_000_000_000) as _,
+                tv_nsec: (timeout % 1_000_000_000) as _,
+            };
             // SAFETY: fds and ts are valid for the call.
             let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
             if rc < 0 {
@@ -152,7 +176,9 @@ impl Forwarder {
                 continue;
             }
             for (i, f) in fds.iter().enumerate() {
-                if f.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 && f.revents & libc::POLLIN == 0 {
+                if f.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+                    && f.revents & libc::POLLIN == 0
+                {
                     return Err(io::Error::other(format!(
                         "TUN {} fd error (revents {:#x})",
                         if i == 0 { self.a.name() } else { self.b.name() },
@@ -239,7 +265,11 @@ impl Forwarder {
         );
         for (i, key) in ["ab", "ba"].iter().enumerate() {
             let p = &self.pipes[i];
-            let _ = write!(s, ",\"{key}\":{}", dir_json(p.model.config(), &p.model.counters, &p.io, &p.line, elapsed));
+            let _ = write!(
+                s,
+                ",\"{key}\":{}",
+                dir_json(p.model.config(), &p.model.counters, &p.io, &p.line, elapsed)
+            );
         }
         s.push('}');
         s
@@ -249,7 +279,8 @@ impl Forwarder {
         let js = self.stats_json(reason);
         if let Some(path) = &self.opts.stats_path {
             let tmp = format!("{path}.tmp.{}", std::process::id());
-            let ok = std::fs::write(&tmp, format!("{js}\n")).and_then(|_| std::fs::rename(&tmp, path));
+            let ok =
+                std::fs::write(&tmp, format!("{js}\n")).and_then(|_| std::fs::rename(&tmp, path));
             if let Err(e) = ok {
                 eprintln!("linkem: cannot write stats to {path}: {e}");
             }
@@ -276,7 +307,13 @@ fn json_str(s: &str) -> String {
     o
 }
 
-fn dir_json(cfg: &DirConfig, c: &Counters, io: &IoCounters, line: &DelayLine<Vec<u8>>, elapsed: f64) -> String {
+fn dir_json(
+    cfg: &DirConfig,
+    c: &Counters,
+    io: &IoCounters,
+    line: &DelayLine<Vec<u8>>,
+    elapsed: f64,
+) -> String {
     let ge = match cfg.ge {
         None => "null".to_string(),
         Some(g) => format!(
@@ -289,8 +326,18 @@ fn dir_json(cfg: &DirConfig, c: &Counters, io: &IoCounters, line: &DelayLine<Vec
         ),
     };
     let passed = c.pkts_passed_queue;
-    let pct = |k: u64, n: u64| if n == 0 { 0.0 } else { k as f64 * 100.0 / n as f64 };
-    let late_avg_us = if io.fwd_pkts == 0 { 0.0 } else { io.late_sum_ns as f64 / io.fwd_pkts as f64 / 1000.0 };
+    let pct = |k: u64, n: u64| {
+        if n == 0 {
+            0.0
+        } else {
+            k as f64 * 100.0 / n as f64
+        }
+    };
+    let late_avg_us = if io.fwd_pkts == 0 {
+        0.0
+    } else {
+        io.late_sum_ns as f64 / io.fwd_pkts as f64 / 1000.0
+    };
     format!(
         concat!(
             "{{\"config\":{{\"delay_ms\":{},\"rate_mbit\":{},\"queue_bytes\":{},\"loss_pct\":{},\"ge\":{}}},",

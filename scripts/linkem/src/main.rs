@@ -20,7 +20,10 @@ fn main() {
         }
     };
     let (a, b) = fwd.tun_names();
-    eprintln!("linkem: ready tun_a={a} tun_b={b} pid={}", std::process::id());
+    eprintln!(
+        "linkem: ready tun_a={a} tun_b={b} pid={}",
+        std::process::id()
+    );
     match fwd.run() {
         Ok(reason) => {
             fwd.write_stats(&reason);

@@ -43,7 +43,12 @@ fn splitmix64(x: &mut u64) -> u64 {
 impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
+        let s = [
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+        ];
         Rng { s }
     }
 
@@ -118,7 +123,13 @@ pub struct DirConfig {
 
 impl Default for DirConfig {
     fn default() -> Self {
-        DirConfig { delay_ns: 0, rate_bps: 0, queue_bytes: 0, loss: 0.0, ge: None }
+        DirConfig {
+            delay_ns: 0,
+            rate_bps: 0,
+            queue_bytes: 0,
+            loss: 0.0,
+            ge: None,
+        }
     }
 }
 
@@ -277,7 +288,10 @@ impl LinkDir {
 
         // 4. propagation
         let at = tx_done + self.cfg.delay_ns;
-        debug_assert!(at >= self.last_deliver_ns, "delivery times must not decrease");
+        debug_assert!(
+            at >= self.last_deliver_ns,
+            "delivery times must not decrease"
+        );
         self.last_deliver_ns = at;
         c.pkts_scheduled += 1;
         c.bytes_scheduled += len as u64;
@@ -295,7 +309,10 @@ pub struct DelayLine<T> {
 
 impl<T> Default for DelayLine<T> {
     fn default() -> Self {
-        DelayLine { q: VecDeque::new(), bytes: 0 }
+        DelayLine {
+            q: VecDeque::new(),
+            bytes: 0,
+        }
     }
 }
 
@@ -346,18 +363,32 @@ mod tests {
 
     #[test]
     fn pure_delay() {
-        let mut d = LinkDir::new(DirConfig { delay_ns: 20 * MS, ..cfg() }, 1);
+        let mut d = LinkDir::new(
+            DirConfig {
+                delay_ns: 20 * MS,
+                ..cfg()
+            },
+            1,
+        );
         assert_eq!(d.offer(0, 1200), Verdict::Deliver(20 * MS));
         assert_eq!(d.offer(5, 1200), Verdict::Deliver(20 * MS + 5));
         assert_eq!(d.offer(7 * MS, 60), Verdict::Deliver(27 * MS));
         assert_eq!(d.counters.pkts_scheduled, 3);
-        assert_eq!(d.counters.drop_queue + d.counters.drop_random + d.counters.drop_burst, 0);
+        assert_eq!(
+            d.counters.drop_queue + d.counters.drop_random + d.counters.drop_burst,
+            0
+        );
     }
 
     #[test]
     fn serialization_and_back_to_back() {
         // 8 Mbit/s: 1000 bytes take exactly 1 ms.
-        let c = DirConfig { delay_ns: 10 * MS, rate_bps: 8_000_000, queue_bytes: 1_000_000, ..cfg() };
+        let c = DirConfig {
+            delay_ns: 10 * MS,
+            rate_bps: 8_000_000,
+            queue_bytes: 1_000_000,
+            ..cfg()
+        };
         let mut d = LinkDir::new(c, 1);
         assert_eq!(d.tx_time_ns(1000), MS);
         // three packets arrive together: they leave 1 ms apart
@@ -375,7 +406,12 @@ mod tests {
         // Offer 2x the link rate for 1 s of virtual time; delivered bytes over the
         // busy period must match the rate.
         let rate = 100_000_000u64; // 100 Mbit/s
-        let c = DirConfig { delay_ns: 0, rate_bps: rate, queue_bytes: 64_000, ..cfg() };
+        let c = DirConfig {
+            delay_ns: 0,
+            rate_bps: rate,
+            queue_bytes: 64_000,
+            ..cfg()
+        };
         let mut d = LinkDir::new(c, 7);
         let gap = d.tx_time_ns(1200) / 2; // 2x overload
         let mut last = 0;
@@ -389,7 +425,10 @@ mod tests {
             t += gap;
         }
         let achieved = delivered as f64 * 8.0 / (last as f64 / 1e9);
-        assert!((achieved - rate as f64).abs() / (rate as f64) < 0.001, "achieved {achieved}");
+        assert!(
+            (achieved - rate as f64).abs() / (rate as f64) < 0.001,
+            "achieved {achieved}"
+        );
         let c = d.counters;
         let frac = c.drop_queue as f64 / c.pkts_in as f64;
         assert!((frac - 0.5).abs() < 0.01, "queue drop fraction {frac}");
@@ -400,7 +439,11 @@ mod tests {
     fn queue_limit_is_drop_tail_in_bytes() {
         // 8 Mbit/s, queue 2500 bytes: 1000-byte packets at t=0: #1 (backlog 0) ok,
         // #2 (backlog 1000) ok, #3 (backlog 2000 + 1000 > 2500) dropped.
-        let c = DirConfig { rate_bps: 8_000_000, queue_bytes: 2500, ..cfg() };
+        let c = DirConfig {
+            rate_bps: 8_000_000,
+            queue_bytes: 2500,
+            ..cfg()
+        };
         let mut d = LinkDir::new(c, 1);
         assert!(matches!(d.offer(0, 1000), Verdict::Deliver(_)));
         assert!(matches!(d.offer(0, 1000), Verdict::Deliver(_)));
@@ -408,7 +451,11 @@ mod tests {
         // half a packet later there is room again
         assert!(matches!(d.offer(MS / 2 + 1, 1000), Verdict::Deliver(_)));
         // an empty link accepts a packet larger than the queue
-        let c = DirConfig { rate_bps: 8_000_000, queue_bytes: 100, ..cfg() };
+        let c = DirConfig {
+            rate_bps: 8_000_000,
+            queue_bytes: 100,
+            ..cfg()
+        };
         let mut d = LinkDir::new(c, 1);
         assert!(matches!(d.offer(0, 1500), Verdict::Deliver(_)));
         assert_eq!(d.offer(0, 1500), Verdict::DropQueue);
@@ -446,12 +493,19 @@ mod tests {
     fn same_seed_same_decisions_different_seed_differs() {
         let c = DirConfig {
             loss: 0.05,
-            ge: Some(GilbertElliott { p_good_bad: 0.01, p_bad_good: 0.3, loss_bad: 1.0, loss_good: 0.0 }),
+            ge: Some(GilbertElliott {
+                p_good_bad: 0.01,
+                p_bad_good: 0.3,
+                loss_bad: 1.0,
+                loss_good: 0.0,
+            }),
             ..cfg()
         };
         let run = |seed| {
             let mut d = LinkDir::new(c.clone(), seed);
-            (0..5000u64).map(|i| d.offer(i * 1000, 1200)).collect::<Vec<_>>()
+            (0..5000u64)
+                .map(|i| d.offer(i * 1000, 1200))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9), run(10));
@@ -461,11 +515,19 @@ mod tests {
     fn random_pattern_independent_of_burst_config() {
         // Packets lost to random loss with GE off must stay lost (as random or burst)
         // with GE on: the random stream is separate.
-        let base = DirConfig { loss: 0.05, ..cfg() };
+        let base = DirConfig {
+            loss: 0.05,
+            ..cfg()
+        };
         let mut a = LinkDir::new(base.clone(), 5);
         let mut b = LinkDir::new(
             DirConfig {
-                ge: Some(GilbertElliott { p_good_bad: 0.02, p_bad_good: 0.25, loss_bad: 1.0, loss_good: 0.0 }),
+                ge: Some(GilbertElliott {
+                    p_good_bad: 0.02,
+                    p_bad_good: 0.25,
+                    loss_bad: 1.0,
+                    loss_good: 0.0,
+                }),
                 ..base
             },
             5,
@@ -474,16 +536,30 @@ mod tests {
             let va = a.offer(i, 1000);
             let vb = b.offer(i, 1000);
             if va == Verdict::DropRandom {
-                assert!(!matches!(vb, Verdict::Deliver(_)), "packet {i} lost only without GE");
+                assert!(
+                    !matches!(vb, Verdict::Deliver(_)),
+                    "packet {i} lost only without GE"
+                );
             }
         }
     }
 
     #[test]
     fn gilbert_elliott_mean_loss_and_burst_length() {
-        let ge = GilbertElliott { p_good_bad: 0.01, p_bad_good: 0.25, loss_bad: 1.0, loss_good: 0.0 };
+        let ge = GilbertElliott {
+            p_good_bad: 0.01,
+            p_bad_good: 0.25,
+            loss_bad: 1.0,
+            loss_good: 0.0,
+        };
         let n = 400_000u64;
-        let mut d = LinkDir::new(DirConfig { ge: Some(ge), ..cfg() }, 11);
+        let mut d = LinkDir::new(
+            DirConfig {
+                ge: Some(ge),
+                ..cfg()
+            },
+            11,
+        );
         let mut runs = Vec::new();
         let mut cur = 0u64;
         for i in 0..n {
@@ -497,7 +573,10 @@ mod tests {
         let c = d.counters;
         let frac = c.drop_burst as f64 / n as f64;
         let expect = ge.mean_loss(); // 0.01/0.26 = 0.0385
-        assert!((frac - expect).abs() / expect < 0.08, "burst loss {frac} vs {expect}");
+        assert!(
+            (frac - expect).abs() / expect < 0.08,
+            "burst loss {frac} vs {expect}"
+        );
         // mean loss-run length ~ 1/p_bad_good = 4 (runs are geometric)
         let mean_run = runs.iter().sum::<u64>() as f64 / runs.len() as f64;
         assert!((mean_run - 4.0).abs() < 0.4, "mean run {mean_run}");
@@ -509,7 +588,12 @@ mod tests {
     #[test]
     fn lost_packets_still_use_link_time() {
         // With 100% loss the link is still busy: next packet after a lost one waits.
-        let c = DirConfig { rate_bps: 8_000_000, queue_bytes: 1_000_000, loss: 1.0, ..cfg() };
+        let c = DirConfig {
+            rate_bps: 8_000_000,
+            queue_bytes: 1_000_000,
+            loss: 1.0,
+            ..cfg()
+        };
         let mut d = LinkDir::new(c, 1);
         assert_eq!(d.offer(0, 1000), Verdict::DropRandom);
         assert_eq!(d.backlog_bytes(0), 1000);
@@ -522,7 +606,12 @@ mod tests {
             rate_bps: 200_000_000,
             queue_bytes: 500_000,
             loss: 0.1,
-            ge: Some(GilbertElliott { p_good_bad: 0.005, p_bad_good: 0.3, loss_bad: 0.7, loss_good: 0.0 }),
+            ge: Some(GilbertElliott {
+                p_good_bad: 0.005,
+                p_bad_good: 0.3,
+                loss_bad: 0.7,
+                loss_good: 0.0,
+            }),
         };
         let mut d = LinkDir::new(c, 99);
         let mut rng = Rng::new(1);
@@ -540,7 +629,10 @@ mod tests {
             }
         }
         let c = d.counters;
-        assert_eq!(c.pkts_in, c.pkts_scheduled + c.drop_queue + c.drop_random + c.drop_burst);
+        assert_eq!(
+            c.pkts_in,
+            c.pkts_scheduled + c.drop_queue + c.drop_random + c.drop_burst
+        );
         assert_eq!(line.len() as u64, c.pkts_scheduled);
         assert_eq!(line.bytes(), c.bytes_scheduled);
         // drain in order

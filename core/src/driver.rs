@@ -68,6 +68,10 @@ pub trait PullHandler {
     fn on_event(&mut self, ev: PullEvent) -> Result<(), Self::Error>;
     /// About every 100 ms: progress and persistence.
     fn on_tick(&mut self, p: &Puller) -> Result<(), Self::Error>;
+    /// True while the consumer is behind (e.g. the disk): no new requests go out.
+    fn paused(&self) -> bool {
+        false
+    }
 }
 
 /// Runs a pull to its end.
@@ -109,7 +113,8 @@ pub fn pull<H: PullHandler>(
         if p.poll_timeout().is_some_and(|t| t <= now) {
             p.handle_timeout(now);
         }
-        while let Some(t) = p.poll_transmit(now) {
+        while !h.paused() {
+            let Some(t) = p.poll_transmit(now) else { break };
             if let Err(e) = tx.send(sock, &t) {
                 tracing::debug!("send: {e}");
             }
@@ -131,7 +136,9 @@ pub fn pull<H: PullHandler>(
                 return PullEnd::Sink(e);
             }
         }
-        if received == 0 {
+        if h.paused() {
+            std::thread::sleep(Duration::from_micros(200));
+        } else if received == 0 {
             let wait = p
                 .poll_timeout()
                 .map_or(Duration::from_millis(100), |t| {

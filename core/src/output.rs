@@ -9,6 +9,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::bitset::ChunkSet;
@@ -67,11 +69,29 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 pub enum Output {
     /// A character device such as /dev/null: bytes are dropped, nothing is resumable.
     Discard,
-    File(PartFile),
+    File(FileOutput),
+}
+
+/// Chunks queued to the writer thread before the pull stops asking for more.
+const BACKLOG_CHUNKS: usize = 256;
+
+/// The part file, written by a thread of its own so that disk stalls (and the
+/// periodic sync) never stop the puller from receiving.
+pub struct FileOutput {
+    final_path: PathBuf,
+    part: Option<PartFile>,
+    tx: Option<mpsc::SyncSender<Msg>>,
+    worker: Option<std::thread::JoinHandle<Result<PartFile, OutputError>>>,
+    queued: Arc<AtomicUsize>,
+    stored: u64,
+}
+
+enum Msg {
+    Chunk(u64, Vec<u8>),
+    Save(mpsc::SyncSender<Result<(), OutputError>>),
 }
 
 pub struct PartFile {
-    pub final_path: PathBuf,
     pub part_path: PathBuf,
     pub state_path: PathBuf,
     file: Option<File>,
@@ -133,29 +153,39 @@ impl Output {
             Err(SidecarError::Io(e)) => return Err(OutputError::Io(state_path, e)),
         };
         Ok((
-            Output::File(PartFile {
+            Output::File(FileOutput {
                 final_path: path.to_path_buf(),
-                part_path,
-                state_path,
-                file: None,
-                have: ChunkSet::new(0),
-                root: [0; 32],
-                size: 0,
-                dirty: false,
-                last_persist: Instant::now(),
+                part: Some(PartFile {
+                    part_path,
+                    state_path,
+                    file: None,
+                    have: ChunkSet::new(0),
+                    root: [0; 32],
+                    size: 0,
+                    dirty: false,
+                    last_persist: Instant::now(),
+                }),
+                tx: None,
+                worker: None,
+                queued: Arc::new(AtomicUsize::new(0)),
+                stored: 0,
             }),
             resume,
         ))
     }
 
-    /// Called once the exposer's manifest is known.
+    /// Called once the exposer's manifest is known: opens the part file and starts
+    /// the writer thread.
     pub fn start(
         &mut self,
         root: Hash,
         size: u64,
         resumed: Option<ChunkSet>,
     ) -> Result<(), OutputError> {
-        let Output::File(p) = self else { return Ok(()) };
+        let Output::File(o) = self else { return Ok(()) };
+        let Some(mut p) = o.part.take() else {
+            return Ok(());
+        };
         let fresh = resumed.is_none();
         let file = OpenOptions::new()
             .read(true)
@@ -170,61 +200,127 @@ impl Output {
         p.size = size;
         p.have = resumed.unwrap_or_else(|| ChunkSet::new(merkle::chunk_count(size)));
         p.dirty = true;
-        p.persist()
-    }
-
-    pub fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<(), OutputError> {
-        let Output::File(p) = self else { return Ok(()) };
-        let Some(file) = &p.file else { return Ok(()) };
-        file.write_all_at(data, index * CHUNK_SIZE as u64)
-            .map_err(|e| io_err(&p.part_path, e))?;
-        p.have.insert(index);
-        p.dirty = true;
+        p.persist()?;
+        let (tx, rx) = mpsc::sync_channel::<Msg>(BACKLOG_CHUNKS * 2);
+        let queued = o.queued.clone();
+        o.tx = Some(tx);
+        o.worker = Some(std::thread::spawn(move || loop {
+            match rx.recv_timeout(PERSIST_EVERY) {
+                Ok(Msg::Chunk(index, data)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    p.write_chunk(index, &data)?;
+                }
+                Ok(Msg::Save(reply)) => {
+                    let r = if p.dirty { p.persist() } else { Ok(()) };
+                    let _ = reply.send(r);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(p),
+            }
+            if p.dirty && p.last_persist.elapsed() >= PERSIST_EVERY {
+                p.persist()?;
+            }
+        }));
         Ok(())
     }
 
-    /// Makes progress durable about once per [`PERSIST_EVERY`].
+    pub fn write_chunk(&mut self, index: u64, data: Vec<u8>) -> Result<(), OutputError> {
+        let Output::File(o) = self else { return Ok(()) };
+        let Some(tx) = &o.tx else { return Ok(()) };
+        o.stored += data.len() as u64;
+        o.queued.fetch_add(1, Ordering::Relaxed);
+        if tx.send(Msg::Chunk(index, data)).is_err() {
+            // The writer stopped: its error says why.
+            return Err(o.join_error());
+        }
+        Ok(())
+    }
+
+    /// True while the writer is behind: the pull should stop asking for data.
+    pub fn backlogged(&self) -> bool {
+        match self {
+            Output::File(o) => o.queued.load(Ordering::Relaxed) >= BACKLOG_CHUNKS,
+            Output::Discard => false,
+        }
+    }
+
+    /// Reports a writer failure (e.g. disk full) promptly.
     pub fn tick(&mut self) -> Result<(), OutputError> {
-        let Output::File(p) = self else { return Ok(()) };
-        if p.dirty && p.last_persist.elapsed() >= PERSIST_EVERY {
-            p.persist()?;
+        let Output::File(o) = self else { return Ok(()) };
+        if o.worker.as_ref().is_some_and(|w| w.is_finished()) {
+            return Err(o.join_error());
         }
         Ok(())
     }
 
     /// Saves progress now (on interruption or error).
     pub fn save(&mut self) -> Result<(), OutputError> {
-        match self {
-            Output::File(p) if p.file.is_some() && p.dirty => p.persist(),
-            _ => Ok(()),
+        let Output::File(o) = self else { return Ok(()) };
+        if let Some(tx) = &o.tx {
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            if tx.send(Msg::Save(rtx)).is_ok() {
+                if let Ok(r) = rrx.recv() {
+                    return r;
+                }
+            }
         }
-    }
-
-    /// Completes the output: sync, rename into place, drop the sidecar.
-    pub fn finish(&mut self) -> Result<(), OutputError> {
-        let Output::File(p) = self else { return Ok(()) };
-        if p.file.is_none() {
-            // Empty content: nothing was ever started by a chunk.
-            p.file = Some(File::create(&p.part_path).map_err(|e| io_err(&p.part_path, e))?);
-        }
-        if let Some(f) = &p.file {
-            f.sync_all().map_err(|e| io_err(&p.part_path, e))?;
-        }
-        fs::rename(&p.part_path, &p.final_path).map_err(|e| io_err(&p.final_path, e))?;
-        let _ = fs::remove_file(&p.state_path);
         Ok(())
     }
 
-    /// Chunks verified and stored so far (for progress).
-    pub fn stored_bytes(&self) -> Option<u64> {
-        match self {
-            Output::File(p) if p.file.is_some() => Some(p.have.count() * CHUNK_SIZE as u64),
-            _ => None,
+    /// Completes the output: drain the writer, sync, rename into place, drop the sidecar.
+    pub fn finish(&mut self) -> Result<(), OutputError> {
+        let Output::File(o) = self else { return Ok(()) };
+        o.tx = None;
+        let p = match o.worker.take() {
+            Some(w) => w.join().map_err(|_| {
+                OutputError::Io(o.final_path.clone(), io::Error::other("writer panicked"))
+            })??,
+            None => {
+                // Empty content: no chunk ever started the writer.
+                let mut p = o.part.take().ok_or_else(|| {
+                    OutputError::Io(
+                        o.final_path.clone(),
+                        io::Error::other("output already finished"),
+                    )
+                })?;
+                p.file = Some(File::create(&p.part_path).map_err(|e| io_err(&p.part_path, e))?);
+                p
+            }
+        };
+        if let Some(f) = &p.file {
+            f.sync_all().map_err(|e| io_err(&p.part_path, e))?;
+        }
+        fs::rename(&p.part_path, &o.final_path).map_err(|e| io_err(&o.final_path, e))?;
+        let _ = fs::remove_file(&p.state_path);
+        Ok(())
+    }
+}
+
+impl FileOutput {
+    fn join_error(&mut self) -> OutputError {
+        self.tx = None;
+        match self.worker.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => OutputError::Io(
+                self.final_path.clone(),
+                io::Error::other("the writer thread stopped"),
+            ),
         }
     }
 }
 
 impl PartFile {
+    fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<(), OutputError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.write_all_at(data, index * CHUNK_SIZE as u64)
+            .map_err(|e| io_err(&self.part_path, e))?;
+        self.have.insert(index);
+        self.dirty = true;
+        Ok(())
+    }
+
     fn persist(&mut self) -> Result<(), OutputError> {
         let Some(file) = &self.file else {
             return Ok(());

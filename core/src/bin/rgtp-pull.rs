@@ -345,7 +345,7 @@ impl driver::PullHandler for Handler {
             }
             PullEvent::Chunk { index, data } => {
                 self.stored += data.len() as u64;
-                self.output.write_chunk(index, &data)
+                self.output.write_chunk(index, data)
             }
             _ => Ok(()),
         }
@@ -363,6 +363,10 @@ impl driver::PullHandler for Handler {
             );
         }
         self.output.tick()
+    }
+
+    fn paused(&self) -> bool {
+        self.output.backlogged()
     }
 }
 

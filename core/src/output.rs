@@ -69,7 +69,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 pub enum Output {
     /// A character device such as /dev/null: bytes are dropped, nothing is resumable.
     Discard,
-    File(FileOutput),
+    File(Box<FileOutput>),
 }
 
 /// Chunks queued to the writer thread before the pull stops asking for more.
@@ -153,7 +153,7 @@ impl Output {
             Err(SidecarError::Io(e)) => return Err(OutputError::Io(state_path, e)),
         };
         Ok((
-            Output::File(FileOutput {
+            Output::File(Box::new(FileOutput {
                 final_path: path.to_path_buf(),
                 part: Some(PartFile {
                     part_path,
@@ -169,7 +169,7 @@ impl Output {
                 worker: None,
                 queued: Arc::new(AtomicUsize::new(0)),
                 stored: 0,
-            }),
+            })),
             resume,
         ))
     }

@@ -36,13 +36,19 @@ pub struct RateControl {
     min_rtt_at: Instant,
     srtt: Duration,
     rttvar: Duration,
+    latest_rtt: Duration,
     has_rtt: bool,
+    /// Bytes requested and not yet delivered, as last reported by the puller.
+    inflight: u64,
     round_start: Instant,
     round_delivered: u64,
     full_bw: f64,
     full_bw_rounds: u32,
     cycle_idx: usize,
     cycle_start: Instant,
+    /// The current round had moments with nothing to ask for: its rate says little
+    /// about the path (BBR's app-limited samples).
+    app_limited: bool,
     /// Consecutive loss timeouts without any delivery in between (blackout backoff).
     pub backoff: u32,
 }
@@ -58,18 +64,22 @@ impl RateControl {
             min_rtt_at: now,
             srtt: rtt,
             rttvar: rtt / 2,
+            latest_rtt: rtt,
             has_rtt: false,
+            inflight: 0,
             round_start: now,
             round_delivered: 0,
             full_bw: 0.0,
             full_bw_rounds: 0,
             cycle_idx: 0,
             cycle_start: now,
+            app_limited: false,
             backoff: 0,
         }
     }
 
     pub fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
+        self.latest_rtt = rtt;
         if !self.has_rtt {
             self.srtt = rtt;
             self.rttvar = rtt / 2;
@@ -85,6 +95,23 @@ impl RateControl {
         }
     }
 
+    /// Starts a measurement round now (when data starts to flow, so the handshake's
+    /// wait does not count as a round with nothing delivered).
+    pub fn start_round(&mut self, now: Instant) {
+        self.round_start = now;
+        self.round_delivered = 0;
+    }
+
+    /// The puller had room to ask for more but nothing to ask for.
+    pub fn mark_app_limited(&mut self) {
+        self.app_limited = true;
+    }
+
+    /// What remains requested and undelivered (Drain waits for it to fall to a BDP).
+    pub fn set_inflight(&mut self, inflight: u64) {
+        self.inflight = inflight;
+    }
+
     /// Records newly delivered bytes; closes a measurement round every RTT.
     pub fn on_delivered(&mut self, now: Instant, bytes: u64) {
         self.backoff = 0;
@@ -97,6 +124,11 @@ impl RateControl {
         let rate = self.round_delivered as f64 / elapsed.as_secs_f64();
         self.round_start = now;
         self.round_delivered = 0;
+        let app_limited = std::mem::take(&mut self.app_limited);
+        if app_limited && rate < self.btl_bw {
+            // Says nothing about the path, and must not end startup.
+            return;
+        }
         self.bw_samples.push_back(rate);
         if self.bw_samples.len() > BW_FILTER_ROUNDS {
             self.bw_samples.pop_front();
@@ -119,9 +151,12 @@ impl RateControl {
                 }
             }
             Mode::Drain => {
-                self.mode = Mode::ProbeBw;
-                self.cycle_idx = 0;
-                self.cycle_start = now;
+                // Leave the queue startup built before probing again.
+                if self.inflight as f64 <= self.bdp() {
+                    self.mode = Mode::ProbeBw;
+                    self.cycle_idx = 0;
+                    self.cycle_start = now;
+                }
             }
             Mode::ProbeBw => {
                 if now.saturating_duration_since(self.cycle_start)
@@ -149,13 +184,12 @@ impl RateControl {
             // Blackout: probe with little until something gets through.
             return 16 * 1024;
         }
+        // Two BDPs, as BBR: the pipe plus at most one BDP of queue at the bottleneck.
         let w = match self.mode {
             Mode::Startup if self.btl_bw == 0.0 => return MIN_WINDOW,
-            Mode::Startup => STARTUP_GAIN * 1.5 * self.bdp(),
+            Mode::Startup => STARTUP_GAIN * self.bdp(),
             _ => 2.0 * self.bdp(),
         };
-        // Room for one loss-detection delay of re-requests beyond the bare BDP.
-        let w = w + self.btl_bw * self.rto().as_secs_f64() * 0.5;
         (w as u64).clamp(MIN_WINDOW, MAX_WINDOW)
     }
 
@@ -175,7 +209,11 @@ impl RateControl {
 
     /// How long after a request its data counts as lost. Doubles per blackout timeout.
     pub fn rto(&self) -> Duration {
-        let base = self.srtt + (self.rttvar * 4).max(Duration::from_millis(2));
+        // The latest sample matters when a queue is building faster than srtt follows.
+        let base = self.srtt.max(self.latest_rtt)
+            + (self.rttvar * 4)
+                .max(self.min_rtt / 4)
+                .max(Duration::from_millis(2));
         let base = base.max(Duration::from_millis(4));
         let mult = 1u32 << self.backoff.min(8);
         (base * mult).min(Duration::from_secs(2))
@@ -210,7 +248,7 @@ mod tests {
         }
         let bdp = 25e6 * 0.040;
         let w = cc.window() as f64;
-        assert!(w >= 2.0 * bdp && w <= 4.0 * bdp, "window {w} vs bdp {bdp}");
+        assert!(w >= 1.9 * bdp && w <= 3.0 * bdp, "window {w} vs bdp {bdp}");
         assert!((cc.bandwidth() - 25e6).abs() / 25e6 < 0.05);
         let rto = cc.rto();
         cc.on_timeout();

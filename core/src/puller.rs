@@ -237,6 +237,42 @@ impl Puller {
         &self.have
     }
 
+    /// Scheduler state, for traces.
+    pub fn debug_state(&self, now: Instant) -> String {
+        let flights: Vec<String> = self
+            .flights
+            .iter()
+            .map(|(k, f)| {
+                format!(
+                    "{:?}/{} got={:x} out={:x} dl={:?}",
+                    k.0,
+                    k.1,
+                    f.got,
+                    f.outstanding,
+                    f.deadline.checked_duration_since(now)
+                )
+            })
+            .take(5)
+            .collect();
+        format!(
+            "next_send={:?} loss_check={:?} can={} retx={} cursor={:?} flights={} {:?} ob={}/{}",
+            self.next_send.checked_duration_since(now),
+            self.next_loss_check.map(|t| t.checked_duration_since(now)),
+            self.can_request(),
+            self.retx.len(),
+            self.cursor,
+            self.flights.len(),
+            flights,
+            self.have_outboard.count(),
+            self.have_outboard.len()
+        )
+    }
+
+    /// Bytes requested and neither delivered nor declared lost.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight_bytes
+    }
+
     pub fn rate_control(&self) -> &RateControl {
         &self.cc
     }
@@ -392,6 +428,7 @@ impl Puller {
             m,
         });
         self.phase = Phase::Transfer;
+        self.cc.start_round(now);
         self.next_send = now;
         self.check_done();
         true
@@ -462,6 +499,7 @@ impl Puller {
             fl.outstanding &= !bit;
             self.inflight_bytes = self.inflight_bytes.saturating_sub(expect_len as u64);
         }
+        self.cc.set_inflight(self.inflight_bytes);
         self.cc.on_delivered(now, expect_len as u64);
         if fl.got == fl.need {
             if let Some(fl) = self.flights.remove(&key) {
@@ -678,6 +716,12 @@ impl Puller {
                 Some(Transmit::single(self.cfg.remote, pkt))
             }
             Phase::Transfer => {
+                if self.retx.is_empty()
+                    && !self.has_new_work()
+                    && self.inflight_bytes < self.cc.window()
+                {
+                    self.cc.mark_app_limited();
+                }
                 if now < self.next_send || !self.can_request() {
                     return None;
                 }
@@ -699,7 +743,20 @@ impl Puller {
         let quantum = ((rate * 0.001) as u64)
             .clamp(CHUNK_SIZE as u64, 4 << 20)
             .min(window_room.max(CHUNK_SIZE as u64));
-        let rto = self.cc.rto();
+        // A chunk is late when it has not come by the retransmission timeout, or, when
+        // a queue holds the bytes requested before it, by the time that queue takes to
+        // drain at the measured rate (with margin): queueing is not loss.
+        // Bounded: an early, low bandwidth estimate must not park a chunk for seconds.
+        let srtt = self.cc.srtt().as_secs_f64();
+        let bw = self
+            .cc
+            .bandwidth()
+            .max(crate::cc::MIN_WINDOW as f64 / srtt.max(1e-4));
+        let drain = ((self.inflight_bytes + quantum) as f64 / bw * 1.5).min(3.0 * srtt);
+        let rto = self
+            .cc
+            .rto()
+            .max(self.cc.min_rtt() + Duration::from_secs_f64(drain));
         let mut items: Vec<RequestItem> = Vec::new();
         let mut bytes = 0u64;
         while bytes < quantum && items.len() < max_items {

@@ -537,3 +537,58 @@ fn garbage_datagrams_are_dropped_without_effect() {
     w.run(Duration::from_secs(30), |_| false);
     w.assert_all_exact(19);
 }
+
+/// Goodput on a long fat lossy path (40 ms RTT, 200 Mbit/s, 50 ms drop-tail queue):
+/// deterministic in virtual time, so a floor can be asserted without timing noise.
+fn lossy_goodput(seed: u64, loss: f64, size: usize) -> (f64, rgtp::puller::PullStats) {
+    let link = LinkConfig {
+        delay: Duration::from_millis(20),
+        jitter: Duration::ZERO,
+        loss,
+        rate: 25_000_000,
+        queue_bytes: 1_250_000,
+        ..Default::default()
+    };
+    let mut w = World::new(seed, link, size, ExposerConfig::default());
+    w.add_puller(|_| {});
+    let start = w.net.now;
+    let mut next_print = start;
+    w.run(Duration::from_secs(600), |w| {
+        if std::env::var_os("RGTP_SIM_TRACE").is_some() && w.net.now >= next_print {
+            next_print = w.net.now + Duration::from_millis(200);
+            let p = &w.pullers[0].p;
+            let cc = p.rate_control();
+            println!(
+                "t={:.2} bw={:.1}Mb win={} infl={} srtt={:?} min={:?} rto={:?} backoff={} written={}",
+                (w.net.now - start).as_secs_f64(),
+                cc.bandwidth() * 8e-6,
+                cc.window(),
+                p.inflight_bytes(),
+                cc.srtt(),
+                cc.min_rtt(),
+                cc.rto(),
+                cc.backoff,
+                w.pullers[0].written
+            );
+            println!("   {}", p.debug_state(w.net.now));
+            println!("   {:?}", cc);
+        }
+        false
+    });
+    w.assert_all_exact(seed);
+    let secs = (w.net.now - start).as_secs_f64();
+    println!("  link {:?}", w.net.stats);
+    (size as f64 * 8.0 / secs / 1e6, w.pullers[0].p.stats.clone())
+}
+
+#[test]
+fn lossy_long_fat_link_goodput() {
+    for (loss, floor) in [(0.0, 160.0), (0.01, 140.0), (0.05, 120.0), (0.10, 100.0)] {
+        let (mbps, stats) = lossy_goodput(21, loss, 64 << 20);
+        println!("loss {loss}: {mbps:.1} Mbit/s {stats:?}");
+        assert!(
+            mbps >= floor,
+            "loss {loss}: {mbps:.1} Mbit/s < {floor}: {stats:?}"
+        );
+    }
+}

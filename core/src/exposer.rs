@@ -224,9 +224,7 @@ impl Exposer {
     }
 
     fn send(&mut self, t: Transmit) {
-        self.stats.datagrams_out += t.count() as u64;
-        self.stats.bytes_out += t.contents.len() as u64;
-        self.transmits.push_back(t);
+        queue(&mut self.transmits, &mut self.stats, Some(t));
     }
 
     /// Feeds one received datagram. Anything malformed or unauthenticated is dropped.
@@ -428,23 +426,11 @@ impl Exposer {
             return None;
         }
         let key = (*id, object, index as u32);
-        let sealed = match (&e.sealed, object) {
-            (Some(store), Object::Content) => {
-                let mut buf = std::mem::take(&mut self.scratch);
-                if let Err(err) = store.read(index, &mut buf) {
-                    tracing::warn!("reading sealed chunk {index} of {}: {err}", e.info.name);
-                    self.scratch = buf;
-                    return None;
-                }
-                self.stats.sealed_reads += 1;
-                Some(buf)
-            }
-            _ => None,
-        };
-        if let Some(buf) = sealed {
-            let n = self.send_fragments(id, object, index, mask, max_datagram, dest, &buf);
-            self.scratch = buf;
-            return Some(n);
+        if let (Some(store), Object::Content) = (&e.sealed, object) {
+            let ct = store.chunk(index)?;
+            self.stats.sealed_reads += 1;
+            let t = fragments(id, object, index, mask, max_datagram, dest, ct);
+            return Some(queue(&mut self.transmits, &mut self.stats, t));
         }
         let ct = match self.cache.get(key) {
             Some(ct) => {
@@ -476,47 +462,50 @@ impl Exposer {
                 ct
             }
         };
-        Some(self.send_fragments(id, object, index, mask, max_datagram, dest, &ct))
-    }
-
-    /// Queues the fragments of sealed chunk `ct` selected by `mask` as one transmit.
-    #[allow(clippy::too_many_arguments)]
-    fn send_fragments(
-        &mut self,
-        id: &ExposureId,
-        object: Object,
-        index: u64,
-        mask: u64,
-        max_datagram: usize,
-        dest: SocketAddr,
-        ct: &[u8],
-    ) -> usize {
-        let (frags, per) = wire::fragmentation(ct.len(), max_datagram);
-        let seg = DATA_HEADER_LEN + per;
-        let mut contents = Vec::with_capacity(ct.len() + frags * DATA_HEADER_LEN);
-        for f in 0..frags {
-            if mask & (1u64 << f) == 0 {
-                continue;
-            }
-            let payload = &ct[f * per..ct.len().min((f + 1) * per)];
-            let at = contents.len();
-            contents.resize(at + DATA_HEADER_LEN, 0);
-            Data::write_header(&mut contents[at..], id, object, index as u32, f as u8);
-            contents.extend_from_slice(payload);
-        }
-        if contents.is_empty() {
-            return 0;
-        }
-        let n = contents.len();
-        self.send(Transmit {
-            dest,
-            segment_size: seg,
-            contents,
-        });
-        n
+        let t = fragments(id, object, index, mask, max_datagram, dest, &ct);
+        Some(queue(&mut self.transmits, &mut self.stats, t))
     }
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {
         self.exposures.values().map(|e| &e.info)
     }
+}
+
+/// Queues a transmit (if any) and counts it; returns its bytes.
+fn queue(out: &mut VecDeque<Transmit>, stats: &mut ExposerStats, t: Option<Transmit>) -> usize {
+    let Some(t) = t else { return 0 };
+    let n = t.contents.len();
+    stats.datagrams_out += t.count() as u64;
+    stats.bytes_out += n as u64;
+    out.push_back(t);
+    n
+}
+
+/// The fragments of sealed chunk `ct` selected by `mask`, as one GSO-shaped transmit.
+fn fragments(
+    id: &ExposureId,
+    object: Object,
+    index: u64,
+    mask: u64,
+    max_datagram: usize,
+    dest: SocketAddr,
+    ct: &[u8],
+) -> Option<Transmit> {
+    let (frags, per) = wire::fragmentation(ct.len(), max_datagram);
+    let mut contents = Vec::with_capacity(ct.len() + frags * DATA_HEADER_LEN);
+    for f in 0..frags {
+        if mask & (1u64 << f) == 0 {
+            continue;
+        }
+        let payload = &ct[f * per..ct.len().min((f + 1) * per)];
+        let at = contents.len();
+        contents.resize(at + DATA_HEADER_LEN, 0);
+        Data::write_header(&mut contents[at..], id, object, index as u32, f as u8);
+        contents.extend_from_slice(payload);
+    }
+    (!contents.is_empty()).then_some(Transmit {
+        dest,
+        segment_size: DATA_HEADER_LEN + per,
+        contents,
+    })
 }

@@ -21,8 +21,26 @@ use crate::wire::Object;
 pub const STRIDE: u64 = (CHUNK_SIZE + TAG_LEN) as u64;
 
 pub struct SealedStore {
-    file: File,
+    /// Keeps the file alive for the mapping (an unnamed file: nobody else can reach it).
+    _file: File,
+    map: *const u8,
+    map_len: usize,
     size: u64,
+}
+
+// SAFETY: the mapping is read-only, never remapped, and lives as long as the store;
+// sharing immutable bytes between threads is sound.
+unsafe impl Send for SealedStore {}
+// SAFETY: as above.
+unsafe impl Sync for SealedStore {}
+
+impl Drop for SealedStore {
+    fn drop(&mut self) {
+        if self.map_len > 0 {
+            // SAFETY: unmapping exactly the region mmap returned.
+            unsafe { libc::munmap(self.map as *mut libc::c_void, self.map_len) };
+        }
+    }
 }
 
 /// An unnamed file in `dir` (O_TMPFILE), or a named one unlinked at once where the
@@ -95,15 +113,48 @@ impl SealedStore {
             }
             Ok::<(), io::Error>(())
         })?;
-        Ok(Self { file, size })
+        let map_len = usize::try_from(n * STRIDE)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "content too large to map"))?;
+        let map = if map_len == 0 {
+            std::ptr::null()
+        } else {
+            // SAFETY: a read-only shared mapping of a file we created and sized; nobody
+            // else has a name for it, so it cannot be truncated under us.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            p as *const u8
+        };
+        Ok(Self {
+            _file: file,
+            map,
+            map_len,
+            size,
+        })
     }
 
-    /// Reads sealed chunk `index` into `buf`.
-    pub fn read(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    /// Sealed chunk `index`, straight from the page cache (no copy, no read call).
+    pub fn chunk(&self, index: u64) -> Option<&[u8]> {
+        if index >= merkle::chunk_count(self.size) {
+            return None;
+        }
         let len = merkle::chunk_len(index, self.size) + TAG_LEN;
-        buf.clear();
-        buf.resize(len, 0);
-        self.file.read_exact_at(buf, index * STRIDE)
+        let start = (index * STRIDE) as usize;
+        if start + len > self.map_len {
+            return None;
+        }
+        // SAFETY: in bounds of the live read-only mapping (checked above).
+        Some(unsafe { std::slice::from_raw_parts(self.map.add(start), len) })
     }
 }
 
@@ -121,14 +172,14 @@ mod tests {
         let dir = std::env::temp_dir().join("rgtp-sealed-test");
         let store = SealedStore::build(&src, &cipher, &dir, 2).unwrap();
         for i in 0..6u64 {
-            let mut got = Vec::new();
-            store.read(i, &mut got).unwrap();
+            let mut got = store.chunk(i).unwrap().to_vec();
             let mut want = Vec::new();
             src.read_chunk(i, &mut want).unwrap();
             cipher.seal(Object::Content, i, &mut want);
             assert_eq!(got, want, "chunk {i}");
             assert!(cipher.open(Object::Content, i, &mut got));
         }
+        assert!(store.chunk(6).is_none());
         // The store is unnamed: nothing is left behind in the directory.
         let leftovers = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(leftovers, 0);

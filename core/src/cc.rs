@@ -42,6 +42,9 @@ pub struct RateControl {
     inflight: u64,
     round_start: Instant,
     round_delivered: u64,
+    round_lost: u64,
+    /// Smoothed fraction of requested bytes that were lost.
+    loss: f64,
     full_bw: f64,
     full_bw_rounds: u32,
     cycle_idx: usize,
@@ -69,6 +72,8 @@ impl RateControl {
             inflight: 0,
             round_start: now,
             round_delivered: 0,
+            round_lost: 0,
+            loss: 0.0,
             full_bw: 0.0,
             full_bw_rounds: 0,
             cycle_idx: 0,
@@ -102,6 +107,29 @@ impl RateControl {
         self.round_delivered = 0;
     }
 
+    /// Requested bytes declared lost.
+    pub fn on_lost(&mut self, bytes: u64) {
+        self.round_lost += bytes;
+    }
+
+    /// Smoothed loss fraction.
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// The rate at which data must be *asked for* so that `btl_bw` arrives: delivery
+    /// over the fraction that survives. Only while no queue stands (the RTT is near its
+    /// minimum), so the loss is the path's and not congestion's; bounded at 30 %.
+    fn path_rate(&self) -> f64 {
+        let queue_free =
+            self.srtt <= self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2));
+        if queue_free {
+            self.btl_bw / (1.0 - self.loss.min(0.3))
+        } else {
+            self.btl_bw
+        }
+    }
+
     /// The puller had room to ask for more but nothing to ask for.
     pub fn mark_app_limited(&mut self) {
         self.app_limited = true;
@@ -122,8 +150,14 @@ impl RateControl {
             return;
         }
         let rate = self.round_delivered as f64 / elapsed.as_secs_f64();
+        let sent = self.round_delivered + self.round_lost;
+        if sent > 0 {
+            let l = self.round_lost as f64 / sent as f64;
+            self.loss = 0.75 * self.loss + 0.25 * l;
+        }
         self.round_start = now;
         self.round_delivered = 0;
+        self.round_lost = 0;
         let app_limited = std::mem::take(&mut self.app_limited);
         if app_limited && rate < self.btl_bw {
             // Says nothing about the path, and must not end startup.
@@ -175,7 +209,7 @@ impl RateControl {
     }
 
     fn bdp(&self) -> f64 {
-        self.btl_bw * self.min_rtt.as_secs_f64()
+        self.path_rate() * self.min_rtt.as_secs_f64()
     }
 
     /// Bytes that may be requested and not yet delivered.
@@ -204,7 +238,7 @@ impl RateControl {
         if self.btl_bw == 0.0 {
             return floor * STARTUP_GAIN;
         }
-        (self.btl_bw * gain).max(floor)
+        (self.path_rate() * gain).max(floor)
     }
 
     /// How long after a request its data counts as lost. Doubles per blackout timeout.

@@ -146,6 +146,13 @@ struct Flight {
     sent_at: Instant,
     deadline: Instant,
     rerequested: bool,
+    /// Request order: flights asked later have higher numbers (RACK-style loss detection).
+    order: u64,
+    /// When the last fragment of this flight arrived.
+    last_rx: Option<Instant>,
+    /// Fragments received since the latest (re)request: only these show, by arriving,
+    /// that earlier fragments of that same request were lost.
+    fresh: u64,
 }
 
 enum Phase {
@@ -177,6 +184,11 @@ pub struct Puller {
     retx: VecDeque<(Object, u32, u64)>,
     flights: HashMap<(Object, u32), Flight>,
     inflight_bytes: u64,
+    /// Highest request order that has delivered data, and when it advanced: anything
+    /// asked earlier and still missing a reorder window later is lost (RACK).
+    rack_order: u64,
+    rack_at: Instant,
+    next_order: u64,
     cc: RateControl,
     next_send: Instant,
     next_loss_check: Option<Instant>,
@@ -212,6 +224,9 @@ impl Puller {
             retx: VecDeque::new(),
             flights: HashMap::new(),
             inflight_bytes: 0,
+            rack_order: 0,
+            rack_at: now,
+            next_order: 0,
             cc: RateControl::new(now, Duration::from_millis(100)),
             next_send: now,
             next_loss_check: None,
@@ -468,6 +483,7 @@ impl Puller {
             return false;
         }
         let key = (p.object, p.chunk);
+        let reorder = self.reorder_window();
         let (n, per, ct_len) = self.geometry(p.object, p.chunk as u64);
         let f = p.fragment as usize;
         if f >= n {
@@ -495,6 +511,22 @@ impl Puller {
         }
         fl.buf[f * per..f * per + p.payload.len()].copy_from_slice(p.payload);
         fl.got |= bit;
+        fl.last_rx = Some(now);
+        let gap_below = fl.outstanding & bit != 0 && fl.outstanding & (bit - 1) != 0;
+        if fl.outstanding & bit != 0 {
+            fl.fresh |= bit;
+        }
+        // Only first requests advance RACK: a fragment of a re-requested chunk may be
+        // the late original, which says nothing about what was asked after it.
+        if !fl.rerequested && fl.order > self.rack_order {
+            self.rack_order = fl.order;
+            self.rack_at = now;
+        }
+        if gap_below || self.rack_at == now {
+            // Something may now be known lost: look again after the reorder window.
+            let t = now + reorder;
+            self.next_loss_check = Some(self.next_loss_check.map_or(t, |n| n.min(t)));
+        }
         if fl.outstanding & bit != 0 {
             fl.outstanding &= !bit;
             self.inflight_bytes = self.inflight_bytes.saturating_sub(expect_len as u64);
@@ -636,6 +668,9 @@ impl Puller {
         let mut next: Option<Instant> = None;
         let mut lost_any = false;
         let mut lost = Vec::new();
+        let window = self.reorder_window();
+        let rack_ripe = self.rack_at + window;
+        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for (&key, fl) in self.flights.iter_mut() {
             if fl.outstanding == 0 {
                 continue;
@@ -644,15 +679,38 @@ impl Puller {
                 lost.push((key, fl.outstanding));
                 fl.outstanding = 0;
                 lost_any = true;
-            } else {
-                next = Some(next.map_or(fl.deadline, |n: Instant| n.min(fl.deadline)));
+                continue;
+            }
+            soonest(fl.deadline);
+            // Asked before something that has arrived since: lost, once reordering
+            // had its chance.
+            if fl.order < self.rack_order {
+                if now >= rack_ripe {
+                    lost.push((key, fl.outstanding));
+                    fl.outstanding = 0;
+                    continue;
+                }
+                soonest(rack_ripe);
+            }
+            // A later fragment of the same chunk arrived: the earlier ones are lost.
+            if let (Some(rx), true) = (fl.last_rx, fl.fresh != 0) {
+                let highest = 63 - fl.fresh.leading_zeros();
+                let below = fl.outstanding & ((1u64 << highest) - 1);
+                if below != 0 {
+                    if now >= rx + window {
+                        lost.push((key, below));
+                        fl.outstanding &= !below;
+                    } else {
+                        soonest(rx + window);
+                    }
+                }
             }
         }
         for ((o, c), mask) in lost {
             let (n, per, ct) = self.geometry(o, c as u64);
-            self.inflight_bytes = self
-                .inflight_bytes
-                .saturating_sub(outstanding_bytes(mask, n, per, ct));
+            let bytes = outstanding_bytes(mask, n, per, ct);
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(bytes);
+            self.cc.on_lost(bytes);
             self.retx.push_back((o, c, mask));
         }
         if lost_any && now.saturating_duration_since(self.last_rx) >= self.cc.rto() {
@@ -661,6 +719,11 @@ impl Puller {
             self.cc.on_timeout();
         }
         self.next_loss_check = next;
+    }
+
+    /// How long a later arrival must precede declaring an earlier request lost.
+    fn reorder_window(&self) -> Duration {
+        (self.cc.min_rtt() / 4).clamp(Duration::from_millis(1), Duration::from_millis(25))
     }
 
     // ---------------------------------------------------------------- sending
@@ -775,15 +838,21 @@ impl Puller {
                     sent_at: now,
                     deadline: now,
                     rerequested: true,
+                    order: 0,
+                    last_rx: None,
+                    fresh: 0,
                 });
                 let want = mask & all & !fl.got & !fl.outstanding;
                 if want == 0 {
                     continue;
                 }
                 fl.outstanding |= want;
+                fl.fresh = 0;
                 fl.sent_at = now;
                 fl.deadline = now + rto;
                 fl.rerequested = true;
+                self.next_order += 1;
+                fl.order = self.next_order;
                 self.stats.rerequested_fragments += want.count_ones() as u64;
                 let b = outstanding_bytes(want, n, per, ct);
                 bytes += b;
@@ -817,6 +886,7 @@ impl Puller {
                 end += 1;
             }
             for c in start..end {
+                self.next_order += 1;
                 let (n, _, _) = self.geometry(o, c);
                 let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
                 self.flights.insert(
@@ -829,6 +899,9 @@ impl Puller {
                         sent_at: now,
                         deadline: now + rto,
                         rerequested: false,
+                        order: self.next_order,
+                        last_rx: None,
+                        fresh: 0,
                     },
                 );
             }

@@ -1,0 +1,53 @@
+//! Reentrancy and panic safety for the hooks.
+//!
+//! Threads of the shim's own engine carry a thread-local flag; a hook called on such a
+//! thread goes straight to libc. The flag is a const-initialised `Cell<bool>` (no
+//! destructor, no allocation), safe to touch from any context.
+
+use std::cell::Cell;
+
+thread_local! {
+    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True on the shim's own threads and inside hook bodies that call libc themselves.
+pub fn inside() -> bool {
+    IN_SHIM.with(|c| c.get())
+}
+
+/// Marks the current thread as the shim's (engine threads call this once).
+pub fn mark_engine_thread() {
+    IN_SHIM.with(|c| c.set(true));
+}
+
+/// Runs `f` with the flag set, restoring it after.
+pub fn enter<T>(f: impl FnOnce() -> T) -> T {
+    let was = IN_SHIM.with(|c| c.replace(true));
+    let r = f();
+    IN_SHIM.with(|c| c.set(was));
+    r
+}
+
+pub fn set_errno(e: libc::c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+pub fn errno() -> libc::c_int {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Runs a hook body inside the flag and `catch_unwind`: no panic crosses into C. A
+/// panic becomes -1 with errno EIO.
+pub fn hook(f: impl FnOnce() -> libc::c_int) -> libc::c_int {
+    let was = inside();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| enter(f))) {
+        Ok(r) => r,
+        Err(_) => {
+            IN_SHIM.with(|c| c.set(was));
+            set_errno(libc::EIO);
+            -1
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! The shim's RGTP engine: one thread per process that owns the UDP sockets, drives
+//! the sans-IO connection endpoints from `rgtp::conn`, and pumps bytes between each
+//! RGTP connection and its kernel stream fd (the engine's end of the app's socket).
+//!
+//! One poll loop serves every connection: no thread per connection, and back-pressure
+//! both ways falls out of the buffers (a full RGTP window stops reading the fd; a full
+//! fd stops reading the connection, so the peer's credit runs out).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rgtp::conn::{ConnId, Endpoint, EndpointConfig, Event};
+use rgtp::keys::StaticKey;
+use rgtp::udp::{Receiver, Sender};
+
+use crate::log;
+
+/// Bytes read from an app fd and not yet taken by the connection.
+const UP_CAP: usize = 256 * 1024;
+
+/// What to do with a new incoming connection: make an engine-side fd the app's
+/// listener will accept, and record what the app should see.
+pub type HandOver = Arc<dyn Fn(SocketAddr) -> io::Result<OwnedFd> + Send + Sync>;
+
+struct Ep {
+    sock: UdpSocket,
+    ep: Endpoint,
+    hand_over: Option<HandOver>,
+}
+
+struct Bridge {
+    fd: OwnedFd,
+    app_ino: Option<u64>,
+    up: Vec<u8>,
+    /// The app will write no more (EOF on its socket).
+    fd_eof: bool,
+    fin_sent: bool,
+    down: Vec<u8>,
+    down_off: usize,
+    /// The peer finished its direction.
+    conn_eof: bool,
+    fd_wr_shut: bool,
+    /// The connection failed or was reset.
+    dead: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    eps: Vec<Ep>,
+    client_ep: [Option<usize>; 2],
+    bridges: HashMap<(usize, ConnId), Bridge>,
+    connecting: HashMap<(usize, ConnId), Option<io::Result<()>>>,
+    exiting: bool,
+}
+
+pub struct Engine {
+    inner: Mutex<Inner>,
+    cond: Condvar,
+    wake: OwnedFd,
+    client_key: StaticKey,
+}
+
+impl Engine {
+    pub fn start(client_key: StaticKey) -> io::Result<Arc<Engine>> {
+        // SAFETY: plain eventfd creation.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let wake = unsafe { OwnedFd::from_raw_fd(efd) };
+        crate::engine::own(wake.as_raw_fd());
+        let e = Arc::new(Engine {
+            inner: Mutex::new(Inner::default()),
+            cond: Condvar::new(),
+            wake,
+            client_key,
+        });
+        let e2 = e.clone();
+        std::thread::Builder::new()
+            .name("rgtp-engine".into())
+            .spawn(move || {
+                crate::guard::mark_engine_thread();
+                e2.run();
+            })?;
+        Ok(e)
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our eventfd.
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+
+    fn new_ep(
+        &self,
+        inner: &mut Inner,
+        bind: SocketAddr,
+        key: StaticKey,
+        listening: bool,
+    ) -> io::Result<usize> {
+        let sock = rgtp::udp::bind(bind)?;
+        enable_recverr(&sock);
+        crate::engine::own(sock.as_raw_fd());
+        let mut cfg = EndpointConfig::new(key);
+        cfg.conn.linger = crate::engine::config().map_or(Duration::from_secs(10), |c| c.linger);
+        let mut ep = Endpoint::new(cfg, Instant::now());
+        ep.set_listening(listening);
+        inner.eps.push(Ep {
+            sock,
+            ep,
+            hand_over: None,
+        });
+        Ok(inner.eps.len() - 1)
+    }
+
+    /// Opens an RGTP connection and waits (at most `timeout`) for its handshake.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        pin: Option<[u8; 32]>,
+    ) -> io::Result<(usize, ConnId, SocketAddr)> {
+        let mut g = self.inner.lock();
+        let fam = addr.is_ipv6() as usize;
+        let idx = match g.client_ep[fam] {
+            Some(i) => i,
+            None => {
+                let bind: SocketAddr = if addr.is_ipv6() {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                }
+                .parse()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                let i = self.new_ep(&mut g, bind, self.client_key.clone(), false)?;
+                g.client_ep[fam] = Some(i);
+                i
+            }
+        };
+        let local = g.eps[idx].sock.local_addr()?;
+        let id = g.eps[idx].ep.connect_with(Instant::now(), addr, pin)?;
+        g.connecting.insert((idx, id), None);
+        self.wake();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Some(_)) = g.connecting.get(&(idx, id)) {
+                let r = g.connecting.remove(&(idx, id)).flatten().unwrap_or(Ok(()));
+                return r.map(|()| (idx, id, local));
+            }
+            if self.cond.wait_until(&mut g, deadline).timed_out() {
+                g.connecting.remove(&(idx, id));
+                g.eps[idx].ep.abort(Instant::now(), id);
+                self.wake();
+                return Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+        }
+    }
+
+    /// Bridges connection `id` to `fd` until both directions end.
+    pub fn attach(&self, idx: usize, id: ConnId, fd: OwnedFd, app_ino: Option<u64>) {
+        set_nonblocking(fd.as_raw_fd());
+        crate::engine::own(fd.as_raw_fd());
+        self.inner.lock().bridges.insert(
+            (idx, id),
+            Bridge {
+                fd,
+                app_ino,
+                up: Vec::new(),
+                fd_eof: false,
+                fin_sent: false,
+                down: Vec::new(),
+                down_off: 0,
+                conn_eof: false,
+                fd_wr_shut: false,
+                dead: false,
+            },
+        );
+        self.wake();
+    }
+
+    /// Opens an RGTP listener on UDP `addr`; each accepted connection is bridged to
+    /// the fd `hand_over` makes for it.
+    pub fn listen(
+        &self,
+        addr: SocketAddr,
+        key: StaticKey,
+        hand_over: HandOver,
+    ) -> io::Result<RawFd> {
+        let mut g = self.inner.lock();
+        let idx = self.new_ep(&mut g, addr, key, true)?;
+        g.eps[idx].hand_over = Some(hand_over);
+        let fd = g.eps[idx].sock.as_raw_fd();
+        self.wake();
+        Ok(fd)
+    }
+
+    /// At exit: the app's unread-by-us bytes count as its last, every bridge sends FIN,
+    /// and this waits until the peers acknowledged everything (at most `linger`).
+    pub fn linger(&self, linger: Duration) {
+        let deadline = Instant::now() + linger;
+        let mut g = self.inner.lock();
+        g.exiting = true;
+        self.wake();
+        while g
+            .bridges
+            .values()
+            .any(|b| !b.dead && !(b.fin_sent && b.up.is_empty()))
+            || pending_acks(&mut g)
+        {
+            if self.cond.wait_until(&mut g, deadline).timed_out() {
+                log::warn("exit: peers did not acknowledge every byte within RGTP_LINGER_MS");
+                return;
+            }
+        }
+    }
+
+    fn run(&self) {
+        let mut rx = Receiver::default();
+        let tx = Sender::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut keys: Vec<(usize, ConnId)> = Vec::new();
+        loop {
+            // Build the poll set under the lock, wait without it.
+            let timeout = {
+                let mut g = self.inner.lock();
+                pfds.clear();
+                keys.clear();
+                pfds.push(pollfd(self.wake.as_raw_fd(), libc::POLLIN));
+                for e in &g.eps {
+                    pfds.push(pollfd(e.sock.as_raw_fd(), libc::POLLIN));
+                }
+                for (k, b) in &g.bridges {
+                    let mut ev = 0;
+                    if !b.fd_eof && b.up.len() < UP_CAP && !b.dead {
+                        ev |= libc::POLLIN;
+                    }
+                    if b.down_off < b.down.len() {
+                        ev |= libc::POLLOUT;
+                    }
+                    pfds.push(pollfd(b.fd.as_raw_fd(), ev));
+                    keys.push(*k);
+                }
+                let now = Instant::now();
+                let mut t: Option<Instant> = None;
+                for e in g.eps.iter_mut() {
+                    if let Some(x) = e.ep.poll_timeout() {
+                        t = Some(t.map_or(x, |t| t.min(x)));
+                    }
+                }
+                if g.exiting {
+                    Duration::from_millis(5)
+                } else {
+                    t.map_or(Duration::from_millis(200), |t| {
+                        t.saturating_duration_since(now)
+                    })
+                    .min(Duration::from_millis(200))
+                }
+            };
+            let ts = libc::timespec {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: valid pollfd array and timespec.
+            unsafe {
+                libc::ppoll(
+                    pfds.as_mut_ptr(),
+                    pfds.len() as libc::nfds_t,
+                    &ts,
+                    std::ptr::null(),
+                )
+            };
+
+            let mut g = self.inner.lock();
+            let now = Instant::now();
+            if pfds[0].revents != 0 {
+                let mut v: u64 = 0;
+                // SAFETY: reading the eventfd counter into a u64.
+                unsafe {
+                    libc::read(
+                        self.wake.as_raw_fd(),
+                        &mut v as *mut u64 as *mut libc::c_void,
+                        8,
+                    )
+                };
+            }
+            let n_eps = g.eps.len().min(pfds.len() - 1);
+            for i in 0..n_eps {
+                let re = pfds[1 + i].revents;
+                if re & libc::POLLERR != 0 {
+                    let e = &mut g.eps[i];
+                    drain_errors(&e.sock, |addr| e.ep.handle_unreachable(now, addr));
+                }
+                if re & libc::POLLIN != 0 {
+                    let e = &mut g.eps[i];
+                    for _ in 0..16 {
+                        match rx.recv(&e.sock, |from, d| e.ep.handle(now, from, d)) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            }
+            for e in g.eps.iter_mut() {
+                if e.ep.poll_timeout().is_some_and(|t| t <= now) {
+                    e.ep.handle_timeout(now);
+                }
+            }
+            self.process_events(&mut g, now);
+            let exiting = g.exiting;
+            let inner = &mut *g;
+            for (k, b) in inner.bridges.iter_mut() {
+                pump(&mut inner.eps[k.0].ep, k.1, b, now, &mut buf, exiting);
+            }
+            // Release finished bridges.
+            let done: Vec<(usize, ConnId)> = inner
+                .bridges
+                .iter()
+                .filter(|(_, b)| b.dead || (b.fin_sent && b.conn_eof && b.down_off >= b.down.len()))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in done {
+                let ep = &mut inner.eps[k.0].ep;
+                if let Some(b) = inner.bridges.get(&k) {
+                    if !b.dead && ep.send_complete(k.1) == Some(false) {
+                        continue; // still waiting for acknowledgements
+                    }
+                }
+                if let Some(b) = inner.bridges.remove(&k) {
+                    ep.close(now, k.1);
+                    crate::engine::disown(b.fd.as_raw_fd());
+                    if let Some(ino) = b.app_ino {
+                        crate::registry::remove(ino);
+                    }
+                }
+            }
+            for e in inner.eps.iter_mut() {
+                while let Some(t) = e.ep.poll_transmit(now) {
+                    if let Err(err) = tx.send(&e.sock, &t) {
+                        log::debug(&format!("send to {}: {err}", t.dest));
+                    }
+                }
+            }
+            if exiting {
+                self.cond.notify_all();
+            }
+        }
+    }
+
+    fn process_events(&self, g: &mut Inner, now: Instant) {
+        let mut notify = false;
+        for i in 0..g.eps.len() {
+            while let Some((id, ev)) = g.eps[i].ep.poll_event() {
+                match ev {
+                    Event::Connected => {
+                        if let Some(slot) = g.connecting.get_mut(&(i, id)) {
+                            *slot = Some(Ok(()));
+                            notify = true;
+                        }
+                    }
+                    Event::Closed { error } => {
+                        if let Some(slot) = g.connecting.get_mut(&(i, id)) {
+                            let kind = error.unwrap_or(io::ErrorKind::ConnectionRefused);
+                            *slot = Some(Err(io::Error::from(kind)));
+                            notify = true;
+                        }
+                        if let Some(b) = g.bridges.get_mut(&(i, id)) {
+                            if error.is_some() {
+                                b.dead = true;
+                                // SAFETY: valid fd: the app's reads and writes end.
+                                unsafe { libc::shutdown(b.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                            }
+                        }
+                    }
+                    Event::Incoming => {
+                        while let Some(cid) = g.eps[i].ep.accept() {
+                            let peer = g.eps[i].ep.peer_addr(cid);
+                            let Some(hand) = g.eps[i].hand_over.clone() else {
+                                break;
+                            };
+                            let Some(peer) = peer else { continue };
+                            match hand(peer) {
+                                Ok(fd) => {
+                                    set_nonblocking(fd.as_raw_fd());
+                                    crate::engine::own(fd.as_raw_fd());
+                                    g.bridges.insert(
+                                        (i, cid),
+                                        Bridge {
+                                            fd,
+                                            app_ino: None,
+                                            up: Vec::new(),
+                                            fd_eof: false,
+                                            fin_sent: false,
+                                            down: Vec::new(),
+                                            down_off: 0,
+                                            conn_eof: false,
+                                            fd_wr_shut: false,
+                                            dead: false,
+                                        },
+                                    );
+                                }
+                                Err(e) => {
+                                    log::warn(&format!(
+                                        "handing a connection from {peer} to the app: {e}"
+                                    ));
+                                    g.eps[i].ep.abort(now, cid);
+                                }
+                            }
+                        }
+                    }
+                    Event::Readable | Event::Writable => {}
+                }
+            }
+        }
+        if notify {
+            self.cond.notify_all();
+        }
+    }
+}
+
+fn pending_acks(g: &mut Inner) -> bool {
+    let keys: Vec<(usize, ConnId)> = g
+        .bridges
+        .iter()
+        .filter(|(_, b)| !b.dead)
+        .map(|(k, _)| *k)
+        .collect();
+    keys.into_iter()
+        .any(|k| g.eps[k.0].ep.send_complete(k.1) == Some(false))
+}
+
+/// Moves what can move now between a connection and its fd.
+fn pump(
+    ep: &mut Endpoint,
+    id: ConnId,
+    b: &mut Bridge,
+    now: Instant,
+    buf: &mut [u8],
+    exiting: bool,
+) {
+    if b.dead {
+        return;
+    }
+    let fd = b.fd.as_raw_fd();
+    // app -> peer
+    while !b.fd_eof && b.up.len() < UP_CAP {
+        let room = (UP_CAP - b.up.len()).min(buf.len());
+        // SAFETY: reading into our own buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, room) };
+        if n > 0 {
+            b.up.extend_from_slice(&buf[..n as usize]);
+            continue;
+        }
+        if n == 0 {
+            b.fd_eof = true;
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                if exiting {
+                    // The process is exiting: what it wrote is all it will write.
+                    b.fd_eof = true;
+                }
+                break;
+            }
+            _ => {
+                ep.abort(now, id);
+                b.dead = true;
+                return;
+            }
+        }
+    }
+    while !b.up.is_empty() {
+        match ep.write(id, &b.up) {
+            Ok(0) => break,
+            Ok(n) => {
+                b.up.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                b.dead = true;
+                // SAFETY: valid fd.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                return;
+            }
+        }
+    }
+    if b.fd_eof && b.up.is_empty() && !b.fin_sent {
+        let _ = ep.shutdown_write(now, id);
+        b.fin_sent = true;
+    }
+    // peer -> app
+    loop {
+        if b.down_off < b.down.len() {
+            let rest = &b.down[b.down_off..];
+            // SAFETY: writing from our buffer; MSG_NOSIGNAL keeps SIGPIPE away.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    rest.as_ptr() as *const libc::c_void,
+                    rest.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                b.down_off += n as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => break,
+                _ => {
+                    // The app closed its socket: like TCP, reset the sender.
+                    ep.abort(now, id);
+                    b.dead = true;
+                    return;
+                }
+            }
+        }
+        if b.conn_eof {
+            break;
+        }
+        b.down.clear();
+        b.down_off = 0;
+        b.down.resize(buf.len(), 0);
+        match ep.read(id, &mut b.down) {
+            Ok(0) => {
+                b.down.clear();
+                b.conn_eof = true;
+            }
+            Ok(n) => b.down.truncate(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                b.down.clear();
+                break;
+            }
+            Err(_) => {
+                b.down.clear();
+                b.dead = true;
+                // SAFETY: valid fd: the app sees its connection end.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                return;
+            }
+        }
+    }
+    if b.conn_eof && b.down_off >= b.down.len() && !b.fd_wr_shut {
+        // SAFETY: valid fd: the app reads EOF after the last byte.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        b.fd_wr_shut = true;
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a valid fd we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+/// ICMP errors (port unreachable) for an unconnected socket come on its error queue.
+fn enable_recverr(sock: &UdpSocket) {
+    let one: libc::c_int = 1;
+    let (level, opt) = match sock.local_addr() {
+        Ok(a) if a.is_ipv6() => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+        _ => (libc::IPPROTO_IP, libc::IP_RECVERR),
+    };
+    // SAFETY: setsockopt with a live int.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    if level == libc::IPPROTO_IPV6 {
+        // Dual-stack sockets report IPv4 errors through the IPv4 option too.
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// Reads queued ICMP errors; reports the addresses that refused.
+fn drain_errors(sock: &UdpSocket, mut refused: impl FnMut(SocketAddr)) {
+    for _ in 0..64 {
+        let mut data = [0u8; 64];
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut control = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; its pointers are valid for the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: valid fd and msghdr.
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return;
+        }
+        // SAFETY: walking control messages the kernel wrote within msg_controllen.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !cmsg.is_null() {
+            // SAFETY: cmsg points into our control buffer.
+            let c = unsafe { &*cmsg };
+            let is_err = (c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_RECVERR)
+                || (c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_RECVERR);
+            if is_err {
+                // SAFETY: the payload of IP_RECVERR is a sock_extended_err.
+                let ee = unsafe {
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err)
+                };
+                if ee.ee_errno as i32 == libc::ECONNREFUSED {
+                    // SAFETY: msg_name holds the destination that failed.
+                    if let Some(a) = unsafe {
+                        crate::sockaddr::read(
+                            &name as *const _ as *const libc::sockaddr,
+                            msg.msg_namelen,
+                        )
+                    } {
+                        refused(a);
+                    }
+                }
+            }
+            // SAFETY: next header within the buffer (or null).
+            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        }
+    }
+}

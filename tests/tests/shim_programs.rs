@@ -1,0 +1,631 @@
+//! Unmodified TCP programs over RGTP through librgtp_shim.so: curl, wget, nginx,
+//! python, nc and socat, both ends under the shim.
+//!
+//! Proof that bytes crossed UDP and not TCP: in strict mode (RGTP_FALLBACK=0) the
+//! server has no TCP listener on the port at all (checked in /proc/net/tcp*), a plain
+//! client without the shim is refused, and the shim-run client still gets every byte
+//! (checked with b3sum). The fallback tests check the opposite mixes.
+
+use std::fs;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rgtp_e2e::{b3sum, bin_dir, write_random_file, Proc, TestDir};
+
+fn shim() -> PathBuf {
+    let p = bin_dir().join("librgtp_shim.so");
+    assert!(
+        p.is_file(),
+        "{} missing: cargo build --release -p rgtp-shim",
+        p.display()
+    );
+    p
+}
+
+fn need(program: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{program} is not installed (scripts/test.sh installs it)"
+    );
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1.
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let p = u.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port");
+}
+
+fn proc_net_has(files: &[&str], port: u16, state: Option<&str>) -> bool {
+    let hex = format!(":{port:04X}");
+    files.iter().any(|f| {
+        fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 3 && cols[1].ends_with(&hex) && state.is_none_or(|s| cols[3] == s)
+            })
+    })
+}
+
+fn tcp_listening(port: u16) -> bool {
+    proc_net_has(&["/proc/net/tcp", "/proc/net/tcp6"], port, Some("0A"))
+}
+
+fn udp_bound(port: u16) -> bool {
+    proc_net_has(&["/proc/net/udp", "/proc/net/udp6"], port, None)
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `program` with the shim preloaded for `port`.
+fn shimmed(t: &TestDir, program: &str, port: u16, strict: bool) -> Command {
+    let mut c = Command::new(program);
+    c.env("LD_PRELOAD", shim())
+        .env("RGTP_PORTS", port.to_string())
+        .env("RGTP_FALLBACK", if strict { "0" } else { "1" })
+        .env("RGTP_CONFIG_DIR", t.join("cfg"))
+        .env("RGTP_LOG", "debug")
+        .env("RGTP_LOG_FILE", t.join("shim.log"))
+        .env("RGTP_LINGER_MS", "20000");
+    c
+}
+
+fn plain(program: &str) -> Command {
+    Command::new(program)
+}
+
+fn log(t: &TestDir) -> String {
+    fs::read_to_string(t.join("shim.log")).unwrap_or_default()
+}
+
+/// Runs a client to completion (bounded) and asserts it succeeded.
+fn run_ok(t: &TestDir, cmd: Command, what: &str) -> String {
+    let f = Proc::spawn(cmd, what, t.path(), false).finish(Duration::from_secs(120));
+    assert!(
+        f.status.success(),
+        "{what} failed: {}\n--- shim log ---\n{}",
+        f.describe(),
+        tail(&log(t))
+    );
+    f.stdout
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A strict server on `port` must be reachable over UDP only.
+fn assert_udp_only(port: u16) {
+    assert!(
+        !tcp_listening(port),
+        "strict server has a TCP listener on {port}"
+    );
+    assert!(udp_bound(port), "no UDP socket on {port}");
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_secs(2)
+        )
+        .is_err(),
+        "a plain TCP connect to the strict server's port succeeded"
+    );
+}
+
+fn start_http_server(t: &TestDir, dir: &Path, port: u16, strict: bool, shim_on: bool) -> Proc {
+    need("python3");
+    let mut c = if shim_on {
+        shimmed(t, "python3", port, strict)
+    } else {
+        plain("python3")
+    };
+    c.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(dir);
+    let p = Proc::spawn(c, "python-http-server", t.path(), false);
+    if shim_on {
+        wait_until(
+            "the server's RGTP listener",
+            Duration::from_secs(20),
+            || udp_bound(port),
+        );
+    } else {
+        wait_until("the server's TCP listener", Duration::from_secs(20), || {
+            tcp_listening(port)
+        });
+    }
+    p
+}
+
+#[test]
+fn curl_gets_from_python_http_server_over_rgtp_only() {
+    need("curl");
+    let t = TestDir::new("shim-curl-py");
+    let www = t.join("www");
+    fs::create_dir_all(&www).unwrap();
+    write_random_file(&www.join("big.bin"), 24 << 20, "curl-py");
+    let port = free_port();
+    let _server = start_http_server(&t, &www, port, true, true);
+    assert_udp_only(port);
+    let out = t.join("big.out");
+    let mut c = shimmed(&t, "curl", port, true);
+    c.args(["-sS", "--max-time", "100", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port}/big.bin"));
+    run_ok(&t, c, "curl");
+    assert_eq!(b3sum(&out), b3sum(&www.join("big.bin")));
+    assert!(
+        log(&t).contains("over RGTP"),
+        "the shim log shows no RGTP connect"
+    );
+    // Without the shim the strict server cannot be reached.
+    let mut c = plain("curl");
+    c.args(["-sS", "--max-time", "5", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{port}/big.bin"));
+    let f = Proc::spawn(c, "plain-curl", t.path(), false).finish(Duration::from_secs(30));
+    assert!(
+        !f.status.success(),
+        "plain curl reached a strict RGTP-only server"
+    );
+}
+
+#[test]
+fn curl_posts_upload_to_python_server() {
+    need("curl");
+    need("python3");
+    let t = TestDir::new("shim-post");
+    let port = free_port();
+    let sink = t.join("received.bin");
+    let script = format!(
+        r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers['Content-Length'])
+        data = b''
+        while len(data) < n:
+            b = self.rfile.read(n - len(data))
+            if not b: break
+            data += b
+        open({sink:?}, 'wb').write(data)
+        self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers()
+        self.wfile.write(b'ok')
+    def log_message(self, *a): pass
+http.server.HTTPServer(('127.0.0.1', {port}), H).handle_request()
+"#,
+        sink = sink.display().to_string()
+    );
+    let mut c = shimmed(&t, "python3", port, true);
+    c.arg("-c").arg(script);
+    let server = Proc::spawn(c, "python-post-server", t.path(), false);
+    wait_until(
+        "the server's RGTP listener",
+        Duration::from_secs(20),
+        || udp_bound(port),
+    );
+    assert_udp_only(port);
+    let up = t.join("upload.bin");
+    write_random_file(&up, 6 << 20, "post");
+    let mut c = shimmed(&t, "curl", port, true);
+    c.args(["-sS", "--max-time", "100", "--data-binary"])
+        .arg(format!("@{}", up.display()))
+        .arg(format!("http://127.0.0.1:{port}/upload"));
+    let body = run_ok(&t, c, "curl-post");
+    assert_eq!(body, "ok");
+    server.finish(Duration::from_secs(30));
+    assert_eq!(b3sum(&sink), b3sum(&up));
+}
+
+fn nginx_conf(t: &TestDir, www: &Path, port: u16, daemon: bool) -> PathBuf {
+    let conf = t.join(if daemon {
+        "nginx-daemon.conf"
+    } else {
+        "nginx-fg.conf"
+    });
+    let d = t.path().display();
+    fs::write(
+        &conf,
+        format!(
+            "daemon {}; master_process on; worker_processes 2; user root;\n\
+             pid {d}/nginx-{port}.pid; error_log {d}/nginx-error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; sendfile on;\n\
+               client_body_temp_path {d}/tmp-body; proxy_temp_path {d}/tmp-proxy;\n\
+               fastcgi_temp_path {d}/tmp-fcgi; uwsgi_temp_path {d}/tmp-uwsgi; scgi_temp_path {d}/tmp-scgi;\n\
+               server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
+            if daemon { "on" } else { "off" },
+            www.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn nginx_case(daemon: bool) {
+    need("nginx");
+    need("curl");
+    need("wget");
+    let t = TestDir::new(if daemon {
+        "shim-nginx-daemon"
+    } else {
+        "shim-nginx-fg"
+    });
+    let www = t.join("www");
+    fs::create_dir_all(&www).unwrap();
+    write_random_file(&www.join("f.bin"), 16 << 20, "nginx");
+    let port = free_port();
+    let conf = nginx_conf(&t, &www, port, daemon);
+    let mut c = shimmed(&t, "nginx", port, true);
+    c.arg("-e")
+        .arg(t.join("nginx-stderr.log"))
+        .arg("-c")
+        .arg(&conf);
+    let mut launcher = Proc::spawn(c, "nginx", t.path(), false);
+    let pidfile = t.join(format!("nginx-{port}.pid"));
+    if daemon {
+        // The launching process exits at once; the daemon carries the listener.
+        let st = launcher
+            .wait_for(Duration::from_secs(30))
+            .expect("nginx did not daemonize");
+        assert!(st.success(), "nginx failed: {}", launcher.stderr());
+    }
+    wait_until("nginx's pid file", Duration::from_secs(20), || {
+        pidfile.is_file()
+    });
+    let master: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = KillOnDrop(master);
+    wait_until("nginx's RGTP listener", Duration::from_secs(20), || {
+        udp_bound(port)
+    });
+    assert_udp_only(port);
+    for client in ["curl", "wget"] {
+        let out = t.join(format!("{client}.out"));
+        let mut c = shimmed(&t, client, port, true);
+        if client == "curl" {
+            c.args(["-sS", "--max-time", "100", "-o"]).arg(&out);
+        } else {
+            c.args(["-q", "--timeout=100", "--tries=1", "-O"]).arg(&out);
+        }
+        c.arg(format!("http://127.0.0.1:{port}/f.bin"));
+        run_ok(&t, c, client);
+        assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")), "{client} via nginx");
+    }
+}
+
+/// Kills a process we started (nginx's daemon, which is not our child) by pid.
+struct KillOnDrop(i32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling the nginx master this test started (its pid file).
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn curl_and_wget_from_nginx_daemon_mode() {
+    nginx_case(true);
+}
+
+#[test]
+fn curl_and_wget_from_nginx_foreground() {
+    nginx_case(false);
+}
+
+fn nc_listen(t: &TestDir, port: u16, stdin: Option<&Path>, out: Option<&Path>) -> Proc {
+    need("nc");
+    let mut c = shimmed(t, "nc", port, true);
+    c.args(["-N", "-l", "127.0.0.1", &port.to_string()]);
+    let mut cmd = c;
+    // Proc::spawn wires stdin to /dev/null; use a shell for redirections.
+    if stdin.is_some() || out.is_some() {
+        let mut sh = shimmed(t, "sh", port, true);
+        sh.env_remove("LD_PRELOAD");
+        let redirect = format!(
+            "exec env LD_PRELOAD={} nc -N -l 127.0.0.1 {port} {} {}",
+            shim().display(),
+            stdin.map_or(String::from("</dev/null"), |p| format!("<{}", p.display())),
+            out.map_or(String::new(), |p| format!(">{}", p.display())),
+        );
+        sh.arg("-c").arg(redirect);
+        cmd = sh;
+    }
+    let p = Proc::spawn(cmd, "nc-listen", t.path(), false);
+    wait_until("nc's RGTP listener", Duration::from_secs(20), || {
+        udp_bound(port)
+    });
+    p
+}
+
+fn nc_client(t: &TestDir, port: u16, extra: &str, stdin: &str, out: &str) -> Command {
+    let mut sh = Command::new("sh");
+    sh.env("RGTP_PORTS", port.to_string())
+        .env("RGTP_FALLBACK", "0")
+        .env("RGTP_CONFIG_DIR", t.join("cfg"))
+        .env("RGTP_LOG", "debug")
+        .env("RGTP_LOG_FILE", t.join("shim.log"))
+        .env("RGTP_LINGER_MS", "20000")
+        .arg("-c")
+        .arg(format!(
+            "exec env LD_PRELOAD={} nc {extra} 127.0.0.1 {port} {stdin} {out}",
+            shim().display()
+        ));
+    sh
+}
+
+#[test]
+fn netcat_both_directions() {
+    let t = TestDir::new("shim-nc");
+    // client -> server
+    let data = t.join("up.bin");
+    write_random_file(&data, 8 << 20, "nc-up");
+    let port = free_port();
+    let got = t.join("up.got");
+    let server = nc_listen(&t, port, None, Some(&got));
+    assert_udp_only(port);
+    run_ok(
+        &t,
+        nc_client(
+            &t,
+            port,
+            "-N",
+            &format!("<{}", data.display()),
+            ">/dev/null",
+        ),
+        "nc-client-up",
+    );
+    server.finish(Duration::from_secs(60));
+    assert_eq!(b3sum(&got), b3sum(&data), "client to server");
+    // server -> client
+    let data2 = t.join("down.bin");
+    write_random_file(&data2, 8 << 20, "nc-down");
+    let port = free_port();
+    let server = nc_listen(&t, port, Some(&data2), None);
+    let got2 = t.join("down.got");
+    run_ok(
+        &t,
+        nc_client(&t, port, "-d", "", &format!(">{}", got2.display())),
+        "nc-client-down",
+    );
+    server.finish(Duration::from_secs(60));
+    assert_eq!(b3sum(&got2), b3sum(&data2), "server to client");
+}
+
+#[test]
+fn netcat_producer_exiting_at_once_loses_nothing() {
+    let t = TestDir::new("shim-nc-q0");
+    let data = t.join("50m.bin");
+    write_random_file(&data, 50 << 20, "nc-q0");
+    let port = free_port();
+    let got = t.join("50m.got");
+    let server = nc_listen(&t, port, None, Some(&got));
+    run_ok(
+        &t,
+        nc_client(
+            &t,
+            port,
+            "-N -q 0",
+            &format!("<{}", data.display()),
+            ">/dev/null",
+        ),
+        "nc-producer",
+    );
+    server.finish(Duration::from_secs(120));
+    assert_eq!(b3sum(&got), b3sum(&data));
+}
+
+#[test]
+fn socat_client_and_forking_server() {
+    need("socat");
+    let t = TestDir::new("shim-socat");
+    let port = free_port();
+    let mut c = shimmed(&t, "socat", port, true);
+    c.args([
+        format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr").as_str(),
+        "EXEC:cat",
+    ]);
+    let _server = Proc::spawn(c, "socat-server", t.path(), false);
+    wait_until("socat's RGTP listener", Duration::from_secs(20), || {
+        udp_bound(port)
+    });
+    assert_udp_only(port);
+    // Three clients one after another: each is served by a forked child.
+    for i in 0..3 {
+        let data = t.join(format!("in{i}.bin"));
+        write_random_file(&data, 2 << 20, &format!("socat{i}"));
+        let got = t.join(format!("out{i}.bin"));
+        let mut sh = Command::new("sh");
+        sh.env("RGTP_PORTS", port.to_string())
+            .env("RGTP_FALLBACK", "0")
+            .env("RGTP_CONFIG_DIR", t.join("cfg"))
+            .env("RGTP_LOG_FILE", t.join("shim.log"))
+            .env("RGTP_LOG", "debug")
+            .arg("-c")
+            .arg(format!(
+                "exec env LD_PRELOAD={} socat -t 30 - TCP:127.0.0.1:{port} <{} >{}",
+                shim().display(),
+                data.display(),
+                got.display()
+            ));
+        run_ok(&t, sh, "socat-client");
+        assert_eq!(b3sum(&got), b3sum(&data), "socat echo {i}");
+    }
+}
+
+fn python_case(mode: &str) {
+    need("python3");
+    let t = TestDir::new(&format!("shim-py-{mode}"));
+    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
+    let port = free_port();
+    let mut c = shimmed(&t, "python3", port, true);
+    c.arg(&script).args(["server", mode, &port.to_string()]);
+    let server = Proc::spawn(c, "py-server", t.path(), false);
+    wait_until(
+        "the python server's RGTP listener",
+        Duration::from_secs(20),
+        || udp_bound(port),
+    );
+    assert_udp_only(port);
+    let mut c = shimmed(&t, "python3", port, true);
+    c.arg(&script).args(["client", mode, &port.to_string()]);
+    let out = run_ok(&t, c, "py-client");
+    assert!(out.contains("OK"), "{out}");
+    let f = server.finish(Duration::from_secs(60));
+    assert!(
+        f.status.success() && f.stdout.contains("SERVED"),
+        "{}",
+        f.describe()
+    );
+}
+
+#[test]
+fn python_blocking_sockets() {
+    python_case("blocking");
+}
+
+#[test]
+fn python_nonblocking_connect_select() {
+    python_case("select");
+}
+
+#[test]
+fn python_nonblocking_connect_poll() {
+    python_case("poll");
+}
+
+#[test]
+fn python_asyncio_epoll() {
+    python_case("asyncio");
+}
+
+#[test]
+fn python_many_threads() {
+    python_case("threads");
+}
+
+#[test]
+fn fallback_plain_client_reaches_shim_server_and_shim_client_reaches_plain_server() {
+    need("curl");
+    let t = TestDir::new("shim-fallback");
+    let www = t.join("www");
+    fs::create_dir_all(&www).unwrap();
+    write_random_file(&www.join("f.bin"), 4 << 20, "fallback");
+    // A shim-run server with fallback keeps its TCP listener beside RGTP.
+    let port = free_port();
+    let _server = start_http_server(&t, &www, port, false, true);
+    wait_until("the TCP listener", Duration::from_secs(10), || {
+        tcp_listening(port)
+    });
+    let out = t.join("plain.out");
+    let mut c = plain("curl");
+    c.args(["-sS", "--max-time", "60", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port}/f.bin"));
+    run_ok(&t, c, "plain-curl");
+    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    // ... and a shim-run client with fallback uses RGTP to it.
+    let out = t.join("shim.out");
+    let mut c = shimmed(&t, "curl", port, false);
+    c.args(["-sS", "--max-time", "60", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port}/f.bin"));
+    run_ok(&t, c, "shim-curl");
+    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    // A plain server: the shim-run client falls back to TCP.
+    let port2 = free_port();
+    let _plain_server = start_http_server(&t, &www, port2, false, false);
+    let out = t.join("fallback.out");
+    let mut c = shimmed(&t, "curl", port2, false);
+    c.args(["-sS", "--max-time", "60", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port2}/f.bin"));
+    run_ok(&t, c, "shim-curl-fallback");
+    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    assert!(
+        log(&t).contains("falling back to TCP"),
+        "{}",
+        tail(&log(&t))
+    );
+}
+
+#[test]
+fn programs_on_other_ports_are_untouched() {
+    need("curl");
+    let t = TestDir::new("shim-untouched");
+    let www = t.join("www");
+    fs::create_dir_all(&www).unwrap();
+    write_random_file(&www.join("f.bin"), 1 << 20, "untouched");
+    let port = free_port();
+    let other = free_port();
+    // Server and client both preloaded, but for another port: plain TCP, no RGTP.
+    let mut c = shimmed(&t, "python3", other, true);
+    c.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(&www);
+    let _server = Proc::spawn(c, "py", t.path(), false);
+    wait_until("TCP listener", Duration::from_secs(20), || {
+        tcp_listening(port)
+    });
+    assert!(!udp_bound(port));
+    let out = t.join("o");
+    let mut c = shimmed(&t, "curl", other, true);
+    c.args(["-sS", "--max-time", "30", "-o"])
+        .arg(&out)
+        .arg(format!("http://127.0.0.1:{port}/f.bin"));
+    run_ok(&t, c, "curl");
+    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    assert!(!log(&t).contains("over RGTP"));
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_runs_unintercepted() {
+    need("curl");
+    let t = TestDir::new("shim-badcfg");
+    let mut c = Command::new("curl");
+    c.env("LD_PRELOAD", shim())
+        .env("RGTP_PORTS", "80-x")
+        .args(["-sS", "--version"]);
+    let f = Proc::spawn(c, "curl-badcfg", t.path(), false).finish(Duration::from_secs(30));
+    assert!(f.status.success(), "{}", f.describe());
+    let lines: Vec<&str> = f.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{:?}", f.stderr);
+    assert!(lines[0].contains("RGTP_PORTS"), "{:?}", f.stderr);
+}

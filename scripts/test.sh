@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# test.sh: runs every test of the project (this is the command the README shows and
+# .ci/run executes).
+#
+#   1. installs what a fresh Debian machine lacks (b3sum, a C toolchain, Rust) — apt-get
+#      update runs once, and only if something is missing
+#   2. cargo fmt --check, cargo clippy -D warnings
+#   3. builds the release binaries rgtp-expose / rgtp-pull
+#   4. cargo test --workspace: unit and property tests, the deterministic network
+#      simulation, and the end-to-end tests that drive the release binaries over
+#      loopback UDP (tests/tests/cli_loopback.rs)
+#   5. scripts/test-linkem.sh (link-emulator self-test; needs root), when present
+#
+# Exit status 0 = everything passed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+T0=$(date +%s)
+STEP_T0=$T0
+CURRENT=setup
+SUMMARY=()
+
+step() {
+  local now
+  now=$(date +%s)
+  if [ "$CURRENT" != setup ]; then
+    SUMMARY+=("$(printf '%-44s %4ss' "$CURRENT" $((now - STEP_T0)))")
+  fi
+  CURRENT=$1
+  STEP_T0=$now
+  printf '\n==== [%s] %s\n' "$(date +%H:%M:%S)" "$1"
+}
+
+finish() {
+  local rc=$?
+  local now
+  now=$(date +%s)
+  SUMMARY+=("$(printf '%-44s %4ss' "$CURRENT" $((now - STEP_T0)))")
+  printf '\n==== summary\n'
+  printf '  %s\n' "${SUMMARY[@]}"
+  if [ "$rc" -eq 0 ]; then
+    printf '\nALL TESTS PASSED in %ss\n' $((now - T0))
+  else
+    printf '\nFAILED (exit %s) during: %s, after %ss\n' "$rc" "$CURRENT" $((now - T0))
+  fi
+}
+trap finish EXIT
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    echo "need root (or sudo) to run: $*" >&2
+    return 1
+  fi
+}
+
+step "tools"
+APT=()
+command -v b3sum >/dev/null || APT+=(b3sum)
+# Real programs the shim tests run (tests/tests/shim_programs.rs).
+command -v curl >/dev/null || APT+=(curl)
+command -v wget >/dev/null || APT+=(wget)
+command -v nginx >/dev/null || APT+=(nginx)
+command -v socat >/dev/null || APT+=(socat)
+command -v python3 >/dev/null || APT+=(python3)
+# netcat-openbsd specifically: -N and -q behave as the tests expect.
+dpkg -s netcat-openbsd >/dev/null 2>&1 || APT+=(netcat-openbsd)
+command -v cc >/dev/null || APT+=(build-essential)
+if ! command -v cargo >/dev/null && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
+  command -v curl >/dev/null || APT+=(curl ca-certificates)
+fi
+if [ "${#APT[@]}" -gt 0 ]; then
+  echo "installing: ${APT[*]}"
+  as_root apt-get update
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${APT[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  if ! [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "installing Rust (stable) with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+      sh -s -- -y --profile minimal --default-toolchain stable -c clippy -c rustfmt
+  fi
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if command -v rustup >/dev/null; then
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+fi
+echo "$(cargo --version); $(b3sum --version); $(nproc) cores"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+cargo fmt --manifest-path core/fuzz/Cargo.toml -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build release binaries and librgtp_shim.so"
+cargo build --release -p rgtp --bins -p rgtp-shim
+
+step "cargo test --workspace (unit, simulation, loopback end-to-end)"
+RGTP_BIN_DIR="$ROOT/target/release" cargo test --workspace
+
+if [ -f scripts/test-linkem.sh ]; then
+  step "scripts/test-linkem.sh (link emulator self-test)"
+  if [ "$(id -u)" -eq 0 ]; then
+    bash scripts/test-linkem.sh
+  else
+    echo "SKIPPED: scripts/test-linkem.sh needs root (CI runs as root)"
+  fi
+fi
+
+step "done"

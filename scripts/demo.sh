@@ -1,47 +1,84 @@
 #!/usr/bin/env bash
-# Builds RGTP, exposes a file on loopback, pulls it back, and shows that the printed
-# root equals b3sum of both copies. Installs what is missing (needs root for apt).
+# The main job in one command: builds RGTP, then
+#   1. runs an unmodified TCP program pair — python3's http.server and curl — with
+#      librgtp_shim.so preloaded in strict mode, and proves the bytes crossed UDP
+#      (no TCP listener exists on the port; a plain curl is refused) and arrived intact;
+#   2. exposes a file with rgtp-expose, pulls it with rgtp-pull, and shows the printed
+#      root equals b3sum of both copies.
+# Installs what is missing (b3sum, curl, python3) with apt-get (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need b3sum; then
-  echo "== installing b3sum"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq b3sum >/dev/null
+missing=()
+need b3sum || missing+=(b3sum)
+need curl || missing+=(curl)
+need python3 || missing+=(python3)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-echo "== building (release)"
-cargo build --release -q -p rgtp --bins
+echo "== building (release): rgtp-expose, rgtp-pull, rgtp-run, librgtp_shim.so"
+cargo build --release -q -p rgtp --bins -p rgtp-shim
 BIN=$PWD/target/release
 
 work=$(mktemp -d)
-exposer=""
+pids=()
 cleanup() {
-  [ -n "$exposer" ] && kill "$exposer" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 export RGTP_CONFIG_DIR=$work/config
 
-echo "== making a 64 MiB file"
-head -c $((64 << 20)) /dev/urandom > "$work/demo.bin"
+port=$(python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+mkdir -p "$work/www"
+head -c $((64 << 20)) /dev/urandom > "$work/www/demo.bin"
 
-echo "== rgtp-expose demo.bin"
-"$BIN/rgtp-expose" "$work/demo.bin" --bind 127.0.0.1 --port 0 >"$work/expose.out" 2>"$work/expose.err" &
-exposer=$!
+echo
+echo "== 1. unmodified programs over RGTP: python3 -m http.server and curl, port $port, strict"
+"$BIN/rgtp-run" --ports "$port" --strict -- \
+  python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/www" >"$work/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  grep -qi "$(printf ':%04X' "$port")" /proc/net/udp 2>/dev/null && break
+  sleep 0.1
+done
+if grep -qi "$(printf ':%04X .* 0A' "$port")" /proc/net/tcp; then
+  echo "unexpected: a TCP listener exists on $port" >&2
+  exit 1
+fi
+echo "   the server has a UDP socket on $port and no TCP listener:"
+echo "   $(ss -Hulpn "sport = :$port" | head -1)"
+if curl -s -o /dev/null --max-time 3 "http://127.0.0.1:$port/demo.bin"; then
+  echo "unexpected: plain TCP curl reached the server" >&2
+  exit 1
+fi
+echo "   plain curl (no shim) is refused, as expected"
+"$BIN/rgtp-run" --ports "$port" --strict -- \
+  curl -sS -o "$work/curl.bin" -w '   curl over RGTP: %{size_download} bytes in %{time_total} s\n' \
+  "http://127.0.0.1:$port/demo.bin"
+b3sum "$work/www/demo.bin" "$work/curl.bin" | sed 's/^/   /'
+[ "$(b3sum --no-names "$work/curl.bin")" = "$(b3sum --no-names "$work/www/demo.bin")" ] || {
+  echo "MISMATCH" >&2
+  exit 1
+}
+echo "   OK: curl got every byte, over UDP"
+
+echo
+echo "== 2. rgtp-expose demo.bin / rgtp-pull <url>"
+"$BIN/rgtp-expose" "$work/www/demo.bin" --bind 127.0.0.1 --port 0 >"$work/expose.out" 2>"$work/expose.err" &
+pids+=($!)
 for _ in $(seq 1 100); do grep -q '^listening' "$work/expose.out" 2>/dev/null && break; sleep 0.1; done
-cat "$work/expose.out"
+sed 's/^/   /' "$work/expose.out"
 url=$(grep '^rgtp://' "$work/expose.out")
-
-echo "== rgtp-pull <url>"
 "$BIN/rgtp-pull" "$url" -o "$work/pulled.bin"
-
-echo "== roots"
 printed=$(awk '/root:/ {print $2}' "$work/expose.out")
-echo "printed by rgtp-expose: $printed"
-b3sum "$work/demo.bin" "$work/pulled.bin"
-if [ "$(b3sum --no-names "$work/pulled.bin")" = "$printed" ] && [ "$(b3sum --no-names "$work/demo.bin")" = "$printed" ]; then
-  echo "OK: the pulled file is byte-exact and its BLAKE3 equals the exposed root"
+echo "   root printed by rgtp-expose: $printed"
+b3sum "$work/www/demo.bin" "$work/pulled.bin" | sed 's/^/   /'
+if [ "$(b3sum --no-names "$work/pulled.bin")" = "$printed" ]; then
+  echo "   OK: the pulled file is byte-exact and its BLAKE3 equals the exposed root"
 else
   echo "MISMATCH" >&2
   exit 1

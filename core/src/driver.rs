@@ -72,6 +72,10 @@ pub trait PullHandler {
     fn paused(&self) -> bool {
         false
     }
+    /// Each loop turn: report finished work (offloaded verifications) to the puller.
+    fn poll_completions(&mut self, _p: &mut Puller) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// Runs a pull to its end.
@@ -108,6 +112,9 @@ pub fn pull<H: PullHandler>(
                     }
                 }
             }
+        }
+        if let Err(e) = h.poll_completions(p) {
+            return PullEnd::Sink(e);
         }
         let now = Instant::now();
         if p.poll_timeout().is_some_and(|t| t <= now) {

@@ -35,6 +35,10 @@ pub struct PullConfig {
     pub resume: Option<ResumeState>,
     /// Give up after this long without hearing from the exposer.
     pub idle_timeout: Duration,
+    /// Hand content chunks to the driver for decryption and verification
+    /// ([`PullEvent::Verify`]) so it can run them on another core; it reports back
+    /// with [`Puller::chunk_verified`].
+    pub offload_verify: bool,
 }
 
 impl PullConfig {
@@ -47,7 +51,39 @@ impl PullConfig {
             expected_root: None,
             resume: None,
             idle_timeout: Duration::from_secs(60),
+            offload_verify: false,
         }
+    }
+}
+
+/// Everything needed to check a content chunk away from the state machine: decrypt
+/// it, then compare its BLAKE3 chaining value with the outboard (or the root).
+pub struct ChunkVerifier {
+    cipher: ContentCipher,
+    cvs: std::sync::Arc<Vec<Hash>>,
+    root: Hash,
+    size: u64,
+}
+
+impl std::fmt::Debug for ChunkVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkVerifier({} bytes)", self.size)
+    }
+}
+
+impl ChunkVerifier {
+    /// The plaintext of sealed chunk `index` if it is authentic and matches the root.
+    pub fn verify(&self, index: u64, mut ct: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.cipher.open(Object::Content, index, &mut ct) {
+            return None;
+        }
+        let cv = merkle::chunk_cv(index, &ct, self.size);
+        let expected = if merkle::chunk_count(self.size) == 1 {
+            Some(self.root)
+        } else {
+            self.cvs.get(index as usize).copied()
+        };
+        (Some(cv) == expected).then_some(ct)
     }
 }
 
@@ -111,6 +147,13 @@ pub enum PullEvent {
         index: u64,
         data: Vec<u8>,
     },
+    /// With `offload_verify`: a sealed content chunk to check with `verifier`; report
+    /// the outcome with [`Puller::chunk_verified`] (then store the plaintext).
+    Verify {
+        index: u64,
+        ct: Vec<u8>,
+        verifier: std::sync::Arc<ChunkVerifier>,
+    },
     Done,
     Failed(PullError),
 }
@@ -135,6 +178,7 @@ struct Session {
     m: ManifestBody,
     cipher: ContentCipher,
     sealer: RequestSealer,
+    verifier: Option<std::sync::Arc<ChunkVerifier>>,
 }
 
 struct Flight {
@@ -196,6 +240,10 @@ pub struct Puller {
     seq: u64,
     events: VecDeque<PullEvent>,
     pending_hello: bool,
+    /// Chunks out for verification (offload_verify).
+    verifying: usize,
+    /// The outboard's CVs shared with verifiers.
+    shared_cvs: Option<std::sync::Arc<Vec<Hash>>>,
     pub stats: PullStats,
 }
 
@@ -234,6 +282,8 @@ impl Puller {
             seq: 0,
             events: VecDeque::new(),
             pending_hello: true,
+            verifying: 0,
+            shared_cvs: None,
             stats: PullStats::default(),
             cfg,
         }
@@ -440,6 +490,7 @@ impl Puller {
         self.session = Some(Session {
             cipher: ContentCipher::new(&m.content_key, m.exposure, m.size),
             sealer: RequestSealer::new(&m.request_key),
+            verifier: None,
             m,
         });
         self.phase = Phase::Transfer;
@@ -548,8 +599,19 @@ impl Puller {
     }
 
     fn complete_chunk(&mut self, o: Object, chunk: u32, mut buf: Vec<u8>) {
-        let Some(sess) = &self.session else { return };
         let index = chunk as u64;
+        if o == Object::Content && self.cfg.offload_verify {
+            if let Some(verifier) = self.verifier() {
+                self.verifying += 1;
+                self.events.push_back(PullEvent::Verify {
+                    index,
+                    ct: buf,
+                    verifier,
+                });
+                return;
+            }
+        }
+        let Some(sess) = &self.session else { return };
         if !sess.cipher.open(o, index, &mut buf) {
             self.stats.bad_chunks += 1;
             self.retx.push_back((o, chunk, u64::MAX));
@@ -599,6 +661,51 @@ impl Puller {
             }
         }
         self.check_done();
+    }
+
+    /// The session's verifier, made once the outboard is known.
+    fn verifier(&mut self) -> Option<std::sync::Arc<ChunkVerifier>> {
+        let single = self.have.len() == 1;
+        let root = self.root?;
+        let size = self.size;
+        if !single && self.cvs.is_empty() {
+            return None;
+        }
+        let cvs = self
+            .shared_cvs
+            .get_or_insert_with(|| std::sync::Arc::new(self.cvs.clone()))
+            .clone();
+        let sess = self.session.as_mut()?;
+        if sess.verifier.is_none() {
+            sess.verifier = Some(std::sync::Arc::new(ChunkVerifier {
+                cipher: ContentCipher::new(&sess.m.content_key, sess.m.exposure, sess.m.size),
+                cvs,
+                root,
+                size,
+            }));
+        }
+        sess.verifier.clone()
+    }
+
+    /// With `offload_verify`: the outcome of a [`PullEvent::Verify`]. A chunk that
+    /// failed is asked for again.
+    pub fn chunk_verified(&mut self, index: u64, ok: bool, len: usize) {
+        self.verifying = self.verifying.saturating_sub(1);
+        if ok {
+            if self.have.insert(index) {
+                self.stats.content_bytes += len as u64;
+            }
+            self.check_done();
+        } else {
+            self.stats.bad_chunks += 1;
+            self.retx
+                .push_back((Object::Content, index as u32, u64::MAX));
+        }
+    }
+
+    /// Chunks handed out for verification and not yet reported.
+    pub fn verifying(&self) -> usize {
+        self.verifying
     }
 
     fn check_done(&mut self) {

@@ -68,6 +68,10 @@ struct Args {
     /// Print one JSON object with the transfer's figures at the end.
     #[arg(long)]
     json: bool,
+    /// Decrypt and verify chunks on a thread of their own (1, default) or on the
+    /// receiving thread (0: one core only).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    verify_threads: u8,
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
@@ -179,6 +183,8 @@ fn run(args: Args) -> Result<(), Failure> {
     cfg.expected_root = root;
     cfg.resume = resume;
     cfg.idle_timeout = Duration::from_secs(args.timeout.max(1));
+    // Decrypt and hash on another core while this one receives.
+    cfg.offload_verify = args.verify_threads > 0;
 
     let bind: SocketAddr = if remote.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
@@ -193,7 +199,18 @@ fn run(args: Args) -> Result<(), Failure> {
     driver::install_stop_handler();
     let start = Instant::now();
     let mut puller = Puller::new(cfg, start);
+    let (verify_tx, verify_rx) = std::sync::mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Option<Vec<u8>>)>();
+    let verifier = std::thread::spawn(move || {
+        for (index, ct, v) in verify_rx {
+            if done_tx.send((index, v.verify(index, ct))).is_err() {
+                break;
+            }
+        }
+    });
     let mut h = Handler {
+        verify_tx: Some(verify_tx),
+        done_rx,
         output,
         known,
         host_port: host_port.clone(),
@@ -208,6 +225,8 @@ fn run(args: Args) -> Result<(), Failure> {
         resumed: false,
     };
     let end = driver::pull(&sock, &mut puller, &driver::STOP, &mut h);
+    h.verify_tx = None;
+    let _ = verifier.join();
     let progress = h.progress;
     let (total, missing_at_start, resumed) = (h.total, h.missing_at_start, h.resumed);
     let mut output = h.output;
@@ -291,8 +310,15 @@ fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Carries a pull's events to the output file and the terminal.
+/// A sealed chunk for the verifier thread.
+type VerifyJob = (u64, Vec<u8>, std::sync::Arc<rgtp::puller::ChunkVerifier>);
+/// Chunks queued for verification before the pull stops asking for more.
+const VERIFY_QUEUE: usize = 256;
+
+/// Carries a pull's events to the verifier, the output file and the terminal.
 struct Handler {
+    verify_tx: Option<std::sync::mpsc::SyncSender<VerifyJob>>,
+    done_rx: std::sync::mpsc::Receiver<(u64, Option<Vec<u8>>)>,
     output: Output,
     known: Option<KnownExposers>,
     host_port: String,
@@ -347,6 +373,17 @@ impl driver::PullHandler for Handler {
                 self.stored += data.len() as u64;
                 self.output.write_chunk(index, data)
             }
+            PullEvent::Verify {
+                index,
+                ct,
+                verifier,
+            } => {
+                if let Some(tx) = &self.verify_tx {
+                    // Blocks only when the verifier is a full queue behind.
+                    let _ = tx.send((index, ct, verifier));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -367,6 +404,20 @@ impl driver::PullHandler for Handler {
 
     fn paused(&self) -> bool {
         self.output.backlogged()
+    }
+
+    fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
+        while let Ok((index, plain)) = self.done_rx.try_recv() {
+            match plain {
+                Some(data) => {
+                    p.chunk_verified(index, true, data.len());
+                    self.stored += data.len() as u64;
+                    self.output.write_chunk(index, data)?;
+                }
+                None => p.chunk_verified(index, false, 0),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -150,7 +150,11 @@ impl Engine {
             }
         };
         let local = g.eps[idx].sock.local_addr()?;
-        let id = g.eps[idx].ep.connect_with(Instant::now(), addr, pin)?;
+        let opts = rgtp::conn::ConnectOptions {
+            server_key: pin,
+            ..Default::default()
+        };
+        let id = g.eps[idx].ep.connect_with(Instant::now(), addr, opts)?;
         g.connecting.insert((idx, id), None);
         self.wake();
         let deadline = Instant::now() + timeout;

@@ -11,6 +11,7 @@
 
 pub mod bitset;
 pub mod cc;
+pub mod conn;
 pub mod crypto;
 pub mod driver;
 pub mod exposer;

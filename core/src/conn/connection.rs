@@ -1,0 +1,1518 @@
+//! One connection's state machine (sans-IO): handshake retransmission on the client,
+//! sealing and opening SHORT packets, the two stream halves, acknowledgements and
+//! credit, re-requests, tail probes, pacing, keepalives, idle timeout, path validation
+//! and migration, half-close, reset and linger.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use snow::StatelessTransportState;
+
+use super::noise::{ClientHandshake, Established};
+use super::stream::{RecvStream, SendStream};
+use super::wire::{
+    self as cw, Ack, Frame, Packet, TransportParams, ACK_FIXED_LEN, MAX_WANT_RANGES,
+    SHORT_HEADER_LEN, STREAM_HEADER_LEN, TAG_LEN, WANT_RANGE_LEN,
+};
+use super::{ConnConfig, ConnId, ConnState, Event, Readiness};
+use crate::cc::RateControl;
+use crate::crypto::random_bytes;
+use crate::transmit::Transmit;
+use crate::wire::Writer;
+
+/// How long a reader may sit on an acknowledgement for a single packet.
+pub(crate) const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
+/// Cap on probe and re-request backoff: after an outage, traffic resumes within this.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Shortest time a finished connection keeps answering its peer.
+const MIN_DRAIN: Duration = Duration::from_secs(1);
+/// RETRY/INIT retransmission starts here and doubles to `MAX_BACKOFF`.
+const HS_INITIAL_RTO: Duration = Duration::from_millis(250);
+/// RTT assumed before the first sample.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
+/// Send times remembered for RTT samples.
+const SENT_TIMES_CAP: usize = 4096;
+/// Packet numbers this far below the largest are too old to accept.
+const REPLAY_WINDOW: u64 = 1024;
+/// Datagrams per GSO batch.
+const MAX_BATCH: usize = 64;
+/// Bytes per GSO batch (UDP_SEGMENT sends at most one 64 KiB super-datagram).
+const MAX_BATCH_BYTES: usize = 65_000;
+/// Path-validation attempts before a new address is given up.
+const MAX_PATH_TRIES: u32 = 6;
+/// Copies of a RESET sent while draining after an abort.
+const RESET_COPIES: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Client: INIT sent, waiting for RESPONSE.
+    Handshake,
+    Established,
+    /// Ended. May still answer the peer until `drain_until`.
+    Closed,
+}
+
+/// Smoothed RTT (RFC 6298 style).
+#[derive(Debug, Clone, Copy)]
+struct Rtt {
+    srtt: Duration,
+    rttvar: Duration,
+    has_sample: bool,
+}
+
+impl Rtt {
+    fn new() -> Self {
+        Self {
+            srtt: INITIAL_RTT,
+            rttvar: INITIAL_RTT / 2,
+            has_sample: false,
+        }
+    }
+    fn sample(&mut self, rtt: Duration) {
+        let rtt = rtt.max(Duration::from_micros(1));
+        if !self.has_sample {
+            self.srtt = rtt;
+            self.rttvar = rtt / 2;
+            self.has_sample = true;
+        } else {
+            let diff = self.srtt.abs_diff(rtt);
+            self.rttvar = (self.rttvar * 3 + diff) / 4;
+            self.srtt = (self.srtt * 7 + rtt) / 8;
+        }
+    }
+    /// Base probe / re-request timeout, before backoff.
+    fn pto(&self) -> Duration {
+        self.srtt + (self.rttvar * 4).max(Duration::from_millis(1)) + MAX_ACK_DELAY
+    }
+    /// Grace before a gap counts as a loss rather than reordering.
+    fn reorder_delay(&self) -> Duration {
+        (self.srtt / 8).max(Duration::from_millis(1))
+    }
+}
+
+/// Sliding replay window over packet numbers (WireGuard/IPsec style).
+#[derive(Debug, Clone)]
+struct ReplayWindow {
+    largest: Option<u64>,
+    bits: [u64; (REPLAY_WINDOW / 64) as usize],
+}
+
+impl ReplayWindow {
+    fn new() -> Self {
+        Self {
+            largest: None,
+            bits: [0; (REPLAY_WINDOW / 64) as usize],
+        }
+    }
+    fn slot(pn: u64) -> (usize, u64) {
+        let i = pn % REPLAY_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+    fn get(&self, pn: u64) -> bool {
+        let (w, b) = Self::slot(pn);
+        self.bits[w] & b != 0
+    }
+    fn put(&mut self, pn: u64, v: bool) {
+        let (w, b) = Self::slot(pn);
+        if v {
+            self.bits[w] |= b;
+        } else {
+            self.bits[w] &= !b;
+        }
+    }
+    /// Could `pn` be new? (Checked before decrypting, to save the work.)
+    fn may_accept(&self, pn: u64) -> bool {
+        match self.largest {
+            None => true,
+            Some(l) if pn > l => true,
+            Some(l) => l - pn < REPLAY_WINDOW && !self.get(pn),
+        }
+    }
+    /// Records an authenticated `pn`; false if it was seen or is too old.
+    fn accept(&mut self, pn: u64) -> bool {
+        match self.largest {
+            Some(l) if pn <= l => {
+                if l - pn >= REPLAY_WINDOW || self.get(pn) {
+                    return false;
+                }
+            }
+            Some(l) => {
+                if pn - l >= REPLAY_WINDOW {
+                    self.bits = [0; (REPLAY_WINDOW / 64) as usize];
+                } else {
+                    for q in l + 1..pn {
+                        self.put(q, false);
+                    }
+                }
+                self.largest = Some(pn);
+            }
+            None => self.largest = Some(pn),
+        }
+        self.put(pn, true);
+        true
+    }
+}
+
+/// An address being validated after packets came from it.
+#[derive(Debug, Clone)]
+struct PathProbe {
+    addr: SocketAddr,
+    challenge: [u8; 8],
+    sent_at: Option<Instant>,
+    tries: u32,
+    pending: bool,
+    /// Anti-amplification: bytes received from and sent to this address.
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct ConnStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub dropped: u64,
+    pub stream_bytes_sent: u64,
+    pub stream_bytes_resent: u64,
+    pub stream_bytes_received: u64,
+    pub wants_sent: u64,
+    pub probes: u64,
+    pub acks_sent: u64,
+    pub migrations: u64,
+    pub handshake_retransmits: u64,
+    /// High-water marks of buffered stream bytes (the bounded-memory claim).
+    pub max_send_buffered: u64,
+    pub max_recv_buffered: u64,
+}
+
+pub(crate) struct Conn {
+    pub id: ConnId,
+    pub side: Side,
+    pub phase: Phase,
+    pub remote: SocketAddr,
+    pub local_cid: u64,
+    pub peer_cid: u64,
+    cfg: ConnConfig,
+    local_params: TransportParams,
+
+    // Client handshake.
+    hs: Option<ClientHandshake>,
+    init_token: Vec<u8>,
+    init_pending: bool,
+    hs_sent_at: Option<Instant>,
+    hs_attempts: u32,
+    hs_deadline: Instant,
+    pinned_key: Option<[u8; 32]>,
+    finish_pkt: Option<Vec<u8>>,
+    finish_pending: bool,
+    finish_sent_at: Instant,
+    finish_tries: u32,
+    /// Client: the server has proved it finished the handshake (a SHORT came).
+    confirmed: bool,
+
+    transport: Option<StatelessTransportState>,
+    pub peer_key: Option<[u8; 32]>,
+    pub peer_reset_token: Option<[u8; 16]>,
+    peer_max_datagram: usize,
+    datagram: usize,
+    idle_timeout: Duration,
+    keepalive: Duration,
+
+    next_pn: u64,
+    replay: ReplayWindow,
+    largest_rx_pn: u64,
+    largest_rx_at: Instant,
+    sent_times: VecDeque<(u64, Instant)>,
+    largest_acked_pn: Option<u64>,
+
+    send: SendStream,
+    recv: RecvStream,
+    rtt: Rtt,
+    cc: RateControl,
+    pacer_tokens: f64,
+    pacer_at: Instant,
+    pacer_next: Option<Instant>,
+
+    ack_now: bool,
+    ack_due: Option<Instant>,
+    ack_dirty: bool,
+    eliciting_since_ack: u32,
+    ping_pending: bool,
+
+    pto_anchor: Instant,
+    probes: u32,
+
+    last_rx: Instant,
+    last_tx: Instant,
+
+    path_probe: Option<PathProbe>,
+    path_responses: Vec<(SocketAddr, [u8; 8])>,
+
+    /// The application released its handle (close or abort).
+    pub released: bool,
+    linger_deadline: Option<Instant>,
+    reset_pending: Option<u8>,
+    reset_copies: u32,
+    reset_next: Option<Instant>,
+    /// Aborted by us: further packets from the peer get a RESET.
+    aborted: bool,
+    error: Option<ErrorKind>,
+    drain_until: Option<Instant>,
+    closed_reported: bool,
+
+    read_armed: bool,
+    write_armed: bool,
+    flush_armed: bool,
+    events: Vec<Event>,
+    pub stats: ConnStats,
+}
+
+/// What the endpoint must learn after a packet was handled.
+#[derive(Debug, Default)]
+pub(crate) struct RxOutcome {
+    /// The handshake just completed (client).
+    pub connected: bool,
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    fn base(
+        id: ConnId,
+        side: Side,
+        phase: Phase,
+        remote: SocketAddr,
+        local_cid: u64,
+        cfg: ConnConfig,
+        local_params: TransportParams,
+        now: Instant,
+    ) -> Self {
+        let keepalive = keepalive_for(&cfg, cfg.idle_timeout);
+        Self {
+            id,
+            side,
+            phase,
+            remote,
+            local_cid,
+            peer_cid: 0,
+            local_params,
+            hs: None,
+            init_token: Vec::new(),
+            init_pending: false,
+            hs_sent_at: None,
+            hs_attempts: 0,
+            hs_deadline: now + cfg.handshake_timeout,
+            pinned_key: None,
+            finish_pkt: None,
+            finish_pending: false,
+            finish_sent_at: now,
+            finish_tries: 0,
+            confirmed: side == Side::Server,
+            transport: None,
+            peer_key: None,
+            peer_reset_token: None,
+            peer_max_datagram: cw::MIN_DATAGRAM,
+            datagram: cw::MIN_DATAGRAM,
+            idle_timeout: cfg.idle_timeout,
+            keepalive,
+            next_pn: 0,
+            replay: ReplayWindow::new(),
+            largest_rx_pn: 0,
+            largest_rx_at: now,
+            sent_times: VecDeque::new(),
+            largest_acked_pn: None,
+            send: SendStream::new(0),
+            recv: RecvStream::new(cfg.recv_window),
+            rtt: Rtt::new(),
+            cc: RateControl::new(now, INITIAL_RTT),
+            pacer_tokens: 0.0,
+            pacer_at: now,
+            pacer_next: None,
+            ack_now: false,
+            ack_due: None,
+            ack_dirty: false,
+            eliciting_since_ack: 0,
+            ping_pending: false,
+            pto_anchor: now,
+            probes: 0,
+            last_rx: now,
+            last_tx: now,
+            path_probe: None,
+            path_responses: Vec::new(),
+            released: false,
+            linger_deadline: None,
+            reset_pending: None,
+            reset_copies: 0,
+            reset_next: None,
+            aborted: false,
+            error: None,
+            drain_until: None,
+            closed_reported: false,
+            read_armed: true,
+            write_armed: true,
+            flush_armed: false,
+            events: Vec::new(),
+            stats: ConnStats::default(),
+            cfg,
+        }
+    }
+
+    /// A client connection: the INIT goes out on the next `poll_transmit`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_client(
+        id: ConnId,
+        remote: SocketAddr,
+        local_cid: u64,
+        cfg: ConnConfig,
+        local_params: TransportParams,
+        static_private: [u8; 32],
+        pinned_key: Option<[u8; 32]>,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let mut c = Self::base(
+            id,
+            Side::Client,
+            Phase::Handshake,
+            remote,
+            local_cid,
+            cfg,
+            local_params,
+            now,
+        );
+        c.pinned_key = pinned_key;
+        c.hs = Some(
+            ClientHandshake::start(&static_private, local_cid)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+        );
+        c.init_pending = true;
+        Ok(c)
+    }
+
+    /// A server connection whose handshake just finished.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_server(
+        id: ConnId,
+        remote: SocketAddr,
+        local_cid: u64,
+        cfg: ConnConfig,
+        local_params: TransportParams,
+        est: Established,
+        peer: TransportParams,
+        rtt_sample: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        let mut c = Self::base(
+            id,
+            Side::Server,
+            Phase::Established,
+            remote,
+            local_cid,
+            cfg,
+            local_params,
+            now,
+        );
+        c.install(est, peer, rtt_sample, now);
+        // Tell the client at once that its FINISH arrived.
+        c.ack_now = true;
+        c.ack_dirty = true;
+        c
+    }
+
+    fn install(
+        &mut self,
+        est: Established,
+        peer: TransportParams,
+        rtt_sample: Option<Duration>,
+        now: Instant,
+    ) {
+        self.transport = Some(est.transport);
+        self.peer_key = Some(est.peer_static);
+        self.peer_cid = peer.cid;
+        self.peer_reset_token = Some(peer.reset_token);
+        self.peer_max_datagram = peer.max_datagram as usize;
+        self.datagram = self.path_datagram();
+        self.idle_timeout = self
+            .cfg
+            .idle_timeout
+            .min(Duration::from_millis(peer.idle_timeout_ms as u64));
+        self.keepalive = keepalive_for(&self.cfg, self.idle_timeout);
+        self.send.set_initial_limit(peer.initial_limit);
+        if let Some(r) = rtt_sample {
+            self.rtt.sample(r);
+        }
+        self.cc = RateControl::new(now, self.rtt.srtt);
+        self.pacer_tokens = self.burst();
+        self.pacer_at = now;
+        self.last_rx = now;
+        self.last_tx = now;
+        self.pto_anchor = now;
+    }
+
+    fn path_datagram(&self) -> usize {
+        let path = if self.remote.ip().is_loopback() {
+            self.cfg.loopback_max_datagram
+        } else {
+            self.cfg.max_datagram
+        };
+        path.min(self.peer_max_datagram)
+            .clamp(cw::MIN_DATAGRAM, cw::MAX_DATAGRAM)
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    pub fn take_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    pub fn state(&self) -> ConnState {
+        match self.phase {
+            Phase::Handshake => ConnState::Connecting,
+            Phase::Established => ConnState::Connected,
+            Phase::Closed => ConnState::Closed { error: self.error },
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let closed = self.phase == Phase::Closed;
+        let readable_bytes = self.recv.readable();
+        let read_closed = self.recv.complete();
+        let room = if self.phase == Phase::Established && self.error.is_none() {
+            self.send.room()
+        } else {
+            0
+        };
+        Readiness {
+            readable: readable_bytes > 0 || read_closed || self.error.is_some(),
+            writable: room > 0 || self.error.is_some() || self.send.is_shutdown(),
+            readable_bytes,
+            writable_bytes: room,
+            read_closed,
+            closed,
+            error: self.error,
+        }
+    }
+
+    pub fn send_buffered(&self) -> usize {
+        self.send.buffered()
+    }
+    pub fn recv_buffered(&self) -> u64 {
+        self.recv.buffered()
+    }
+    pub fn srtt(&self) -> Duration {
+        self.rtt.srtt
+    }
+    pub fn want_writable(&mut self) {
+        if self.readiness().writable_bytes > 0 || self.phase == Phase::Closed {
+            self.events.push(Event::Writable);
+        } else {
+            self.write_armed = true;
+        }
+    }
+
+    /// Every written byte (and the FIN, after a shutdown) is acknowledged. When not,
+    /// a `Writable` event follows the next acknowledgement progress.
+    pub fn send_complete(&mut self) -> bool {
+        let done = self.send.all_acked();
+        if !done {
+            self.flush_armed = true;
+        }
+        done
+    }
+
+    /// The endpoint may forget this connection (and its connection ID) now.
+    pub fn drained(&self, now: Instant) -> bool {
+        self.phase == Phase::Closed && self.drain_until.is_none_or(|t| now >= t)
+    }
+
+    // --------------------------------------------------------------- app calls
+
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.phase == Phase::Handshake {
+            self.read_armed = true;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let n = self.recv.read(buf);
+        if n > 0 {
+            if self.recv.credit_update_due() && self.phase == Phase::Established {
+                self.ack_now = true;
+            }
+            return Ok(n);
+        }
+        if buf.is_empty() || self.recv.at_eof() {
+            return Ok(0);
+        }
+        if let Some(e) = self.error {
+            return Err(e.into());
+        }
+        if self.phase == Phase::Closed {
+            return Ok(0);
+        }
+        self.read_armed = true;
+        Err(ErrorKind::WouldBlock.into())
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(e) = self.error {
+            return Err(e.into());
+        }
+        if self.send.is_shutdown() || self.phase == Phase::Closed {
+            return Err(ErrorKind::BrokenPipe.into());
+        }
+        if self.phase == Phase::Handshake {
+            self.write_armed = true;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let n = self.send.write(data);
+        if n < data.len() {
+            self.write_armed = true;
+        }
+        self.stats.max_send_buffered = self
+            .stats
+            .max_send_buffered
+            .max(self.send.buffered() as u64);
+        if n == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    pub fn shutdown_write(&mut self, now: Instant) -> io::Result<()> {
+        if let Some(e) = self.error {
+            return Err(e.into());
+        }
+        if self.phase == Phase::Handshake {
+            // Remember it: the FIN goes out once connected.
+            self.send.shutdown();
+            return Ok(());
+        }
+        if self.phase == Phase::Established {
+            self.send.shutdown();
+            self.check_done(now);
+        }
+        Ok(())
+    }
+
+    /// Graceful close: half-close, drop anything the peer still sends, report `Closed`
+    /// once the peer has acknowledged every byte (or the linger time ran out).
+    pub fn close(&mut self, now: Instant) {
+        self.released = true;
+        match self.phase {
+            Phase::Handshake => {
+                self.terminate(now, Some(ErrorKind::ConnectionAborted), false);
+            }
+            Phase::Established => {
+                self.send.shutdown();
+                self.recv.set_discard();
+                self.linger_deadline = Some(now + self.cfg.linger);
+                self.check_done(now);
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// Abort: RESET the peer (its reads and writes fail with `ConnectionReset`).
+    pub fn abort(&mut self, now: Instant) {
+        self.released = true;
+        match self.phase {
+            Phase::Handshake => self.terminate(now, Some(ErrorKind::ConnectionAborted), false),
+            Phase::Established => self.reset(now, 0, ErrorKind::ConnectionAborted),
+            Phase::Closed => {}
+        }
+    }
+
+    fn reset(&mut self, now: Instant, code: u8, error: ErrorKind) {
+        self.reset_pending = Some(code);
+        self.reset_copies = 0;
+        self.aborted = true;
+        self.terminate(now, Some(error), true);
+    }
+
+    fn terminate(&mut self, now: Instant, error: Option<ErrorKind>, drain: bool) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.error = error;
+        self.drain_until = if drain && self.transport.is_some() {
+            Some(now + (self.rtt.pto() * 3).max(MIN_DRAIN))
+        } else {
+            None
+        };
+        self.ping_pending = false;
+        self.finish_pending = false;
+        self.path_probe = None;
+        tracing::debug!(id = ?self.id, side = ?self.side, ?error, remote = %self.remote, "connection ended");
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push(Event::Readable);
+            self.events.push(Event::Writable);
+            self.events.push(Event::Closed { error });
+        }
+    }
+
+    /// The server refused (REFUSE, or ICMP port unreachable while connecting).
+    pub fn refused(&mut self, now: Instant) {
+        if self.phase == Phase::Handshake {
+            self.terminate(now, Some(ErrorKind::ConnectionRefused), false);
+        }
+    }
+
+    /// A valid STATELESS_RESET for this connection.
+    pub fn stateless_reset(&mut self, now: Instant) {
+        if self.phase == Phase::Established {
+            self.terminate(now, Some(ErrorKind::ConnectionReset), false);
+        } else if self.phase == Phase::Closed {
+            self.drain_until = None;
+        }
+    }
+
+    fn check_done(&mut self, now: Instant) {
+        if self.phase != Phase::Established {
+            return;
+        }
+        let sent_all = self.send.is_shutdown() && self.send.all_acked();
+        if sent_all && self.recv.complete() {
+            self.terminate(now, None, true);
+        } else if sent_all && self.released {
+            // Closed by the application and the peer has every byte; it may still be
+            // writing, which we will never read: tell it (its writes fail).
+            self.reset_pending = Some(1);
+            self.reset_copies = 0;
+            self.aborted = true;
+            self.terminate(now, None, true);
+        }
+    }
+
+    // --------------------------------------------------------------- receiving
+
+    /// Client: a RESPONSE for this connection.
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        src_cid: u64,
+        noise: &[u8],
+    ) -> RxOutcome {
+        let mut out = RxOutcome::default();
+        if self.phase != Phase::Handshake || from != self.remote {
+            self.stats.dropped += 1;
+            return out;
+        }
+        let Some(hs) = self.hs.as_mut() else {
+            return out;
+        };
+        let Ok((server_key, payload)) = hs.read_response(noise) else {
+            // Forged or damaged: the Noise state is unchanged; wait for the real one.
+            self.stats.dropped += 1;
+            return out;
+        };
+        let peer = match TransportParams::decode(&payload) {
+            Ok(p) if p.cid == src_cid => p,
+            // Authenticated by the server's key, yet malformed: a broken server.
+            _ => {
+                self.terminate(now, Some(ErrorKind::InvalidData), false);
+                return out;
+            }
+        };
+        if let Some(pin) = self.pinned_key {
+            if pin != server_key {
+                self.terminate(now, Some(ErrorKind::PermissionDenied), false);
+                return out;
+            }
+        }
+        let Some(hs) = self.hs.take() else {
+            return out;
+        };
+        let Ok((msg3, est)) = hs.finish(&self.local_params.encode()) else {
+            self.terminate(now, Some(ErrorKind::Other), false);
+            return out;
+        };
+        let sample = match (self.hs_sent_at, self.hs_attempts) {
+            (Some(t), 1) => Some(now.saturating_duration_since(t)),
+            _ => None,
+        };
+        self.install(est, peer, sample, now);
+        self.finish_pkt = Some(
+            Packet::Finish {
+                dst_cid: self.peer_cid,
+                noise: &msg3,
+            }
+            .encode(),
+        );
+        self.finish_pending = true;
+        self.phase = Phase::Established;
+        self.stats.datagrams_in += 1;
+        self.events.push(Event::Connected);
+        self.events.push(Event::Writable);
+        self.write_armed = false;
+        out.connected = true;
+        // A shutdown asked for while connecting.
+        self.check_done(now);
+        out
+    }
+
+    /// Client: a RETRY for this connection.
+    pub fn on_retry(&mut self, from: SocketAddr, token: &[u8]) {
+        if self.phase == Phase::Handshake && from == self.remote && self.init_token.is_empty() {
+            self.init_token = token.to_vec();
+            self.init_pending = true;
+        }
+    }
+
+    /// Server: the client sent FINISH again (our confirmation was lost).
+    pub fn on_finish_again(&mut self) {
+        if self.phase != Phase::Handshake {
+            self.ack_now = true;
+            self.ack_dirty = true;
+        }
+    }
+
+    /// Could this packet number be new? Checked before the AEAD work.
+    pub fn may_accept_pn(&self, pn: u64) -> bool {
+        self.transport.is_some() && self.replay.may_accept(pn)
+    }
+
+    /// Opens a SHORT packet's body into `out`; `None` if it does not authenticate.
+    pub fn open(&self, pn: u64, sealed: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let t = self.transport.as_ref()?;
+        out.resize(sealed.len(), 0);
+        t.read_message(pn, sealed, out).ok()
+    }
+
+    /// A SHORT packet that authenticated. `plain` is its decrypted body.
+    pub fn on_short(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        pn: u64,
+        plain: &[u8],
+        datagram_len: usize,
+    ) -> RxOutcome {
+        let out = RxOutcome::default();
+        let Ok(frames) = cw::decode_frames(plain) else {
+            self.stats.dropped += 1;
+            return out;
+        };
+        if !self.replay.accept(pn) {
+            self.stats.dropped += 1;
+            return out;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram_len as u64;
+        self.last_rx = now;
+        if !self.confirmed {
+            self.confirmed = true;
+            self.finish_pending = false;
+            self.finish_pkt = None;
+        }
+        let newest = self.replay.largest == Some(pn);
+        if newest {
+            self.largest_rx_pn = pn;
+            self.largest_rx_at = now;
+        }
+        if from != self.remote && self.phase == Phase::Established {
+            self.note_new_path(from, newest, datagram_len);
+        }
+        if self.phase == Phase::Closed {
+            self.on_short_closed(now, &frames);
+            return out;
+        }
+        let mut eliciting = false;
+        let mut immediate = false;
+        for f in frames {
+            match f {
+                Frame::Ping => {
+                    eliciting = true;
+                    immediate = true;
+                }
+                Frame::Ack(a) => self.on_ack(now, &a),
+                Frame::Stream { offset, data, fin } => {
+                    eliciting = true;
+                    let before = self.recv.received();
+                    match self
+                        .recv
+                        .on_data(now, offset, data, fin, self.rtt.reorder_delay())
+                    {
+                        Ok(changed) => {
+                            immediate |= changed || fin;
+                        }
+                        Err(_) => {
+                            // The peer broke the stream's rules: abort.
+                            self.reset(now, 0, ErrorKind::InvalidData);
+                            return out;
+                        }
+                    }
+                    self.stats.stream_bytes_received += self.recv.received() - before;
+                    self.stats.max_recv_buffered =
+                        self.stats.max_recv_buffered.max(self.recv.buffered());
+                    if self.read_armed && (self.recv.readable() > 0 || self.recv.complete()) {
+                        self.read_armed = false;
+                        self.events.push(Event::Readable);
+                    }
+                }
+                Frame::Reset { .. } => {
+                    self.terminate(now, Some(ErrorKind::ConnectionReset), false);
+                    return out;
+                }
+                Frame::PathChallenge(d) => {
+                    eliciting = true;
+                    self.path_responses.push((from, d));
+                }
+                Frame::PathResponse(d) => self.on_path_response(now, from, d),
+            }
+        }
+        if eliciting {
+            self.ack_dirty = true;
+            self.eliciting_since_ack += 1;
+            if immediate || self.eliciting_since_ack >= 2 {
+                self.ack_now = true;
+            } else if self.ack_due.is_none() {
+                self.ack_due = Some(now + MAX_ACK_DELAY);
+            }
+        }
+        self.check_done(now);
+        out
+    }
+
+    /// While draining: re-acknowledge (graceful end) or re-RESET (after an abort).
+    fn on_short_closed(&mut self, now: Instant, frames: &[Frame<'_>]) {
+        if self.drain_until.is_none_or(|t| now >= t) {
+            return;
+        }
+        if self.aborted {
+            if self.reset_pending.is_none() && self.reset_next.is_none_or(|t| now >= t) {
+                self.reset_pending = Some(0);
+            }
+            return;
+        }
+        for f in frames {
+            match f {
+                Frame::Stream {
+                    offset, data, fin, ..
+                } => {
+                    let _ = self
+                        .recv
+                        .on_data(now, *offset, data, *fin, self.rtt.reorder_delay());
+                    self.ack_now = true;
+                    self.ack_dirty = true;
+                }
+                Frame::Ping => {
+                    self.ack_now = true;
+                    self.ack_dirty = true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, a: &Ack) {
+        if self.largest_acked_pn.is_none_or(|l| a.largest_pn > l) && a.largest_pn < self.next_pn {
+            self.largest_acked_pn = Some(a.largest_pn);
+            let i = self
+                .sent_times
+                .partition_point(|&(pn, _)| pn < a.largest_pn);
+            if let Some(&(pn, t)) = self.sent_times.get(i) {
+                if pn == a.largest_pn {
+                    let raw = now.saturating_duration_since(t);
+                    let delay = Duration::from_micros(a.ack_delay_us as u64);
+                    let rtt = if raw > delay { raw - delay } else { raw };
+                    self.rtt.sample(rtt);
+                    self.cc.on_rtt_sample(now, rtt);
+                }
+            }
+        }
+        let o = self
+            .send
+            .on_ack(a.acked, a.limit, a.received, a.fin, &a.want);
+        if o.delivered > 0 {
+            self.cc.on_delivered(now, o.delivered);
+        }
+        if o.progress() {
+            self.probes = 0;
+            self.pto_anchor = now;
+        }
+        if (o.credit_grew || o.newly_acked > 0) && self.write_armed && self.send.room() > 0 {
+            self.write_armed = false;
+            self.events.push(Event::Writable);
+        }
+        if self.flush_armed && self.send.all_acked() {
+            self.flush_armed = false;
+            self.events.push(Event::Writable);
+        }
+    }
+
+    fn note_new_path(&mut self, from: SocketAddr, newest: bool, len: usize) {
+        match &mut self.path_probe {
+            Some(p) if p.addr == from => {
+                p.bytes_in += len;
+                if p.sent_at.is_none() {
+                    p.pending = true;
+                }
+            }
+            _ if newest => {
+                self.path_probe = Some(PathProbe {
+                    addr: from,
+                    challenge: random_bytes(),
+                    sent_at: None,
+                    tries: 0,
+                    pending: true,
+                    bytes_in: len,
+                    bytes_out: 0,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_path_response(&mut self, now: Instant, from: SocketAddr, d: [u8; 8]) {
+        let ok = matches!(&self.path_probe, Some(p) if p.addr == from && p.challenge == d);
+        if !ok {
+            return;
+        }
+        self.path_probe = None;
+        self.remote = from;
+        self.datagram = self.path_datagram();
+        // A new path: forget what the old one could carry (rule 4 of the security
+        // rules) and start probing it afresh.
+        self.cc = RateControl::new(now, self.rtt.srtt);
+        self.pacer_tokens = self.burst();
+        self.pacer_at = now;
+        self.probes = 0;
+        self.pto_anchor = now;
+        self.stats.migrations += 1;
+        // Anything lost while we sent to the dead address: the reader will ask.
+        self.ack_now = true;
+        self.ack_dirty = true;
+    }
+
+    // --------------------------------------------------------------- timers
+
+    fn pto(&self) -> Duration {
+        self.rtt
+            .pto()
+            .checked_mul(1u32 << self.probes.min(10))
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
+    }
+
+    fn hs_rto(&self) -> Duration {
+        HS_INITIAL_RTO
+            .checked_mul(1u32 << self.hs_attempts.saturating_sub(1).min(8))
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
+    }
+
+    fn finish_rto(&self) -> Duration {
+        self.rtt
+            .pto()
+            .checked_mul(1u32 << self.finish_tries.min(10))
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
+    }
+
+    fn pto_armed(&self) -> bool {
+        // Unacknowledged data (tail-loss probe), or the application waits for credit
+        // (a lost window update would otherwise stall the stream for good).
+        self.send.has_unacked() || (self.send.credit_blocked() && self.write_armed)
+    }
+
+    fn wants_data_send(&self) -> bool {
+        self.send.has_retx() || (self.send.has_new() && self.cc_allows_new())
+    }
+
+    fn cc_allows_new(&self) -> bool {
+        self.send.in_flight() < self.cc.window()
+    }
+
+    /// The earliest moment `handle_timeout` has work. Timers whose action is already
+    /// pending (waiting for `poll_transmit`) are left out, so a driver never spins.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Instant| t = Some(t.map_or(x, |t: Instant| t.min(x)));
+        match self.phase {
+            Phase::Handshake => {
+                at(self.hs_deadline);
+                if let (Some(s), false) = (self.hs_sent_at, self.init_pending) {
+                    at(s + self.hs_rto());
+                }
+            }
+            Phase::Established => {
+                at(self.last_rx + self.idle_timeout);
+                if !self.ping_pending {
+                    at(self.last_tx + self.keepalive);
+                }
+                if !self.ack_now {
+                    if let Some(d) = self.ack_due {
+                        at(d);
+                    }
+                    if let Some(d) = self.recv.next_gap_due() {
+                        at(d);
+                    }
+                }
+                if self.pto_armed() {
+                    at(self.pto_anchor + self.pto());
+                }
+                if let Some(p) = self.pacer_next {
+                    if self.wants_data_send() {
+                        at(p);
+                    }
+                }
+                if !self.confirmed && self.finish_pkt.is_some() && !self.finish_pending {
+                    at(self.finish_sent_at + self.finish_rto());
+                }
+                if let Some(p) = &self.path_probe {
+                    if let (Some(s), false) = (p.sent_at, p.pending) {
+                        at(s + self.pto().max(Duration::from_millis(10)));
+                    }
+                }
+                if let Some(l) = self.linger_deadline {
+                    at(l);
+                }
+            }
+            Phase::Closed => {
+                if let Some(d) = self.drain_until {
+                    at(d);
+                    if let (Some(r), None) = (self.reset_next, self.reset_pending) {
+                        if self.reset_copies < RESET_COPIES {
+                            at(r);
+                        }
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Handshake => {
+                if now >= self.hs_deadline {
+                    self.terminate(now, Some(ErrorKind::TimedOut), false);
+                    return;
+                }
+                if let Some(s) = self.hs_sent_at {
+                    if now >= s + self.hs_rto() {
+                        self.init_pending = true;
+                        self.stats.handshake_retransmits += 1;
+                    }
+                }
+            }
+            Phase::Established => {
+                if now >= self.last_rx + self.idle_timeout {
+                    self.terminate(now, Some(ErrorKind::TimedOut), false);
+                    return;
+                }
+                if self.linger_deadline.is_some_and(|l| now >= l) {
+                    self.reset(now, 0, ErrorKind::TimedOut);
+                    return;
+                }
+                if now >= self.last_tx + self.keepalive {
+                    self.ping_pending = true;
+                }
+                if self.ack_due.is_some_and(|d| now >= d) {
+                    self.ack_now = true;
+                }
+                if self.recv.next_gap_due().is_some_and(|d| now >= d) {
+                    self.ack_now = true;
+                }
+                if self.pto_armed() && now >= self.pto_anchor + self.pto() {
+                    if self.send.has_unacked() {
+                        self.send.queue_probe(self.max_stream_payload());
+                        self.cc.on_timeout();
+                        self.stats.probes += 1;
+                    }
+                    // Credit-blocked (or also probing): a PING makes the reader
+                    // re-advertise its credit.
+                    self.ping_pending = true;
+                    self.probes += 1;
+                    self.pto_anchor = now;
+                }
+                if !self.confirmed
+                    && self.finish_pkt.is_some()
+                    && now >= self.finish_sent_at + self.finish_rto()
+                {
+                    self.finish_pending = true;
+                }
+                let pto = self.pto().max(Duration::from_millis(10));
+                if let Some(p) = &mut self.path_probe {
+                    if p.sent_at.is_some_and(|s| now >= s + pto) {
+                        if p.tries >= MAX_PATH_TRIES {
+                            self.path_probe = None;
+                        } else {
+                            p.pending = true;
+                            p.sent_at = Some(now);
+                        }
+                    }
+                }
+            }
+            Phase::Closed => {
+                if self.drain_until.is_some_and(|d| now >= d) {
+                    self.reset_pending = None;
+                    self.drain_until = None;
+                    return;
+                }
+                if self.reset_next.is_some_and(|r| now >= r) && self.reset_copies < RESET_COPIES {
+                    self.reset_pending = Some(0);
+                    self.reset_next = None;
+                }
+            }
+        }
+    }
+
+    // --------------------------------------------------------------- sending
+
+    fn max_stream_payload(&self) -> usize {
+        self.datagram - SHORT_HEADER_LEN - TAG_LEN - STREAM_HEADER_LEN
+    }
+
+    fn burst(&self) -> f64 {
+        let rate = self.cc.pacing_rate();
+        (10.0 * self.datagram as f64).max(rate * 0.002)
+    }
+
+    fn pacer_refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.pacer_at).as_secs_f64();
+        self.pacer_at = now;
+        let burst = self.burst();
+        self.pacer_tokens = (self.pacer_tokens + dt * self.cc.pacing_rate()).min(burst);
+    }
+
+    /// The next datagrams to send, to one destination.
+    pub fn poll_transmit(&mut self, now: Instant, plain: &mut Vec<u8>) -> Option<Transmit> {
+        match self.phase {
+            Phase::Handshake => return self.poll_handshake(now),
+            Phase::Closed => {
+                if self.drain_until.is_none_or(|d| now >= d) {
+                    return None;
+                }
+            }
+            Phase::Established => {}
+        }
+        if self.transport.is_none() {
+            return None;
+        }
+        // Handshake confirmation first, then the packets that go to other addresses.
+        if self.finish_pending && !self.confirmed {
+            if let Some(p) = &self.finish_pkt {
+                self.finish_pending = false;
+                self.finish_sent_at = now;
+                self.finish_tries += 1;
+                if self.finish_tries > 1 {
+                    self.stats.handshake_retransmits += 1;
+                }
+                let p = p.clone();
+                self.count_out(now, &p, None);
+                return Some(Transmit::single(self.remote, p));
+            }
+        }
+        if let Some((addr, d)) = self.path_responses.pop() {
+            plain.clear();
+            let mut w = Writer::default();
+            Frame::PathResponse(d).encode(&mut w);
+            return self.seal_single(now, addr, &w.buf);
+        }
+        if self.phase == Phase::Established {
+            if let Some(t) = self.poll_path_challenge(now) {
+                return Some(t);
+            }
+        }
+        self.poll_short_batch(now, plain)
+    }
+
+    fn poll_handshake(&mut self, now: Instant) -> Option<Transmit> {
+        if !self.init_pending {
+            return None;
+        }
+        let hs = self.hs.as_ref()?;
+        self.init_pending = false;
+        self.hs_sent_at = Some(now);
+        self.hs_attempts += 1;
+        let pkt = Packet::Init {
+            src_cid: self.local_cid,
+            token: &self.init_token,
+            noise: &hs.msg1,
+        }
+        .encode();
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += pkt.len() as u64;
+        Some(Transmit::single(self.remote, pkt))
+    }
+
+    fn poll_path_challenge(&mut self, now: Instant) -> Option<Transmit> {
+        let p = self.path_probe.as_mut()?;
+        if !p.pending {
+            return None;
+        }
+        let mut w = Writer::default();
+        Frame::PathChallenge(p.challenge).encode(&mut w);
+        let len = SHORT_HEADER_LEN + w.buf.len() + TAG_LEN;
+        p.pending = false;
+        p.sent_at = Some(now);
+        // Anti-amplification toward an address not yet validated.
+        if p.bytes_out + len > 3 * p.bytes_in {
+            return None;
+        }
+        p.tries += 1;
+        p.bytes_out += len;
+        let addr = p.addr;
+        self.seal_single(now, addr, &w.buf)
+    }
+
+    fn seal_single(&mut self, now: Instant, dest: SocketAddr, plain: &[u8]) -> Option<Transmit> {
+        let mut out = vec![0u8; SHORT_HEADER_LEN + plain.len() + TAG_LEN];
+        let n = self.seal_into(plain, &mut out)?;
+        out.truncate(n);
+        self.count_out(now, &out, None);
+        Some(Transmit::single(dest, out))
+    }
+
+    /// Seals `plain` under the next packet number into `out`; returns the length.
+    fn seal_into(&mut self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+        let t = self.transport.as_ref()?;
+        let pn = self.next_pn;
+        cw::write_short_header(out, self.peer_cid, pn);
+        let n = t
+            .write_message(pn, plain, &mut out[SHORT_HEADER_LEN..])
+            .ok()?;
+        self.next_pn += 1;
+        if self.sent_times.len() >= SENT_TIMES_CAP {
+            self.sent_times.pop_front();
+        }
+        Some(SHORT_HEADER_LEN + n)
+    }
+
+    fn count_out(&mut self, now: Instant, pkt: &[u8], pn: Option<u64>) {
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += pkt.len() as u64;
+        self.last_tx = now;
+        if let Some(pn) = pn {
+            self.sent_times.push_back((pn, now));
+        } else if pkt.len() > 1 && pkt[1] == cw::T_SHORT {
+            self.sent_times.push_back((self.next_pn - 1, now));
+        }
+    }
+
+    /// The reader side owes the peer an ACK now (or a RESET/PING must go).
+    fn control_due(&self, now: Instant) -> bool {
+        self.reset_pending.is_some()
+            || self.ping_pending
+            || self.ack_now
+            || self.ack_due.is_some_and(|d| now >= d)
+            || (self.phase == Phase::Established && self.recv.credit_update_due())
+    }
+
+    fn poll_short_batch(&mut self, now: Instant, plain: &mut Vec<u8>) -> Option<Transmit> {
+        let mut contents: Vec<u8> = Vec::new();
+        let mut seg = 0usize;
+        let mut count = 0usize;
+        while count < MAX_BATCH && contents.len() + self.datagram <= MAX_BATCH_BYTES {
+            let start = contents.len();
+            contents.resize(start + self.datagram, 0);
+            let Some(n) = self.build_short(now, plain, &mut contents[start..]) else {
+                contents.truncate(start);
+                break;
+            };
+            contents.truncate(start + n);
+            count += 1;
+            if count == 1 {
+                seg = n;
+            }
+            // Only full datagrams continue a GSO batch; a shorter one ends it.
+            if n != seg || n < self.datagram {
+                break;
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        Some(Transmit {
+            dest: self.remote,
+            segment_size: seg,
+            contents,
+        })
+    }
+
+    /// Builds one SHORT packet into `out` (sized to the datagram); its length, or
+    /// `None` when there is nothing to send.
+    fn build_short(&mut self, now: Instant, plain: &mut Vec<u8>, out: &mut [u8]) -> Option<usize> {
+        let budget = self.datagram - SHORT_HEADER_LEN - TAG_LEN;
+        let closed = self.phase == Phase::Closed;
+        let mut data_ready = false;
+        if !closed && self.wants_data_send() {
+            self.pacer_refill(now);
+            if self.pacer_tokens >= self.datagram as f64 {
+                data_ready = true;
+            } else {
+                let need = self.datagram as f64 - self.pacer_tokens;
+                let rate = self.cc.pacing_rate().max(1.0);
+                self.pacer_next = Some(now + Duration::from_secs_f64(need / rate));
+            }
+        }
+        let must = self.control_due(now);
+        if !must && !data_ready {
+            return None;
+        }
+        let mut w = Writer {
+            buf: std::mem::take(plain),
+        };
+        w.buf.clear();
+        let mut eliciting = false;
+        if let Some(code) = self.reset_pending.take() {
+            Frame::Reset { code }.encode(&mut w);
+            self.reset_copies += 1;
+            self.reset_next = Some(now + self.rtt.pto());
+        }
+        let want_ack = self.ack_dirty
+            || self.ack_now
+            || self.ack_due.is_some_and(|d| now >= d)
+            || (!closed && self.recv.credit_update_due());
+        if want_ack && !(closed && self.aborted) {
+            let room = budget - ACK_FIXED_LEN - w.buf.len();
+            let want = if closed {
+                Vec::new()
+            } else {
+                self.recv.due_wants(
+                    now,
+                    self.rtt.pto(),
+                    MAX_BACKOFF,
+                    (room / WANT_RANGE_LEN).min(MAX_WANT_RANGES),
+                )
+            };
+            self.stats.wants_sent += want.len() as u64;
+            let delay = now.saturating_duration_since(self.largest_rx_at);
+            Frame::Ack(Ack {
+                largest_pn: self.largest_rx_pn,
+                ack_delay_us: delay.as_micros().min(u32::MAX as u128) as u32,
+                acked: self.recv.acked(),
+                limit: self.recv.limit(),
+                received: self.recv.received(),
+                fin: self.recv.complete(),
+                want,
+            })
+            .encode(&mut w);
+            self.recv.mark_advertised();
+            self.stats.acks_sent += 1;
+        }
+        self.ack_now = false;
+        self.ack_due = None;
+        self.ack_dirty = false;
+        self.eliciting_since_ack = 0;
+        if self.ping_pending && !closed {
+            Frame::Ping.encode(&mut w);
+            eliciting = true;
+        }
+        self.ping_pending = false;
+        let was_idle = !self.send.has_unacked();
+        if data_ready {
+            eliciting |= self.add_stream_frames(&mut w, budget);
+        }
+        if w.buf.is_empty() {
+            *plain = w.buf;
+            return None;
+        }
+        let n = self.seal_into(&w.buf, out);
+        *plain = w.buf;
+        let n = n?;
+        let pn = self.next_pn - 1;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += n as u64;
+        self.last_tx = now;
+        self.sent_times.push_back((pn, now));
+        if eliciting && was_idle {
+            self.pto_anchor = now;
+        }
+        Some(n)
+    }
+
+    /// Adds STREAM frames (re-sends first) while room, credit and the rate window
+    /// allow; charges the pacer one datagram. Returns whether any were added.
+    fn add_stream_frames(&mut self, w: &mut Writer, budget: usize) -> bool {
+        let mut added = false;
+        loop {
+            let room = budget.saturating_sub(w.buf.len());
+            if room < STREAM_HEADER_LEN + 1 {
+                break;
+            }
+            let max = room - STREAM_HEADER_LEN;
+            let (seg, resend) = if let Some(s) = self.send.next_retx(max) {
+                (s, true)
+            } else if self.cc_allows_new() {
+                match self.send.next_new_segment(max) {
+                    Some(s) => (s, false),
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            w.u8(if seg.fin {
+                cw::F_STREAM_FIN
+            } else {
+                cw::F_STREAM
+            })
+            .u64(seg.offset)
+            .u16(seg.len as u16);
+            self.send.copy_out(seg.offset, seg.len, &mut w.buf);
+            if resend {
+                self.stats.stream_bytes_resent += seg.len as u64;
+            } else {
+                self.stats.stream_bytes_sent += seg.len as u64;
+            }
+            added = true;
+        }
+        if added {
+            self.pacer_tokens -= self.datagram as f64;
+            self.pacer_next = None;
+        }
+        added
+    }
+}
+
+fn keepalive_for(cfg: &ConnConfig, idle: Duration) -> Duration {
+    cfg.keepalive
+        .unwrap_or_else(|| (idle / 4).min(Duration::from_secs(15)))
+        .max(Duration::from_millis(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_window_rejects_duplicates_and_old() {
+        let mut r = ReplayWindow::new();
+        assert!(r.accept(5));
+        assert!(!r.accept(5));
+        assert!(r.accept(3));
+        assert!(!r.may_accept(3));
+        assert!(r.accept(2000));
+        assert!(!r.may_accept(5));
+        assert!(r.may_accept(1999));
+        assert!(r.accept(1999));
+        assert!(!r.accept(1999));
+        assert!(r.accept(1000 + REPLAY_WINDOW));
+        assert!(!r.may_accept(1000));
+        assert!(r.accept(5000));
+        assert!(r.may_accept(4999));
+    }
+
+    #[test]
+    fn rtt_and_pto() {
+        let mut r = Rtt::new();
+        r.sample(Duration::from_millis(10));
+        assert_eq!(r.srtt, Duration::from_millis(10));
+        assert!(r.pto() >= Duration::from_millis(30));
+        assert_eq!(r.reorder_delay(), Duration::from_millis(1));
+    }
+}

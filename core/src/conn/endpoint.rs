@@ -1,0 +1,817 @@
+//! The connection endpoint (sans-IO): one UDP port's worth of connections.
+//!
+//! It demultiplexes datagrams by connection ID, runs the server half of the handshake
+//! (with a stateless RETRY cookie under load and the 3x anti-amplification budget), keeps
+//! the accept queue, answers statelessly where it has no state (REFUSE when nobody
+//! listens, STATELESS_RESET for unknown connections), and multiplexes every
+//! connection's timers and transmits. The driver feeds it datagrams and the time, and
+//! sends what it returns.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::connection::{Conn, ConnStats};
+use super::noise::ServerHandshake;
+use super::wire::{self as cw, Packet, TransportParams, RESET_TOKEN_LEN};
+use super::{ConnConfig, ConnId, ConnState, EndpointConfig, Event, Readiness};
+use crate::crypto::{random_bytes, same_addr, TokenClaims, TokenKey};
+use crate::transmit::Transmit;
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct EndpointStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub dropped: u64,
+    pub handshakes_started: u64,
+    pub handshakes_completed: u64,
+    pub retries_sent: u64,
+    pub refusals_sent: u64,
+    pub stateless_resets_sent: u64,
+    /// Bytes sent by the endpoint itself (handshake and stateless replies).
+    pub control_bytes_out: u64,
+}
+
+/// A server handshake waiting for its third message.
+struct HalfOpen {
+    addr: SocketAddr,
+    client_cid: u64,
+    hs: ServerHandshake,
+    params: TransportParams,
+    response: Vec<u8>,
+    sent_at: Instant,
+    sends: u32,
+    /// Anti-amplification: bytes received from and sent to the unvalidated address.
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// Per-connection choices for [`Endpoint::connect_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Require the server to present this static key (`PermissionDenied` otherwise).
+    pub server_key: Option<[u8; 32]>,
+    /// Settings for this connection instead of the endpoint's.
+    pub config: Option<ConnConfig>,
+}
+
+/// How long a RETRY cookie is good for.
+const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
+
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    token_key: TokenKey,
+    epoch: Instant,
+    listening: bool,
+    conns: BTreeMap<ConnId, Conn>,
+    by_cid: HashMap<u64, ConnId>,
+    half_open: HashMap<u64, HalfOpen>,
+    half_open_by_client: HashMap<(SocketAddr, u64), u64>,
+    half_open_order: VecDeque<(Instant, u64)>,
+    accept_queue: VecDeque<ConnId>,
+    reset_tokens: HashMap<[u8; RESET_TOKEN_LEN], ConnId>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    dirty: VecDeque<ConnId>,
+    dirty_set: HashSet<ConnId>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    timer_at: HashMap<ConnId, Instant>,
+    events: VecDeque<(ConnId, Event)>,
+    handshake_window: (Instant, u32),
+    stateless_window: (Instant, u32),
+    plain: Vec<u8>,
+    open_buf: Vec<u8>,
+    pub stats: EndpointStats,
+}
+
+fn closed_err() -> io::Error {
+    io::Error::from(ErrorKind::NotConnected)
+}
+
+impl Endpoint {
+    pub fn new(cfg: EndpointConfig, now: Instant) -> Self {
+        Self {
+            cfg,
+            token_key: TokenKey::random(),
+            epoch: now,
+            listening: false,
+            conns: BTreeMap::new(),
+            by_cid: HashMap::new(),
+            half_open: HashMap::new(),
+            half_open_by_client: HashMap::new(),
+            half_open_order: VecDeque::new(),
+            accept_queue: VecDeque::new(),
+            reset_tokens: HashMap::new(),
+            next_id: 1,
+            transmits: VecDeque::new(),
+            dirty: VecDeque::new(),
+            dirty_set: HashSet::new(),
+            timers: BinaryHeap::new(),
+            timer_at: HashMap::new(),
+            events: VecDeque::new(),
+            handshake_window: (now, 0),
+            stateless_window: (now, 0),
+            plain: Vec::new(),
+            open_buf: Vec::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.cfg
+    }
+
+    /// This endpoint's static public key (what clients pin).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.cfg.static_key.public
+    }
+
+    /// Accept incoming connections (true) or refuse them (false, the default).
+    pub fn set_listening(&mut self, on: bool) {
+        self.listening = on;
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening
+    }
+
+    /// Connections this endpoint holds (any state, until forgotten).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn reset_token(&self, cid: u64) -> [u8; RESET_TOKEN_LEN] {
+        let h = blake3::keyed_hash(&self.cfg.reset_key, &cid.to_le_bytes());
+        let mut t = [0u8; RESET_TOKEN_LEN];
+        t.copy_from_slice(&h.as_bytes()[..RESET_TOKEN_LEN]);
+        t
+    }
+
+    fn new_cid(&self) -> u64 {
+        loop {
+            let c = u64::from_le_bytes(random_bytes());
+            if c != 0 && !self.by_cid.contains_key(&c) && !self.half_open.contains_key(&c) {
+                return c;
+            }
+        }
+    }
+
+    fn local_params(&self, cid: u64, cfg: &ConnConfig) -> TransportParams {
+        TransportParams {
+            cid,
+            initial_limit: cfg.recv_window,
+            max_datagram: cw::MAX_DATAGRAM as u16,
+            idle_timeout_ms: cfg.idle_timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+            reset_token: self.reset_token(cid),
+        }
+    }
+
+    fn alloc_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    // ------------------------------------------------------------- connecting
+
+    /// Starts a connection to `addr`; the INIT leaves on the next `poll_transmit`.
+    pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> io::Result<ConnId> {
+        self.connect_with(now, addr, ConnectOptions::default())
+    }
+
+    /// As [`connect`](Self::connect), with a pinned server key (the handshake fails
+    /// with `PermissionDenied` if the server presents another) or other settings.
+    pub fn connect_with(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        opts: ConnectOptions,
+    ) -> io::Result<ConnId> {
+        let cfg = opts.config.unwrap_or_else(|| self.cfg.conn.clone());
+        let id = self.alloc_id();
+        let cid = self.new_cid();
+        let params = self.local_params(cid, &cfg);
+        let c = Conn::new_client(
+            id,
+            addr,
+            cid,
+            cfg,
+            params,
+            self.cfg.static_key.private,
+            opts.server_key,
+            now,
+        )?;
+        self.conns.insert(id, c);
+        self.by_cid.insert(cid, id);
+        self.after(id, now);
+        Ok(id)
+    }
+
+    /// The next established incoming connection, if any.
+    pub fn accept(&mut self) -> Option<ConnId> {
+        while let Some(id) = self.accept_queue.pop_front() {
+            if self.conns.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Connections waiting in the accept queue.
+    pub fn accept_queue_len(&self) -> usize {
+        self.accept_queue.len()
+    }
+
+    // ------------------------------------------------------------- receiving
+
+    /// Feeds one datagram received from `from`. Anything malformed, unauthenticated or
+    /// unexpected is dropped.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let Ok(p) = cw::decode(datagram) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        match p {
+            Packet::Init {
+                src_cid,
+                token,
+                noise,
+            } => self.on_init(now, from, datagram.len(), src_cid, token, noise),
+            Packet::Response {
+                dst_cid,
+                src_cid,
+                noise,
+            } => {
+                let Some(&id) = self.by_cid.get(&dst_cid) else {
+                    self.stats.dropped += 1;
+                    return;
+                };
+                if let Some(c) = self.conns.get_mut(&id) {
+                    if c.on_response(now, from, src_cid, noise).connected {
+                        if let Some(t) = c.peer_reset_token {
+                            self.reset_tokens.insert(t, id);
+                        }
+                    }
+                }
+                self.after(id, now);
+            }
+            Packet::Finish { dst_cid, noise } => self.on_finish(now, from, dst_cid, noise),
+            Packet::Retry { dst_cid, token } => {
+                if let Some(&id) = self.by_cid.get(&dst_cid) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.on_retry(from, token);
+                    }
+                    self.after(id, now);
+                }
+            }
+            Packet::Refuse { dst_cid } => {
+                if let Some(&id) = self.by_cid.get(&dst_cid) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        if same_addr(&c.remote, &from) {
+                            c.refused(now);
+                        }
+                    }
+                    self.after(id, now);
+                }
+            }
+            Packet::Short {
+                dst_cid,
+                pn,
+                sealed,
+            } => self.on_short(now, from, datagram.len(), dst_cid, pn, sealed),
+            Packet::StatelessReset { token } => {
+                if let Some(&id) = self.reset_tokens.get(&token) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.stateless_reset(now);
+                    }
+                    self.after(id, now);
+                }
+            }
+        }
+    }
+
+    /// The driver learned (ICMP port unreachable) that nothing listens at `addr`:
+    /// connection attempts to it fail with `ConnectionRefused`. Established
+    /// connections ignore it (ICMP is not authenticated; timers decide).
+    pub fn handle_unreachable(&mut self, now: Instant, addr: SocketAddr) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| same_addr(&c.remote, &addr) && c.state() == ConnState::Connecting)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.refused(now);
+            }
+            self.after(id, now);
+        }
+    }
+
+    fn stateless_allowed(&mut self, now: Instant) -> bool {
+        let (start, n) = self.stateless_window;
+        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
+            self.stateless_window = (now, 0);
+        }
+        if self.stateless_window.1 >= self.cfg.stateless_rate {
+            return false;
+        }
+        self.stateless_window.1 += 1;
+        let _ = n;
+        true
+    }
+
+    fn send_control(&mut self, t: Transmit) {
+        self.stats.control_bytes_out += t.contents.len() as u64;
+        self.transmits.push_back(t);
+    }
+
+    fn on_init(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        client_cid: u64,
+        token: &[u8],
+        noise: &[u8],
+    ) {
+        if !self.listening {
+            if self.stateless_allowed(now) {
+                // Smaller than the (padded) INIT: no amplification.
+                let pkt = Packet::Refuse {
+                    dst_cid: client_cid,
+                }
+                .encode();
+                self.stats.refusals_sent += 1;
+                self.send_control(Transmit::single(from, pkt));
+            }
+            return;
+        }
+        // A retransmitted INIT: answer with the same RESPONSE, within the 3x budget.
+        if let Some(&scid) = self.half_open_by_client.get(&(from, client_cid)) {
+            if let Some(ho) = self.half_open.get_mut(&scid) {
+                ho.bytes_in += len;
+                if ho.bytes_out + ho.response.len() <= 3 * ho.bytes_in {
+                    ho.bytes_out += ho.response.len();
+                    ho.sends += 1;
+                    ho.sent_at = now;
+                    let t = Transmit::single(from, ho.response.clone());
+                    self.send_control(t);
+                }
+            }
+            return;
+        }
+        let (start, _) = self.handshake_window;
+        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
+            self.handshake_window = (now, 0);
+        }
+        self.handshake_window.1 += 1;
+        let busy = self.handshake_window.1 > self.cfg.retry_threshold;
+        let mut binding = [0u8; 16];
+        binding[..8].copy_from_slice(&client_cid.to_le_bytes());
+        if !token.is_empty() {
+            let ok = self.token_key.open(token).is_some_and(|c| {
+                !c.session
+                    && same_addr(&c.addr, &from)
+                    && c.expires_ms >= self.now_ms(now)
+                    && c.exposure == binding
+            });
+            if !ok {
+                self.stats.dropped += 1;
+                return;
+            }
+        } else if busy {
+            let cookie = self.token_key.seal(&TokenClaims {
+                session: false,
+                addr: from,
+                expires_ms: self.now_ms(now) + RETRY_TOKEN_LIFETIME.as_millis() as u64,
+                exposure: binding,
+                max_datagram: 0,
+                request_key: [0; 32],
+            });
+            let pkt = Packet::Retry {
+                dst_cid: client_cid,
+                token: &cookie,
+            }
+            .encode();
+            debug_assert!(pkt.len() < len);
+            self.stats.retries_sent += 1;
+            self.send_control(Transmit::single(from, pkt));
+            return;
+        }
+        if self.half_open.len() >= self.cfg.max_half_open
+            || self.accept_queue.len() >= self.cfg.accept_backlog
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        let scid = self.new_cid();
+        let params = self.local_params(scid, &self.cfg.conn);
+        let Ok((hs, msg2)) = ServerHandshake::respond(
+            &self.cfg.static_key.private,
+            client_cid,
+            noise,
+            &params.encode(),
+        ) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let response = Packet::Response {
+            dst_cid: client_cid,
+            src_cid: scid,
+            noise: &msg2,
+        }
+        .encode();
+        if response.len() > 3 * len {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.stats.handshakes_started += 1;
+        self.half_open.insert(
+            scid,
+            HalfOpen {
+                addr: from,
+                client_cid,
+                hs,
+                params,
+                response: response.clone(),
+                sent_at: now,
+                sends: 1,
+                bytes_in: len,
+                bytes_out: response.len(),
+            },
+        );
+        self.half_open_by_client.insert((from, client_cid), scid);
+        self.half_open_order
+            .push_back((now + self.cfg.conn.handshake_timeout, scid));
+        self.send_control(Transmit::single(from, response));
+    }
+
+    fn on_finish(&mut self, now: Instant, from: SocketAddr, scid: u64, noise: &[u8]) {
+        if let Some(&id) = self.by_cid.get(&scid) {
+            // Our confirmation was lost; the connection already exists.
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.on_finish_again();
+            }
+            self.after(id, now);
+            return;
+        }
+        let Some(ho) = self.half_open.get_mut(&scid) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Ok(payload) = ho.hs.read_finish(noise) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(ho) = self.half_open.remove(&scid) else {
+            return;
+        };
+        self.half_open_by_client.remove(&(ho.addr, ho.client_cid));
+        let peer = match TransportParams::decode(&payload) {
+            Ok(p) if p.cid == ho.client_cid => p,
+            _ => {
+                self.stats.dropped += 1;
+                return;
+            }
+        };
+        let Ok(est) = ho.hs.established() else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let sample = (ho.sends == 1).then(|| now.saturating_duration_since(ho.sent_at));
+        let id = self.alloc_id();
+        let c = Conn::new_server(
+            id,
+            from,
+            scid,
+            self.cfg.conn.clone(),
+            ho.params,
+            est,
+            peer,
+            sample,
+            now,
+        );
+        self.reset_tokens.insert(peer.reset_token, id);
+        self.conns.insert(id, c);
+        self.by_cid.insert(scid, id);
+        self.accept_queue.push_back(id);
+        self.events.push_back((id, Event::Incoming));
+        self.stats.handshakes_completed += 1;
+        self.after(id, now);
+    }
+
+    fn on_short(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        dst_cid: u64,
+        pn: u64,
+        sealed: &[u8],
+    ) {
+        let Some(&id) = self.by_cid.get(&dst_cid) else {
+            if self.half_open.contains_key(&dst_cid) {
+                // Data that overtook (or outlived) a lost FINISH: the client re-sends.
+                self.stats.dropped += 1;
+                return;
+            }
+            // No state for it: tell the sender, with a proof only we can make, and with
+            // a reply smaller than what triggered it.
+            if len > cw::STATELESS_RESET_LEN + 16 && self.stateless_allowed(now) {
+                let pkt = Packet::StatelessReset {
+                    token: self.reset_token(dst_cid),
+                }
+                .encode();
+                self.stats.stateless_resets_sent += 1;
+                self.send_control(Transmit::single(from, pkt));
+            } else {
+                self.stats.dropped += 1;
+            }
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !c.may_accept_pn(pn) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.open_buf);
+        match c.open(pn, sealed, &mut buf) {
+            Some(n) => {
+                c.on_short(now, from, pn, &buf[..n], len);
+            }
+            None => self.stats.dropped += 1,
+        }
+        self.open_buf = buf;
+        self.after(id, now);
+    }
+
+    // ------------------------------------------------------------- timers, output
+
+    /// Bookkeeping after anything touched connection `id`: events, timer, output,
+    /// and forgetting connections that are over.
+    fn after(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        for e in c.take_events() {
+            self.events.push_back((id, e));
+        }
+        if c.drained(now) {
+            // Forget the connection ID: stray packets now get a STATELESS_RESET.
+            if self.by_cid.get(&c.local_cid) == Some(&id) {
+                self.by_cid.remove(&c.local_cid);
+            }
+            if let Some(t) = c.peer_reset_token {
+                if self.reset_tokens.get(&t) == Some(&id) {
+                    self.reset_tokens.remove(&t);
+                }
+            }
+            if c.released {
+                self.conns.remove(&id);
+                self.timer_at.remove(&id);
+                return;
+            }
+        }
+        let t = c.next_timeout();
+        match t {
+            Some(t) => {
+                if self.timer_at.get(&id) != Some(&t) {
+                    self.timer_at.insert(id, t);
+                    self.timers.push(Reverse((t, id)));
+                }
+            }
+            None => {
+                self.timer_at.remove(&id);
+            }
+        }
+        if self.dirty_set.insert(id) {
+            self.dirty.push_back(id);
+        }
+    }
+
+    /// The earliest time `handle_timeout` must run.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if self.timer_at.get(&id) == Some(&t) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let conn = self.timers.peek().map(|Reverse((t, _))| *t);
+        let ho = self.half_open_order.front().map(|(t, _)| *t);
+        match (conn, ho) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(t, scid)) = self.half_open_order.front() {
+            if t > now {
+                break;
+            }
+            self.half_open_order.pop_front();
+            if let Some(ho) = self.half_open.remove(&scid) {
+                self.half_open_by_client.remove(&(ho.addr, ho.client_cid));
+            }
+        }
+        // Collect first: a connection re-armed for `now` waits for the next call.
+        let mut due = Vec::new();
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.timer_at.get(&id) == Some(&t) {
+                self.timer_at.remove(&id);
+                due.push(id);
+            }
+        }
+        for id in due {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.handle_timeout(now);
+            }
+            self.after(id, now);
+        }
+    }
+
+    /// The next datagrams to send (stateless replies first, then connections in
+    /// round-robin order).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        while let Some(id) = self.dirty.pop_front() {
+            let Some(c) = self.conns.get_mut(&id) else {
+                self.dirty_set.remove(&id);
+                continue;
+            };
+            match c.poll_transmit(now, &mut self.plain) {
+                Some(t) => {
+                    // More may follow: stay in line behind the others.
+                    self.dirty.push_back(id);
+                    return Some(t);
+                }
+                None => {
+                    self.dirty_set.remove(&id);
+                    // Sending may have moved timers (pacing, probes).
+                    let t = c.next_timeout();
+                    if let Some(t) = t {
+                        if self.timer_at.get(&id) != Some(&t) {
+                            self.timer_at.insert(id, t);
+                            self.timers.push(Reverse((t, id)));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<(ConnId, Event)> {
+        self.events.pop_front()
+    }
+
+    // ------------------------------------------------------------- per connection
+
+    fn live(&mut self, id: ConnId) -> io::Result<&mut Conn> {
+        match self.conns.get_mut(&id) {
+            Some(c) if !c.released => Ok(c),
+            _ => Err(closed_err()),
+        }
+    }
+
+    /// Reads in-order bytes. `Ok(0)`: end of stream (the peer shut its side down).
+    /// `WouldBlock`: nothing yet (a `Readable` event follows). Errors:
+    /// `ConnectionReset` (peer aborted), `TimedOut`, `ConnectionRefused`, ... —
+    /// after any bytes that arrived in order before the failure.
+    pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.live(id)?.read(buf);
+        self.mark(id);
+        r
+    }
+
+    /// Queues bytes; returns how many were taken (the credit the reader granted
+    /// bounds it). `WouldBlock` when none fit (a `Writable` event follows).
+    pub fn write(&mut self, id: ConnId, data: &[u8]) -> io::Result<usize> {
+        let r = self.live(id)?.write(data);
+        self.mark(id);
+        r
+    }
+
+    /// Half-close: the peer reads EOF after the last byte; it may still write.
+    pub fn shutdown_write(&mut self, now: Instant, id: ConnId) -> io::Result<()> {
+        let r = self.live(id)?.shutdown_write(now);
+        self.after(id, now);
+        r
+    }
+
+    /// Releases the handle gracefully: FIN after the buffered bytes, anything the peer
+    /// still sends is dropped, and `Closed { error: None }` is reported once the peer
+    /// acknowledged every byte (`TimedOut` if the linger time ran out first).
+    pub fn close(&mut self, now: Instant, id: ConnId) {
+        if let Ok(c) = self.live(id) {
+            c.close(now);
+        }
+        self.after(id, now);
+    }
+
+    /// Releases the handle and resets the connection: the peer's reads and writes fail
+    /// with `ConnectionReset`.
+    pub fn abort(&mut self, now: Instant, id: ConnId) {
+        if let Ok(c) = self.live(id) {
+            c.abort(now);
+        }
+        self.after(id, now);
+    }
+
+    fn mark(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            for e in c.take_events() {
+                self.events.push_back((id, e));
+            }
+            let t = c.next_timeout();
+            if let Some(t) = t {
+                if self.timer_at.get(&id) != Some(&t) {
+                    self.timer_at.insert(id, t);
+                    self.timers.push(Reverse((t, id)));
+                }
+            }
+        }
+        if self.dirty_set.insert(id) {
+            self.dirty.push_back(id);
+        }
+    }
+
+    /// Asks for a `Writable` event when `write` can take bytes again (as a `write`
+    /// that returned `WouldBlock` does).
+    pub fn want_writable(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.want_writable();
+        }
+    }
+
+    pub fn state(&self, id: ConnId) -> Option<ConnState> {
+        self.conns.get(&id).map(|c| c.state())
+    }
+
+    pub fn readiness(&self, id: ConnId) -> Option<Readiness> {
+        self.conns.get(&id).map(|c| c.readiness())
+    }
+
+    /// Whether every written byte (and the FIN after a shutdown) is acknowledged; when
+    /// not, a `Writable` event follows the next acknowledgement progress.
+    pub fn send_complete(&mut self, id: ConnId) -> Option<bool> {
+        self.conns.get_mut(&id).map(|c| c.send_complete())
+    }
+
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.conns.get(&id).map(|c| c.remote)
+    }
+
+    /// The peer's Noise static key (after the handshake).
+    pub fn peer_key(&self, id: ConnId) -> Option<[u8; 32]> {
+        self.conns.get(&id).and_then(|c| c.peer_key)
+    }
+
+    pub fn conn_stats(&self, id: ConnId) -> Option<ConnStats> {
+        self.conns.get(&id).map(|c| c.stats.clone())
+    }
+
+    /// Bytes held by the connection's send buffer (written, not yet acknowledged).
+    pub fn send_buffered(&self, id: ConnId) -> Option<usize> {
+        self.conns.get(&id).map(|c| c.send_buffered())
+    }
+
+    /// Bytes held by the connection's receive buffers (arrived, not yet read).
+    pub fn recv_buffered(&self, id: ConnId) -> Option<u64> {
+        self.conns.get(&id).map(|c| c.recv_buffered())
+    }
+
+    /// Smoothed round-trip time of a connection.
+    pub fn rtt(&self, id: ConnId) -> Option<Duration> {
+        self.conns.get(&id).map(|c| c.srtt())
+    }
+
+    /// Connection IDs of every connection still held (for drivers and tests).
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Handshakes waiting for their third message.
+    pub fn half_open_count(&self) -> usize {
+        self.half_open.len()
+    }
+}

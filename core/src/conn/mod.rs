@@ -1,0 +1,162 @@
+//! Connections: TCP-style reliable byte streams over RGTP (docs/PROTOCOL-connections.md).
+//!
+//! A connection is two byte streams, one per direction. Each direction works like a
+//! growing exposure pulled by its reader: the writer cuts bytes into stream frames as
+//! they are written, the reader grants credit ahead of time (so a small write leaves at
+//! once, without a request round trip), acknowledges what it holds and asks again for
+//! gaps after an RTT-derived timeout. The writer buffers only what the credit allows, so
+//! memory is bounded on both sides and a slow reader makes the writer wait.
+//!
+//! Layers:
+//! - [`wire`]: strict packet and frame codecs (types 16..=31, beside the file pull's 1..7);
+//! - [`noise`]: the Noise `XX` handshake;
+//! - [`stream`]: send and receive buffers;
+//! - `connection`: one connection's state machine (sans-IO);
+//! - [`Endpoint`]: demultiplexes connections by connection ID, listens and accepts,
+//!   answers statelessly (RETRY, REFUSE, STATELESS_RESET), runs timers (sans-IO);
+//! - [`net`]: a thread-based driver over real UDP sockets with `RgtpStream` /
+//!   `RgtpListener` and a bridge to kernel stream fds for the LD_PRELOAD shim.
+
+mod connection;
+mod endpoint;
+pub mod net;
+pub mod noise;
+pub mod stream;
+pub mod wire;
+
+use std::io;
+use std::time::Duration;
+
+pub use connection::ConnStats;
+pub use endpoint::{ConnectOptions, Endpoint, EndpointStats};
+
+use crate::keys::StaticKey;
+
+/// A connection's handle inside one [`Endpoint`]. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What happened to a connection; drained with [`Endpoint::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake finished (client side).
+    Connected,
+    /// A new connection finished its handshake and waits in the accept queue.
+    Incoming,
+    /// `read` may return something other than `WouldBlock` now. Sent once after each
+    /// `read` that returned `WouldBlock` (edge-triggered, like EPOLLET).
+    Readable,
+    /// `write` may accept bytes now, or an awaited flush completed. Sent once after
+    /// each `write` that returned `WouldBlock` or a short count, and after a
+    /// `send_complete` query that returned false.
+    Writable,
+    /// The connection ended: `None` when both directions finished (or, after `close`,
+    /// when the peer acknowledged every byte), else why it failed. Sent exactly once.
+    Closed { error: Option<io::ErrorKind> },
+}
+
+/// Coarse connection state, for queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Handshake in progress (client side).
+    Connecting,
+    Connected,
+    /// Ended; `error` says why (`None`: gracefully).
+    Closed {
+        error: Option<io::ErrorKind>,
+    },
+}
+
+/// Readiness of a connection, in the terms of `poll(2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readiness {
+    /// `read` would not return `WouldBlock` (data, EOF or an error).
+    pub readable: bool,
+    /// `write` would accept at least one byte (or fail at once).
+    pub writable: bool,
+    /// Bytes `read` can return now.
+    pub readable_bytes: usize,
+    /// Bytes `write` can take now.
+    pub writable_bytes: u64,
+    /// The peer finished its direction (EOF after the buffered bytes).
+    pub read_closed: bool,
+    /// The connection has ended.
+    pub closed: bool,
+    pub error: Option<io::ErrorKind>,
+}
+
+/// Per-connection settings.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// Largest datagram sent over a non-loopback path (1200 crosses any Internet path).
+    pub max_datagram: usize,
+    /// Largest datagram sent when the peer is a loopback address (the loopback
+    /// interface's MTU is 64 KiB, as TCP uses there).
+    pub loopback_max_datagram: usize,
+    /// Receive window: the credit granted ahead of the application's reads, and the
+    /// bound on the memory each direction's buffers use.
+    pub recv_window: u64,
+    /// A connection that hears nothing from its peer for this long fails with
+    /// `TimedOut`. The smaller of the two ends' values applies.
+    pub idle_timeout: Duration,
+    /// Interval of keepalive PINGs while idle; `None`: a quarter of the idle timeout,
+    /// at most 15 s.
+    pub keepalive: Option<Duration>,
+    /// A connection attempt that gets no answer for this long fails with `TimedOut`.
+    pub handshake_timeout: Duration,
+    /// After `close`, how long to wait for the peer to acknowledge every byte before
+    /// aborting (RESET) and reporting `TimedOut`.
+    pub linger: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            max_datagram: crate::wire::DEFAULT_MAX_DATAGRAM,
+            loopback_max_datagram: 16 * 1024,
+            recv_window: 4 << 20,
+            idle_timeout: Duration::from_secs(120),
+            keepalive: None,
+            handshake_timeout: Duration::from_secs(10),
+            linger: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Settings of an [`Endpoint`].
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This endpoint's Noise static key: a server's long-term identity; for a client a
+    /// key generated per process is fine.
+    pub static_key: StaticKey,
+    pub conn: ConnConfig,
+    /// Handshakes per second above which an INIT without a RETRY token is answered with
+    /// a RETRY cookie instead of Diffie-Hellman work and state. 0: always.
+    pub retry_threshold: u32,
+    /// Most handshakes waiting for their third message.
+    pub max_half_open: usize,
+    /// Most established connections waiting in the accept queue; INITs beyond are
+    /// dropped (the client retries), as a full SYN queue does.
+    pub accept_backlog: usize,
+    /// Secret behind stateless-reset tokens. Keep it across restarts (derive it from the
+    /// static key, as [`EndpointConfig::new`] does) so a restarted server can still
+    /// reset its old connections' peers.
+    pub reset_key: [u8; 32],
+    /// Most STATELESS_RESET and REFUSE packets per second.
+    pub stateless_rate: u32,
+}
+
+impl EndpointConfig {
+    pub fn new(static_key: StaticKey) -> Self {
+        let reset_key = blake3::derive_key("rgtp conn stateless reset v1", &static_key.private);
+        Self {
+            static_key,
+            conn: ConnConfig::default(),
+            retry_threshold: 1000,
+            max_half_open: 4096,
+            accept_backlog: 1024,
+            reset_key,
+            stateless_rate: 2000,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The connection handshake: Noise `XX` (mutual authentication by static keys).
+//!
+//! Unlike the file pull (anonymous pullers, `NX`), both ends of a connection have a
+//! static key, and the server keeps per-handshake state between messages 2 and 3 — which
+//! is why servers demand a RETRY cookie before doing that work when handshakes arrive
+//! faster than a threshold. The client's connection ID is bound into the prologue; each
+//! side's transport parameters travel encrypted in its Noise payload (messages 2 and 3).
+//!
+//! After message 3 both sides hold a [`snow::StatelessTransportState`]: one key per
+//! direction, the packet number as the explicit nonce. Noise transport messages carry
+//! no associated data, but every SHORT header field is still bound: the destination
+//! connection ID selects the key and the packet number is the nonce, so changing either
+//! makes the tag fail.
+
+use snow::{Builder, HandshakeState, StatelessTransportState};
+
+use crate::handshake::HandshakeError;
+
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+const NOISE_MAX: usize = 65535;
+
+fn prologue(client_cid: u64) -> Vec<u8> {
+    let mut p = b"rgtp/1 conn\0".to_vec();
+    p.extend_from_slice(&client_cid.to_le_bytes());
+    p
+}
+
+fn builder() -> Builder<'static> {
+    // The parameter string is a constant known to be valid.
+    Builder::new(NOISE_PARAMS.parse().expect("valid noise params"))
+}
+
+fn key32(k: Option<&[u8]>) -> Result<[u8; 32], HandshakeError> {
+    k.and_then(|k| k.try_into().ok())
+        .ok_or_else(|| HandshakeError("peer sent no static key".into()))
+}
+
+/// Client side between INIT and FINISH.
+pub struct ClientHandshake {
+    state: HandshakeState,
+    /// Message 1, re-sent unchanged until a RESPONSE comes (so a late RESPONSE to an
+    /// earlier copy is still good).
+    pub msg1: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientHandshake")
+    }
+}
+
+/// The result of a finished handshake.
+pub struct Established {
+    pub transport: StatelessTransportState,
+    pub peer_static: [u8; 32],
+}
+
+impl ClientHandshake {
+    pub fn start(static_private: &[u8; 32], client_cid: u64) -> Result<Self, HandshakeError> {
+        let mut state = builder()
+            .local_private_key(static_private)?
+            .prologue(&prologue(client_cid))?
+            .build_initiator()?;
+        let mut msg1 = vec![0u8; 64];
+        let n = state.write_message(&[], &mut msg1)?;
+        msg1.truncate(n);
+        Ok(Self { state, msg1 })
+    }
+
+    /// Reads message 2: the server's static key and payload. A message that does not
+    /// authenticate leaves the state as it was (snow restores it), so a forged
+    /// RESPONSE cannot spoil the handshake.
+    pub fn read_response(&mut self, msg2: &[u8]) -> Result<([u8; 32], Vec<u8>), HandshakeError> {
+        let mut buf = vec![0u8; NOISE_MAX];
+        let n = self.state.read_message(msg2, &mut buf)?;
+        buf.truncate(n);
+        Ok((key32(self.state.get_remote_static())?, buf))
+    }
+
+    /// Writes message 3 carrying `payload` and enters transport mode.
+    pub fn finish(mut self, payload: &[u8]) -> Result<(Vec<u8>, Established), HandshakeError> {
+        let peer_static = key32(self.state.get_remote_static())?;
+        let mut msg3 = vec![0u8; payload.len() + 128];
+        let n = self.state.write_message(payload, &mut msg3)?;
+        msg3.truncate(n);
+        let transport = self.state.into_stateless_transport_mode()?;
+        Ok((
+            msg3,
+            Established {
+                transport,
+                peer_static,
+            },
+        ))
+    }
+}
+
+/// Server side between RESPONSE and FINISH.
+pub struct ServerHandshake {
+    state: HandshakeState,
+}
+
+impl ServerHandshake {
+    /// Reads message 1 and writes message 2 carrying `payload`.
+    pub fn respond(
+        static_private: &[u8; 32],
+        client_cid: u64,
+        msg1: &[u8],
+        payload: &[u8],
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        let mut state = builder()
+            .local_private_key(static_private)?
+            .prologue(&prologue(client_cid))?
+            .build_responder()?;
+        let mut scratch = [0u8; 64];
+        let n = state.read_message(msg1, &mut scratch)?;
+        if n != 0 {
+            return Err(HandshakeError("unexpected payload in message 1".into()));
+        }
+        let mut msg2 = vec![0u8; payload.len() + 160];
+        let n = state.write_message(payload, &mut msg2)?;
+        msg2.truncate(n);
+        Ok((Self { state }, msg2))
+    }
+
+    /// Reads message 3 and returns its payload. A forged message leaves the state
+    /// usable for the genuine one.
+    pub fn read_finish(&mut self, msg3: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+        let mut buf = vec![0u8; NOISE_MAX];
+        let n = self.state.read_message(msg3, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// After a successful `read_finish`: the client's static key and transport keys.
+    pub fn established(self) -> Result<Established, HandshakeError> {
+        let peer_static = key32(self.state.get_remote_static())?;
+        let transport = self.state.into_stateless_transport_mode()?;
+        Ok(Established {
+            transport,
+            peer_static,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::StaticKey;
+
+    #[test]
+    fn xx_authenticates_both_and_keys_match() {
+        let (c, s) = (StaticKey::generate(), StaticKey::generate());
+        let mut ch = ClientHandshake::start(&c.private, 42).unwrap();
+        let (mut sh, msg2) = ServerHandshake::respond(&s.private, 42, &ch.msg1, b"server").unwrap();
+        // A damaged message 2 is rejected without spoiling the state.
+        let mut bad = msg2.clone();
+        bad[40] ^= 1;
+        assert!(ch.read_response(&bad).is_err());
+        let (key, p) = ch.read_response(&msg2).unwrap();
+        assert_eq!((key, &p[..]), (s.public, &b"server"[..]));
+        let (msg3, ce) = ch.finish(b"client").unwrap();
+        let mut bad = msg3.clone();
+        bad[10] ^= 1;
+        assert!(sh.read_finish(&bad).is_err());
+        assert_eq!(sh.read_finish(&msg3).unwrap(), b"client");
+        let se = sh.established().unwrap();
+        assert_eq!(ce.peer_static, s.public);
+        assert_eq!(se.peer_static, c.public);
+        let mut buf = [0u8; 64];
+        let mut out = [0u8; 64];
+        let n = ce.transport.write_message(7, b"hi", &mut buf).unwrap();
+        let m = se.transport.read_message(7, &buf[..n], &mut out).unwrap();
+        assert_eq!(&out[..m], b"hi");
+        assert!(se.transport.read_message(8, &buf[..n], &mut out).is_err());
+        let n = se.transport.write_message(7, b"yo", &mut buf).unwrap();
+        // Each direction has its own key: a server message does not open as a client one.
+        assert!(se.transport.read_message(7, &buf[..n], &mut out).is_err());
+        assert!(ce.transport.read_message(7, &buf[..n], &mut out).is_ok());
+    }
+
+    #[test]
+    fn prologue_binds_client_cid() {
+        let (c, s) = (StaticKey::generate(), StaticKey::generate());
+        let mut ch = ClientHandshake::start(&c.private, 1).unwrap();
+        let (_, msg2) = ServerHandshake::respond(&s.private, 2, &ch.msg1, b"x").unwrap();
+        assert!(ch.read_response(&msg2).is_err());
+    }
+}

@@ -59,6 +59,11 @@ fn io_err(path: &Path, e: io::Error) -> OutputError {
     }
 }
 
+/// Where a pull to `output` keeps its data until complete.
+pub fn part_path(output: &Path) -> PathBuf {
+    with_suffix(output, ".rgtp-part")
+}
+
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
@@ -88,6 +93,8 @@ pub struct FileOutput {
 
 enum Msg {
     Chunk(u64, Vec<u8>),
+    /// A stored chunk turned out damaged: no longer claim it.
+    Forget(u64),
     Save(mpsc::SyncSender<Result<(), OutputError>>),
 }
 
@@ -210,6 +217,11 @@ impl Output {
                     queued.fetch_sub(1, Ordering::Relaxed);
                     p.write_chunk(index, &data)?;
                 }
+                Ok(Msg::Forget(index)) => {
+                    if p.have.remove(index) {
+                        p.dirty = true;
+                    }
+                }
                 Ok(Msg::Save(reply)) => {
                     let r = if p.dirty { p.persist() } else { Ok(()) };
                     let _ = reply.send(r);
@@ -234,6 +246,15 @@ impl Output {
             return Err(o.join_error());
         }
         Ok(())
+    }
+
+    /// Stops claiming chunk `index` (found damaged on resume).
+    pub fn forget(&mut self, index: u64) {
+        if let Output::File(o) = self {
+            if let Some(tx) = &o.tx {
+                let _ = tx.send(Msg::Forget(index));
+            }
+        }
     }
 
     /// True while the writer is behind: the pull should stop asking for data.

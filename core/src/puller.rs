@@ -72,6 +72,17 @@ impl std::fmt::Debug for ChunkVerifier {
 }
 
 impl ChunkVerifier {
+    /// Whether `plain` is chunk `index` of the content.
+    pub fn check_plain(&self, index: u64, plain: &[u8]) -> bool {
+        let expected = if merkle::chunk_count(self.size) == 1 {
+            Some(self.root)
+        } else {
+            self.cvs.get(index as usize).copied()
+        };
+        plain.len() == merkle::chunk_len(index, self.size)
+            && Some(merkle::chunk_cv(index, plain, self.size)) == expected
+    }
+
     /// The plaintext of sealed chunk `index` if it is authentic and matches the root.
     pub fn verify(&self, index: u64, mut ct: Vec<u8>) -> Option<Vec<u8>> {
         if !self.cipher.open(Object::Content, index, &mut ct) {
@@ -106,6 +117,9 @@ pub enum PullError {
     RootMismatch { expected: Hash, got: Hash },
     /// The outboard sent by the exposer does not hash to the root.
     BadOutboard,
+    /// The exposer keeps serving a chunk that does not match the root (its file
+    /// changed under it).
+    BadContent { chunk: u64 },
 }
 
 impl std::fmt::Display for PullError {
@@ -127,6 +141,10 @@ impl std::fmt::Display for PullError {
                 hex(got)
             ),
             Self::BadOutboard => write!(f, "exposer sent an outboard that does not match its root"),
+            Self::BadContent { chunk } => write!(
+                f,
+                "exposer keeps serving chunk {chunk} with bytes that do not match its root (its file changed?)"
+            ),
         }
     }
 }
@@ -152,6 +170,12 @@ pub enum PullEvent {
     Verify {
         index: u64,
         ct: Vec<u8>,
+        verifier: std::sync::Arc<ChunkVerifier>,
+    },
+    /// After a resume: check that the chunks a previous run stored still match (the
+    /// part file may have been damaged), then call [`Puller::forget_chunk`] for each
+    /// that does not and [`Puller::recheck_done`]. Done waits for it.
+    Recheck {
         verifier: std::sync::Arc<ChunkVerifier>,
     },
     Done,
@@ -180,6 +204,18 @@ struct Session {
     sealer: RequestSealer,
     verifier: Option<std::sync::Arc<ChunkVerifier>>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recheck {
+    None,
+    /// Resumed chunks exist; the event goes out once the outboard is known.
+    Wanted,
+    /// The driver is checking.
+    Pending,
+}
+
+/// A chunk failing verification this many times in a row is not bad luck.
+const MAX_CHUNK_FAILURES: u32 = 16;
 
 struct Flight {
     buf: Vec<u8>,
@@ -242,6 +278,10 @@ pub struct Puller {
     pending_hello: bool,
     /// Chunks out for verification (offload_verify).
     verifying: usize,
+    /// A resume's stored chunks still await their check (`PullEvent::Recheck`).
+    recheck: Recheck,
+    /// Consecutive verification failures per chunk (a changed file fails forever).
+    failures: HashMap<u64, u32>,
     /// The outboard's CVs shared with verifiers.
     shared_cvs: Option<std::sync::Arc<Vec<Hash>>>,
     pub stats: PullStats,
@@ -283,6 +323,8 @@ impl Puller {
             events: VecDeque::new(),
             pending_hello: true,
             verifying: 0,
+            recheck: Recheck::None,
+            failures: HashMap::new(),
             shared_cvs: None,
             stats: PullStats::default(),
             cfg,
@@ -471,6 +513,9 @@ impl Puller {
                 if r.root == m.root && r.size == m.size && r.have.len() == chunks {
                     self.have = r.have;
                     resumed = true;
+                    if self.have.count() > 0 {
+                        self.recheck = Recheck::Wanted;
+                    }
                 }
             }
             let ob_len = chunks * 32;
@@ -650,8 +695,7 @@ impl Puller {
                     self.cvs.get(index as usize).copied()
                 };
                 if Some(cv) != expected {
-                    self.stats.bad_chunks += 1;
-                    self.retx.push_back((o, chunk, u64::MAX));
+                    self.chunk_failed(index);
                     return;
                 }
                 if self.have.insert(index) {
@@ -692,6 +736,7 @@ impl Puller {
     pub fn chunk_verified(&mut self, index: u64, ok: bool, len: usize) {
         self.verifying = self.verifying.saturating_sub(1);
         if ok {
+            self.failures.remove(&index);
             if self.have.insert(index) {
                 self.stats.content_bytes += len as u64;
             }
@@ -708,7 +753,50 @@ impl Puller {
         self.verifying
     }
 
+    /// Asks the driver to check resumed chunks once a verifier exists.
+    fn maybe_recheck(&mut self) {
+        if self.recheck == Recheck::Wanted {
+            if let Some(verifier) = self.verifier() {
+                self.recheck = Recheck::Pending;
+                self.events.push_back(PullEvent::Recheck { verifier });
+            }
+        }
+    }
+
+    /// A resumed chunk turned out damaged: pull it again.
+    pub fn forget_chunk(&mut self, index: u64) {
+        if self.have.remove(index) {
+            self.retx
+                .push_back((Object::Content, index as u32, u64::MAX));
+        }
+    }
+
+    /// The driver finished the check asked by `PullEvent::Recheck`.
+    pub fn recheck_done(&mut self) {
+        if self.recheck == Recheck::Pending {
+            self.recheck = Recheck::None;
+            self.check_done();
+        }
+    }
+
+    /// Counts a chunk that failed verification; fails the pull when it keeps failing.
+    fn chunk_failed(&mut self, index: u64) {
+        self.stats.bad_chunks += 1;
+        let n = self.failures.entry(index).or_insert(0);
+        *n += 1;
+        if *n >= MAX_CHUNK_FAILURES {
+            self.fail(PullError::BadContent { chunk: index });
+        } else {
+            self.retx
+                .push_back((Object::Content, index as u32, u64::MAX));
+        }
+    }
+
     fn check_done(&mut self) {
+        self.maybe_recheck();
+        if self.recheck != Recheck::None {
+            return;
+        }
         if matches!(self.phase, Phase::Transfer) && self.have.is_full() {
             self.phase = Phase::Finished;
             self.events.push_back(PullEvent::Done);

@@ -141,6 +141,17 @@ impl World {
                             }
                             None => s.p.chunk_verified(index, false, 0),
                         },
+                        PullEvent::Recheck { verifier } => {
+                            let stored: Vec<u64> = s.p.have().iter().collect();
+                            for index in stored {
+                                let at = index as usize * CHUNK_SIZE;
+                                let len = merkle::chunk_len(index, s.out.len() as u64);
+                                if !verifier.check_plain(index, &s.out[at..at + len]) {
+                                    s.p.forget_chunk(index);
+                                }
+                            }
+                            s.p.recheck_done();
+                        }
                         PullEvent::Done => s.result = Some(Ok(())),
                         PullEvent::Failed(e) => s.result = Some(Err(e)),
                         PullEvent::Started { .. } => {}
@@ -376,6 +387,54 @@ fn resume_pulls_only_what_is_missing() {
         s.bytes_in,
         missing_bytes,
         s
+    );
+}
+
+/// Bytes an earlier run stored were damaged before the resume: they are found and
+/// pulled again instead of passing for verified.
+#[test]
+fn resume_rechecks_stored_chunks() {
+    let size = 2 * 1024 * 1024;
+    let mut w = World::new(22, LinkConfig::default(), size, ExposerConfig::default());
+    w.add_puller(|_| {});
+    w.run(Duration::from_secs(60), |w| {
+        w.pullers[0].written as usize >= size / 2
+    });
+    let mut first = w.pullers.pop().unwrap();
+    let have = first.p.have().clone();
+    let damaged: Vec<u64> = have.iter().take(3).collect();
+    for &i in &damaged {
+        first.out[i as usize * CHUNK_SIZE + 7] ^= 0x40;
+    }
+    let root = merkle::root_from_cvs(&merkle::cvs_of_bytes(&w.data), size as u64);
+    w.add_puller(|c| {
+        c.resume = Some(ResumeState {
+            root,
+            size: size as u64,
+            have,
+        })
+    });
+    w.pullers[0].out = first.out;
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(22);
+}
+
+/// An exposer whose file changed under it serves chunks that never verify: the pull
+/// fails with a clear error instead of asking forever.
+#[test]
+fn content_that_never_verifies_fails_the_pull() {
+    let size = 300_000;
+    let mut w = World::new(23, LinkConfig::default(), size, ExposerConfig::default());
+    let mut changed = (*w.data).clone();
+    changed[5 * CHUNK_SIZE + 3] ^= 1;
+    let cvs = merkle::cvs_of_bytes(&w.data);
+    w.ex.add_exposure("changed.bin", Box::new(MemSource(Arc::new(changed))), cvs);
+    let ex_addr = w.ex_addr;
+    w.add_puller(|c| *c = PullConfig::new(ex_addr, "changed.bin"));
+    w.run(Duration::from_secs(120), |_| false);
+    assert_eq!(
+        w.pullers[0].result,
+        Some(Err(PullError::BadContent { chunk: 5 }))
     );
 }
 

@@ -10,6 +10,10 @@
 //! bounded by a generous deadline that only exists to turn a hang into a failure; no
 //! test asserts on timing.
 //!
+//! To interrupt a transfer at a chosen point whatever the speed of loopback, tests pull
+//! through a [`Relay`] (an in-process UDP relay on 127.0.0.1 with a rate cap and a
+//! freeze switch) and watch the puller's resume sidecar ([`freeze_after_progress`]).
+//!
 //! Environment knobs: `RGTP_TEST_RUST_LOG` (passed to the binaries as `RUST_LOG`),
 //! `RGTP_KEEP_TMP=1` (keep the temp directory of a failed test).
 
@@ -480,6 +484,19 @@ impl Proc {
             cmd.stdout(File::create(&p).expect("create stdout file"));
             Some(p)
         };
+        // If the test process dies without running its Drop guards (killed by an outer
+        // timeout, say), the kernel kills the child too. Children are spawned by the
+        // test's own thread and never outlive it.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));

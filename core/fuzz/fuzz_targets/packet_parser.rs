@@ -160,7 +160,7 @@ fn mutate(index: u16, d: &[u8], muts: &[Mutation]) -> Vec<Vec<u8>> {
                 let dup = cur.clone();
                 out.push(dup);
             }
-            4 => cur.extend(std::iter::repeat(m.value).take(1 + m.offset as usize % 64)),
+            4 => cur.extend(std::iter::repeat_n(m.value, 1 + m.offset as usize % 64)),
             _ => {
                 if cur.len() > 1 {
                     cur[1] = m.value % 8;

@@ -208,7 +208,13 @@ fn run(args: Args) -> Result<(), Failure> {
             }
         }
     });
+    let part_path = match &output {
+        Output::File(_) => Some(rgtp::output::part_path(&out_path)),
+        Output::Discard => None,
+    };
     let mut h = Handler {
+        recheck: None,
+        part_path,
         verify_tx: Some(verify_tx),
         done_rx,
         output,
@@ -259,7 +265,9 @@ fn run(args: Args) -> Result<(), Failure> {
                 PullError::Timeout => 5,
                 PullError::KeyMismatch { .. } => 6,
                 PullError::NotFound => 7,
-                PullError::RootMismatch { .. } | PullError::BadOutboard => 8,
+                PullError::RootMismatch { .. }
+                | PullError::BadOutboard
+                | PullError::BadContent { .. } => 8,
             };
             let msg = match (&e, known_key) {
                 (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
@@ -317,6 +325,9 @@ const VERIFY_QUEUE: usize = 256;
 
 /// Carries a pull's events to the verifier, the output file and the terminal.
 struct Handler {
+    /// A resume's stored chunks to check before the pull may finish.
+    recheck: Option<std::sync::Arc<rgtp::puller::ChunkVerifier>>,
+    part_path: Option<PathBuf>,
     verify_tx: Option<std::sync::mpsc::SyncSender<VerifyJob>>,
     done_rx: std::sync::mpsc::Receiver<(u64, Option<Vec<u8>>)>,
     output: Output,
@@ -407,6 +418,9 @@ impl driver::PullHandler for Handler {
     }
 
     fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
+        if let Some(v) = self.recheck.take() {
+            self.recheck_stored(p, &v)?;
+        }
         while let Ok((index, plain)) = self.done_rx.try_recv() {
             match plain {
                 Some(data) => {
@@ -417,6 +431,46 @@ impl driver::PullHandler for Handler {
                 None => p.chunk_verified(index, false, 0),
             }
         }
+        Ok(())
+    }
+}
+
+impl Handler {
+    /// Hashes every chunk an earlier run stored (the part file may have been damaged
+    /// since) and has the damaged ones pulled again.
+    fn recheck_stored(
+        &mut self,
+        p: &mut Puller,
+        v: &rgtp::puller::ChunkVerifier,
+    ) -> Result<(), OutputError> {
+        use std::os::unix::fs::FileExt;
+        let Some(path) = &self.part_path else {
+            p.recheck_done();
+            return Ok(());
+        };
+        let file = std::fs::File::open(path).map_err(|e| OutputError::Io(path.clone(), e))?;
+        let stored: Vec<u64> = p.have().iter().collect();
+        let mut buf = Vec::new();
+        let mut damaged = 0u64;
+        for index in stored {
+            let len = merkle::chunk_len(index, self.total);
+            buf.resize(len, 0);
+            let ok = file
+                .read_exact_at(&mut buf, index * merkle::CHUNK_SIZE as u64)
+                .is_ok()
+                && v.check_plain(index, &buf);
+            if !ok {
+                damaged += 1;
+                p.forget_chunk(index);
+                self.output.forget(index);
+                self.stored = self.stored.saturating_sub(len as u64);
+                self.missing_at_start += len as u64;
+            }
+        }
+        if damaged > 0 {
+            eprintln!("rgtp-pull: {damaged} stored chunk(s) no longer match; pulling them again");
+        }
+        p.recheck_done();
         Ok(())
     }
 }

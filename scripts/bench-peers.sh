@@ -302,7 +302,8 @@ bp_fanout_all() {
 # ----------------------------------------------------------------------------- lossy link
 # bp_lossy_up LOSS_PCT: (re)create the emulated link and start nginx in rgtp-b.
 bp_lossy_up() {
-  local loss=$1 lossarg=(--loss "$loss")
+  local loss=$1
+  local lossarg=(--loss "$loss") # (a separate `local`: the array would not see $loss above)
   [[ $BENCH_LOSS_DIR == data ]] && lossarg=(--loss-ba "$loss")
   bp_nginx_stop lossy
   "$BP_LOSSY_LINK" up --delay-ms "$BENCH_DELAY_MS" --rate-mbit "$BENCH_RATE_MBIT" \

@@ -139,6 +139,7 @@ pub fn pull<H: PullHandler>(
         }
         if now.duration_since(last_tick) >= Duration::from_millis(100) {
             last_tick = now;
+            tracing::trace!("{}", p.debug_state(now));
             if let Err(e) = h.on_tick(p) {
                 return PullEnd::Sink(e);
             }

@@ -742,9 +742,7 @@ impl Puller {
             }
             self.check_done();
         } else {
-            self.stats.bad_chunks += 1;
-            self.retx
-                .push_back((Object::Content, index as u32, u64::MAX));
+            self.chunk_failed(index);
         }
     }
 

@@ -663,7 +663,6 @@ fn resume_state_of_other_content_is_discarded() {
 /// Bytes of a verified chunk in the part file are damaged between two runs (bit rot,
 /// a stray write): the resumed pull must not declare a wrong file complete.
 #[test]
-#[ignore = "BUG: rgtp-pull trusts the part file on resume and exits 0 with wrong bytes"]
 fn damaged_part_file_never_passes_for_complete() {
     let dir = TestDir::new("damaged-part");
     let size = 24 * MIB;
@@ -811,7 +810,6 @@ fn key_option_pins_the_exposer_key() {
 /// An exposer that serves bytes not matching its root (the file changed under
 /// `--no-seal-ahead`) must make the pull fail with "content mismatch", not loop forever.
 #[test]
-#[ignore = "BUG: rgtp-pull re-requests a chunk that never verifies forever (livelock)"]
 fn exposer_serving_wrong_bytes_fails_the_pull() {
     use std::os::unix::fs::FileExt;
     let dir = TestDir::new("changed-file");

@@ -384,6 +384,10 @@ impl driver::PullHandler for Handler {
                 self.stored += data.len() as u64;
                 self.output.write_chunk(index, data)
             }
+            PullEvent::Recheck { verifier } => {
+                self.recheck = Some(verifier);
+                Ok(())
+            }
             PullEvent::Verify {
                 index,
                 ct,

@@ -26,8 +26,12 @@ use crate::wire::Writer;
 pub(crate) const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
 /// Cap on probe and re-request backoff: after an outage, traffic resumes within this.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Shortest time a finished connection keeps answering its peer.
-const MIN_DRAIN: Duration = Duration::from_secs(1);
+/// Shortest time a finished connection keeps answering its peer (covers a couple of
+/// the peer's probes at their longest backoff).
+const MIN_DRAIN: Duration = Duration::from_secs(5);
+/// Extra copies of the last ACK sent while draining after a graceful end, so one lost
+/// datagram does not leave the peer waiting for its FIN's acknowledgement.
+const FINAL_ACK_COPIES: u32 = 2;
 /// RETRY/INIT retransmission starts here and doubles to `MAX_BACKOFF`.
 const HS_INITIAL_RTO: Duration = Duration::from_millis(250);
 /// RTT assumed before the first sample.
@@ -94,7 +98,9 @@ impl Rtt {
     }
     /// Grace before a gap counts as a loss rather than reordering.
     fn reorder_delay(&self) -> Duration {
-        (self.srtt / 8).max(Duration::from_millis(1))
+        (self.srtt / 8)
+            .max(self.rttvar / 2)
+            .max(Duration::from_millis(1))
     }
 }
 
@@ -264,6 +270,8 @@ pub(crate) struct Conn {
     reset_pending: Option<u8>,
     reset_copies: u32,
     reset_next: Option<Instant>,
+    final_acks: u32,
+    final_ack_next: Option<Instant>,
     /// Aborted by us: further packets from the peer get a RESET.
     aborted: bool,
     error: Option<ErrorKind>,
@@ -353,6 +361,8 @@ impl Conn {
             reset_pending: None,
             reset_copies: 0,
             reset_next: None,
+            final_acks: 0,
+            final_ack_next: None,
             aborted: false,
             error: None,
             drain_until: None,
@@ -650,6 +660,12 @@ impl Conn {
         } else {
             None
         };
+        if self.drain_until.is_some() && !self.aborted {
+            self.ack_now = true;
+            self.ack_dirty = true;
+            self.final_acks = FINAL_ACK_COPIES;
+            self.final_ack_next = Some(now + self.rtt.pto());
+        }
         self.ping_pending = false;
         self.finish_pending = false;
         self.path_probe = None;
@@ -672,7 +688,16 @@ impl Conn {
     /// A valid STATELESS_RESET for this connection.
     pub fn stateless_reset(&mut self, now: Instant) {
         if self.phase == Phase::Established {
-            self.terminate(now, Some(ErrorKind::ConnectionReset), false);
+            // Every byte we wrote was acknowledged and the peer's stream is complete:
+            // only the acknowledgement of our FIN went missing before the peer forgot
+            // the connection (it had finished too). Not a failure.
+            let finished = self.send.una() == self.send.written() && self.recv.complete();
+            let error = if finished && self.send.is_shutdown() {
+                None
+            } else {
+                Some(ErrorKind::ConnectionReset)
+            };
+            self.terminate(now, error, false);
         } else if self.phase == Phase::Closed {
             self.drain_until = None;
         }
@@ -718,8 +743,11 @@ impl Conn {
             self.stats.dropped += 1;
             return out;
         };
+        // The server's connection ID is taken from the authenticated parameters; the
+        // cleartext copy in the header is only a hint (a damaged one must not matter).
+        let _ = src_cid;
         let peer = match TransportParams::decode(&payload) {
-            Ok(p) if p.cid == src_cid => p,
+            Ok(p) => p,
             // Authenticated by the server's key, yet malformed: a broken server.
             _ => {
                 self.terminate(now, Some(ErrorKind::InvalidData), false);
@@ -816,6 +844,11 @@ impl Conn {
             self.confirmed = true;
             self.finish_pending = false;
             self.finish_pkt = None;
+            if self.finish_tries > 1 {
+                // A FINISH was lost: the server could not open what we sent before
+                // the copy that arrived. Send it again rather than wait for a probe.
+                self.send.resend_all();
+            }
         }
         let newest = self.replay.largest == Some(pn);
         if newest {
@@ -1089,6 +1122,11 @@ impl Conn {
                             at(r);
                         }
                     }
+                    if let (Some(a), false) = (self.final_ack_next, self.ack_now) {
+                        if self.final_acks > 0 {
+                            at(a);
+                        }
+                    }
                 }
             }
         }
@@ -1128,8 +1166,20 @@ impl Conn {
                     self.ack_now = true;
                 }
                 if self.pto_armed() && now >= self.pto_anchor + self.pto() {
+                    tracing::trace!(
+                        id = ?self.id,
+                        side = ?self.side,
+                        probes = self.probes,
+                        una = self.send.una(),
+                        "probe timeout"
+                    );
                     if self.send.has_unacked() {
-                        self.send.queue_probe(self.max_stream_payload());
+                        // Sized to fit beside an ACK frame in one datagram.
+                        let room = self
+                            .max_stream_payload()
+                            .saturating_sub(ACK_FIXED_LEN + 4 * WANT_RANGE_LEN)
+                            .max(1);
+                        self.send.queue_probe(room);
                         self.cc.on_timeout();
                         self.stats.probes += 1;
                     }
@@ -1167,6 +1217,12 @@ impl Conn {
                     self.reset_pending = Some(0);
                     self.reset_next = None;
                 }
+                if self.final_acks > 0 && self.final_ack_next.is_some_and(|a| now >= a) {
+                    self.final_acks -= 1;
+                    self.final_ack_next = Some(now + self.rtt.pto() * 2);
+                    self.ack_now = true;
+                    self.ack_dirty = true;
+                }
             }
         }
     }
@@ -1200,9 +1256,7 @@ impl Conn {
             }
             Phase::Established => {}
         }
-        if self.transport.is_none() {
-            return None;
-        }
+        self.transport.as_ref()?;
         // Handshake confirmation first, then the packets that go to other addresses.
         if self.finish_pending && !self.confirmed {
             if let Some(p) = &self.finish_pkt {
@@ -1318,13 +1372,9 @@ impl Conn {
         let mut seg = 0usize;
         let mut count = 0usize;
         while count < MAX_BATCH && contents.len() + self.datagram <= MAX_BATCH_BYTES {
-            let start = contents.len();
-            contents.resize(start + self.datagram, 0);
-            let Some(n) = self.build_short(now, plain, &mut contents[start..]) else {
-                contents.truncate(start);
+            let Some(n) = self.build_short(now, plain, &mut contents) else {
                 break;
             };
-            contents.truncate(start + n);
             count += 1;
             if count == 1 {
                 seg = n;
@@ -1344,9 +1394,14 @@ impl Conn {
         })
     }
 
-    /// Builds one SHORT packet into `out` (sized to the datagram); its length, or
-    /// `None` when there is nothing to send.
-    fn build_short(&mut self, now: Instant, plain: &mut Vec<u8>, out: &mut [u8]) -> Option<usize> {
+    /// Builds one SHORT packet and appends it to `out`; its length, or `None` when
+    /// there is nothing to send.
+    fn build_short(
+        &mut self,
+        now: Instant,
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
         let budget = self.datagram - SHORT_HEADER_LEN - TAG_LEN;
         let closed = self.phase == Phase::Closed;
         let mut data_ready = false;
@@ -1391,6 +1446,9 @@ impl Conn {
                 )
             };
             self.stats.wants_sent += want.len() as u64;
+            if !want.is_empty() {
+                tracing::trace!(id = ?self.id, side = ?self.side, ?want, acked = self.recv.acked(), "re-request");
+            }
             let delay = now.saturating_duration_since(self.largest_rx_at);
             Frame::Ack(Ack {
                 largest_pn: self.largest_rx_pn,
@@ -1422,9 +1480,19 @@ impl Conn {
             *plain = w.buf;
             return None;
         }
-        let n = self.seal_into(&w.buf, out);
+        let start = out.len();
+        out.resize(start + SHORT_HEADER_LEN + w.buf.len() + TAG_LEN, 0);
+        let n = self.seal_into(&w.buf, &mut out[start..]);
         *plain = w.buf;
-        let n = n?;
+        let Some(n) = n else {
+            out.truncate(start);
+            return None;
+        };
+        out.truncate(start + n);
+        if data_ready {
+            // Pacing counts what is sent, not the datagram size.
+            self.pacer_tokens -= n as f64;
+        }
         let pn = self.next_pn - 1;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += n as u64;
@@ -1437,7 +1505,7 @@ impl Conn {
     }
 
     /// Adds STREAM frames (re-sends first) while room, credit and the rate window
-    /// allow; charges the pacer one datagram. Returns whether any were added.
+    /// allow. Returns whether any were added.
     fn add_stream_frames(&mut self, w: &mut Writer, budget: usize) -> bool {
         let mut added = false;
         loop {
@@ -1472,7 +1540,6 @@ impl Conn {
             added = true;
         }
         if added {
-            self.pacer_tokens -= self.datagram as f64;
             self.pacer_next = None;
         }
         added
@@ -1513,6 +1580,6 @@ mod tests {
         r.sample(Duration::from_millis(10));
         assert_eq!(r.srtt, Duration::from_millis(10));
         assert!(r.pto() >= Duration::from_millis(30));
-        assert_eq!(r.reorder_delay(), Duration::from_millis(1));
+        assert_eq!(r.reorder_delay(), Duration::from_micros(2500));
     }
 }

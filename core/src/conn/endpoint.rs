@@ -44,6 +44,8 @@ struct HalfOpen {
     response: Vec<u8>,
     sent_at: Instant,
     sends: u32,
+    /// Forgotten after this (pushed back while the client is still trying).
+    expires: Instant,
     /// Anti-amplification: bytes received from and sent to the unvalidated address.
     bytes_in: usize,
     bytes_out: usize,
@@ -58,6 +60,15 @@ pub struct ConnectOptions {
     pub config: Option<ConnConfig>,
 }
 
+/// Pushes a half-open's expiry to `until` while its client is still trying (at most
+/// once a second, so the expiry queue stays small whatever arrives).
+fn refresh(ho: &mut HalfOpen, scid: u64, until: Instant, order: &mut VecDeque<(Instant, u64)>) {
+    if until.saturating_duration_since(ho.expires) >= Duration::from_secs(1) {
+        ho.expires = until;
+        order.push_back((until, scid));
+    }
+}
+
 /// How long a RETRY cookie is good for.
 const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 
@@ -69,7 +80,7 @@ pub struct Endpoint {
     conns: BTreeMap<ConnId, Conn>,
     by_cid: HashMap<u64, ConnId>,
     half_open: HashMap<u64, HalfOpen>,
-    half_open_by_client: HashMap<(SocketAddr, u64), u64>,
+    half_open_by_client: HashMap<(SocketAddr, u64, Vec<u8>), u64>,
     half_open_order: VecDeque<(Instant, u64)>,
     accept_queue: VecDeque<ConnId>,
     reset_tokens: HashMap<[u8; RESET_TOKEN_LEN], ConnId>,
@@ -85,6 +96,18 @@ pub struct Endpoint {
     plain: Vec<u8>,
     open_buf: Vec<u8>,
     pub stats: EndpointStats,
+}
+
+/// One spelling per peer: an IPv4-mapped IPv6 address (from a dual-stack socket)
+/// becomes the IPv4 address, so a path never looks changed because of notation.
+fn canon(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
 }
 
 fn closed_err() -> io::Error {
@@ -194,6 +217,7 @@ impl Endpoint {
         addr: SocketAddr,
         opts: ConnectOptions,
     ) -> io::Result<ConnId> {
+        let addr = canon(addr);
         let cfg = opts.config.unwrap_or_else(|| self.cfg.conn.clone());
         let id = self.alloc_id();
         let cid = self.new_cid();
@@ -234,6 +258,7 @@ impl Endpoint {
     /// Feeds one datagram received from `from`. Anything malformed, unauthenticated or
     /// unexpected is dropped.
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let from = canon(from);
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         let Ok(p) = cw::decode(datagram) else {
@@ -303,6 +328,7 @@ impl Endpoint {
     /// connection attempts to it fail with `ConnectionRefused`. Established
     /// connections ignore it (ICMP is not authenticated; timers decide).
     pub fn handle_unreachable(&mut self, now: Instant, addr: SocketAddr) {
+        let addr = canon(addr);
         let ids: Vec<ConnId> = self
             .conns
             .iter()
@@ -357,9 +383,19 @@ impl Endpoint {
             return;
         }
         // A retransmitted INIT: answer with the same RESPONSE, within the 3x budget.
-        if let Some(&scid) = self.half_open_by_client.get(&(from, client_cid)) {
+        // Half-opens are keyed by the Noise message too: INIT is not authenticated, so
+        // a copy damaged on the way is a different handshake, and must neither answer
+        // for nor replace the genuine one.
+        let key = (from, client_cid, noise.to_vec());
+        if let Some(&scid) = self.half_open_by_client.get(&key) {
             if let Some(ho) = self.half_open.get_mut(&scid) {
                 ho.bytes_in += len;
+                refresh(
+                    ho,
+                    scid,
+                    now + self.cfg.conn.handshake_timeout,
+                    &mut self.half_open_order,
+                );
                 if ho.bytes_out + ho.response.len() <= 3 * ho.bytes_in {
                     ho.bytes_out += ho.response.len();
                     ho.sends += 1;
@@ -446,11 +482,12 @@ impl Endpoint {
                 response: response.clone(),
                 sent_at: now,
                 sends: 1,
+                expires: now + self.cfg.conn.handshake_timeout,
                 bytes_in: len,
                 bytes_out: response.len(),
             },
         );
-        self.half_open_by_client.insert((from, client_cid), scid);
+        self.half_open_by_client.insert(key, scid);
         self.half_open_order
             .push_back((now + self.cfg.conn.handshake_timeout, scid));
         self.send_control(Transmit::single(from, response));
@@ -470,13 +507,22 @@ impl Endpoint {
             return;
         };
         let Ok(payload) = ho.hs.read_finish(noise) else {
+            // Damaged on the way (or forged): the state was rebuilt; the client sends
+            // FINISH again. Give it the time to.
+            refresh(
+                ho,
+                scid,
+                now + self.cfg.conn.handshake_timeout,
+                &mut self.half_open_order,
+            );
             self.stats.dropped += 1;
             return;
         };
         let Some(ho) = self.half_open.remove(&scid) else {
             return;
         };
-        self.half_open_by_client.remove(&(ho.addr, ho.client_cid));
+        self.half_open_by_client
+            .remove(&(ho.addr, ho.client_cid, ho.hs.msg1().to_vec()));
         let peer = match TransportParams::decode(&payload) {
             Ok(p) if p.cid == ho.client_cid => p,
             _ => {
@@ -623,8 +669,18 @@ impl Endpoint {
                 break;
             }
             self.half_open_order.pop_front();
-            if let Some(ho) = self.half_open.remove(&scid) {
-                self.half_open_by_client.remove(&(ho.addr, ho.client_cid));
+            if self
+                .half_open
+                .get(&scid)
+                .is_some_and(|ho| ho.expires <= now)
+            {
+                if let Some(ho) = self.half_open.remove(&scid) {
+                    self.half_open_by_client.remove(&(
+                        ho.addr,
+                        ho.client_cid,
+                        ho.hs.msg1().to_vec(),
+                    ));
+                }
             }
         }
         // Collect first: a connection re-armed for `now` waits for the next call.

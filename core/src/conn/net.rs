@@ -223,13 +223,19 @@ struct Sock {
     /// A listener's socket is removed once the listener is dropped and its
     /// connections are gone.
     listener_dropped: bool,
+    /// An application thread is blocked in poll(2) on this socket and will process
+    /// what arrives itself (one at most; see `RgtpStream::wait`).
+    poller: bool,
     accept_cv: Arc<Condvar>,
     accept_efd: Option<OwnedFd>,
 }
 
 struct Waiter {
     cv: Arc<Condvar>,
+    /// The readiness fd handed to the application, if it asked for one.
     efd: Option<OwnedFd>,
+    /// Wakes this stream's thread while it polls the socket directly.
+    poll_efd: Option<Arc<OwnedFd>>,
 }
 
 /// What a bridge's owner can see.
@@ -433,6 +439,35 @@ struct State {
     /// When the timerfd fires next.
     armed: Option<Instant>,
     scratch: Vec<u8>,
+    /// Batched receiver, used by whichever thread holds the lock and reads a socket.
+    rx: Receiver,
+}
+
+/// Reads what socket `i` holds (a bounded number of batches) into its endpoint, and
+/// its error queue when `errors`.
+fn receive(st: &mut State, i: usize, now: Instant, errors: bool) {
+    let State { socks, rx, .. } = st;
+    let Some(s) = socks.get_mut(i).and_then(|s| s.as_mut()) else {
+        return;
+    };
+    let ep = &mut s.ep;
+    if errors {
+        drain_errqueue(&s.udp, |a| ep.handle_unreachable(now, a));
+    }
+    for _ in 0..RECV_ROUNDS {
+        match rx.recv(&s.udp, |from, d| {
+            if super::wire::is_conn_packet(d) {
+                ep.handle(now, canon(from), d);
+            }
+        }) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("rgtp: recv: {e}");
+                break;
+            }
+        }
+    }
 }
 
 pub struct Engine {
@@ -518,6 +553,7 @@ impl Engine {
                 to_pump: Vec::new(),
                 armed: None,
                 scratch: vec![0; BRIDGE_CHUNK],
+                rx: Receiver::default(),
             }),
             epfd,
             wake,
@@ -588,6 +624,7 @@ impl Engine {
             ep,
             local,
             listener_dropped: false,
+            poller: false,
             accept_cv: Arc::new(Condvar::new()),
             accept_efd: None,
         });
@@ -655,6 +692,9 @@ impl Engine {
                 if let Some(fd) = &w.efd {
                     signal_eventfd(fd.as_raw_fd());
                 }
+                if let Some(fd) = &w.poll_efd {
+                    signal_eventfd(fd.as_raw_fd());
+                }
             }
         }
         if any {
@@ -672,7 +712,6 @@ impl Engine {
     }
 
     fn run(self: Arc<Self>) {
-        let mut rx = Receiver::default();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             // SAFETY: valid epoll fd and a buffer of `events.len()` epoll_events.
@@ -720,29 +759,7 @@ impl Engine {
                     }
                 } else if token >= TOKEN_SOCK {
                     let i = (token - TOKEN_SOCK) as usize;
-                    let Some(s) = st.socks.get_mut(i).and_then(|s| s.as_mut()) else {
-                        continue;
-                    };
-                    if flags & libc::EPOLLERR as u32 != 0 {
-                        let ep = &mut s.ep;
-                        drain_errqueue(&s.udp, |a| ep.handle_unreachable(now, a));
-                    }
-                    let udp = s.udp.clone();
-                    let ep = &mut s.ep;
-                    for _ in 0..RECV_ROUNDS {
-                        match rx.recv(&udp, |from, d| {
-                            if super::wire::is_conn_packet(d) {
-                                ep.handle(now, canon(from), d);
-                            }
-                        }) {
-                            Ok(0) => break,
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::debug!("rgtp engine: recv: {e}");
-                                break;
-                            }
-                        }
-                    }
+                    receive(st, i, now, flags & libc::EPOLLERR as u32 != 0);
                 }
             }
             self.service(st, now);
@@ -897,10 +914,8 @@ fn pending_work(st: &mut State) -> bool {
     for s in st.socks.iter_mut().flatten() {
         for id in s.ep.conn_ids() {
             match s.ep.state(id) {
-                Some(ConnState::Connected) => {
-                    if s.ep.send_complete(id) == Some(false) {
-                        return true;
-                    }
+                Some(ConnState::Connected) if s.ep.send_complete(id) == Some(false) => {
+                    return true;
                 }
                 Some(ConnState::Connecting) => return true,
                 _ => {}
@@ -1002,6 +1017,7 @@ impl RgtpStream {
             Waiter {
                 cv: cv.clone(),
                 efd: None,
+                poll_efd: None,
             },
         );
         engine.after(&mut st, i, false);
@@ -1047,9 +1063,7 @@ impl RgtpStream {
                 Some(ConnState::Connecting) => {}
                 None => return Err(ErrorKind::NotConnected.into()),
             }
-            if self.cv.wait_until(&mut st, deadline).timed_out() {
-                return Err(ErrorKind::TimedOut.into());
-            }
+            self.wait(&mut st, Some(deadline))?;
         }
     }
 
@@ -1087,8 +1101,9 @@ impl RgtpStream {
     }
 
     /// An eventfd that becomes readable whenever this connection has news (connected,
-    /// readable, writable, closed). Poll it, then call [`clear_readiness`]
-    /// (Self::clear_readiness) and [`readiness`](Self::readiness). Owned by the stream.
+    /// readable, writable, closed). Poll it, then call
+    /// [`clear_readiness`](Self::clear_readiness) and [`readiness`](Self::readiness).
+    /// Owned by the stream.
     pub fn readiness_fd(&self) -> io::Result<RawFd> {
         let mut st = self.lock();
         let w = st
@@ -1173,14 +1188,82 @@ impl RgtpStream {
         t.map(|d| Instant::now() + d)
     }
 
+    /// Blocks until something may have changed for this stream (or `deadline`).
+    ///
+    /// Leader/follower: if no other application thread does, this thread polls the
+    /// UDP socket itself and processes what arrives, so a datagram wakes the reader
+    /// directly, as with TCP, instead of waking the engine thread, which then wakes
+    /// the reader (one thread handoff less per direction). Others wait on their
+    /// condition variable; the engine thread keeps serving everything else.
     fn wait(&self, st: &mut MutexGuard<'_, State>, deadline: Option<Instant>) -> io::Result<()> {
-        match deadline {
-            Some(d) => {
-                if self.cv.wait_until(st, d).timed_out() {
-                    return Err(ErrorKind::TimedOut.into());
+        let poll_ok = matches!(st.socks.get(self.sock), Some(Some(s)) if !s.poller);
+        if !poll_ok {
+            match deadline {
+                Some(d) => {
+                    if self.cv.wait_until(st, d).timed_out() {
+                        return Err(ErrorKind::TimedOut.into());
+                    }
                 }
+                None => self.cv.wait(st),
             }
-            None => self.cv.wait(st),
+            return Ok(());
+        }
+        let efd = {
+            let w = st
+                .waiters
+                .get_mut(&(self.sock, self.id))
+                .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))?;
+            if w.poll_efd.is_none() {
+                w.poll_efd = Some(Arc::new(new_eventfd()?));
+            }
+            w.poll_efd
+                .clone()
+                .ok_or_else(|| io::Error::from(ErrorKind::Other))?
+        };
+        // Everything signalled so far is already visible to the caller (signals are
+        // sent under the lock we hold): start afresh.
+        drain_fd(efd.as_raw_fd());
+        let udp = match st.socks[self.sock].as_mut() {
+            Some(s) => {
+                s.poller = true;
+                s.udp.clone()
+            }
+            None => return Err(ErrorKind::NotConnected.into()),
+        };
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
+            }
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: udp.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: efd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds in a live array.
+        let r = MutexGuard::unlocked(st, || unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) });
+        if let Some(s) = st.socks[self.sock].as_mut() {
+            s.poller = false;
+        }
+        let now = Instant::now();
+        if r > 0 && fds[0].revents != 0 {
+            receive(st, self.sock, now, fds[0].revents & libc::POLLERR != 0);
+            self.engine.after(st, self.sock, false);
+        }
+        if fds[1].revents != 0 {
+            drain_fd(efd.as_raw_fd());
+        }
+        if r == 0 && deadline.is_some_and(|d| now >= d) {
+            return Err(ErrorKind::TimedOut.into());
         }
         Ok(())
     }
@@ -1492,6 +1575,7 @@ impl RgtpListener {
                     Waiter {
                         cv: cv.clone(),
                         efd: None,
+                        poll_efd: None,
                     },
                 );
                 let stream = RgtpStream {

@@ -14,6 +14,7 @@
 
 use snow::{Builder, HandshakeState, StatelessTransportState};
 
+use crate::crypto::random_bytes;
 use crate::handshake::HandshakeError;
 
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
@@ -36,8 +37,18 @@ fn key32(k: Option<&[u8]>) -> Result<[u8; 32], HandshakeError> {
 }
 
 /// Client side between INIT and FINISH.
+///
+/// snow restores the hash state but not the cipher state when a message fails to
+/// authenticate, so one damaged or forged RESPONSE would spoil the handshake for the
+/// genuine one. Each side therefore draws its ephemeral key itself (OS CSPRNG) and keeps
+/// it, so the state can be rebuilt exactly as it was before the bad message (snow calls
+/// the builder method for this "for testing only"; a fresh random key per handshake is
+/// just what snow would generate itself).
 pub struct ClientHandshake {
     state: HandshakeState,
+    static_private: [u8; 32],
+    client_cid: u64,
+    ephemeral: [u8; 32],
     /// Message 1, re-sent unchanged until a RESPONSE comes (so a late RESPONSE to an
     /// earlier copy is still good).
     pub msg1: Vec<u8>,
@@ -55,26 +66,52 @@ pub struct Established {
     pub peer_static: [u8; 32],
 }
 
+fn initiator(
+    static_private: &[u8; 32],
+    client_cid: u64,
+    ephemeral: &[u8; 32],
+) -> Result<(HandshakeState, Vec<u8>), HandshakeError> {
+    let mut state = builder()
+        .local_private_key(static_private)?
+        .fixed_ephemeral_key_for_testing_only(ephemeral)
+        .prologue(&prologue(client_cid))?
+        .build_initiator()?;
+    let mut msg1 = vec![0u8; 64];
+    let n = state.write_message(&[], &mut msg1)?;
+    msg1.truncate(n);
+    Ok((state, msg1))
+}
+
 impl ClientHandshake {
     pub fn start(static_private: &[u8; 32], client_cid: u64) -> Result<Self, HandshakeError> {
-        let mut state = builder()
-            .local_private_key(static_private)?
-            .prologue(&prologue(client_cid))?
-            .build_initiator()?;
-        let mut msg1 = vec![0u8; 64];
-        let n = state.write_message(&[], &mut msg1)?;
-        msg1.truncate(n);
-        Ok(Self { state, msg1 })
+        let ephemeral: [u8; 32] = random_bytes();
+        let (state, msg1) = initiator(static_private, client_cid, &ephemeral)?;
+        Ok(Self {
+            state,
+            static_private: *static_private,
+            client_cid,
+            ephemeral,
+            msg1,
+        })
     }
 
-    /// Reads message 2: the server's static key and payload. A message that does not
-    /// authenticate leaves the state as it was (snow restores it), so a forged
-    /// RESPONSE cannot spoil the handshake.
+    /// Reads message 2: the server's static key and payload. After a message that
+    /// does not authenticate, the state is rebuilt as it was, ready for the real one.
     pub fn read_response(&mut self, msg2: &[u8]) -> Result<([u8; 32], Vec<u8>), HandshakeError> {
         let mut buf = vec![0u8; NOISE_MAX];
-        let n = self.state.read_message(msg2, &mut buf)?;
-        buf.truncate(n);
-        Ok((key32(self.state.get_remote_static())?, buf))
+        match self.state.read_message(msg2, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok((key32(self.state.get_remote_static())?, buf))
+            }
+            Err(e) => {
+                let (state, msg1) =
+                    initiator(&self.static_private, self.client_cid, &self.ephemeral)?;
+                debug_assert_eq!(msg1, self.msg1);
+                self.state = state;
+                Err(e.into())
+            }
+        }
     }
 
     /// Writes message 3 carrying `payload` and enters transport mode.
@@ -94,9 +131,37 @@ impl ClientHandshake {
     }
 }
 
-/// Server side between RESPONSE and FINISH.
+/// Server side between RESPONSE and FINISH (see [`ClientHandshake`] on rebuilding).
 pub struct ServerHandshake {
     state: HandshakeState,
+    static_private: [u8; 32],
+    client_cid: u64,
+    ephemeral: [u8; 32],
+    msg1: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+fn responder(
+    static_private: &[u8; 32],
+    client_cid: u64,
+    ephemeral: &[u8; 32],
+    msg1: &[u8],
+    payload: &[u8],
+) -> Result<(HandshakeState, Vec<u8>), HandshakeError> {
+    let mut state = builder()
+        .local_private_key(static_private)?
+        .fixed_ephemeral_key_for_testing_only(ephemeral)
+        .prologue(&prologue(client_cid))?
+        .build_responder()?;
+    let mut scratch = [0u8; 64];
+    let n = state.read_message(msg1, &mut scratch)?;
+    if n != 0 {
+        return Err(HandshakeError("unexpected payload in message 1".into()));
+    }
+    let mut msg2 = vec![0u8; payload.len() + 160];
+    let n = state.write_message(payload, &mut msg2)?;
+    msg2.truncate(n);
+    Ok((state, msg2))
 }
 
 impl ServerHandshake {
@@ -107,28 +172,47 @@ impl ServerHandshake {
         msg1: &[u8],
         payload: &[u8],
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let mut state = builder()
-            .local_private_key(static_private)?
-            .prologue(&prologue(client_cid))?
-            .build_responder()?;
-        let mut scratch = [0u8; 64];
-        let n = state.read_message(msg1, &mut scratch)?;
-        if n != 0 {
-            return Err(HandshakeError("unexpected payload in message 1".into()));
-        }
-        let mut msg2 = vec![0u8; payload.len() + 160];
-        let n = state.write_message(payload, &mut msg2)?;
-        msg2.truncate(n);
-        Ok((Self { state }, msg2))
+        let ephemeral: [u8; 32] = random_bytes();
+        let (state, msg2) = responder(static_private, client_cid, &ephemeral, msg1, payload)?;
+        Ok((
+            Self {
+                state,
+                static_private: *static_private,
+                client_cid,
+                ephemeral,
+                msg1: msg1.to_vec(),
+                payload: payload.to_vec(),
+            },
+            msg2,
+        ))
     }
 
-    /// Reads message 3 and returns its payload. A forged message leaves the state
-    /// usable for the genuine one.
+    /// The message 1 this handshake answered.
+    pub fn msg1(&self) -> &[u8] {
+        &self.msg1
+    }
+
+    /// Reads message 3 and returns its payload. After a message that does not
+    /// authenticate, the state is rebuilt as it was, ready for the genuine one.
     pub fn read_finish(&mut self, msg3: &[u8]) -> Result<Vec<u8>, HandshakeError> {
         let mut buf = vec![0u8; NOISE_MAX];
-        let n = self.state.read_message(msg3, &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
+        match self.state.read_message(msg3, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e) => {
+                let (state, _) = responder(
+                    &self.static_private,
+                    self.client_cid,
+                    &self.ephemeral,
+                    &self.msg1,
+                    &self.payload,
+                )?;
+                self.state = state;
+                Err(e.into())
+            }
+        }
     }
 
     /// After a successful `read_finish`: the client's static key and transport keys.
@@ -152,16 +236,20 @@ mod tests {
         let (c, s) = (StaticKey::generate(), StaticKey::generate());
         let mut ch = ClientHandshake::start(&c.private, 42).unwrap();
         let (mut sh, msg2) = ServerHandshake::respond(&s.private, 42, &ch.msg1, b"server").unwrap();
-        // A damaged message 2 is rejected without spoiling the state.
-        let mut bad = msg2.clone();
-        bad[40] ^= 1;
-        assert!(ch.read_response(&bad).is_err());
+        // Damaged copies (anywhere) are rejected without spoiling the state.
+        for i in 0..msg2.len() {
+            let mut bad = msg2.clone();
+            bad[i] ^= 1;
+            assert!(ch.read_response(&bad).is_err());
+        }
         let (key, p) = ch.read_response(&msg2).unwrap();
         assert_eq!((key, &p[..]), (s.public, &b"server"[..]));
         let (msg3, ce) = ch.finish(b"client").unwrap();
-        let mut bad = msg3.clone();
-        bad[10] ^= 1;
-        assert!(sh.read_finish(&bad).is_err());
+        for i in 0..msg3.len() {
+            let mut bad = msg3.clone();
+            bad[i] ^= 1;
+            assert!(sh.read_finish(&bad).is_err());
+        }
         assert_eq!(sh.read_finish(&msg3).unwrap(), b"client");
         let se = sh.established().unwrap();
         assert_eq!(ce.peer_static, s.public);

@@ -300,6 +300,17 @@ impl SendStream {
         }
     }
 
+    /// Everything sent and not acknowledged goes again (after the handshake turned out
+    /// to have lost the packets that carried it).
+    pub fn resend_all(&mut self) {
+        if self.una < self.next_new {
+            self.add_retx(self.una, self.next_new);
+        }
+        if self.fin_sent && !self.fin_acked {
+            self.fin_resend = true;
+        }
+    }
+
     /// Next never-sent bytes (or a FIN alone), at most `max` bytes.
     pub fn next_new_segment(&mut self, max: usize) -> Option<Segment> {
         if !self.has_new() {

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX=${PREFIX:-/usr/local}
-cargo build --release -p rgtp --bins -p rgtp-shim
+cargo build --release -p rgtp --bins
+cargo build --release -p rgtp-shim
 install -d "$PREFIX/bin" "$PREFIX/lib"
 install -m 0755 target/release/rgtp-expose target/release/rgtp-pull target/release/rgtp-run "$PREFIX/bin/"
 install -m 0755 target/release/librgtp_shim.so "$PREFIX/lib/"

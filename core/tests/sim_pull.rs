@@ -431,11 +431,14 @@ fn content_that_never_verifies_fails_the_pull() {
     w.ex.add_exposure("changed.bin", Box::new(MemSource(Arc::new(changed))), cvs);
     let ex_addr = w.ex_addr;
     w.add_puller(|c| *c = PullConfig::new(ex_addr, "changed.bin"));
+    w.add_puller(|c| {
+        *c = PullConfig::new(ex_addr, "changed.bin");
+        c.offload_verify = true;
+    });
     w.run(Duration::from_secs(120), |_| false);
-    assert_eq!(
-        w.pullers[0].result,
-        Some(Err(PullError::BadContent { chunk: 5 }))
-    );
+    for s in &w.pullers {
+        assert_eq!(s.result, Some(Err(PullError::BadContent { chunk: 5 })));
+    }
 }
 
 #[test]

@@ -470,7 +470,7 @@ fn hand_over(peer: SocketAddr, target: &Target, local: SocketAddr) -> io::Result
             let me = sock
                 .local_addr()?
                 .as_socket()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "no local address"))?;
+                .ok_or_else(|| io::Error::other("no local address"))?;
             registry::add_pending(PendingKey::Tcp(canonical(me)), peer, local);
             if let Err(err) = sock.connect(&(*addr).into()) {
                 registry::take_pending(&PendingKey::Tcp(canonical(me)));

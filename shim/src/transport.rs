@@ -220,7 +220,7 @@ impl Engine {
         while g
             .bridges
             .values()
-            .any(|b| !b.dead && !(b.fin_sent && b.up.is_empty()))
+            .any(|b| !(b.dead || b.fin_sent && b.up.is_empty()))
             || pending_acks(&mut g)
         {
             if self.cond.wait_until(&mut g, deadline).timed_out() {

@@ -18,6 +18,7 @@ const STARTUP_GAIN: f64 = 2.89;
 const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
 const BW_FILTER_ROUNDS: usize = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+const SCHEDULING_ALLOWANCE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -224,6 +225,11 @@ impl RateControl {
             Mode::Startup => STARTUP_GAIN * self.bdp(),
             _ => 2.0 * self.bdp(),
         };
+        // Plus a few milliseconds of data for host scheduling: on loopback or a LAN the
+        // minimum RTT is tens of microseconds while a busy receiver answers in
+        // milliseconds, and a window of 2 BDP alone starves the pipe. On an Internet
+        // path this is a few percent of the window.
+        let w = w + self.path_rate() * SCHEDULING_ALLOWANCE.as_secs_f64();
         (w as u64).clamp(MIN_WINDOW, MAX_WINDOW)
     }
 

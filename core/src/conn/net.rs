@@ -23,9 +23,7 @@
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::mem::{size_of, zeroed};
-use std::net::{
-    IpAddr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs, UdpSocket,
-};
+use std::net::{IpAddr, Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -131,30 +129,6 @@ fn canon(a: SocketAddr) -> SocketAddr {
     }
 }
 
-fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                u32::from_be(sin.sin_addr.s_addr).into(),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                sin6.sin6_addr.s6_addr.into(),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
 /// Reads the socket's error queue (`IP_RECVERR`); calls `f` with the destination of
 /// every datagram that came back as "port unreachable".
 fn drain_errqueue(sock: &UdpSocket, mut f: impl FnMut(SocketAddr)) {
@@ -208,7 +182,7 @@ fn drain_errqueue(sock: &UdpSocket, mut f: impl FnMut(SocketAddr)) {
             }
         }
         if refused {
-            if let Some(a) = sockaddr_to_std(&name) {
+            if let Some(a) = crate::udp::from_sockaddr(&name) {
                 f(canon(a));
             }
         }

@@ -554,7 +554,7 @@ extern "C" fn fork_child() {
                         log::info(&format!("took over the RGTP listener on {addr}"));
                         break;
                     }
-                    Err(e) if tries < 100 => {
+                    Err(e) if tries < 500 => {
                         tries += 1;
                         log::debug(&format!("re-opening {addr}: {e}"));
                         std::thread::sleep(Duration::from_millis(20));

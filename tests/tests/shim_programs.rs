@@ -37,12 +37,18 @@ fn need(program: &str) {
     );
 }
 
-/// A port free for both TCP and UDP on 127.0.0.1.
+/// A port free for both TCP and UDP on 127.0.0.1, below the kernel's ephemeral range
+/// (as servers' ports are): a daemonizing server re-binds its port when its parent
+/// exits, and a port from the ephemeral range could meanwhile be handed to any of the
+/// other tests' client sockets.
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let p = u.local_addr().expect("addr").port();
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    for _ in 0..2000 {
+        let p = 20_000
+            + (base - 20_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 12_000;
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
             return p;
         }
     }

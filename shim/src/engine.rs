@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -305,9 +305,12 @@ enum Target {
     Tcp(SocketAddr),
 }
 
-/// Listeners to re-open if this process outlives its parent (daemonizing servers
-/// listen, fork, and let the parent exit).
-static LISTENERS: Mutex<Vec<(SocketAddr, Target)>> = Mutex::new(Vec::new());
+/// A listener's UDP address, where it hands connections, and its UDP socket's fd.
+/// A forked child keeps that fd open (it is the same socket as its parent's), to serve
+/// it when no other process does: daemonizing servers listen, fork, and let the parent
+/// exit. Keeping the socket, not binding the port anew, means the port never closes
+/// and datagrams sent meanwhile wait in its queue.
+static LISTENERS: Mutex<Vec<(SocketAddr, Target, RawFd)>> = Mutex::new(Vec::new());
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn abstract_addr(name: &[u8]) -> (libc::sockaddr_un, socklen_t) {
@@ -355,7 +358,7 @@ pub fn listen_fd(fd: c_int, backlog: c_int, e: Entry) -> c_int {
     } else {
         Target::Unix(unique_name("l"))
     };
-    let listener = match open_listener(udp_addr, &target) {
+    let udp_fd = match open_listener(udp_addr, &target) {
         Ok(l) => l,
         Err(err) if c.fallback => {
             log::warn(&format!(
@@ -371,7 +374,6 @@ pub fn listen_fd(fd: c_int, backlog: c_int, e: Entry) -> c_int {
             return fail(errno_of(&err));
         }
     };
-    let _ = listener;
     match &target {
         Target::Tcp(_) => {
             // SAFETY: forwarding the app's call.
@@ -418,7 +420,14 @@ pub fn listen_fd(fd: c_int, backlog: c_int, e: Entry) -> c_int {
             }
         }
     }
-    LISTENERS.lock().push((udp_addr, target));
+    match claim(udp_fd) {
+        Ok(Some(c)) => own(c.into_raw_fd()),
+        Ok(None) => log::warn(&format!("the RGTP listener on {udp_addr} is claimed twice")),
+        Err(err) => log::warn(&format!(
+            "cannot claim the RGTP listener on {udp_addr}: {err}"
+        )),
+    }
+    LISTENERS.lock().push((udp_addr, target, udp_fd));
     0
 }
 
@@ -430,12 +439,43 @@ fn loopback_if_any(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Opens the RGTP listener on UDP `addr`, handing connections to `target`.
-fn open_listener(addr: SocketAddr, target: &Target) -> io::Result<RawFd> {
+/// Marks the process serving the UDP socket `udp_fd`: an abstract unix socket named
+/// by the socket's inode, bound by the server and released by the kernel when the
+/// server closes it or dies. Forked children do not inherit the claim (fork_child
+/// closes it), so exactly one process at a time serves a listener, and a daemon takes
+/// over the moment its parent is gone. None: another process holds it.
+fn claim(udp_fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: zeroed stat is valid storage for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd we hold.
+    if unsafe { libc::fstat(udp_fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let s = unix_socket()?;
+    let mut name = vec![0u8];
+    name.extend_from_slice(format!("rgtp-shim-serves-{}-{}", st.st_dev, st.st_ino).as_bytes());
+    let (a, l) = abstract_addr(&name);
+    // SAFETY: valid socket and address.
+    if unsafe { libc::bind(s.as_raw_fd(), &a as *const _ as *const sockaddr, l) } == 0 {
+        return Ok(Some(s));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EADDRINUSE) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
+fn hand_over_to(target: &Target, local: SocketAddr) -> HandOver {
     let t = target.clone();
-    let local = addr;
-    let hand: HandOver = Arc::new(move |peer| hand_over(peer, &t, local));
-    engine()?.listen(addr, server_key(), hand)
+    Arc::new(move |peer| hand_over(peer, &t, local))
+}
+
+/// Opens the RGTP listener on UDP `addr`, handing connections to `target`; returns
+/// its UDP socket's fd.
+fn open_listener(addr: SocketAddr, target: &Target) -> io::Result<RawFd> {
+    engine()?.listen(addr, server_key(), hand_over_to(target, addr))
 }
 
 /// Connects an engine-side socket to the app's listener and bridges it to `stream`.
@@ -523,50 +563,57 @@ extern "C" fn fork_child() {
         LISTENERS.force_unlock();
     }
     // The engine threads did not come along: its fds here would only keep the app's
-    // ends from seeing EOF. The parent's engine still serves them.
+    // ends from seeing EOF (the parent's engine still serves them). Listening UDP
+    // sockets stay, to be served if the parent exits.
+    let listeners = LISTENERS.lock().clone();
     let fds = std::mem::take(&mut *OWNED.lock());
     for fd in fds {
-        // SAFETY: closing this process's copies of engine-owned fds.
-        unsafe { libc::close(fd) };
+        if !listeners.iter().any(|l| l.2 == fd) {
+            // SAFETY: closing this process's copies of engine-owned fds.
+            unsafe { libc::close(fd) };
+        }
     }
-    // SAFETY: the child's only thread; the engine (and its lock holder) stayed behind.
-    unsafe { ENGINE.force_unlock() };
     *ENGINE.lock() = None;
-    let listeners = LISTENERS.lock().clone();
     if listeners.is_empty() {
         return;
     }
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() };
     spawn_engine_thread("rgtp-adopt", move || {
-        // A daemonizing server's parent exits right after fork: then this process
-        // takes over its listeners. Workers whose parent lives on never do.
-        // SAFETY: getppid has no preconditions.
-        while unsafe { libc::getppid() } == parent {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        for (addr, target) in listeners {
-            let mut tries = 0;
-            loop {
-                match open_listener(addr, &target) {
-                    Ok(_) => {
-                        log::info(&format!("took over the RGTP listener on {addr}"));
-                        break;
-                    }
-                    Err(e) if tries < 500 => {
-                        tries += 1;
-                        log::debug(&format!("re-opening {addr}: {e}"));
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => {
-                        log::error(&format!(
-                            "cannot take over the RGTP listener on {addr}: {e}"
-                        ));
-                        break;
-                    }
+        // A daemonizing server's parent exits right after fork: then the claim is free
+        // and this process takes over. Workers whose parent lives on never do; if
+        // several children outlive it, the kernel lets exactly one bind the claim.
+        let mut waiting = listeners;
+        while !waiting.is_empty() {
+            waiting.retain(|(addr, target, fd)| match claim(*fd) {
+                Ok(Some(c)) => {
+                    adopt(*addr, target, *fd, c);
+                    false
                 }
-            }
+                Ok(None) => true,
+                Err(e) => {
+                    log::error(&format!("cannot claim the RGTP listener on {addr}: {e}"));
+                    false
+                }
+            });
+            std::thread::sleep(Duration::from_millis(25));
         }
     });
+}
+
+fn adopt(addr: SocketAddr, target: &Target, fd: RawFd, claim: OwnedFd) {
+    // SAFETY: fd is this process's copy of the listener's UDP socket, kept open by
+    // fork_child for this and owned by nothing else here.
+    let sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    match engine() {
+        Ok(e) => {
+            own(claim.into_raw_fd());
+            e.listen_on(sock, server_key(), hand_over_to(target, addr));
+            log::info(&format!("took over the RGTP listener on {addr}"));
+        }
+        Err(e) => {
+            std::mem::forget(sock);
+            log::error(&format!(
+                "cannot take over the RGTP listener on {addr}: {e}"
+            ))
+        }
+    }
 }

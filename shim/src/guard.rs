@@ -15,9 +15,18 @@ pub fn inside() -> bool {
     IN_SHIM.with(|c| c.get())
 }
 
-/// Marks the current thread as the shim's (engine threads call this once).
+/// Marks the current thread as the shim's (engine threads call this once) and blocks
+/// every signal on it: the app's handlers must run on the app's threads, or a server
+/// waiting in sigsuspend (nginx's master) would never see its SIGCHLD or SIGHUP.
 pub fn mark_engine_thread() {
     IN_SHIM.with(|c| c.set(true));
+    // SAFETY: a zeroed sigset_t is valid storage; sigfillset and pthread_sigmask only
+    // touch it and this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
 }
 
 /// Runs `f` with the flag set, restoring it after.

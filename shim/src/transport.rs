@@ -111,6 +111,10 @@ impl Engine {
         listening: bool,
     ) -> io::Result<usize> {
         let sock = rgtp::udp::bind(bind)?;
+        Ok(self.add_ep(inner, sock, key, listening))
+    }
+
+    fn add_ep(&self, inner: &mut Inner, sock: UdpSocket, key: StaticKey, listening: bool) -> usize {
         enable_recverr(&sock);
         crate::engine::own(sock.as_raw_fd());
         let mut cfg = EndpointConfig::new(key);
@@ -122,7 +126,7 @@ impl Engine {
             ep,
             hand_over: None,
         });
-        Ok(inner.eps.len() - 1)
+        inner.eps.len() - 1
     }
 
     /// Opens an RGTP connection and waits (at most `timeout`) for its handshake.
@@ -202,12 +206,19 @@ impl Engine {
         key: StaticKey,
         hand_over: HandOver,
     ) -> io::Result<RawFd> {
+        let sock = rgtp::udp::bind(addr)?;
+        Ok(self.listen_on(sock, key, hand_over))
+    }
+
+    /// Serves an RGTP listener on a bound UDP socket (one inherited from a parent that
+    /// exited: datagrams queued meanwhile are still there, and the port never closed).
+    pub fn listen_on(&self, sock: UdpSocket, key: StaticKey, hand_over: HandOver) -> RawFd {
         let mut g = self.inner.lock();
-        let idx = self.new_ep(&mut g, addr, key, true)?;
+        let idx = self.add_ep(&mut g, sock, key, true);
         g.eps[idx].hand_over = Some(hand_over);
         let fd = g.eps[idx].sock.as_raw_fd();
         self.wake();
-        Ok(fd)
+        fd
     }
 
     /// At exit: the app's unread-by-us bytes count as its last, every bridge sends FIN,

@@ -2,13 +2,19 @@
 """Socket patterns real programs use, run under librgtp_shim.so by shim_programs.rs.
 
 server MODE PORT / client MODE PORT, MODE one of: blocking, select, poll, asyncio,
-threads. Each client sends a payload derived from its index, the server echoes it
-back reversed, the client checks the answer and prints OK. Every wait is bounded.
+threads, daemon. Each client sends a payload derived from its index, the server echoes
+it back reversed, the client checks the answer and prints OK. Every wait is bounded.
+
+daemon: the server listens, forks two children and exits at once (as daemonizing
+servers do, but with two heirs of one listener); each child writes its pid to
+daemon-PID.pid in the working directory and serves until idle for 60 s. The client
+makes DAEMON_CLIENTS connections one after the other.
 """
 import asyncio, hashlib, os, select, socket, sys, threading
 
 HOST = "127.0.0.1"
 N_THREADS = 8
+DAEMON_CLIENTS = 8
 
 
 def payload(i, n=256 * 1024):
@@ -52,6 +58,25 @@ def serve(port, count):
     for t in threads:
         t.join(60)
     print("SERVED", count, flush=True)
+
+
+def serve_daemon(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((HOST, port))
+    s.listen(64)
+    for _ in range(2):
+        if os.fork() == 0:
+            with open(f"daemon-{os.getpid()}.pid", "w") as f:
+                f.write(str(os.getpid()))
+            s.settimeout(60)
+            try:
+                while True:
+                    conn, _ = s.accept()
+                    handle(conn)
+            except socket.timeout:
+                os._exit(0)
+    os._exit(0)  # at once: the heirs must take the listener over
 
 
 def check(i, got):
@@ -128,6 +153,8 @@ async def client_asyncio(port):
 def main():
     role, mode, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     count = N_THREADS if mode == "threads" else 1
+    if role == "server" and mode == "daemon":
+        serve_daemon(port)
     if role == "server":
         serve(port, count)
         return
@@ -137,6 +164,9 @@ def main():
         client_nonblocking(port, mode == "poll")
     elif mode == "asyncio":
         asyncio.run(client_asyncio(port))
+    elif mode == "daemon":
+        for i in range(DAEMON_CLIENTS):
+            client_blocking(port, i)
     elif mode == "threads":
         errors = []
 

@@ -38,9 +38,8 @@ fn need(program: &str) {
 }
 
 /// A port free for both TCP and UDP on 127.0.0.1, below the kernel's ephemeral range
-/// (as servers' ports are): a daemonizing server re-binds its port when its parent
-/// exits, and a port from the ephemeral range could meanwhile be handed to any of the
-/// other tests' client sockets.
+/// (as servers' ports are), so no other test's client socket can be handed it between
+/// this check and the server's bind.
 fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let base = 20_000 + (std::process::id() % 500) as u16 * 20;
@@ -341,7 +340,6 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-#[ignore = "BUG (open): intermittently, under the parallel suite, the daemon never re-opens the RGTP listener after its parent exits; passes alone (run with --ignored)"]
 fn curl_and_wget_from_nginx_daemon_mode() {
     nginx_case(true);
 }
@@ -540,6 +538,50 @@ fn python_asyncio_epoll() {
 #[test]
 fn python_many_threads() {
     python_case("threads");
+}
+
+/// A server that listens, forks two heirs and exits at once: the listening UDP socket
+/// stays open through the hand-over (no port gap), and exactly one heir serves it (two
+/// engines reading one socket would split handshakes, and clients would fail).
+#[test]
+fn python_forking_daemon_heirs_take_over_the_listener() {
+    need("python3");
+    let t = TestDir::new("shim-py-daemon");
+    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
+    let port = free_port();
+    let mut c = shimmed(&t, "python3", port, true);
+    c.current_dir(t.path())
+        .arg(&script)
+        .args(["server", "daemon", &port.to_string()]);
+    let f = Proc::spawn(c, "py-daemon", t.path(), false).finish(Duration::from_secs(30));
+    assert!(f.status.success(), "{}", f.describe());
+    let heirs = || -> Vec<i32> {
+        fs::read_dir(t.path())
+            .unwrap()
+            .filter_map(|e| {
+                let n = e.ok()?.file_name().into_string().ok()?;
+                n.strip_prefix("daemon-")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    wait_until("both heirs' pid files", Duration::from_secs(20), || {
+        heirs().len() == 2
+    });
+    let _guards: Vec<KillOnDrop> = heirs().into_iter().map(KillOnDrop).collect();
+    assert!(
+        udp_bound(port),
+        "the listener's UDP port closed with the parent"
+    );
+    assert_udp_only(port);
+    let mut c = shimmed(&t, "python3", port, true);
+    c.arg(&script).args(["client", "daemon", &port.to_string()]);
+    let out = run_ok(&t, c, "py-client");
+    assert!(out.contains("OK"), "{out}");
+    let took_over = log(&t).matches("took over the RGTP listener").count();
+    assert_eq!(took_over, 1, "{}", log(&t));
 }
 
 #[test]

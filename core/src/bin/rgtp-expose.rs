@@ -185,11 +185,12 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "  root: {}", hex(&info.root));
         let _ = writeln!(out, "  key:  {}", keys::fingerprint(&key.public));
     }
+    // Before announcing: whoever reads "listening on" may signal us at once.
+    driver::install_stop_handler();
     let _ = writeln!(out, "listening on {local}");
     let _ = out.flush();
     drop(out);
 
-    driver::install_stop_handler();
     if let Err(e) = driver::serve(&sock, &mut ex, &driver::STOP) {
         return fail(1, format!("socket error: {e}"));
     }

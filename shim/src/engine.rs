@@ -231,6 +231,9 @@ pub fn connect_fd(
     ensure_process_hooks();
     let peer_v = canonical(peer);
     log::debug(&format!("connect {peer_v} over RGTP"));
+    if !c.fallback && is_nonblocking(fd) {
+        return connect_nonblocking(c, fd, family, peer, peer_v);
+    }
     let attempt = engine().and_then(|e| {
         e.connect(peer_v, c.connect_timeout, pinned_key(c, &peer_v))
             .map(|r| (e, r))
@@ -272,6 +275,98 @@ pub fn connect_fd(
             log::info(&format!("RGTP connect to {peer_v}: {err}"));
             fail(errno_of(&err))
         }
+    }
+}
+
+fn is_nonblocking(fd: c_int) -> bool {
+    // SAFETY: fcntl query on the app's fd.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
+}
+
+/// Strict mode, non-blocking socket: returns EINPROGRESS at once, as TCP does. The
+/// app's fd becomes a socketpair end whose send buffer we fill with filler bytes, so
+/// it polls unwritable until the engine completes the handshake and drops the filler
+/// (then POLLOUT, SO_ERROR 0), or fails it (POLLOUT|POLLHUP, SO_ERROR says why).
+/// Fallback mode keeps the blocking wait: falling back to TCP from the engine thread
+/// would need a TCP bridge it does not have.
+fn connect_nonblocking(
+    c: &Config,
+    fd: c_int,
+    family: c_int,
+    peer: SocketAddr,
+    peer_v: SocketAddr,
+) -> c_int {
+    let e = match engine() {
+        Ok(e) => e,
+        Err(err) => return fail(errno_of(&err)),
+    };
+    let (app, eng) = match socketpair() {
+        Ok(p) => p,
+        Err(err) => return fail(errno_of(&err)),
+    };
+    let skip = fill(app.as_raw_fd());
+    if let Err(err) = replace_fd(fd, app) {
+        return fail(errno_of(&err));
+    }
+    let Some(ino) = registry::inode(fd) else {
+        return fail(libc::EBADF);
+    };
+    registry::insert(
+        ino,
+        Entry {
+            kind: Kind::Conn,
+            family,
+            local: SocketAddr::new(local_ip_for(&peer_v), 0),
+            peer: Some(peer),
+            emulated_fd: true,
+        },
+    );
+    registry::set_connecting(ino, Some(registry::Connecting::InProgress));
+    match e.connect_nonblocking(
+        peer_v,
+        c.connect_timeout,
+        pinned_key(c, &peer_v),
+        eng,
+        Some(ino),
+        skip,
+    ) {
+        Ok(local) => {
+            if let Some(mut en) = registry::get(ino) {
+                en.local = SocketAddr::new(local_ip_for(&peer_v), local.port());
+                registry::insert(ino, en);
+            }
+            fail(libc::EINPROGRESS)
+        }
+        Err(err) => {
+            registry::remove(ino);
+            log::info(&format!("RGTP connect to {peer_v}: {err}"));
+            fail(errno_of(&err))
+        }
+    }
+}
+
+/// Writes filler into `fd` (non-blocking) until its send buffer is full; returns how
+/// many bytes.
+fn fill(fd: c_int) -> usize {
+    set_nonblock(fd);
+    let zeros = [0u8; 16 * 1024];
+    let mut total = 0;
+    loop {
+        // SAFETY: writing from our own buffer to our own fd.
+        let n = unsafe { libc::write(fd, zeros.as_ptr().cast(), zeros.len()) };
+        if n <= 0 {
+            return total;
+        }
+        total += n as usize;
+    }
+}
+
+fn set_nonblock(fd: c_int) {
+    // SAFETY: fcntl on our own fd.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use crate::guard::{self, set_errno};
-use crate::registry::{self, Entry, Kind, PendingKey};
+use crate::registry::{self, Connecting, Entry, Kind, PendingKey};
 use crate::{engine, real, sockaddr as sa};
 
 /// The socket's (domain, type) if it is an AF_INET/AF_INET6 stream socket.
@@ -78,6 +78,20 @@ fn fail(errno: c_int) -> c_int {
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if !guard::inside() && engine::broken() && inet_stream(fd).is_some() {
         return fail(libc::EINVAL);
+    }
+    // connect again on an emulated connection: what TCP says at each stage.
+    if !guard::inside() && !registry::is_empty() {
+        if let Some(ino) = registry::inode(fd) {
+            if registry::get(ino).is_some_and(|e| e.kind == Kind::Conn) {
+                return match registry::connecting(ino) {
+                    Some(Connecting::InProgress) => fail(libc::EALREADY),
+                    Some(Connecting::Failed(_)) => {
+                        fail(registry::take_connect_error(ino).unwrap_or(libc::ECONNREFUSED))
+                    }
+                    None => fail(libc::EISCONN),
+                };
+            }
+        }
     }
     // SAFETY: caller's contract.
     let Some((peer, family)) = (unsafe { wanted(fd, addr, len) }) else {
@@ -256,7 +270,16 @@ unsafe fn name_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer:
     let Some(e) = registry::lookup_fd(fd) else {
         return real_call();
     };
-    let shown = if peer { e.peer } else { Some(e.local) };
+    let connecting = peer
+        && e.kind == Kind::Conn
+        && registry::inode(fd).is_some_and(|i| registry::connecting(i).is_some());
+    let shown = if connecting {
+        None
+    } else if peer {
+        e.peer
+    } else {
+        Some(e.local)
+    };
     match shown {
         Some(a) => guard::hook(|| {
             if addr.is_null() || len.is_null() {
@@ -326,6 +349,14 @@ pub unsafe extern "C" fn getsockopt(
         // SAFETY (all arms): caller's buffers, checked by put_int / forwarded.
         (libc::SOL_SOCKET, libc::SO_DOMAIN) => unsafe { put_int(val, len, e.family) },
         (libc::SOL_SOCKET, libc::SO_PROTOCOL) => unsafe { put_int(val, len, libc::IPPROTO_TCP) },
+        (libc::SOL_SOCKET, libc::SO_ERROR) => {
+            match registry::inode(fd).and_then(registry::take_connect_error) {
+                // SAFETY: caller's buffers, checked by put_int.
+                Some(err) => unsafe { put_int(val, len, err) },
+                // SAFETY: forwarding.
+                None => unsafe { real::getsockopt(fd, level, name, val, len) },
+            }
+        }
         (libc::IPPROTO_TCP, libc::TCP_INFO) => {
             if val.is_null() || len.is_null() {
                 return fail(libc::EFAULT);

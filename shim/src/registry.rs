@@ -47,6 +47,46 @@ pub enum PendingKey {
     Tcp(SocketAddr),
 }
 
+/// A non-blocking connect that has not succeeded: what SO_ERROR, connect and
+/// getpeername report until it does (absent once connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connecting {
+    InProgress,
+    Failed(libc::c_int),
+}
+
+static CONNECTING: Mutex<Option<HashMap<u64, Connecting>>> = Mutex::new(None);
+
+pub fn set_connecting(ino: u64, c: Option<Connecting>) {
+    let mut m = CONNECTING.lock();
+    let m = m.get_or_insert_with(HashMap::new);
+    match c {
+        Some(c) => m.insert(ino, c),
+        None => m.remove(&ino),
+    };
+}
+
+pub fn connecting(ino: u64) -> Option<Connecting> {
+    CONNECTING
+        .lock()
+        .as_ref()
+        .and_then(|m| m.get(&ino).copied())
+}
+
+/// Reads a failed connect's error once, as SO_ERROR does (then it reads 0).
+pub fn take_connect_error(ino: u64) -> Option<libc::c_int> {
+    let mut m = CONNECTING.lock();
+    let m = m.as_mut()?;
+    match m.get(&ino) {
+        Some(Connecting::Failed(e)) => {
+            let e = *e;
+            m.remove(&ino);
+            Some(e)
+        }
+        _ => None,
+    }
+}
+
 pub fn is_empty() -> bool {
     COUNT.load(Ordering::Relaxed) == 0
 }
@@ -87,6 +127,9 @@ pub fn lookup_fd(fd: libc::c_int) -> Option<Entry> {
 }
 
 pub fn remove(ino: u64) {
+    if let Some(m) = CONNECTING.lock().as_mut() {
+        m.remove(&ino);
+    }
     let mut t = TABLE.lock();
     if t.as_mut().and_then(|t| t.remove(&ino)).is_some() {
         COUNT.fetch_sub(1, Ordering::Relaxed);
@@ -108,6 +151,7 @@ pub fn take_pending(key: &PendingKey) -> Option<(SocketAddr, SocketAddr)> {
 pub fn before_fork() {
     std::mem::forget(TABLE.lock());
     std::mem::forget(PENDING.lock());
+    std::mem::forget(CONNECTING.lock());
 }
 
 pub fn after_fork() {
@@ -116,5 +160,6 @@ pub fn after_fork() {
     unsafe {
         TABLE.force_unlock();
         PENDING.force_unlock();
+        CONNECTING.force_unlock();
     }
 }

@@ -47,6 +47,59 @@ struct Bridge {
     fd_wr_shut: bool,
     /// The connection failed or was reset.
     dead: bool,
+    /// A non-blocking connect's handshake is under way, until this deadline: the fd
+    /// is left alone (the app sees it unwritable) until it completes.
+    connecting: Option<Instant>,
+    /// Filler bytes the app's end holds to look unwritable while connecting; read and
+    /// dropped before the app's own bytes.
+    skip: usize,
+}
+
+impl Bridge {
+    fn new(fd: OwnedFd, app_ino: Option<u64>) -> Bridge {
+        Bridge {
+            fd,
+            app_ino,
+            up: Vec::new(),
+            fd_eof: false,
+            fin_sent: false,
+            down: Vec::new(),
+            down_off: 0,
+            conn_eof: false,
+            fd_wr_shut: false,
+            dead: false,
+            connecting: None,
+            skip: 0,
+        }
+    }
+
+    /// Reads and drops what is left of the filler; true once it is all gone.
+    fn drain_skip(&mut self, buf: &mut [u8]) -> bool {
+        while self.skip > 0 {
+            let want = self.skip.min(buf.len());
+            // SAFETY: reading into our own buffer.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
+            if n <= 0 {
+                return false;
+            }
+            self.skip -= n as usize;
+        }
+        true
+    }
+
+    /// A non-blocking connect failed: SO_ERROR says why, and the app's end turns
+    /// writable and hung up, as a failed TCP connect does.
+    fn fail_connect(&mut self, errno: libc::c_int, buf: &mut [u8]) {
+        self.connecting = None;
+        self.dead = true;
+        if let Some(ino) = self.app_ino.take() {
+            // Kept past the bridge (app_ino taken): the app reads it after we are gone.
+            crate::registry::set_connecting(ino, Some(crate::registry::Connecting::Failed(errno)));
+        }
+        self.drain_skip(buf);
+        // SAFETY: valid fd: the app's reads and writes end.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
 }
 
 #[derive(Default)]
@@ -137,28 +190,7 @@ impl Engine {
         pin: Option<[u8; 32]>,
     ) -> io::Result<(usize, ConnId, SocketAddr)> {
         let mut g = self.inner.lock();
-        let fam = addr.is_ipv6() as usize;
-        let idx = match g.client_ep[fam] {
-            Some(i) => i,
-            None => {
-                let bind: SocketAddr = if addr.is_ipv6() {
-                    "[::]:0"
-                } else {
-                    "0.0.0.0:0"
-                }
-                .parse()
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-                let i = self.new_ep(&mut g, bind, self.client_key.clone(), false)?;
-                g.client_ep[fam] = Some(i);
-                i
-            }
-        };
-        let local = g.eps[idx].sock.local_addr()?;
-        let opts = rgtp::conn::ConnectOptions {
-            server_key: pin,
-            ..Default::default()
-        };
-        let id = g.eps[idx].ep.connect_with(Instant::now(), addr, opts)?;
+        let (idx, id, local) = self.start_connect(&mut g, addr, pin)?;
         g.connecting.insert((idx, id), None);
         self.wake();
         let deadline = Instant::now() + timeout;
@@ -176,25 +208,69 @@ impl Engine {
         }
     }
 
+    /// Starts an RGTP connection bridged to `fd` at once, without waiting: the
+    /// handshake completes (or fails, into SO_ERROR) in the engine thread. `skip`
+    /// filler bytes the app's end wrote are dropped first. Returns the local address.
+    pub fn connect_nonblocking(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        pin: Option<[u8; 32]>,
+        fd: OwnedFd,
+        app_ino: Option<u64>,
+        skip: usize,
+    ) -> io::Result<SocketAddr> {
+        let mut g = self.inner.lock();
+        let (idx, id, local) = self.start_connect(&mut g, addr, pin)?;
+        set_nonblocking(fd.as_raw_fd());
+        crate::engine::own(fd.as_raw_fd());
+        let mut b = Bridge::new(fd, app_ino);
+        b.connecting = Some(Instant::now() + timeout);
+        b.skip = skip;
+        g.bridges.insert((idx, id), b);
+        self.wake();
+        Ok(local)
+    }
+
+    fn start_connect(
+        &self,
+        g: &mut Inner,
+        addr: SocketAddr,
+        pin: Option<[u8; 32]>,
+    ) -> io::Result<(usize, ConnId, SocketAddr)> {
+        let fam = addr.is_ipv6() as usize;
+        let idx = match g.client_ep[fam] {
+            Some(i) => i,
+            None => {
+                let bind: SocketAddr = if addr.is_ipv6() {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                }
+                .parse()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                let i = self.new_ep(g, bind, self.client_key.clone(), false)?;
+                g.client_ep[fam] = Some(i);
+                i
+            }
+        };
+        let local = g.eps[idx].sock.local_addr()?;
+        let opts = rgtp::conn::ConnectOptions {
+            server_key: pin,
+            ..Default::default()
+        };
+        let id = g.eps[idx].ep.connect_with(Instant::now(), addr, opts)?;
+        Ok((idx, id, local))
+    }
+
     /// Bridges connection `id` to `fd` until both directions end.
     pub fn attach(&self, idx: usize, id: ConnId, fd: OwnedFd, app_ino: Option<u64>) {
         set_nonblocking(fd.as_raw_fd());
         crate::engine::own(fd.as_raw_fd());
-        self.inner.lock().bridges.insert(
-            (idx, id),
-            Bridge {
-                fd,
-                app_ino,
-                up: Vec::new(),
-                fd_eof: false,
-                fin_sent: false,
-                down: Vec::new(),
-                down_off: 0,
-                conn_eof: false,
-                fd_wr_shut: false,
-                dead: false,
-            },
-        );
+        self.inner
+            .lock()
+            .bridges
+            .insert((idx, id), Bridge::new(fd, app_ino));
         self.wake();
     }
 
@@ -259,7 +335,7 @@ impl Engine {
                 }
                 for (k, b) in &g.bridges {
                     let mut ev = 0;
-                    if !b.fd_eof && b.up.len() < UP_CAP && !b.dead {
+                    if !b.fd_eof && b.up.len() < UP_CAP && !b.dead && b.connecting.is_none() {
                         ev |= libc::POLLIN;
                     }
                     if b.down_off < b.down.len() {
@@ -269,7 +345,7 @@ impl Engine {
                     keys.push(*k);
                 }
                 let now = Instant::now();
-                let mut t: Option<Instant> = None;
+                let mut t: Option<Instant> = g.bridges.values().filter_map(|b| b.connecting).min();
                 for e in g.eps.iter_mut() {
                     if let Some(x) = e.ep.poll_timeout() {
                         t = Some(t.map_or(x, |t| t.min(x)));
@@ -333,10 +409,14 @@ impl Engine {
                     e.ep.handle_timeout(now);
                 }
             }
-            self.process_events(&mut g, now);
+            self.process_events(&mut g, now, &mut buf);
             let exiting = g.exiting;
             let inner = &mut *g;
             for (k, b) in inner.bridges.iter_mut() {
+                if b.connecting.is_some_and(|d| d <= now) {
+                    inner.eps[k.0].ep.abort(now, k.1);
+                    b.fail_connect(libc::ETIMEDOUT, &mut buf);
+                }
                 pump(&mut inner.eps[k.0].ep, k.1, b, now, &mut buf, exiting);
             }
             // Release finished bridges.
@@ -374,7 +454,7 @@ impl Engine {
         }
     }
 
-    fn process_events(&self, g: &mut Inner, now: Instant) {
+    fn process_events(&self, g: &mut Inner, now: Instant, buf: &mut [u8]) {
         let mut notify = false;
         for i in 0..g.eps.len() {
             while let Some((id, ev)) = g.eps[i].ep.poll_event() {
@@ -384,6 +464,13 @@ impl Engine {
                             *slot = Some(Ok(()));
                             notify = true;
                         }
+                        if let Some(b) = g.bridges.get_mut(&(i, id)) {
+                            if b.connecting.take().is_some() {
+                                if let Some(ino) = b.app_ino {
+                                    crate::registry::set_connecting(ino, None);
+                                }
+                            }
+                        }
                     }
                     Event::Closed { error } => {
                         if let Some(slot) = g.connecting.get_mut(&(i, id)) {
@@ -392,7 +479,10 @@ impl Engine {
                             notify = true;
                         }
                         if let Some(b) = g.bridges.get_mut(&(i, id)) {
-                            if error.is_some() {
+                            if b.connecting.is_some() {
+                                let kind = error.unwrap_or(io::ErrorKind::ConnectionRefused);
+                                b.fail_connect(errno_of_kind(kind), buf);
+                            } else if error.is_some() {
                                 b.dead = true;
                                 // SAFETY: valid fd: the app's reads and writes end.
                                 unsafe { libc::shutdown(b.fd.as_raw_fd(), libc::SHUT_RDWR) };
@@ -410,21 +500,7 @@ impl Engine {
                                 Ok(fd) => {
                                     set_nonblocking(fd.as_raw_fd());
                                     crate::engine::own(fd.as_raw_fd());
-                                    g.bridges.insert(
-                                        (i, cid),
-                                        Bridge {
-                                            fd,
-                                            app_ino: None,
-                                            up: Vec::new(),
-                                            fd_eof: false,
-                                            fin_sent: false,
-                                            down: Vec::new(),
-                                            down_off: 0,
-                                            conn_eof: false,
-                                            fd_wr_shut: false,
-                                            dead: false,
-                                        },
-                                    );
+                                    g.bridges.insert((i, cid), Bridge::new(fd, None));
                                 }
                                 Err(e) => {
                                     log::warn(&format!(
@@ -442,6 +518,15 @@ impl Engine {
         if notify {
             self.cond.notify_all();
         }
+    }
+}
+
+fn errno_of_kind(kind: io::ErrorKind) -> libc::c_int {
+    match kind {
+        io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        io::ErrorKind::ConnectionReset => libc::ECONNRESET,
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        _ => libc::ECONNREFUSED,
     }
 }
 
@@ -465,7 +550,7 @@ fn pump(
     buf: &mut [u8],
     exiting: bool,
 ) {
-    if b.dead {
+    if b.dead || b.connecting.is_some() || !b.drain_skip(buf) {
         return;
     }
     let fd = b.fd.as_raw_fd();

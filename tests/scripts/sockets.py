@@ -2,15 +2,18 @@
 """Socket patterns real programs use, run under librgtp_shim.so by shim_programs.rs.
 
 server MODE PORT / client MODE PORT, MODE one of: blocking, select, poll, asyncio,
-threads, daemon. Each client sends a payload derived from its index, the server echoes
+threads, daemon, refused. Each client sends a payload derived from its index, the server echoes
 it back reversed, the client checks the answer and prints OK. Every wait is bounded.
 
 daemon: the server listens, forks two children and exits at once (as daemonizing
 servers do, but with two heirs of one listener); each child writes its pid to
 daemon-PID.pid in the working directory and serves until idle for 60 s. The client
 makes DAEMON_CLIENTS connections one after the other.
+
+refused (client only; nothing listens): a non-blocking connect says EINPROGRESS, then
+polls writable with SO_ERROR ECONNREFUSED, as TCP does.
 """
-import asyncio, hashlib, os, select, socket, sys, threading
+import asyncio, errno, hashlib, os, select, socket, sys, threading
 
 HOST = "127.0.0.1"
 N_THREADS = 8
@@ -99,7 +102,7 @@ def nonblocking_connect(port, use_poll):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setblocking(False)
     err = s.connect_ex((HOST, port))
-    assert err in (0, 115), os.strerror(err)  # 0 or EINPROGRESS
+    assert err == errno.EINPROGRESS, os.strerror(err)
     if use_poll:
         p = select.poll()
         p.register(s, select.POLLOUT)
@@ -109,6 +112,20 @@ def nonblocking_connect(port, use_poll):
         assert w, "connect did not complete"
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
     return s
+
+
+def client_refused(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    err = s.connect_ex((HOST, port))
+    assert err == errno.EINPROGRESS, os.strerror(err)
+    p = select.poll()
+    p.register(s, select.POLLOUT)
+    assert p.poll(30000), "the failed connect never became writable"
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    assert err == errno.ECONNREFUSED, os.strerror(err)
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, "SO_ERROR reads once"
+    s.close()
 
 
 def client_nonblocking(port, use_poll):
@@ -164,6 +181,8 @@ def main():
         client_nonblocking(port, mode == "poll")
     elif mode == "asyncio":
         asyncio.run(client_asyncio(port))
+    elif mode == "refused":
+        client_refused(port)
     elif mode == "daemon":
         for i in range(DAEMON_CLIENTS):
             client_blocking(port, i)

@@ -540,6 +540,21 @@ fn python_many_threads() {
     python_case("threads");
 }
 
+/// Non-blocking connect toward a port nothing serves: EINPROGRESS, then writable
+/// with SO_ERROR = ECONNREFUSED (the ICMP refusal of the RGTP datagram).
+#[test]
+fn python_nonblocking_connect_refused() {
+    need("python3");
+    let t = TestDir::new("shim-py-refused");
+    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
+    let port = free_port();
+    let mut c = shimmed(&t, "python3", port, true);
+    c.arg(&script)
+        .args(["client", "refused", &port.to_string()]);
+    let out = run_ok(&t, c, "py-client");
+    assert!(out.contains("OK"), "{out}");
+}
+
 /// A server that listens, forks two heirs and exits at once: the listening UDP socket
 /// stays open through the hand-over (no port gap), and exactly one heir serves it (two
 /// engines reading one socket would split handshakes, and clients would fail).

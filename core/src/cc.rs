@@ -19,6 +19,7 @@ const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
 const BW_FILTER_ROUNDS: usize = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const SCHEDULING_ALLOWANCE: Duration = Duration::from_millis(2);
+const MAX_DRAIN_ROUNDS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -50,6 +51,7 @@ pub struct RateControl {
     full_bw_rounds: u32,
     cycle_idx: usize,
     cycle_start: Instant,
+    drain_rounds: u32,
     /// The current round had moments with nothing to ask for: its rate says little
     /// about the path (BBR's app-limited samples).
     app_limited: bool,
@@ -79,6 +81,7 @@ impl RateControl {
             full_bw_rounds: 0,
             cycle_idx: 0,
             cycle_start: now,
+            drain_rounds: 0,
             app_limited: false,
             backoff: 0,
         }
@@ -186,8 +189,14 @@ impl RateControl {
                 }
             }
             Mode::Drain => {
-                // Leave the queue startup built before probing again.
-                if self.inflight as f64 <= self.bdp() {
+                // Leave the queue startup built before probing again: down to what the
+                // steady window allows without a queue. Not the bare BDP: on loopback
+                // that is a fraction of one chunk, below what a request ever leaves in
+                // flight, and the flow would stay in Drain (pacing at its floor) for
+                // good. Bounded in rounds as well, for the same reason.
+                self.drain_rounds += 1;
+                let target = (self.bdp() + self.allowance()).max(MIN_WINDOW as f64);
+                if self.inflight as f64 <= target || self.drain_rounds >= MAX_DRAIN_ROUNDS {
                     self.mode = Mode::ProbeBw;
                     self.cycle_idx = 0;
                     self.cycle_start = now;
@@ -213,6 +222,11 @@ impl RateControl {
         self.path_rate() * self.min_rtt.as_secs_f64()
     }
 
+    /// Bytes for host scheduling delay (see `window`).
+    fn allowance(&self) -> f64 {
+        self.path_rate() * SCHEDULING_ALLOWANCE.as_secs_f64()
+    }
+
     /// Bytes that may be requested and not yet delivered.
     pub fn window(&self) -> u64 {
         if self.backoff > 0 {
@@ -229,7 +243,7 @@ impl RateControl {
         // minimum RTT is tens of microseconds while a busy receiver answers in
         // milliseconds, and a window of 2 BDP alone starves the pipe. On an Internet
         // path this is a few percent of the window.
-        let w = w + self.path_rate() * SCHEDULING_ALLOWANCE.as_secs_f64();
+        let w = w + self.allowance();
         (w as u64).clamp(MIN_WINDOW, MAX_WINDOW)
     }
 
@@ -296,5 +310,28 @@ mod tests {
         assert!(cc.rto() >= rto * 2);
         cc.on_delivered(t, 1);
         assert_eq!(cc.backoff, 0);
+    }
+
+    /// Loopback: a minimum RTT of tens of microseconds makes the BDP a fraction of a
+    /// chunk, while a request always leaves a few chunks in flight. Drain must still
+    /// end (it once never did, and pulls crawled at the pacing floor).
+    #[test]
+    fn drain_ends_on_a_microsecond_rtt_path() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_micros(40));
+        let mut t = t0;
+        for _ in 0..100 {
+            t += Duration::from_millis(1);
+            cc.on_rtt_sample(t, Duration::from_micros(40));
+            cc.set_inflight(300_000);
+            cc.on_delivered(t, 1_000_000); // 1 GB/s
+        }
+        assert_eq!(cc.mode, Mode::ProbeBw);
+        assert!(
+            cc.pacing_rate() >= 0.7 * cc.bandwidth(),
+            "pacing {} vs bandwidth {}",
+            cc.pacing_rate(),
+            cc.bandwidth()
+        );
     }
 }

@@ -29,7 +29,9 @@
 #   compete shim"  BENCH_REPEAT=3* (loopback runs per case, median reported)
 #   BENCH_LOOP_DGRAMS="1200 65000"  BENCH_FANOUT="50 200"*  BENCH_FANOUT_DGRAM=1200
 #   BENCH_LOSSES="0 1 5 10"*  BENCH_CCS="bbr cubic"  BENCH_LOSSY_MAX_TIME=40*
-#   BENCH_LOSSY_REPEAT=$BENCH_REPEAT (runs per lossy case, median; a timed-out case runs once)
+#   BENCH_LOSSY_REPEAT=1 (runs per lossy case, median; a timed-out case runs once)
+#   BENCH_LOSSY_MIB=256* (file size over the lossy link: long enough that goodput is the
+#   steady state's, not start-up's: ~11 s at 200 Mbit/s; both protocols pull the same)
 #   BENCH_COMPETE_CCS="bbr cubic"*  BENCH_COMPETE_SECS=20*  BENCH_QUIC=1 (0: skip QUIC)
 #   BENCH_QUIC_BUILD_TIMEOUT=1200 (seconds; the QUIC peer is skipped if it does not build)
 #   BENCH_SHIM_BUILD=1 (0: use the shim only if already built)  BENCH_SHIM_PORT=18431
@@ -45,6 +47,7 @@ if [[ $BENCH_QUICK == 1 ]]; then
   BENCH_FANOUT=${BENCH_FANOUT:-"10 40"}
   BENCH_LOSSES=${BENCH_LOSSES:-"0 5"}
   BENCH_LOSSY_MAX_TIME=${BENCH_LOSSY_MAX_TIME:-15}
+  BENCH_LOSSY_MIB=${BENCH_LOSSY_MIB:-64}
   BENCH_COMPETE_CCS=${BENCH_COMPETE_CCS:-"bbr"}
   BENCH_COMPETE_SECS=${BENCH_COMPETE_SECS:-8}
 fi
@@ -54,7 +57,9 @@ BENCH_PARTS=${BENCH_PARTS:-"loopback fanout lossy compete shim"}
 BENCH_LOOP_DGRAMS=${BENCH_LOOP_DGRAMS:-"1200 65000"}
 BENCH_FANOUT_DGRAM=${BENCH_FANOUT_DGRAM:-1200}
 BENCH_COMPETE_CCS=${BENCH_COMPETE_CCS:-"bbr cubic"}
-BENCH_LOSSY_REPEAT=${BENCH_LOSSY_REPEAT:-$BENCH_REPEAT}
+BENCH_LOSSY_REPEAT=${BENCH_LOSSY_REPEAT:-1}
+BENCH_LOSSY_MIB=${BENCH_LOSSY_MIB:-256}
+BX_LOSSY_FILE=lossy-${BENCH_LOSSY_MIB}MiB.bin
 BENCH_QUIC=${BENCH_QUIC:-1}
 BENCH_QUIC_BUILD_TIMEOUT=${BENCH_QUIC_BUILD_TIMEOUT:-1200}
 
@@ -518,13 +523,17 @@ bx_part_fanout() {
 # ----------------------------------------------------------------------------- 3 lossy
 bx_part_lossy() {
   bx_log "part 3: lossy link (loss $BENCH_LOSSES %, $((2 * BENCH_DELAY_MS)) ms RTT, $BENCH_RATE_MBIT Mbit/s)"
-  local loss cc c0 c1 a0 a1
+  local loss cc c0 c1 a0 a1 lf=$BENCH_DIR/www/$BX_LOSSY_FILE
+  if [[ $(stat -c %s "$lf" 2>/dev/null) != $((BENCH_LOSSY_MIB << 20)) ]]; then
+    head -c $((BENCH_LOSSY_MIB << 20)) "$BENCH_DIR/www/$BP_BIG" >"$lf" 2>/dev/null
+    [[ $(stat -c %s "$lf") == $((BENCH_LOSSY_MIB << 20)) ]] || head -c $((BENCH_LOSSY_MIB << 20)) /dev/urandom >"$lf"
+  fi
   for loss in $BENCH_LOSSES; do
     bx_fits "lossy loss=$loss %" $((2 * BENCH_LOSSY_MAX_TIME + 40)) || continue
     bp_lossy_up "$loss" >&2 || return 1
     # RGTP: exposer in rgtp-b, pull from rgtp-a; BENCH_LOSSY_REPEAT runs (median reported)
     local r
-    if bx_expose_start lossy "$BENCH_DIR/www/$BP_MID" 1200 rgtp-b "$BP_IP_B"; then
+    if bx_expose_start lossy "$lf" 1200 rgtp-b "$BP_IP_B"; then
      for ((r = 0; r < BENCH_LOSSY_REPEAT; r++)); do
       c0=$(bp_link_counters)
       bx_pull "$BX_EXP_URL" "$BENCH_DIR/lossy-pull.out" 1200 rgtp-a "$BENCH_LOSSY_MAX_TIME"
@@ -535,7 +544,7 @@ bx_part_lossy() {
       local ab_in=$((a1[0] - a0[0])) ab_lost=$((a1[1] - a0[1] + a1[2] - a0[2])) ab_q=$((a1[3] - a0[3]))
       # shellcheck disable=SC2068
       bx_emit lossy proto=rgtp cc=rgtp dgram=1200 loss_pct=$loss loss_dir=$BENCH_LOSS_DIR rtt_ms=$((2 * BENCH_DELAY_MS)) \
-        rate_mbit=$BENCH_RATE_MBIT queue_ms=$BENCH_QUEUE_MS file=$BP_MID bytes=$BX_BYTES secs=$BX_SECS \
+        rate_mbit=$BENCH_RATE_MBIT queue_ms=$BENCH_QUEUE_MS file=$BX_LOSSY_FILE bytes=$BX_BYTES secs=$BX_SECS \
         Mbps="$(bp_calc "$BX_BYTES * 8 / $BX_SECS / 1e6" 2)" complete=$BX_COMPLETE exit=$BX_RC max_time=$BENCH_LOSSY_MAX_TIME \
         link_ba_pkts=$ba_in link_ba_lost=$ba_lost link_ba_queue_drops=$ba_q \
         link_ba_loss_pct="$(bp_calc "100 * $ba_lost / ($ba_in > 0 ? $ba_in : 1)" 2)" \
@@ -547,7 +556,7 @@ bx_part_lossy() {
     fi
     for cc in $BENCH_CCS; do
       for ((r = 0; r < BENCH_LOSSY_REPEAT; r++)); do
-        bp_lossy_one "$cc" "$loss" >&2
+        bp_lossy_one "$cc" "$loss" "$BX_LOSSY_FILE" >&2
         [[ $BP_EXIT == 0 ]] || break # a timed-out case (cubic under loss: ~40 s) is not repeated
       done
     done

@@ -358,7 +358,8 @@ impl Exposer {
         let Ok(items) = wire::decode_items(&plain) else {
             return false;
         };
-        let mut budget = self.take_budget(now, from.ip());
+        let granted = self.take_budget(now, from.ip());
+        let mut budget = granted;
         let max_datagram = claims.max_datagram as usize;
         for item in items {
             let (object, start, count, mask) = match item {
@@ -376,6 +377,7 @@ impl Exposer {
             for index in start..start.saturating_add(count) {
                 if budget == 0 {
                     self.stats.rate_limited += 1;
+                    self.return_budget(from.ip(), 0);
                     return true;
                 }
                 let sent = self.send_chunk(&req.exposure, object, index, mask, max_datagram, from);
@@ -385,7 +387,19 @@ impl Exposer {
                 }
             }
         }
+        self.return_budget(from.ip(), budget);
         true
+    }
+
+    /// Gives back what a request was granted and did not use: a source is charged for
+    /// the bytes sent, not for the per-request cap (else many small requests from one
+    /// address, e.g. many pullers behind one NAT, would drain its bucket with nothing
+    /// sent, and their requests would be cut short).
+    fn return_budget(&mut self, ip: IpAddr, unused: usize) {
+        if let Some(b) = self.buckets.get_mut(&ip) {
+            let burst = (self.config.source_rate as f64).max(self.config.max_request_bytes as f64);
+            b.tokens = (b.tokens + unused as f64).min(burst);
+        }
     }
 
     /// Bytes this source may receive for one request: the per-request cap and the

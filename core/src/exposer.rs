@@ -15,7 +15,7 @@ use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::sealed::SealedStore;
 use crate::source::{ChunkSource, CipherCache};
-use crate::transmit::Transmit;
+use crate::transmit::{Gather, SharedBytes, Transmit};
 use crate::wire::{
     self, Data, ExposureId, Hello, Manifest, ManifestBody, Object, PacketType, Request,
     RequestItem, Retry, Stale, Welcome, DATA_HEADER_LEN,
@@ -87,7 +87,7 @@ struct Exposure {
     outboard: Vec<u8>,
     chunk_count: u64,
     /// Content sealed ahead of time, when the driver asked for it.
-    sealed: Option<SealedStore>,
+    sealed: Option<Arc<SealedStore>>,
 }
 
 impl Exposure {
@@ -202,12 +202,12 @@ impl Exposer {
                 "no such exposure",
             ));
         };
-        e.sealed = Some(SealedStore::build(
+        e.sealed = Some(Arc::new(SealedStore::build(
             e.source.as_ref(),
             &e.cipher,
             dir,
             threads,
-        )?);
+        )?));
         Ok(())
     }
 
@@ -441,9 +441,20 @@ impl Exposer {
         }
         let key = (*id, object, index as u32);
         if let (Some(store), Object::Content) = (&e.sealed, object) {
-            let ct = store.chunk(index)?;
+            let (start, len) = store.chunk_range(index)?;
             self.stats.sealed_reads += 1;
-            let t = fragments(id, object, index, mask, max_datagram, dest, ct);
+            let data: Arc<dyn SharedBytes> = store.clone();
+            let t = fragments(
+                id,
+                object,
+                index,
+                mask,
+                max_datagram,
+                dest,
+                data,
+                start,
+                len,
+            );
             return Some(queue(&mut self.transmits, &mut self.stats, t));
         }
         let ct = match self.cache.get(key) {
@@ -476,7 +487,8 @@ impl Exposer {
                 ct
             }
         };
-        let t = fragments(id, object, index, mask, max_datagram, dest, &ct);
+        let len = ct.len();
+        let t = fragments(id, object, index, mask, max_datagram, dest, ct, 0, len);
         Some(queue(&mut self.transmits, &mut self.stats, t))
     }
 
@@ -488,14 +500,16 @@ impl Exposer {
 /// Queues a transmit (if any) and counts it; returns its bytes.
 fn queue(out: &mut VecDeque<Transmit>, stats: &mut ExposerStats, t: Option<Transmit>) -> usize {
     let Some(t) = t else { return 0 };
-    let n = t.contents.len();
+    let n = t.len();
     stats.datagrams_out += t.count() as u64;
     stats.bytes_out += n as u64;
     out.push_back(t);
     n
 }
 
-/// The fragments of sealed chunk `ct` selected by `mask`, as one GSO-shaped transmit.
+/// The fragments selected by `mask` of the sealed chunk at `start..start + ct_len` of
+/// `data`, as one GSO-shaped transmit that points into `data` (no copy of the payload).
+#[allow(clippy::too_many_arguments)]
 fn fragments(
     id: &ExposureId,
     object: Object,
@@ -503,23 +517,31 @@ fn fragments(
     mask: u64,
     max_datagram: usize,
     dest: SocketAddr,
-    ct: &[u8],
+    data: Arc<dyn SharedBytes>,
+    start: usize,
+    ct_len: usize,
 ) -> Option<Transmit> {
-    let (frags, per) = wire::fragmentation(ct.len(), max_datagram);
-    let mut contents = Vec::with_capacity(ct.len() + frags * DATA_HEADER_LEN);
+    let (frags, per) = wire::fragmentation(ct_len, max_datagram);
+    let mut headers = Vec::with_capacity(frags * DATA_HEADER_LEN);
+    let mut slices = Vec::with_capacity(frags);
     for f in 0..frags {
         if mask & (1u64 << f) == 0 {
             continue;
         }
-        let payload = &ct[f * per..ct.len().min((f + 1) * per)];
-        let at = contents.len();
-        contents.resize(at + DATA_HEADER_LEN, 0);
-        Data::write_header(&mut contents[at..], id, object, index as u32, f as u8);
-        contents.extend_from_slice(payload);
+        let off = f * per;
+        let at = headers.len();
+        headers.resize(at + DATA_HEADER_LEN, 0);
+        Data::write_header(&mut headers[at..], id, object, index as u32, f as u8);
+        slices.push((start + off, per.min(ct_len - off)));
     }
-    (!contents.is_empty()).then_some(Transmit {
+    (!slices.is_empty()).then_some(Transmit {
         dest,
         segment_size: DATA_HEADER_LEN + per,
-        contents,
+        contents: headers,
+        gather: Some(Gather {
+            data,
+            header_len: DATA_HEADER_LEN,
+            slices,
+        }),
     })
 }

@@ -34,6 +34,16 @@ unsafe impl Send for SealedStore {}
 // SAFETY: as above.
 unsafe impl Sync for SealedStore {}
 
+impl crate::transmit::SharedBytes for SealedStore {
+    fn bytes(&self) -> &[u8] {
+        if self.map_len == 0 {
+            return &[];
+        }
+        // SAFETY: the whole live read-only mapping; it lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.map, self.map_len) }
+    }
+}
+
 impl Drop for SealedStore {
     fn drop(&mut self) {
         if self.map_len > 0 {
@@ -141,6 +151,16 @@ impl SealedStore {
             map_len,
             size,
         })
+    }
+
+    /// Where sealed chunk `index` lies in [`SharedBytes::bytes`]: (offset, length).
+    pub fn chunk_range(&self, index: u64) -> Option<(usize, usize)> {
+        if index >= merkle::chunk_count(self.size) {
+            return None;
+        }
+        let len = merkle::chunk_len(index, self.size) + TAG_LEN;
+        let start = (index * STRIDE) as usize;
+        (start + len <= self.map_len).then_some((start, len))
     }
 
     /// Sealed chunk `index`, straight from the page cache (no copy, no read call).

@@ -139,14 +139,19 @@ impl Sender {
     /// drops what still does not fit: the receiver re-requests anything lost.
     pub fn send(&self, sock: &UdpSocket, t: &Transmit) -> io::Result<()> {
         let n = t.count();
-        if n > 1 && n <= 64 && self.gso.load(Ordering::Relaxed) {
-            match self.send_gso(sock, t) {
+        let gso = self.gso.load(Ordering::Relaxed);
+        // One system call when possible: several datagrams by GSO, or a gathered
+        // single datagram from its two pieces.
+        let segment = n > 1;
+        if (segment && gso && n <= 64) || (n == 1 && t.gather.is_some()) {
+            match self.send_msg(sock, t, segment) {
                 Ok(()) => return Ok(()),
                 Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
-                    ) =>
+                    if segment
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+                        ) =>
                 {
                     tracing::debug!("UDP GSO unavailable ({e}); sending datagrams one by one");
                     self.gso.store(false, Ordering::Relaxed);
@@ -155,17 +160,45 @@ impl Sender {
             }
         }
         for d in t.datagrams() {
-            retry_blocked(sock, || sock.send_to(d, t.dest).map(|_| ()))?;
+            retry_blocked(sock, || sock.send_to(&d, t.dest).map(|_| ()))?;
         }
         Ok(())
     }
 
-    fn send_gso(&self, sock: &UdpSocket, t: &Transmit) -> io::Result<()> {
+    /// One sendmsg: the contents (or, gathered, each header and its payload slice in
+    /// place) as an iovec list; with `segment`, a UDP_SEGMENT cmsg splits it into
+    /// datagrams of `segment_size` (GSO).
+    fn send_msg(&self, sock: &UdpSocket, t: &Transmit, segment: bool) -> io::Result<()> {
         let (mut addr, addr_len) = to_sockaddr(&t.dest);
-        let mut iov = libc::iovec {
-            iov_base: t.contents.as_ptr() as *mut libc::c_void,
-            iov_len: t.contents.len(),
-        };
+        let mut iov: Vec<libc::iovec> = Vec::new();
+        match &t.gather {
+            None => iov.push(libc::iovec {
+                iov_base: t.contents.as_ptr() as *mut libc::c_void,
+                iov_len: t.contents.len(),
+            }),
+            Some(g) => {
+                let data = g.data.bytes();
+                for (i, &(off, len)) in g.slices.iter().enumerate() {
+                    let (Some(h), Some(p)) = (
+                        t.contents.get(i * g.header_len..(i + 1) * g.header_len),
+                        data.get(off..off + len),
+                    ) else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "gathered transmit out of bounds",
+                        ));
+                    };
+                    iov.push(libc::iovec {
+                        iov_base: h.as_ptr() as *mut libc::c_void,
+                        iov_len: h.len(),
+                    });
+                    iov.push(libc::iovec {
+                        iov_base: p.as_ptr() as *mut libc::c_void,
+                        iov_len: p.len(),
+                    });
+                }
+            }
+        }
         // Room for one cmsg carrying a u16, aligned as the kernel wants.
         let mut control = [0u64; 4];
         let seg = t.segment_size as u16;
@@ -175,19 +208,21 @@ impl Sender {
             let mut msg: libc::msghdr = unsafe { zeroed() };
             msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
             msg.msg_namelen = addr_len;
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            // SAFETY: CMSG_SPACE is a pure size computation.
-            msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-            // SAFETY: the control buffer holds CMSG_SPACE(2) bytes, so the first header
-            // and its 2-byte payload are in bounds.
-            unsafe {
-                let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, seg);
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len();
+            if segment {
+                msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE is a pure size computation.
+                msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+                // SAFETY: the control buffer holds CMSG_SPACE(2) bytes, so the first
+                // header and its 2-byte payload are in bounds.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, seg);
+                }
             }
             // SAFETY: valid fd and a fully initialised msghdr.
             let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
@@ -349,11 +384,7 @@ mod tests {
             contents.extend_from_slice(&[i; 100]);
         }
         contents.extend_from_slice(&[9u8; 40]);
-        let t = Transmit {
-            dest,
-            segment_size: 100,
-            contents,
-        };
+        let t = Transmit::packed(dest, 100, contents);
         Sender::default().send(&a, &t).unwrap();
         let mut got: Vec<Vec<u8>> = Vec::new();
         let mut rx = Receiver::default();

@@ -617,14 +617,14 @@ fn no_amplification_toward_unvalidated_addresses() {
                 if d[1] == 1 {
                     // HELLO spoofed from the victim.
                     received_from_victim += d.len();
-                    w.ex.handle(now, victim, d);
+                    w.ex.handle(now, victim, &d);
                     while let Some(t) = w.ex.poll_transmit() {
                         assert_eq!(t.dest, victim);
                         sent_to_victim += t.contents.len();
                     }
                 }
                 // Also run the real exchange so the puller produces REQUESTs.
-                w.ex.handle(now, real, d);
+                w.ex.handle(now, real, &d);
                 if d[1] == 5 {
                     requests.push(d.to_vec());
                 }
@@ -632,7 +632,7 @@ fn no_amplification_toward_unvalidated_addresses() {
         }
         while let Some(t) = w.ex.poll_transmit() {
             for d in t.datagrams() {
-                puller.handle(now, w.ex_addr, d);
+                puller.handle(now, w.ex_addr, &d);
             }
         }
     }

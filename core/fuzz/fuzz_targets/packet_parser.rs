@@ -199,7 +199,7 @@ fn exchange(data: &[u8]) {
     for _step in 0..3000 {
         while let Some(t) = p.poll_transmit(now) {
             for d in t.datagrams() {
-                for d in mutate(counter, d, &muts) {
+                for d in mutate(counter, &d, &muts) {
                     ex.handle(now, PULLER_ADDR, &d);
                 }
                 counter = counter.wrapping_add(1);
@@ -209,7 +209,7 @@ fn exchange(data: &[u8]) {
             assert_eq!(t.dest, PULLER_ADDR, "exposer answers only the sender");
             for d in t.datagrams() {
                 assert!(d.len() <= wire::DEFAULT_MAX_DATAGRAM, "oversized datagram");
-                for d in mutate(counter, d, &muts) {
+                for d in mutate(counter, &d, &muts) {
                     p.handle(now, EXPOSER_ADDR, &d);
                 }
                 counter = counter.wrapping_add(1);

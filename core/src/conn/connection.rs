@@ -1387,11 +1387,7 @@ impl Conn {
         if count == 0 {
             return None;
         }
-        Some(Transmit {
-            dest: self.remote,
-            segment_size: seg,
-            contents,
-        })
+        Some(Transmit::packed(self.remote, seg, contents))
     }
 
     /// Builds one SHORT packet and appends it to `out`; its length, or `None` when

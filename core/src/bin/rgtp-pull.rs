@@ -62,7 +62,8 @@ struct Args {
     /// Largest UDP payload to ask for (the exposer may use less).
     #[arg(long, default_value_t = wire::DEFAULT_MAX_DATAGRAM)]
     max_datagram: usize,
-    /// No progress display.
+    /// No progress display and no summary. Errors, and the notice that an exposer's
+    /// key is being trusted on first use (a security event), still print.
     #[arg(short, long)]
     quiet: bool,
     /// Print one JSON object with the transfer's figures at the end.

@@ -124,10 +124,14 @@ impl RateControl {
     /// The rate at which data must be *asked for* so that `btl_bw` arrives: delivery
     /// over the fraction that survives. Only while no queue stands (the RTT is near its
     /// minimum), so the loss is the path's and not congestion's; bounded at 30 %.
+    /// No standing queue: the smoothed RTT is within max(min RTT / 4, 2 ms) of the
+    /// minimum.
+    fn queue_free(&self) -> bool {
+        self.srtt <= self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2))
+    }
+
     fn path_rate(&self) -> f64 {
-        let queue_free =
-            self.srtt <= self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2));
-        if queue_free {
+        if self.queue_free() {
             self.btl_bw / (1.0 - self.loss.min(0.3))
         } else {
             self.btl_bw
@@ -253,6 +257,9 @@ impl RateControl {
         let gain = match self.mode {
             Mode::Startup => STARTUP_GAIN,
             Mode::Drain => 1.0 / STARTUP_GAIN,
+            // The 0.75 phase drains the queue the 1.25 probe built; with none standing
+            // (RTT near its minimum) it would only leave the link idle.
+            Mode::ProbeBw if PROBE_GAINS[self.cycle_idx] < 1.0 && self.queue_free() => 1.0,
             Mode::ProbeBw => PROBE_GAINS[self.cycle_idx],
         };
         if self.btl_bw == 0.0 {
@@ -310,6 +317,31 @@ mod tests {
         assert!(cc.rto() >= rto * 2);
         cc.on_delivered(t, 1);
         assert_eq!(cc.backoff, 0);
+    }
+
+    /// The 0.75 phase of the probing cycle drains a queue; with none standing it
+    /// would idle the link for a round, so it paces at 1.0 then.
+    #[test]
+    fn probe_down_only_when_a_queue_stands() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(40));
+        cc.mode = Mode::ProbeBw;
+        cc.btl_bw = 25e6;
+        cc.cycle_idx = 1; // gain 0.75
+        cc.on_rtt_sample(t0, Duration::from_millis(40));
+        assert!(
+            (cc.pacing_rate() - 25e6).abs() < 1.0,
+            "{}",
+            cc.pacing_rate()
+        );
+        for _ in 0..50 {
+            cc.on_rtt_sample(t0, Duration::from_millis(70));
+        }
+        assert!(
+            (cc.pacing_rate() - 0.75 * 25e6).abs() < 1.0,
+            "{}",
+            cc.pacing_rate()
+        );
     }
 
     /// Loopback: a minimum RTT of tens of microseconds makes the BDP a fraction of a

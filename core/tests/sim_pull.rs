@@ -720,14 +720,15 @@ fn lossy_goodput(seed: u64, loss: f64, size: usize) -> (f64, rgtp::puller::PullS
 
 #[test]
 fn lossy_long_fat_link_goodput() {
-    // Floors sit a little under what this deterministic run gives (170/168/141/131 and
-    // 166 Mbit/s for the long pull at 10 %) so a regression fails loudly.
+    // Floors sit under what this run gives (171/168/138-143/128-131 and 163-168 Mbit/s
+    // for the long pull at 10 %; virtual time, but hash-map order varies a little from
+    // run to run) so a regression fails loudly and noise does not.
     for (loss, floor, size) in [
         (0.0, 165.0, 64 << 20),
         (0.01, 160.0, 64 << 20),
-        (0.05, 135.0, 64 << 20),
-        (0.10, 125.0, 64 << 20),
-        (0.10, 160.0, 256 << 20),
+        (0.05, 130.0, 64 << 20),
+        (0.10, 120.0, 64 << 20),
+        (0.10, 155.0, 256 << 20),
     ] {
         if let Some(only) = std::env::var_os("RGTP_SIM_ONLY") {
             if only.to_str() != Some(&format!("{loss}/{}", size >> 20)) {

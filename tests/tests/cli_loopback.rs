@@ -93,6 +93,27 @@ fn url_pull_is_byte_exact_and_root_matches_b3sum() {
     assert_no_leftovers(&cwd.join("payload.bin"));
 }
 
+/// Chunks are decrypted and verified on the receiving thread or on a thread of their
+/// own (the default depends on the core count); both must give the exact file.
+#[test]
+fn both_verification_placements_are_byte_exact() {
+    let dir = TestDir::new("verify-placement");
+    let src = dir.join("v.bin");
+    write_random_file(&src, 8 * MIB, "verify-placement");
+    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let url = ex.single().url.clone();
+    for threads in ["0", "1"] {
+        let out = dir.join(format!("v{threads}.out"));
+        PullCmd::url(&dir, &url, &out)
+            .arg("--verify-threads")
+            .arg(threads)
+            .run(&dir)
+            .assert_success();
+        assert_same_content(&src, &out, &format!("--verify-threads {threads}"));
+        assert_no_leftovers(&out);
+    }
+}
+
 #[test]
 fn several_files_and_names_needing_percent_encoding() {
     let dir = TestDir::new("names");

@@ -69,10 +69,12 @@ struct Args {
     /// Print one JSON object with the transfer's figures at the end.
     #[arg(long)]
     json: bool,
-    /// Decrypt and verify chunks on a thread of their own (1, default) or on the
-    /// receiving thread (0: one core only).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
-    verify_threads: u8,
+    /// Decrypt and verify chunks on a thread of their own (1) or on the receiving
+    /// thread (0). Default: 1 with four or more cores, else 0 (on two cores the
+    /// hand-off costs more than the thread gains: measured 1129-1255 MB/s inline
+    /// against 778-1066 MB/s offloaded on loopback).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
+    verify_threads: Option<u8>,
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
@@ -185,7 +187,8 @@ fn run(args: Args) -> Result<(), Failure> {
     cfg.resume = resume;
     cfg.idle_timeout = Duration::from_secs(args.timeout.max(1));
     // Decrypt and hash on another core while this one receives.
-    cfg.offload_verify = args.verify_threads > 0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.offload_verify = args.verify_threads.unwrap_or(u8::from(cores >= 4)) > 0;
 
     let bind: SocketAddr = if remote.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")

@@ -240,29 +240,14 @@ pub fn connect_fd(
     });
     match attempt {
         Ok((e, (idx, id, local))) => {
-            let (app, eng) = match socketpair() {
-                Ok(p) => p,
-                Err(err) => return fail(errno_of(&err)),
-            };
-            if let Err(err) = replace_fd(fd, app) {
-                return fail(errno_of(&err));
+            let local = SocketAddr::new(local_ip_for(&peer_v), local.port());
+            match emulate_conn(fd, family, peer, local, false) {
+                Ok((eng, ino, _)) => {
+                    e.attach(idx, id, eng, ino);
+                    0
+                }
+                Err(errno) => fail(errno),
             }
-            let ino = registry::inode(fd);
-            if let Some(ino) = ino {
-                let local = SocketAddr::new(local_ip_for(&peer_v), local.port());
-                registry::insert(
-                    ino,
-                    Entry {
-                        kind: Kind::Conn,
-                        family,
-                        local,
-                        peer: Some(peer),
-                        emulated_fd: true,
-                    },
-                );
-            }
-            e.attach(idx, id, eng, ino);
-            0
         }
         Err(err) if c.fallback => {
             log::info(&format!(
@@ -276,6 +261,35 @@ pub fn connect_fd(
             fail(errno_of(&err))
         }
     }
+}
+
+/// Puts one end of a new socketpair in place of the app's `fd` and records it as a
+/// connection to `peer`; returns the engine's end, the app socket's inode and, with
+/// `filled`, how many filler bytes the app's end holds (see `connect_nonblocking`).
+fn emulate_conn(
+    fd: c_int,
+    family: c_int,
+    peer: SocketAddr,
+    local: SocketAddr,
+    filled: bool,
+) -> Result<(OwnedFd, Option<u64>, usize), c_int> {
+    let (app, eng) = socketpair().map_err(|e| errno_of(&e))?;
+    let skip = if filled { fill(app.as_raw_fd()) } else { 0 };
+    replace_fd(fd, app).map_err(|e| errno_of(&e))?;
+    let ino = registry::inode(fd);
+    if let Some(ino) = ino {
+        registry::insert(
+            ino,
+            Entry {
+                kind: Kind::Conn,
+                family,
+                local,
+                peer: Some(peer),
+                emulated_fd: true,
+            },
+        );
+    }
+    Ok((eng, ino, skip))
 }
 
 fn is_nonblocking(fd: c_int) -> bool {
@@ -301,27 +315,12 @@ fn connect_nonblocking(
         Ok(e) => e,
         Err(err) => return fail(errno_of(&err)),
     };
-    let (app, eng) = match socketpair() {
-        Ok(p) => p,
-        Err(err) => return fail(errno_of(&err)),
+    let local = SocketAddr::new(local_ip_for(&peer_v), 0);
+    let (eng, ino, skip) = match emulate_conn(fd, family, peer, local, true) {
+        Ok((eng, Some(ino), skip)) => (eng, ino, skip),
+        Ok((_, None, _)) => return fail(libc::EBADF),
+        Err(errno) => return fail(errno),
     };
-    let skip = fill(app.as_raw_fd());
-    if let Err(err) = replace_fd(fd, app) {
-        return fail(errno_of(&err));
-    }
-    let Some(ino) = registry::inode(fd) else {
-        return fail(libc::EBADF);
-    };
-    registry::insert(
-        ino,
-        Entry {
-            kind: Kind::Conn,
-            family,
-            local: SocketAddr::new(local_ip_for(&peer_v), 0),
-            peer: Some(peer),
-            emulated_fd: true,
-        },
-    );
     registry::set_connecting(ino, Some(registry::Connecting::InProgress));
     match e.connect_nonblocking(
         peer_v,
@@ -349,7 +348,7 @@ fn connect_nonblocking(
 /// Writes filler into `fd` (non-blocking) until its send buffer is full; returns how
 /// many bytes.
 fn fill(fd: c_int) -> usize {
-    set_nonblock(fd);
+    crate::transport::set_nonblocking(fd);
     let zeros = [0u8; 16 * 1024];
     let mut total = 0;
     loop {
@@ -359,14 +358,6 @@ fn fill(fd: c_int) -> usize {
             return total;
         }
         total += n as usize;
-    }
-}
-
-fn set_nonblock(fd: c_int) {
-    // SAFETY: fcntl on our own fd.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
 }
 

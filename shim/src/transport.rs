@@ -56,7 +56,10 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// Takes the engine's end `fd` (non-blocking, closed in forked children).
     fn new(fd: OwnedFd, app_ino: Option<u64>) -> Bridge {
+        set_nonblocking(fd.as_raw_fd());
+        crate::engine::own(fd.as_raw_fd());
         Bridge {
             fd,
             app_ino,
@@ -222,8 +225,6 @@ impl Engine {
     ) -> io::Result<SocketAddr> {
         let mut g = self.inner.lock();
         let (idx, id, local) = self.start_connect(&mut g, addr, pin)?;
-        set_nonblocking(fd.as_raw_fd());
-        crate::engine::own(fd.as_raw_fd());
         let mut b = Bridge::new(fd, app_ino);
         b.connecting = Some(Instant::now() + timeout);
         b.skip = skip;
@@ -265,8 +266,6 @@ impl Engine {
 
     /// Bridges connection `id` to `fd` until both directions end.
     pub fn attach(&self, idx: usize, id: ConnId, fd: OwnedFd, app_ino: Option<u64>) {
-        set_nonblocking(fd.as_raw_fd());
-        crate::engine::own(fd.as_raw_fd());
         self.inner
             .lock()
             .bridges
@@ -498,8 +497,6 @@ impl Engine {
                             let Some(peer) = peer else { continue };
                             match hand(peer) {
                                 Ok(fd) => {
-                                    set_nonblocking(fd.as_raw_fd());
-                                    crate::engine::own(fd.as_raw_fd());
                                     g.bridges.insert((i, cid), Bridge::new(fd, None));
                                 }
                                 Err(e) => {
@@ -672,7 +669,7 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-fn set_nonblocking(fd: RawFd) {
+pub(crate) fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on a valid fd we own.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);

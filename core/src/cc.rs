@@ -121,15 +121,15 @@ impl RateControl {
         self.loss
     }
 
-    /// The rate at which data must be *asked for* so that `btl_bw` arrives: delivery
-    /// over the fraction that survives. Only while no queue stands (the RTT is near its
-    /// minimum), so the loss is the path's and not congestion's; bounded at 30 %.
     /// No standing queue: the smoothed RTT is within max(min RTT / 4, 2 ms) of the
     /// minimum.
     fn queue_free(&self) -> bool {
         self.srtt <= self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2))
     }
 
+    /// The rate at which data must be *asked for* so that `btl_bw` arrives: delivery
+    /// over the fraction that survives. Only while no queue stands (the RTT is near its
+    /// minimum), so the loss is the path's and not congestion's; bounded at 30 %.
     fn path_rate(&self) -> f64 {
         if self.queue_free() {
             self.btl_bw / (1.0 - self.loss.min(0.3))

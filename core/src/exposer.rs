@@ -377,7 +377,6 @@ impl Exposer {
             for index in start..start.saturating_add(count) {
                 if budget == 0 {
                     self.stats.rate_limited += 1;
-                    self.return_budget(from.ip(), 0);
                     return true;
                 }
                 let sent = self.send_chunk(&req.exposure, object, index, mask, max_datagram, from);

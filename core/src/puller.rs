@@ -1151,10 +1151,10 @@ impl Puller {
     }
 }
 
-/// Bytes of the fragments in `mask` for a chunk of `n` fragments.
 /// Smallest request worth sending when the window has room for it.
 const MIN_REQUEST: u64 = 64 * 1024;
 
+/// Bytes of the fragments in `mask` for a chunk of `n` fragments.
 fn outstanding_bytes(mask: u64, n: usize, per: usize, ct_len: usize) -> u64 {
     if mask == 0 {
         return 0;

@@ -165,16 +165,9 @@ impl SealedStore {
 
     /// Sealed chunk `index`, straight from the page cache (no copy, no read call).
     pub fn chunk(&self, index: u64) -> Option<&[u8]> {
-        if index >= merkle::chunk_count(self.size) {
-            return None;
-        }
-        let len = merkle::chunk_len(index, self.size) + TAG_LEN;
-        let start = (index * STRIDE) as usize;
-        if start + len > self.map_len {
-            return None;
-        }
-        // SAFETY: in bounds of the live read-only mapping (checked above).
-        Some(unsafe { std::slice::from_raw_parts(self.map.add(start), len) })
+        use crate::transmit::SharedBytes;
+        let (start, len) = self.chunk_range(index)?;
+        self.bytes().get(start..start + len)
     }
 }
 

@@ -489,13 +489,22 @@ fn socat_client_and_forking_server() {
     }
 }
 
+/// `python3 tests/scripts/sockets.py ROLE MODE PORT` under the shim, strict, run in
+/// the test's directory.
+fn sockets_py(t: &TestDir, port: u16, role: &str, mode: &str) -> Command {
+    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
+    let mut c = shimmed(t, "python3", port, true);
+    c.current_dir(t.path())
+        .arg(script)
+        .args([role, mode, &port.to_string()]);
+    c
+}
+
 fn python_case(mode: &str) {
     need("python3");
     let t = TestDir::new(&format!("shim-py-{mode}"));
-    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
     let port = free_port();
-    let mut c = shimmed(&t, "python3", port, true);
-    c.arg(&script).args(["server", mode, &port.to_string()]);
+    let c = sockets_py(&t, port, "server", mode);
     let server = Proc::spawn(c, "py-server", t.path(), false);
     wait_until(
         "the python server's RGTP listener",
@@ -503,8 +512,7 @@ fn python_case(mode: &str) {
         || udp_bound(port),
     );
     assert_udp_only(port);
-    let mut c = shimmed(&t, "python3", port, true);
-    c.arg(&script).args(["client", mode, &port.to_string()]);
+    let c = sockets_py(&t, port, "client", mode);
     let out = run_ok(&t, c, "py-client");
     assert!(out.contains("OK"), "{out}");
     let f = server.finish(Duration::from_secs(60));
@@ -546,11 +554,8 @@ fn python_many_threads() {
 fn python_nonblocking_connect_refused() {
     need("python3");
     let t = TestDir::new("shim-py-refused");
-    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
     let port = free_port();
-    let mut c = shimmed(&t, "python3", port, true);
-    c.arg(&script)
-        .args(["client", "refused", &port.to_string()]);
+    let c = sockets_py(&t, port, "client", "refused");
     let out = run_ok(&t, c, "py-client");
     assert!(out.contains("OK"), "{out}");
 }
@@ -562,12 +567,8 @@ fn python_nonblocking_connect_refused() {
 fn python_forking_daemon_heirs_take_over_the_listener() {
     need("python3");
     let t = TestDir::new("shim-py-daemon");
-    let script = rgtp_e2e::workspace_root().join("tests/scripts/sockets.py");
     let port = free_port();
-    let mut c = shimmed(&t, "python3", port, true);
-    c.current_dir(t.path())
-        .arg(&script)
-        .args(["server", "daemon", &port.to_string()]);
+    let c = sockets_py(&t, port, "server", "daemon");
     let f = Proc::spawn(c, "py-daemon", t.path(), false).finish(Duration::from_secs(30));
     assert!(f.status.success(), "{}", f.describe());
     let heirs = || -> Vec<i32> {
@@ -591,8 +592,7 @@ fn python_forking_daemon_heirs_take_over_the_listener() {
         "the listener's UDP port closed with the parent"
     );
     assert_udp_only(port);
-    let mut c = shimmed(&t, "python3", port, true);
-    c.arg(&script).args(["client", "daemon", &port.to_string()]);
+    let c = sockets_py(&t, port, "client", "daemon");
     let out = run_ok(&t, c, "py-client");
     assert!(out.contains("OK"), "{out}");
     let took_over = log(&t).matches("took over the RGTP listener").count();

@@ -1158,6 +1158,33 @@ impl RgtpStream {
         Ok(())
     }
 
+    /// Runs a read or write on the endpoint; when it would block, waits (unless
+    /// non-blocking) up to `timeout` and retries; afterwards lets the engine send
+    /// what the operation made due (data, or credit opened by a read).
+    fn io_op(
+        &self,
+        timeout: Option<Duration>,
+        mut op: impl FnMut(&mut Endpoint) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let deadline = Self::deadline(timeout);
+        let mut st = self.lock();
+        loop {
+            match self.with_ep(&mut st, &mut op)? {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if self.nonblocking {
+                        return Err(e);
+                    }
+                    self.wait(&mut st, deadline)
+                        .map_err(|_| io::Error::from(ErrorKind::WouldBlock))?;
+                }
+                r => {
+                    self.engine.after(&mut st, self.sock, false);
+                    return r;
+                }
+            }
+        }
+    }
+
     fn deadline(t: Option<Duration>) -> Option<Instant> {
         t.map(|d| Instant::now() + d)
     }
@@ -1364,25 +1391,9 @@ impl Read for RgtpStream {
         if self.read_shut || buf.is_empty() {
             return Ok(0);
         }
-        let deadline = Self::deadline(self.read_timeout);
-        let mut st = self.lock();
-        loop {
-            let r = self.with_ep(&mut st, |ep| ep.read(self.id, buf))?;
-            match r {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if self.nonblocking {
-                        return Err(e);
-                    }
-                    self.wait(&mut st, deadline)
-                        .map_err(|_| io::Error::from(ErrorKind::WouldBlock))?;
-                }
-                r => {
-                    // Reading may have opened credit worth announcing.
-                    self.engine.after(&mut st, self.sock, false);
-                    return r;
-                }
-            }
-        }
+        // Reading may open credit worth announcing (`io_op` sends it).
+        let id = self.id;
+        self.io_op(self.read_timeout, |ep| ep.read(id, buf))
     }
 }
 
@@ -1391,24 +1402,8 @@ impl Write for RgtpStream {
         if buf.is_empty() {
             return Ok(0);
         }
-        let deadline = Self::deadline(self.write_timeout);
-        let mut st = self.lock();
-        loop {
-            let r = self.with_ep(&mut st, |ep| ep.write(self.id, buf))?;
-            match r {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if self.nonblocking {
-                        return Err(e);
-                    }
-                    self.wait(&mut st, deadline)
-                        .map_err(|_| io::Error::from(ErrorKind::WouldBlock))?;
-                }
-                r => {
-                    self.engine.after(&mut st, self.sock, false);
-                    return r;
-                }
-            }
-        }
+        let id = self.id;
+        self.io_op(self.write_timeout, |ep| ep.write(id, buf))
     }
 
     /// Bytes are with the protocol once `write` returns (as with TCP); use

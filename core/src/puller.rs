@@ -172,11 +172,13 @@ pub enum PullEvent {
         ct: Vec<u8>,
         verifier: std::sync::Arc<ChunkVerifier>,
     },
-    /// After a resume: check that the chunks a previous run stored still match (the
-    /// part file may have been damaged), then call [`Puller::forget_chunk`] for each
-    /// that does not and [`Puller::recheck_done`]. Done waits for it.
+    /// After a resume: check that the chunks a previous run stored (`stored`; not the
+    /// ones this run has verified since) still match (the part file may have been
+    /// damaged), then call [`Puller::forget_chunk`] for each that does not and
+    /// [`Puller::recheck_done`]. Done waits for it.
     Recheck {
         verifier: std::sync::Arc<ChunkVerifier>,
+        stored: ChunkSet,
     },
     Done,
     Failed(PullError),
@@ -205,11 +207,11 @@ struct Session {
     verifier: Option<std::sync::Arc<ChunkVerifier>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Recheck {
     None,
     /// Resumed chunks exist; the event goes out once the outboard is known.
-    Wanted,
+    Wanted(ChunkSet),
     /// The driver is checking.
     Pending,
 }
@@ -284,6 +286,10 @@ pub struct Puller {
     failures: HashMap<u64, u32>,
     /// The outboard's CVs shared with verifiers.
     shared_cvs: Option<std::sync::Arc<Vec<Hash>>>,
+    /// Content chunks (sealed, as received) that arrived before the outboard that
+    /// verifies them was complete, and their bytes (bounded by EARLY_CONTENT_LIMIT).
+    early: Vec<(u32, Vec<u8>)>,
+    early_bytes: u64,
     pub stats: PullStats,
 }
 
@@ -326,6 +332,8 @@ impl Puller {
             recheck: Recheck::None,
             failures: HashMap::new(),
             shared_cvs: None,
+            early: Vec::new(),
+            early_bytes: 0,
             stats: PullStats::default(),
             cfg,
         }
@@ -511,11 +519,11 @@ impl Puller {
             self.have = ChunkSet::new(chunks);
             if let Some(r) = self.cfg.resume.take() {
                 if r.root == m.root && r.size == m.size && r.have.len() == chunks {
-                    self.have = r.have;
                     resumed = true;
-                    if self.have.count() > 0 {
-                        self.recheck = Recheck::Wanted;
+                    if r.have.count() > 0 {
+                        self.recheck = Recheck::Wanted(r.have.clone());
                     }
+                    self.have = r.have;
                 }
             }
             let ob_len = chunks * 32;
@@ -645,6 +653,12 @@ impl Puller {
 
     fn complete_chunk(&mut self, o: Object, chunk: u32, mut buf: Vec<u8>) {
         let index = chunk as u64;
+        if o == Object::Content && self.have.len() > 1 && self.cvs.is_empty() {
+            // Nothing to check it against yet: keep it until the outboard is complete.
+            self.early_bytes += buf.len() as u64;
+            self.early.push((chunk, buf));
+            return;
+        }
         if o == Object::Content && self.cfg.offload_verify {
             if let Some(verifier) = self.verifier() {
                 self.verifying += 1;
@@ -685,6 +699,10 @@ impl Puller {
                     }
                     self.cvs = cvs;
                     self.outboard = Vec::new();
+                    self.early_bytes = 0;
+                    for (c, b) in std::mem::take(&mut self.early) {
+                        self.complete_chunk(Object::Content, c, b);
+                    }
                 }
             }
             Object::Content => {
@@ -753,10 +771,14 @@ impl Puller {
 
     /// Asks the driver to check resumed chunks once a verifier exists.
     fn maybe_recheck(&mut self) {
-        if self.recheck == Recheck::Wanted {
+        if matches!(self.recheck, Recheck::Wanted(_)) {
             if let Some(verifier) = self.verifier() {
-                self.recheck = Recheck::Pending;
-                self.events.push_back(PullEvent::Recheck { verifier });
+                if let Recheck::Wanted(stored) =
+                    std::mem::replace(&mut self.recheck, Recheck::Pending)
+                {
+                    self.events
+                        .push_back(PullEvent::Recheck { verifier, stored });
+                }
             }
         }
     }
@@ -951,16 +973,32 @@ impl Puller {
         room >= self.request_quantum().min(window / 2).max(1)
     }
 
+    /// What new requests ask for: the outboard first, then content. Content starts as
+    /// soon as all of the outboard has been asked for, not when it has all arrived: a
+    /// lost outboard fragment at the end would otherwise idle the path until its
+    /// timeout, with nothing sent after it to reveal the loss sooner.
     fn current_object(&self) -> Object {
-        if self.have_outboard.is_full() {
-            Object::Content
+        let ob = Object::Outboard;
+        if self
+            .have_outboard
+            .first_missing_from(self.cursor[obj_idx(ob)])
+            .is_some()
+        {
+            ob
         } else {
-            Object::Outboard
+            Object::Content
         }
     }
 
     fn has_new_work(&self) -> bool {
         let o = self.current_object();
+        if o == Object::Content
+            && !self.have_outboard.is_full()
+            && self.early_bytes + self.inflight_bytes >= EARLY_CONTENT_LIMIT
+        {
+            // Content waiting for the outboard is held in memory: bounded.
+            return false;
+        }
         let set = self.object_set(o);
         set.first_missing_from(self.cursor[obj_idx(o)]).is_some()
     }
@@ -1150,6 +1188,9 @@ impl Puller {
         Some(Transmit::single(self.cfg.remote, pkt))
     }
 }
+
+/// Most content bytes held or in flight before the outboard is complete.
+const EARLY_CONTENT_LIMIT: u64 = 16 << 20;
 
 /// Smallest request worth sending when the window has room for it.
 const MIN_REQUEST: u64 = 64 * 1024;

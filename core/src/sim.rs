@@ -94,6 +94,8 @@ pub struct SimNet {
     pub link: LinkConfig,
     /// Datagrams sent while `now` is inside a blackout window are lost.
     pub blackouts: Vec<(Instant, Instant)>,
+    /// A test's targeted loss: datagrams for which it returns false are lost.
+    pub keep: Option<Box<dyn FnMut(&[u8]) -> bool>>,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
@@ -111,6 +113,7 @@ impl SimNet {
             rng: SimRng::new(seed),
             link,
             blackouts: Vec::new(),
+            keep: None,
             queue: BinaryHeap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -139,7 +142,7 @@ impl SimNet {
             self.stats.mtu_drops += 1;
             return;
         }
-        if self.in_blackout() {
+        if self.in_blackout() || self.keep.as_mut().is_some_and(|keep| !keep(&data)) {
             self.stats.blackout_drops += 1;
             return;
         }

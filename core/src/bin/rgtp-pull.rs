@@ -330,7 +330,10 @@ const VERIFY_QUEUE: usize = 256;
 /// Carries a pull's events to the verifier, the output file and the terminal.
 struct Handler {
     /// A resume's stored chunks to check before the pull may finish.
-    recheck: Option<std::sync::Arc<rgtp::puller::ChunkVerifier>>,
+    recheck: Option<(
+        std::sync::Arc<rgtp::puller::ChunkVerifier>,
+        rgtp::bitset::ChunkSet,
+    )>,
     part_path: Option<PathBuf>,
     verify_tx: Option<std::sync::mpsc::SyncSender<VerifyJob>>,
     done_rx: std::sync::mpsc::Receiver<(u64, Option<Vec<u8>>)>,
@@ -388,8 +391,8 @@ impl driver::PullHandler for Handler {
                 self.stored += data.len() as u64;
                 self.output.write_chunk(index, data)
             }
-            PullEvent::Recheck { verifier } => {
-                self.recheck = Some(verifier);
+            PullEvent::Recheck { verifier, stored } => {
+                self.recheck = Some((verifier, stored));
                 Ok(())
             }
             PullEvent::Verify {
@@ -426,8 +429,8 @@ impl driver::PullHandler for Handler {
     }
 
     fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
-        if let Some(v) = self.recheck.take() {
-            self.recheck_stored(p, &v)?;
+        if let Some((v, stored)) = self.recheck.take() {
+            self.recheck_stored(p, &v, &stored)?;
         }
         while let Ok((index, plain)) = self.done_rx.try_recv() {
             match plain {
@@ -450,6 +453,7 @@ impl Handler {
         &mut self,
         p: &mut Puller,
         v: &rgtp::puller::ChunkVerifier,
+        stored: &rgtp::bitset::ChunkSet,
     ) -> Result<(), OutputError> {
         use std::os::unix::fs::FileExt;
         let Some(path) = &self.part_path else {
@@ -457,10 +461,9 @@ impl Handler {
             return Ok(());
         };
         let file = std::fs::File::open(path).map_err(|e| OutputError::Io(path.clone(), e))?;
-        let stored: Vec<u64> = p.have().iter().collect();
         let mut buf = Vec::new();
         let mut damaged = 0u64;
-        for index in stored {
+        for index in stored.iter() {
             let len = merkle::chunk_len(index, self.total);
             buf.resize(len, 0);
             let ok = file

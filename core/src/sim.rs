@@ -88,6 +88,9 @@ pub struct InFlight {
     pub data: Vec<u8>,
 }
 
+/// Decides per datagram whether the link carries it.
+pub type KeepFilter = Box<dyn FnMut(&[u8]) -> bool>;
+
 pub struct SimNet {
     pub now: Instant,
     pub rng: SimRng,
@@ -95,7 +98,7 @@ pub struct SimNet {
     /// Datagrams sent while `now` is inside a blackout window are lost.
     pub blackouts: Vec<(Instant, Instant)>,
     /// A test's targeted loss: datagrams for which it returns false are lost.
-    pub keep: Option<Box<dyn FnMut(&[u8]) -> bool>>,
+    pub keep: Option<KeepFilter>,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,

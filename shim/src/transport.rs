@@ -20,9 +20,6 @@ use rgtp::udp::{Receiver, Sender};
 
 use crate::log;
 
-/// Bytes read from an app fd and not yet taken by the connection.
-const UP_CAP: usize = 256 * 1024;
-
 /// What to do with a new incoming connection: make an engine-side fd the app's
 /// listener will accept, and record what the app should see.
 pub type HandOver = Arc<dyn Fn(SocketAddr) -> io::Result<OwnedFd> + Send + Sync>;
@@ -36,12 +33,18 @@ struct Ep {
 struct Bridge {
     fd: OwnedFd,
     app_ino: Option<u64>,
+    /// What one read from the app took and the connection did not (yet), from
+    /// `up_off`: the fd is not read again until it has all gone.
     up: Vec<u8>,
+    up_off: usize,
     /// The app will write no more (EOF on its socket).
     fd_eof: bool,
     fin_sent: bool,
+    /// Bytes read from the connection for the app: `down[down_off..down_len]`. Sized
+    /// once; not cleared between reads (zeroing it every time showed in profiles).
     down: Vec<u8>,
     down_off: usize,
+    down_len: usize,
     /// The peer finished its direction.
     conn_eof: bool,
     fd_wr_shut: bool,
@@ -64,16 +67,26 @@ impl Bridge {
             fd,
             app_ino,
             up: Vec::new(),
+            up_off: 0,
             fd_eof: false,
             fin_sent: false,
             down: Vec::new(),
             down_off: 0,
+            down_len: 0,
             conn_eof: false,
             fd_wr_shut: false,
             dead: false,
             connecting: None,
             skip: 0,
         }
+    }
+
+    fn up_pending(&self) -> bool {
+        self.up_off < self.up.len()
+    }
+
+    fn down_pending(&self) -> bool {
+        self.down_off < self.down_len
     }
 
     /// Reads and drops what is left of the filler; true once it is all gone.
@@ -306,7 +319,7 @@ impl Engine {
         while g
             .bridges
             .values()
-            .any(|b| !(b.dead || b.fin_sent && b.up.is_empty()))
+            .any(|b| !(b.dead || b.fin_sent && !b.up_pending()))
             || pending_acks(&mut g)
         {
             if self.cond.wait_until(&mut g, deadline).timed_out() {
@@ -334,10 +347,10 @@ impl Engine {
                 }
                 for (k, b) in &g.bridges {
                     let mut ev = 0;
-                    if !b.fd_eof && b.up.len() < UP_CAP && !b.dead && b.connecting.is_none() {
+                    if !b.fd_eof && !b.up_pending() && !b.dead && b.connecting.is_none() {
                         ev |= libc::POLLIN;
                     }
-                    if b.down_off < b.down.len() {
+                    if b.down_pending() {
                         ev |= libc::POLLOUT;
                     }
                     pfds.push(pollfd(b.fd.as_raw_fd(), ev));
@@ -422,7 +435,7 @@ impl Engine {
             let done: Vec<(usize, ConnId)> = inner
                 .bridges
                 .iter()
-                .filter(|(_, b)| b.dead || (b.fin_sent && b.conn_eof && b.down_off >= b.down.len()))
+                .filter(|(_, b)| b.dead || (b.fin_sent && b.conn_eof && !b.down_pending()))
                 .map(|(k, _)| *k)
                 .collect();
             for k in done {
@@ -551,13 +564,30 @@ fn pump(
         return;
     }
     let fd = b.fd.as_raw_fd();
-    // app -> peer
-    while !b.fd_eof && b.up.len() < UP_CAP {
-        let room = (UP_CAP - b.up.len()).min(buf.len());
+    // app -> peer: first what an earlier read left, then straight from the fd into the
+    // connection (no staging copy while the connection keeps up).
+    if b.up_pending() {
+        let Some(n) = write_up(ep, id, b, fd, None) else {
+            return;
+        };
+        b.up_off += n;
+        if !b.up_pending() {
+            b.up.clear();
+            b.up_off = 0;
+        }
+    }
+    while !b.fd_eof && !b.up_pending() {
         // SAFETY: reading into our own buffer.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, room) };
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
         if n > 0 {
-            b.up.extend_from_slice(&buf[..n as usize]);
+            let n = n as usize;
+            let Some(taken) = write_up(ep, id, b, fd, Some(&buf[..n])) else {
+                return;
+            };
+            if taken < n {
+                b.up.extend_from_slice(&buf[taken..n]);
+                b.up_off = 0;
+            }
             continue;
         }
         if n == 0 {
@@ -581,29 +611,14 @@ fn pump(
             }
         }
     }
-    while !b.up.is_empty() {
-        match ep.write(id, &b.up) {
-            Ok(0) => break,
-            Ok(n) => {
-                b.up.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => {
-                b.dead = true;
-                // SAFETY: valid fd.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                return;
-            }
-        }
-    }
-    if b.fd_eof && b.up.is_empty() && !b.fin_sent {
+    if b.fd_eof && !b.up_pending() && !b.fin_sent {
         let _ = ep.shutdown_write(now, id);
         b.fin_sent = true;
     }
     // peer -> app
     loop {
-        if b.down_off < b.down.len() {
-            let rest = &b.down[b.down_off..];
+        if b.down_pending() {
+            let rest = &b.down[b.down_off..b.down_len];
             // SAFETY: writing from our buffer; MSG_NOSIGNAL keeps SIGPIPE away.
             let n = unsafe {
                 libc::send(
@@ -632,21 +647,16 @@ fn pump(
         if b.conn_eof {
             break;
         }
-        b.down.clear();
         b.down_off = 0;
-        b.down.resize(buf.len(), 0);
+        b.down_len = 0;
+        if b.down.len() != buf.len() {
+            b.down.resize(buf.len(), 0);
+        }
         match ep.read(id, &mut b.down) {
-            Ok(0) => {
-                b.down.clear();
-                b.conn_eof = true;
-            }
-            Ok(n) => b.down.truncate(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                b.down.clear();
-                break;
-            }
+            Ok(0) => b.conn_eof = true,
+            Ok(n) => b.down_len = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(_) => {
-                b.down.clear();
                 b.dead = true;
                 // SAFETY: valid fd: the app sees its connection end.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -654,10 +664,33 @@ fn pump(
             }
         }
     }
-    if b.conn_eof && b.down_off >= b.down.len() && !b.fd_wr_shut {
+    if b.conn_eof && !b.down_pending() && !b.fd_wr_shut {
         // SAFETY: valid fd: the app reads EOF after the last byte.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };
         b.fd_wr_shut = true;
+    }
+}
+
+/// Hands app bytes to the connection: `data`, or what `b.up` holds. Returns how many
+/// it took (0 when its window is full), or None when the connection is gone (the
+/// bridge is then dead and the app's socket shut).
+fn write_up(
+    ep: &mut Endpoint,
+    id: ConnId,
+    b: &mut Bridge,
+    fd: RawFd,
+    data: Option<&[u8]>,
+) -> Option<usize> {
+    let data = data.unwrap_or(&b.up[b.up_off..]);
+    match ep.write(id, data) {
+        Ok(n) => Some(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(0),
+        Err(_) => {
+            b.dead = true;
+            // SAFETY: valid fd.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            None
+        }
     }
 }
 

@@ -40,11 +40,10 @@ struct Bridge {
     /// The app will write no more (EOF on its socket).
     fd_eof: bool,
     fin_sent: bool,
-    /// Bytes read from the connection for the app: `down[down_off..down_len]`. Sized
-    /// once; not cleared between reads (zeroing it every time showed in profiles).
-    down: Vec<u8>,
-    down_off: usize,
-    down_len: usize,
+    /// The app's socket took no more of what the connection holds for it: wait for
+    /// POLLOUT. (Those bytes stay in the connection, under its flow control, and go
+    /// to the socket from there without an extra copy.)
+    fd_full: bool,
     /// The peer finished its direction.
     conn_eof: bool,
     fd_wr_shut: bool,
@@ -70,9 +69,7 @@ impl Bridge {
             up_off: 0,
             fd_eof: false,
             fin_sent: false,
-            down: Vec::new(),
-            down_off: 0,
-            down_len: 0,
+            fd_full: false,
             conn_eof: false,
             fd_wr_shut: false,
             dead: false,
@@ -83,10 +80,6 @@ impl Bridge {
 
     fn up_pending(&self) -> bool {
         self.up_off < self.up.len()
-    }
-
-    fn down_pending(&self) -> bool {
-        self.down_off < self.down_len
     }
 
     /// Reads and drops what is left of the filler; true once it is all gone.
@@ -350,7 +343,7 @@ impl Engine {
                     if !b.fd_eof && !b.up_pending() && !b.dead && b.connecting.is_none() {
                         ev |= libc::POLLIN;
                     }
-                    if b.down_pending() {
+                    if b.fd_full {
                         ev |= libc::POLLOUT;
                     }
                     pfds.push(pollfd(b.fd.as_raw_fd(), ev));
@@ -435,7 +428,7 @@ impl Engine {
             let done: Vec<(usize, ConnId)> = inner
                 .bridges
                 .iter()
-                .filter(|(_, b)| b.dead || (b.fin_sent && b.conn_eof && !b.down_pending()))
+                .filter(|(_, b)| b.dead || (b.fin_sent && b.conn_eof))
                 .map(|(k, _)| *k)
                 .collect();
             for k in done {
@@ -615,48 +608,52 @@ fn pump(
         let _ = ep.shutdown_write(now, id);
         b.fin_sent = true;
     }
-    // peer -> app
-    loop {
-        if b.down_pending() {
-            let rest = &b.down[b.down_off..b.down_len];
-            // SAFETY: writing from our buffer; MSG_NOSIGNAL keeps SIGPIPE away.
+    // peer -> app, straight from the connection's buffer into the app's socket.
+    b.fd_full = false;
+    while !b.conn_eof {
+        // What the app's socket took; None if there was nothing to give it.
+        let mut sent: Option<io::Result<usize>> = None;
+        let r = ep.read_with(id, |data| {
+            // SAFETY: sending from a live slice; MSG_NOSIGNAL keeps SIGPIPE away.
             let n = unsafe {
                 libc::send(
                     fd,
-                    rest.as_ptr() as *const libc::c_void,
-                    rest.len(),
+                    data.as_ptr() as *const libc::c_void,
+                    data.len(),
                     libc::MSG_NOSIGNAL,
                 )
             };
-            if n > 0 {
-                b.down_off += n as usize;
-                continue;
+            let took = if n < 0 { 0 } else { n as usize };
+            sent = Some(if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(took)
+            });
+            took
+        });
+        match (r, sent) {
+            (_, Some(Ok(n))) if n > 0 => continue,
+            (_, Some(Ok(_))) => {
+                b.fd_full = true;
+                break;
             }
-            let e = io::Error::last_os_error();
-            match e.kind() {
+            (_, Some(Err(e))) => match e.kind() {
                 io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::WouldBlock => {
+                    b.fd_full = true;
+                    break;
+                }
                 _ => {
                     // The app closed its socket: like TCP, reset the sender.
                     ep.abort(now, id);
                     b.dead = true;
                     return;
                 }
-            }
-        }
-        if b.conn_eof {
-            break;
-        }
-        b.down_off = 0;
-        b.down_len = 0;
-        if b.down.len() != buf.len() {
-            b.down.resize(buf.len(), 0);
-        }
-        match ep.read(id, &mut b.down) {
-            Ok(0) => b.conn_eof = true,
-            Ok(n) => b.down_len = n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => {
+            },
+            // Nothing readable, and the stream is over.
+            (Ok(_), None) => b.conn_eof = true,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => break,
+            (Err(_), None) => {
                 b.dead = true;
                 // SAFETY: valid fd: the app sees its connection end.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -664,7 +661,7 @@ fn pump(
             }
         }
     }
-    if b.conn_eof && !b.down_pending() && !b.fd_wr_shut {
+    if b.conn_eof && !b.fd_wr_shut {
         // SAFETY: valid fd: the app reads EOF after the last byte.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };
         b.fd_wr_shut = true;

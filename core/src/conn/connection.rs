@@ -8,9 +8,7 @@ use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use snow::StatelessTransportState;
-
-use super::noise::{ClientHandshake, Established};
+use super::noise::{ClientHandshake, Established, Transport};
 use super::stream::{RecvStream, SendStream};
 use super::wire::{
     self as cw, Ack, Frame, Packet, TransportParams, ACK_FIXED_LEN, MAX_WANT_RANGES,
@@ -226,7 +224,7 @@ pub(crate) struct Conn {
     /// Client: the server has proved it finished the handshake (a SHORT came).
     confirmed: bool,
 
-    transport: Option<StatelessTransportState>,
+    transport: Option<Transport>,
     pub peer_key: Option<[u8; 32]>,
     pub peer_reset_token: Option<[u8; 16]>,
     peer_max_datagram: usize,
@@ -552,12 +550,46 @@ impl Conn {
         }
         let n = self.recv.read(buf);
         if n > 0 {
-            if self.recv.credit_update_due() && self.phase == Phase::Established {
-                self.ack_now = true;
+            self.after_read();
+            return Ok(n);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.read_nothing()
+    }
+
+    /// Hands `take` the readable bytes in place (a contiguous front part of them); it
+    /// returns how many it used, and that is the result. With nothing readable, `take`
+    /// is not called and the result is as for [`Conn::read`]: `Ok(0)` at EOF, the
+    /// connection's error, or `WouldBlock`.
+    pub fn read_with(&mut self, take: impl FnOnce(&[u8]) -> usize) -> io::Result<usize> {
+        if self.phase == Phase::Handshake {
+            self.read_armed = true;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let data = self.recv.peek();
+        if !data.is_empty() {
+            let n = take(data).min(data.len());
+            if n > 0 {
+                self.recv.consume(n);
+                self.after_read();
             }
             return Ok(n);
         }
-        if buf.is_empty() || self.recv.at_eof() {
+        self.read_nothing()
+    }
+
+    /// The reader freed room: tell the writer soon if that opens its window enough.
+    fn after_read(&mut self) {
+        if self.recv.credit_update_due() && self.phase == Phase::Established {
+            self.ack_now = true;
+        }
+    }
+
+    /// What a read returns when no bytes are ready.
+    fn read_nothing(&mut self) -> io::Result<usize> {
+        if self.recv.at_eof() {
             return Ok(0);
         }
         if let Some(e) = self.error {
@@ -815,8 +847,9 @@ impl Conn {
     /// Opens a SHORT packet's body into `out`; `None` if it does not authenticate.
     pub fn open(&self, pn: u64, sealed: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let t = self.transport.as_ref()?;
-        out.resize(sealed.len(), 0);
-        t.read_message(pn, sealed, out).ok()
+        out.clear();
+        out.extend_from_slice(sealed);
+        t.open_in_place(pn, out)
     }
 
     /// A SHORT packet that authenticated. `plain` is its decrypted body.
@@ -1246,7 +1279,7 @@ impl Conn {
     }
 
     /// The next datagrams to send, to one destination.
-    pub fn poll_transmit(&mut self, now: Instant, plain: &mut Vec<u8>) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         match self.phase {
             Phase::Handshake => return self.poll_handshake(now),
             Phase::Closed => {
@@ -1272,7 +1305,6 @@ impl Conn {
             }
         }
         if let Some((addr, d)) = self.path_responses.pop() {
-            plain.clear();
             let mut w = Writer::default();
             Frame::PathResponse(d).encode(&mut w);
             return self.seal_single(now, addr, &w.buf);
@@ -1282,7 +1314,7 @@ impl Conn {
                 return Some(t);
             }
         }
-        self.poll_short_batch(now, plain)
+        self.poll_short_batch(now)
     }
 
     fn poll_handshake(&mut self, now: Instant) -> Option<Transmit> {
@@ -1332,14 +1364,30 @@ impl Conn {
         Some(Transmit::single(dest, out))
     }
 
+    /// Seals the packet whose frames follow its header's place at `out[start..]`, in
+    /// place, under the next packet number. False if there are no transport keys.
+    fn seal_at(&mut self, out: &mut Vec<u8>, start: usize) -> bool {
+        let Some(t) = self.transport.as_ref() else {
+            return false;
+        };
+        let pn = self.next_pn;
+        if !t.seal_in_place(pn, out, start + SHORT_HEADER_LEN) {
+            return false;
+        }
+        cw::write_short_header(&mut out[start..], self.peer_cid, pn);
+        self.next_pn += 1;
+        if self.sent_times.len() >= SENT_TIMES_CAP {
+            self.sent_times.pop_front();
+        }
+        true
+    }
+
     /// Seals `plain` under the next packet number into `out`; returns the length.
     fn seal_into(&mut self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
         let t = self.transport.as_ref()?;
         let pn = self.next_pn;
         cw::write_short_header(out, self.peer_cid, pn);
-        let n = t
-            .write_message(pn, plain, &mut out[SHORT_HEADER_LEN..])
-            .ok()?;
+        let n = t.write_message(pn, plain, &mut out[SHORT_HEADER_LEN..])?;
         self.next_pn += 1;
         if self.sent_times.len() >= SENT_TIMES_CAP {
             self.sent_times.pop_front();
@@ -1367,12 +1415,12 @@ impl Conn {
             || (self.phase == Phase::Established && self.recv.credit_update_due())
     }
 
-    fn poll_short_batch(&mut self, now: Instant, plain: &mut Vec<u8>) -> Option<Transmit> {
-        let mut contents: Vec<u8> = Vec::new();
+    fn poll_short_batch(&mut self, now: Instant) -> Option<Transmit> {
+        let mut contents: Vec<u8> = Vec::with_capacity(MAX_BATCH_BYTES + self.datagram);
         let mut seg = 0usize;
         let mut count = 0usize;
         while count < MAX_BATCH && contents.len() + self.datagram <= MAX_BATCH_BYTES {
-            let Some(n) = self.build_short(now, plain, &mut contents) else {
+            let Some(n) = self.build_short(now, &mut contents) else {
                 break;
             };
             count += 1;
@@ -1392,12 +1440,7 @@ impl Conn {
 
     /// Builds one SHORT packet and appends it to `out`; its length, or `None` when
     /// there is nothing to send.
-    fn build_short(
-        &mut self,
-        now: Instant,
-        plain: &mut Vec<u8>,
-        out: &mut Vec<u8>,
-    ) -> Option<usize> {
+    fn build_short(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<usize> {
         let budget = self.datagram - SHORT_HEADER_LEN - TAG_LEN;
         let closed = self.phase == Phase::Closed;
         let mut data_ready = false;
@@ -1415,10 +1458,14 @@ impl Conn {
         if !must && !data_ready {
             return None;
         }
+        // The frames are written straight after the header's place in `out` and
+        // sealed there: no plaintext copy.
+        let start = out.len();
+        let body = start + SHORT_HEADER_LEN;
+        out.resize(body, 0);
         let mut w = Writer {
-            buf: std::mem::take(plain),
+            buf: std::mem::take(out),
         };
-        w.buf.clear();
         let mut eliciting = false;
         if let Some(code) = self.reset_pending.take() {
             Frame::Reset { code }.encode(&mut w);
@@ -1430,7 +1477,7 @@ impl Conn {
             || self.ack_due.is_some_and(|d| now >= d)
             || (!closed && self.recv.credit_update_due());
         if want_ack && !(closed && self.aborted) {
-            let room = budget - ACK_FIXED_LEN - w.buf.len();
+            let room = budget - ACK_FIXED_LEN - (w.buf.len() - body);
             let want = if closed {
                 Vec::new()
             } else {
@@ -1470,21 +1517,14 @@ impl Conn {
         self.ping_pending = false;
         let was_idle = !self.send.has_unacked();
         if data_ready {
-            eliciting |= self.add_stream_frames(&mut w, budget);
+            eliciting |= self.add_stream_frames(&mut w, body + budget);
         }
-        if w.buf.is_empty() {
-            *plain = w.buf;
-            return None;
-        }
-        let start = out.len();
-        out.resize(start + SHORT_HEADER_LEN + w.buf.len() + TAG_LEN, 0);
-        let n = self.seal_into(&w.buf, &mut out[start..]);
-        *plain = w.buf;
-        let Some(n) = n else {
+        *out = w.buf;
+        if out.len() == body || !self.seal_at(out, start) {
             out.truncate(start);
             return None;
-        };
-        out.truncate(start + n);
+        }
+        let n = out.len() - start;
         if data_ready {
             // Pacing counts what is sent, not the datagram size.
             self.pacer_tokens -= n as f64;
@@ -1502,10 +1542,11 @@ impl Conn {
 
     /// Adds STREAM frames (re-sends first) while room, credit and the rate window
     /// allow. Returns whether any were added.
-    fn add_stream_frames(&mut self, w: &mut Writer, budget: usize) -> bool {
+    /// Adds STREAM frames while `w` is shorter than `end` bytes.
+    fn add_stream_frames(&mut self, w: &mut Writer, end: usize) -> bool {
         let mut added = false;
         loop {
-            let room = budget.saturating_sub(w.buf.len());
+            let room = end.saturating_sub(w.buf.len());
             if room < STREAM_HEADER_LEN + 1 {
                 break;
             }

@@ -93,7 +93,6 @@ pub struct Endpoint {
     events: VecDeque<(ConnId, Event)>,
     handshake_window: (Instant, u32),
     stateless_window: (Instant, u32),
-    plain: Vec<u8>,
     open_buf: Vec<u8>,
     pub stats: EndpointStats,
 }
@@ -137,7 +136,6 @@ impl Endpoint {
             events: VecDeque::new(),
             handshake_window: (now, 0),
             stateless_window: (now, 0),
-            plain: Vec::new(),
             open_buf: Vec::new(),
             stats: EndpointStats::default(),
         }
@@ -714,7 +712,7 @@ impl Endpoint {
                 self.dirty_set.remove(&id);
                 continue;
             };
-            match c.poll_transmit(now, &mut self.plain) {
+            match c.poll_transmit(now) {
                 Some(t) => {
                     // More may follow: stay in line behind the others.
                     self.dirty.push_back(id);
@@ -755,6 +753,17 @@ impl Endpoint {
     /// after any bytes that arrived in order before the failure.
     pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> io::Result<usize> {
         let r = self.live(id)?.read(buf);
+        self.mark(id);
+        r
+    }
+
+    /// Reads in place: see [`Conn::read_with`](crate::conn::connection::Conn::read_with).
+    pub fn read_with(
+        &mut self,
+        id: ConnId,
+        take: impl FnOnce(&[u8]) -> usize,
+    ) -> io::Result<usize> {
+        let r = self.live(id)?.read_with(take);
         self.mark(id);
         r
     }

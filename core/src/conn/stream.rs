@@ -444,10 +444,23 @@ impl RecvStream {
             out[..a.len()].copy_from_slice(a);
             out[a.len()..n].copy_from_slice(&b[..n - a.len()]);
         }
+        self.consume(n);
+        n
+    }
+
+    /// The readable bytes at the front, in place (for a reader that copies them
+    /// straight to where they go); [`RecvStream::consume`] what it took.
+    pub fn peek(&self) -> &[u8] {
+        // The front slice is empty only when the whole deque is.
+        self.ready.as_slices().0
+    }
+
+    /// Drops `n` read bytes and grants the writer credit for them.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.ready.len());
         self.ready.drain(..n);
         self.consumed += n as u64;
         self.grow_limit();
-        n
     }
 
     /// Takes a STREAM frame. Returns whether the gap set may have changed (data arrived

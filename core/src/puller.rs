@@ -287,9 +287,8 @@ pub struct Puller {
     /// The outboard's CVs shared with verifiers.
     shared_cvs: Option<std::sync::Arc<Vec<Hash>>>,
     /// Content chunks (sealed, as received) that arrived before the outboard that
-    /// verifies them was complete, and their bytes (bounded by EARLY_CONTENT_LIMIT).
+    /// verifies them was complete (bounded by EARLY_CONTENT_LIMIT).
     early: Vec<(u32, Vec<u8>)>,
-    early_bytes: u64,
     pub stats: PullStats,
 }
 
@@ -333,7 +332,6 @@ impl Puller {
             failures: HashMap::new(),
             shared_cvs: None,
             early: Vec::new(),
-            early_bytes: 0,
             stats: PullStats::default(),
             cfg,
         }
@@ -655,7 +653,6 @@ impl Puller {
         let index = chunk as u64;
         if o == Object::Content && self.have.len() > 1 && self.cvs.is_empty() {
             // Nothing to check it against yet: keep it until the outboard is complete.
-            self.early_bytes += buf.len() as u64;
             self.early.push((chunk, buf));
             return;
         }
@@ -699,7 +696,6 @@ impl Puller {
                     }
                     self.cvs = cvs;
                     self.outboard = Vec::new();
-                    self.early_bytes = 0;
                     for (c, b) in std::mem::take(&mut self.early) {
                         self.complete_chunk(Object::Content, c, b);
                     }
@@ -771,15 +767,15 @@ impl Puller {
 
     /// Asks the driver to check resumed chunks once a verifier exists.
     fn maybe_recheck(&mut self) {
-        if matches!(self.recheck, Recheck::Wanted(_)) {
-            if let Some(verifier) = self.verifier() {
-                if let Recheck::Wanted(stored) =
-                    std::mem::replace(&mut self.recheck, Recheck::Pending)
-                {
-                    self.events
-                        .push_back(PullEvent::Recheck { verifier, stored });
-                }
-            }
+        if !matches!(self.recheck, Recheck::Wanted(_)) {
+            return;
+        }
+        let Some(verifier) = self.verifier() else {
+            return;
+        };
+        if let Recheck::Wanted(stored) = std::mem::replace(&mut self.recheck, Recheck::Pending) {
+            self.events
+                .push_back(PullEvent::Recheck { verifier, stored });
         }
     }
 
@@ -994,7 +990,8 @@ impl Puller {
         let o = self.current_object();
         if o == Object::Content
             && !self.have_outboard.is_full()
-            && self.early_bytes + self.inflight_bytes >= EARLY_CONTENT_LIMIT
+            && self.early.len() as u64 * CHUNK_SIZE as u64 + self.inflight_bytes
+                >= EARLY_CONTENT_LIMIT
         {
             // Content waiting for the outboard is held in memory: bounded.
             return false;

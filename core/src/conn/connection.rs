@@ -1357,9 +1357,12 @@ impl Conn {
     }
 
     fn seal_single(&mut self, now: Instant, dest: SocketAddr, plain: &[u8]) -> Option<Transmit> {
-        let mut out = vec![0u8; SHORT_HEADER_LEN + plain.len() + TAG_LEN];
-        let n = self.seal_into(plain, &mut out)?;
-        out.truncate(n);
+        let mut out = Vec::with_capacity(SHORT_HEADER_LEN + plain.len() + TAG_LEN);
+        out.resize(SHORT_HEADER_LEN, 0);
+        out.extend_from_slice(plain);
+        if !self.seal_at(&mut out, 0) {
+            return None;
+        }
         self.count_out(now, &out, None);
         Some(Transmit::single(dest, out))
     }
@@ -1380,19 +1383,6 @@ impl Conn {
             self.sent_times.pop_front();
         }
         true
-    }
-
-    /// Seals `plain` under the next packet number into `out`; returns the length.
-    fn seal_into(&mut self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
-        let t = self.transport.as_ref()?;
-        let pn = self.next_pn;
-        cw::write_short_header(out, self.peer_cid, pn);
-        let n = t.write_message(pn, plain, &mut out[SHORT_HEADER_LEN..])?;
-        self.next_pn += 1;
-        if self.sent_times.len() >= SENT_TIMES_CAP {
-            self.sent_times.pop_front();
-        }
-        Some(SHORT_HEADER_LEN + n)
     }
 
     fn count_out(&mut self, now: Instant, pkt: &[u8], pn: Option<u64>) {
@@ -1540,9 +1530,8 @@ impl Conn {
         Some(n)
     }
 
-    /// Adds STREAM frames (re-sends first) while room, credit and the rate window
-    /// allow. Returns whether any were added.
-    /// Adds STREAM frames while `w` is shorter than `end` bytes.
+    /// Adds STREAM frames (re-sends first) while `w` is shorter than `end` bytes and
+    /// credit and the rate window allow. Returns whether any were added.
     fn add_stream_frames(&mut self, w: &mut Writer, end: usize) -> bool {
         let mut added = false;
         loop {

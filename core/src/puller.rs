@@ -289,6 +289,8 @@ pub struct Puller {
     /// Content chunks (sealed, as received) that arrived before the outboard that
     /// verifies them was complete (bounded by EARLY_CONTENT_LIMIT).
     early: Vec<(u32, Vec<u8>)>,
+    /// In the tail, the items of the last request, to be asked for a second time.
+    tail_copy: Option<Vec<RequestItem>>,
     pub stats: PullStats,
 }
 
@@ -332,6 +334,7 @@ impl Puller {
             failures: HashMap::new(),
             shared_cvs: None,
             early: Vec::new(),
+            tail_copy: None,
             stats: PullStats::default(),
             cfg,
         }
@@ -1039,6 +1042,9 @@ impl Puller {
                 {
                     self.cc.mark_app_limited();
                 }
+                if let Some(items) = self.tail_copy.take() {
+                    return self.seal_request(&items);
+                }
                 if now < self.next_send || !self.can_request() {
                     return None;
                 }
@@ -1173,12 +1179,23 @@ impl Puller {
         let deadline = now + rto;
         self.next_loss_check = Some(self.next_loss_check.map_or(deadline, |t| t.min(deadline)));
         self.next_send = now + Duration::from_secs_f64(bytes as f64 / rate.max(1.0));
+        if !self.has_new_work() && self.cc.loss() >= 0.01 {
+            // The tail of a lossy pull: what is asked for now is what the pull waits
+            // for, and each loss costs another round trip. Ask twice (two requests): a
+            // fragment is then missing only if both copies are lost.
+            self.tail_copy = Some(items.clone());
+        }
+        self.seal_request(&items)
+    }
+
+    /// A REQUEST datagram carrying `items` under the next sequence number.
+    fn seal_request(&mut self, items: &[RequestItem]) -> Option<Transmit> {
         let sess = self.session.as_ref()?;
         self.seq += 1;
         let mut pkt = Request::encode_header(&sess.m.exposure, &sess.m.token, self.seq);
         let header = pkt.clone();
         sess.sealer
-            .seal(self.seq, &header, &wire::encode_items(&items), &mut pkt);
+            .seal(self.seq, &header, &wire::encode_items(items), &mut pkt);
         self.stats.requests += 1;
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += pkt.len() as u64;

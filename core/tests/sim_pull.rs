@@ -212,6 +212,8 @@ fn clean_pull_is_byte_exact() {
     let s = &w.pullers[0].p.stats;
     assert_eq!(s.bad_chunks, 0);
     assert_eq!(s.content_bytes, w.data.len() as u64);
+    // Nothing is asked for twice on a clean path (not even the tail).
+    assert_eq!(s.duplicate_fragments, 0);
 }
 
 /// Content is asked for as soon as all of the outboard has been, not once all of it
@@ -768,6 +770,15 @@ fn lossy_long_fat_link_goodput() {
         }
         let (mbps, stats) = lossy_goodput(21, loss, size);
         println!("loss {loss}: {mbps:.1} Mbit/s {stats:?}");
+        // The tail of a lossy pull is asked for twice, and only the tail.
+        assert!(
+            loss < 0.05 || stats.duplicate_fragments > 0,
+            "loss {loss}: tail not asked twice: {stats:?}"
+        );
+        assert!(
+            stats.duplicate_fragments < stats.datagrams_in / 100,
+            "loss {loss}: more than the tail asked twice: {stats:?}"
+        );
         assert!(
             mbps >= floor,
             "loss {loss}: {mbps:.1} Mbit/s < {floor}: {stats:?}"

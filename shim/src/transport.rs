@@ -100,13 +100,18 @@ impl Bridge {
     /// writable and hung up, as a failed TCP connect does.
     fn fail_connect(&mut self, errno: libc::c_int, buf: &mut [u8]) {
         self.connecting = None;
-        self.dead = true;
         if let Some(ino) = self.app_ino.take() {
             // Kept past the bridge (app_ino taken): the app reads it after we are gone.
             crate::registry::set_connecting(ino, Some(crate::registry::Connecting::Failed(errno)));
         }
         self.drain_skip(buf);
-        // SAFETY: valid fd: the app's reads and writes end.
+        self.end();
+    }
+
+    /// The connection is gone: the app's reads and writes on its socket end.
+    fn end(&mut self) {
+        self.dead = true;
+        // SAFETY: valid fd (ours until the bridge is dropped).
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
@@ -488,9 +493,7 @@ impl Engine {
                                 let kind = error.unwrap_or(io::ErrorKind::ConnectionRefused);
                                 b.fail_connect(errno_of_kind(kind), buf);
                             } else if error.is_some() {
-                                b.dead = true;
-                                // SAFETY: valid fd: the app's reads and writes end.
-                                unsafe { libc::shutdown(b.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                                b.end();
                             }
                         }
                     }
@@ -560,7 +563,8 @@ fn pump(
     // app -> peer: first what an earlier read left, then straight from the fd into the
     // connection (no staging copy while the connection keeps up).
     if b.up_pending() {
-        let Some(n) = write_up(ep, id, b, fd, None) else {
+        let Ok(n) = conn_write(ep, id, &b.up[b.up_off..]) else {
+            b.end();
             return;
         };
         b.up_off += n;
@@ -574,7 +578,8 @@ fn pump(
         let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
         if n > 0 {
             let n = n as usize;
-            let Some(taken) = write_up(ep, id, b, fd, Some(&buf[..n])) else {
+            let Ok(taken) = conn_write(ep, id, &buf[..n]) else {
+                b.end();
                 return;
             };
             if taken < n {
@@ -654,9 +659,7 @@ fn pump(
             (Ok(_), None) => b.conn_eof = true,
             (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => break,
             (Err(_), None) => {
-                b.dead = true;
-                // SAFETY: valid fd: the app sees its connection end.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                b.end();
                 return;
             }
         }
@@ -668,26 +671,12 @@ fn pump(
     }
 }
 
-/// Hands app bytes to the connection: `data`, or what `b.up` holds. Returns how many
-/// it took (0 when its window is full), or None when the connection is gone (the
-/// bridge is then dead and the app's socket shut).
-fn write_up(
-    ep: &mut Endpoint,
-    id: ConnId,
-    b: &mut Bridge,
-    fd: RawFd,
-    data: Option<&[u8]>,
-) -> Option<usize> {
-    let data = data.unwrap_or(&b.up[b.up_off..]);
+/// Hands app bytes to the connection: how many it took (0 when its window is full),
+/// or the error that ended it.
+fn conn_write(ep: &mut Endpoint, id: ConnId, data: &[u8]) -> io::Result<usize> {
     match ep.write(id, data) {
-        Ok(n) => Some(n),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(0),
-        Err(_) => {
-            b.dead = true;
-            // SAFETY: valid fd.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-            None
-        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        r => r,
     }
 }
 

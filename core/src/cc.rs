@@ -93,6 +93,10 @@ impl RateControl {
             self.srtt = rtt;
             self.rttvar = rtt / 2;
             self.has_rtt = true;
+            // The initial RTT was a guess: a path longer than it must not keep the
+            // guess as its minimum (it would until the minimum's window expired).
+            self.min_rtt = rtt;
+            self.min_rtt_at = now;
         } else {
             let diff = self.srtt.abs_diff(rtt);
             self.rttvar = (self.rttvar * 3 + diff) / 4;
@@ -317,6 +321,22 @@ mod tests {
         assert!(cc.rto() >= rto * 2);
         cc.on_delivered(t, 1);
         assert_eq!(cc.backoff, 0);
+    }
+
+    /// A path longer than the initial guess: its first sample is its minimum RTT.
+    /// (The guess once stayed the minimum for ten seconds, so a 150 ms path looked
+    /// queued from the start and lost its loss compensation.)
+    #[test]
+    fn first_sample_replaces_the_guessed_rtt() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(100));
+        cc.on_rtt_sample(t0, Duration::from_millis(150));
+        assert_eq!(cc.min_rtt(), Duration::from_millis(150));
+        assert!(cc.queue_free());
+        cc.on_rtt_sample(t0, Duration::from_millis(160));
+        assert_eq!(cc.min_rtt(), Duration::from_millis(150));
+        cc.on_rtt_sample(t0, Duration::from_millis(140));
+        assert_eq!(cc.min_rtt(), Duration::from_millis(140));
     }
 
     /// The 0.75 phase of the probing cycle drains a queue; with none standing it

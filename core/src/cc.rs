@@ -162,7 +162,8 @@ impl RateControl {
             return;
         }
         let rate = self.round_delivered as f64 / elapsed.as_secs_f64();
-        let sent = self.round_delivered + self.round_lost;
+        let lost = self.round_lost;
+        let sent = self.round_delivered + lost;
         if sent > 0 {
             let l = self.round_lost as f64 / sent as f64;
             self.loss = 0.75 * self.loss + 0.25 * l;
@@ -180,13 +181,17 @@ impl RateControl {
             self.bw_samples.pop_front();
         }
         self.btl_bw = self.bw_samples.iter().copied().fold(0.0, f64::max);
-        self.advance_mode(now);
+        self.advance_mode(now, lost > 0);
     }
 
-    fn advance_mode(&mut self, now: Instant) {
+    fn advance_mode(&mut self, now: Instant, lost: bool) {
         match self.mode {
             Mode::Startup => {
-                if self.btl_bw >= self.full_bw * 1.25 {
+                if lost && !self.queue_free() {
+                    // Loss over a queue: the bottleneck is full now. Waiting three
+                    // rounds for the rate to stop growing would only overflow it more.
+                    self.mode = Mode::Drain;
+                } else if self.btl_bw >= self.full_bw * 1.25 {
                     self.full_bw = self.btl_bw;
                     self.full_bw_rounds = 0;
                 } else {
@@ -321,6 +326,33 @@ mod tests {
         assert!(cc.rto() >= rto * 2);
         cc.on_delivered(t, 1);
         assert_eq!(cc.backoff, 0);
+    }
+
+    /// Start-up ends on the round where loss meets a standing queue, not three rounds
+    /// after the rate stops growing: those rounds only overflow the bottleneck more.
+    #[test]
+    fn startup_ends_on_loss_over_a_queue() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(40));
+        let mut t = t0;
+        let mut per_round = 100_000u64;
+        // Doubling each 40 ms round, RTT at its minimum, random loss: still starting.
+        for _ in 0..6 {
+            t += Duration::from_millis(40);
+            cc.on_rtt_sample(t, Duration::from_millis(40));
+            cc.on_lost(per_round / 50);
+            cc.on_delivered(t, per_round);
+            per_round *= 2;
+        }
+        assert_eq!(cc.mode, Mode::Startup);
+        // The queue fills (RTT 40 -> 90 ms) and drops while the rate still grows.
+        for _ in 0..8 {
+            cc.on_rtt_sample(t, Duration::from_millis(90));
+        }
+        t += Duration::from_millis(90);
+        cc.on_lost(per_round / 10);
+        cc.on_delivered(t, per_round * 2);
+        assert_eq!(cc.mode, Mode::Drain);
     }
 
     /// A path longer than the initial guess: its first sample is its minimum RTT.

@@ -132,18 +132,21 @@ impl RateControl {
         self.loss
     }
 
-    /// No standing queue: the smoothed RTT is within max(min RTT / 4, 2 ms) of the
-    /// minimum.
-    fn queue_free(&self) -> bool {
-        self.srtt <= self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2))
+    /// RTT above the minimum that still counts as no queue: max(min RTT / 4, 2 ms).
+    fn queue_bound(&self) -> Duration {
+        self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2))
     }
 
-    /// Every RTT sample of the last round exceeded the minimum by more than the
-    /// queue-free bound: the bottleneck's queue stood through it. (The smoothed RTT
-    /// would also rise with jitter alone.)
+    /// No standing queue: the smoothed RTT is within the bound.
+    fn queue_free(&self) -> bool {
+        self.srtt <= self.queue_bound()
+    }
+
+    /// Every RTT sample of the last round exceeded the bound: the bottleneck's queue
+    /// stood through it. (The smoothed RTT would also rise with jitter alone.)
     fn queue_stood(&self) -> bool {
         self.last_round_min_rtt
-            .is_some_and(|r| r > self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2)))
+            .is_some_and(|r| r > self.queue_bound())
     }
 
     /// The rate at which data must be *asked for* so that `btl_bw` arrives: delivery

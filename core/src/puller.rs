@@ -194,6 +194,9 @@ pub struct PullStats {
     /// Fragments asked for again after their deadline passed.
     pub rerequested_fragments: u64,
     pub duplicate_fragments: u64,
+    /// Fragments declared lost by the reordering rules that then arrived from their
+    /// first request (each widens the reorder window, at most once per round trip).
+    pub spurious_losses: u64,
     pub bad_chunks: u64,
     pub handshakes: u64,
     pub dropped: u64,
@@ -235,6 +238,10 @@ struct Flight {
     /// Fragments received since the latest (re)request: only these show, by arriving,
     /// that earlier fragments of that same request were lost.
     fresh: u64,
+    /// Fragments declared lost by the reordering rules (not by a deadline): if one
+    /// arrives before its second request could have been answered, the path
+    /// reordered it and the reorder window was too short.
+    reo_lost: u64,
 }
 
 enum Phase {
@@ -270,6 +277,10 @@ pub struct Puller {
     /// asked earlier and still missing a reorder window later is lost (RACK).
     rack_order: u64,
     rack_at: Instant,
+    /// The reorder window in steps of min RTT / 4 (RACK's reo_wnd_steps): one more
+    /// for each round trip that saw a spurious loss, one fewer after 16 without.
+    reo_steps: u32,
+    reo_changed: Instant,
     next_order: u64,
     cc: RateControl,
     next_send: Instant,
@@ -321,6 +332,8 @@ impl Puller {
             inflight_bytes: 0,
             rack_order: 0,
             rack_at: now,
+            reo_steps: 1,
+            reo_changed: now,
             next_order: 0,
             cc: RateControl::new(now, Duration::from_millis(100)),
             next_send: now,
@@ -607,6 +620,12 @@ impl Puller {
             self.stats.duplicate_fragments += 1;
             return true;
         }
+        // Declared lost by reordering, and either not asked again yet or asked too
+        // recently for this to be the answer: the first copy, late.
+        let spurious = fl.reo_lost & bit != 0
+            && (fl.outstanding & bit == 0
+                || now.saturating_duration_since(fl.sent_at) < self.cc.min_rtt() / 2);
+        fl.reo_lost &= !bit;
         if fl.got == 0 && !fl.rerequested {
             let rtt = now.saturating_duration_since(fl.sent_at);
             self.cc.on_rtt_sample(now, rtt);
@@ -648,6 +667,9 @@ impl Puller {
                 ));
                 self.complete_chunk(p.object, p.chunk, fl.buf);
             }
+        }
+        if spurious {
+            self.note_spurious_loss(now);
         }
         true
     }
@@ -879,6 +901,12 @@ impl Puller {
             Some(t) if now >= t => {}
             _ => return,
         }
+        if self.reo_steps > 1
+            && now.saturating_duration_since(self.reo_changed) >= self.cc.srtt() * 16
+        {
+            self.reo_steps -= 1;
+            self.reo_changed = now;
+        }
         let mut next: Option<Instant> = None;
         let mut lost_any = false;
         let mut lost = Vec::new();
@@ -901,6 +929,7 @@ impl Puller {
             if fl.order < self.rack_order {
                 if now >= rack_ripe {
                     lost.push((key, fl.outstanding));
+                    fl.reo_lost |= fl.outstanding;
                     fl.outstanding = 0;
                     continue;
                 }
@@ -913,6 +942,7 @@ impl Puller {
                 if below != 0 {
                     if now >= rx + window {
                         lost.push((key, below));
+                        fl.reo_lost |= below;
                         fl.outstanding &= !below;
                     } else {
                         soonest(rx + window);
@@ -937,7 +967,20 @@ impl Puller {
 
     /// How long a later arrival must precede declaring an earlier request lost.
     fn reorder_window(&self) -> Duration {
-        (self.cc.min_rtt() / 4).clamp(Duration::from_millis(1), Duration::from_millis(25))
+        let step =
+            (self.cc.min_rtt() / 4).clamp(Duration::from_millis(1), Duration::from_millis(25));
+        (step * self.reo_steps).min(self.cc.srtt().max(step))
+    }
+
+    /// A fragment declared lost by the reordering rules arrived before its second
+    /// request could have been answered: widen the reorder window, once per round trip
+    /// (RACK does the same on a DSACK).
+    fn note_spurious_loss(&mut self, now: Instant) {
+        self.stats.spurious_losses += 1;
+        if now.saturating_duration_since(self.reo_changed) >= self.cc.srtt() {
+            self.reo_steps = (self.reo_steps + 1).min(16);
+            self.reo_changed = now;
+        }
     }
 
     // ---------------------------------------------------------------- sending
@@ -1100,6 +1143,7 @@ impl Puller {
                     order: 0,
                     last_rx: None,
                     fresh: 0,
+                    reo_lost: 0,
                 });
                 let want = mask & all & !fl.got & !fl.outstanding;
                 if want == 0 {
@@ -1161,6 +1205,7 @@ impl Puller {
                         order: self.next_order,
                         last_rx: None,
                         fresh: 0,
+                        reo_lost: 0,
                     },
                 );
             }

@@ -298,7 +298,7 @@ fn run(args: Args) -> Result<(), Failure> {
             o,
             "{{\"bytes\":{total},\"seconds\":{secs:.6},\"throughput\":{:.0},\"datagrams_received\":{},\
              \"bytes_received\":{},\"datagrams_sent\":{},\"requests\":{},\"rerequested_fragments\":{},\
-             \"duplicate_fragments\":{},\"bad_chunks\":{},\"handshakes\":{},\"resumed\":{resumed},\
+             \"duplicate_fragments\":{},\"spurious_losses\":{},\"bad_chunks\":{},\"handshakes\":{},\"resumed\":{resumed},\
              \"missing_bytes_at_start\":{missing_at_start},\"output\":\"{}\"}}",
             missing_at_start as f64 / secs.max(1e-9),
             s.datagrams_in,
@@ -307,6 +307,7 @@ fn run(args: Args) -> Result<(), Failure> {
             s.requests,
             s.rerequested_fragments,
             s.duplicate_fragments,
+            s.spurious_losses,
             s.bad_chunks,
             s.handshakes,
             json_escape(&out_path.display().to_string()),

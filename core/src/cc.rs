@@ -183,7 +183,7 @@ impl RateControl {
         let lost = self.round_lost;
         let sent = self.round_delivered + lost;
         if sent > 0 {
-            let l = self.round_lost as f64 / sent as f64;
+            let l = lost as f64 / sent as f64;
             self.loss = 0.75 * self.loss + 0.25 * l;
         }
         self.round_start = now;

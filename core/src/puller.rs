@@ -191,7 +191,8 @@ pub struct PullStats {
     pub datagrams_out: u64,
     pub bytes_out: u64,
     pub requests: u64,
-    /// Fragments asked for again after their deadline passed.
+    /// Fragments asked for again: declared lost by their deadline or by the
+    /// reordering rules.
     pub rerequested_fragments: u64,
     pub duplicate_fragments: u64,
     /// Fragments declared lost by the reordering rules that then arrived from their

@@ -6,6 +6,13 @@
 //! minimum RTT — not from loss, because random loss is not congestion: loss-driven
 //! control collapses on lossy links. The window (2x the bandwidth-delay product) still
 //! bounds the queue this flow can build, which is what lets competing flows keep a share.
+//!
+//! That bound is not enough against loss-driven flows (TCP cubic, Reno) behind a deep
+//! buffer: they keep the bottleneck's queue full, the model's rate samples ratchet up
+//! through the probing cycle, and each probe overflows the queue and halves them. So
+//! when a queue stands through many rounds while loss comes from it, the flow shares
+//! the way they do (`Shared`: a CUBIC-like window cut by loss), and it checks every few
+//! seconds, by draining its own part of the queue, whether anyone else still holds it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -20,6 +27,30 @@ const BW_FILTER_ROUNDS: usize = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const SCHEDULING_ALLOWANCE: Duration = Duration::from_millis(2);
 const MAX_DRAIN_ROUNDS: u32 = 8;
+/// Rounds a queue must stand through, without our probing draining it, before the
+/// flow takes others for loss-driven flows holding the queue.
+const SHARED_AFTER_ROUNDS: u32 = 16;
+/// Fewer when sharing ended recently: a check that found the queue gone may have
+/// caught the others between their cuts, and the model's probing would overrun them.
+const SHARED_AGAIN_ROUNDS: u32 = 4;
+const SHARED_MEMORY: Duration = Duration::from_secs(10);
+/// CUBIC's constants (RFC 9438): the window's cut on loss and its growth, in segments
+/// of a TCP flow's size so that both grow alike.
+const SHARED_BETA: f64 = 0.7;
+const CUBIC_C: f64 = 0.4;
+const SEGMENT: f64 = 1448.0;
+/// How often a sharing flow drains its part of the queue to see whether the rest goes.
+const SHARED_CHECK_EVERY: Duration = Duration::from_secs(3);
+const SHARED_CHECK_ROUNDS: u32 = 2;
+/// A check asks at half the rate: in a round that drains a queue of half a BDP (a
+/// minimum RTT measured over others' queue may hide that much of ours).
+const CHECK_GAIN: f64 = 0.5;
+/// The first check, this long into probing: a flow that started while others held the
+/// queue took its minimum RTT from over that queue.
+const FIRST_CHECK_AFTER: Duration = Duration::from_secs(1);
+/// Bytes per datagram when counting losses (a round's loss is judged in packets).
+const LOSS_UNIT: f64 = 1200.0;
+const FREE_LOSS_ROUNDS: usize = 9;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -61,6 +92,44 @@ pub struct RateControl {
     app_limited: bool,
     /// Consecutive loss timeouts without any delivery in between (blackout backoff).
     pub backoff: u32,
+    /// Consecutive closed rounds through which a queue stood.
+    stood_rounds: u32,
+    /// Loss fractions of the last probing rounds without a queue; their median is the
+    /// path's own (random) loss, which a sharing flow must not take for congestion.
+    /// (A median: losses of start-up's overshoot are detected in such rounds too.)
+    free_losses: VecDeque<f64>,
+    /// Set while sharing a queue with loss-driven flows.
+    shared: Option<Shared>,
+    /// Set while a check drains this flow's part of the queue (see `Check`).
+    check: Option<Check>,
+    /// When a sharing flow checks next.
+    next_check: Instant,
+    /// When sharing last ended.
+    shared_until: Option<Instant>,
+    /// When probing (`Mode::ProbeBw`) began, and whether a check has run since.
+    probing_since: Option<Instant>,
+    checked: bool,
+}
+
+/// A round or two of asking at half the last measured rate, so that this flow's part
+/// of the bottleneck's queue drains (BBR's ProbeRTT, gentler: what is in flight keeps
+/// the link busy meanwhile). What RTT remains is the path's, or others' queue. It is the only way
+/// the minimum RTT rises (a longer route), and how a sharing flow learns it is alone.
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    rounds_left: u32,
+    rate: f64,
+    min_seen: Option<Duration>,
+}
+
+/// A CUBIC window (RFC 9438), used while the bottleneck's queue is held by others.
+#[derive(Debug, Clone, Copy)]
+struct Shared {
+    window: f64,
+    /// The window before the last cut (the plateau CUBIC grows back towards).
+    w_max: f64,
+    /// When the last cut happened.
+    epoch: Instant,
 }
 
 impl RateControl {
@@ -90,6 +159,14 @@ impl RateControl {
             drain_rounds: 0,
             app_limited: false,
             backoff: 0,
+            stood_rounds: 0,
+            free_losses: VecDeque::new(),
+            shared: None,
+            check: None,
+            next_check: now,
+            shared_until: None,
+            probing_since: None,
+            checked: false,
         }
     }
 
@@ -109,7 +186,10 @@ impl RateControl {
             self.rttvar = (self.rttvar * 3 + diff) / 4;
             self.srtt = (self.srtt * 7 + rtt) / 8;
         }
-        if rtt <= self.min_rtt || now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW {
+        if let Some(c) = &mut self.check {
+            c.min_seen = Some(c.min_seen.map_or(rtt, |m| m.min(rtt)));
+        }
+        if rtt <= self.min_rtt {
             self.min_rtt = rtt;
             self.min_rtt_at = now;
         }
@@ -135,6 +215,11 @@ impl RateControl {
     /// RTT above the minimum that still counts as no queue: max(min RTT / 4, 2 ms).
     fn queue_bound(&self) -> Duration {
         self.min_rtt + (self.min_rtt / 4).max(Duration::from_millis(2))
+    }
+
+    /// Within a check's tighter bound of the minimum: max(min RTT / 8, 2 ms).
+    fn near_min(&self, rtt: Duration) -> bool {
+        rtt <= self.min_rtt + (self.min_rtt / 8).max(Duration::from_millis(2))
     }
 
     /// No standing queue: the smoothed RTT is within the bound.
@@ -190,6 +275,22 @@ impl RateControl {
         self.round_delivered = 0;
         self.round_lost = 0;
         self.last_round_min_rtt = self.round_min_rtt.take();
+        let congested = self.congestion_loss(lost, sent);
+        if self.queue_stood() {
+            self.stood_rounds = self.stood_rounds.saturating_add(1);
+        } else {
+            self.stood_rounds = 0;
+            // Start-up's and drain's losses are its own overshoot, not the path's.
+            if sent > 0 && self.queue_free() && self.mode == Mode::ProbeBw && self.shared.is_none()
+            {
+                self.free_losses.push_back(lost as f64 / sent as f64);
+                if self.free_losses.len() > FREE_LOSS_ROUNDS {
+                    self.free_losses.pop_front();
+                }
+            }
+        }
+        self.run_check(now, rate);
+        self.update_shared(now, congested);
         let app_limited = std::mem::take(&mut self.app_limited);
         if app_limited && rate < self.btl_bw {
             // Says nothing about the path, and must not end startup.
@@ -232,6 +333,7 @@ impl RateControl {
                     self.mode = Mode::ProbeBw;
                     self.cycle_idx = 0;
                     self.cycle_start = now;
+                    self.probing_since = Some(now);
                 }
             }
             Mode::ProbeBw => {
@@ -243,6 +345,128 @@ impl RateControl {
                 }
             }
         }
+    }
+
+    /// More of the round's data was lost than the path's own loss explains (three
+    /// standard deviations above its mean, counted in datagrams): the queue overflowed.
+    fn congestion_loss(&self, lost: u64, sent: u64) -> bool {
+        if lost == 0 {
+            return false;
+        }
+        let expected = self.path_loss() * sent as f64 / LOSS_UNIT;
+        lost as f64 / LOSS_UNIT > expected + 3.0 * expected.sqrt()
+    }
+
+    /// Starts, runs and ends checks, once per closed round. (A minimum older than its
+    /// window, or a sharing flow's period, starts one; it lasts two rounds: one drains,
+    /// one measures.)
+    fn run_check(&mut self, now: Instant, rate: f64) {
+        let Some(mut c) = self.check else {
+            let stale = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;
+            let sharing_due = self.shared.is_some() && now >= self.next_check;
+            let first_due = !self.checked
+                && self
+                    .probing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= FIRST_CHECK_AFTER);
+            if self.mode == Mode::ProbeBw && (stale || sharing_due || first_due) {
+                self.checked = true;
+                self.check = Some(Check {
+                    rounds_left: SHARED_CHECK_ROUNDS,
+                    rate,
+                    min_seen: None,
+                });
+            }
+            return;
+        };
+        c.rounds_left -= 1;
+        // Done early when the RTT is already at the minimum: no queue stands, ours or
+        // anyone's (on a path to itself this is the first round, half the cost).
+        if c.rounds_left > 0 && !c.min_seen.is_some_and(|r| self.near_min(r)) {
+            self.check = Some(c);
+            return;
+        }
+        self.check = None;
+        let Some(seen) = c.min_seen else { return };
+        if now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW {
+            // With our queue drained, this is the lowest RTT there is to see.
+            self.min_rtt = seen;
+            self.min_rtt_at = now;
+        }
+        if self.shared.is_some() {
+            if self.near_min(seen) {
+                // Nobody else holds the queue any more: back to the model, whose rate
+                // filter holds what this flow got while sharing.
+                self.shared = None;
+                self.shared_until = Some(now);
+                self.stood_rounds = 0;
+            } else {
+                self.next_check = now + SHARED_CHECK_EVERY;
+            }
+        }
+    }
+
+    /// The path's own loss fraction (see `free_losses`).
+    fn path_loss(&self) -> f64 {
+        let mut v: Vec<f64> = self.free_losses.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// Enters and runs sharing, once per closed round.
+    fn update_shared(&mut self, now: Instant, congested: bool) {
+        let Some(mut sh) = self.shared else {
+            // A queue stood through many rounds: our own probing did not drain it, so
+            // others hold it. Share from what is in flight now, on CUBIC's plateau (a
+            // loss cuts it at once; without one it grows slowly, then faster).
+            let recent = self
+                .shared_until
+                .is_some_and(|t| now.saturating_duration_since(t) < SHARED_MEMORY);
+            let after = if recent {
+                SHARED_AGAIN_ROUNDS
+            } else {
+                SHARED_AFTER_ROUNDS
+            };
+            if self.mode == Mode::ProbeBw && self.stood_rounds >= after {
+                let w = (self.inflight as f64).max(MIN_WINDOW as f64);
+                let k = (w / SEGMENT * (1.0 - SHARED_BETA) / CUBIC_C).cbrt();
+                self.shared = Some(Shared {
+                    window: w,
+                    w_max: w,
+                    epoch: now.checked_sub(Duration::from_secs_f64(k)).unwrap_or(now),
+                });
+                self.next_check = now + SHARED_CHECK_EVERY;
+            }
+            return;
+        };
+        if self.check.is_some() {
+            // The window is held low on purpose: its losses and rate say nothing.
+        } else if congested && now.saturating_duration_since(sh.epoch) >= self.srtt * 2 {
+            // One cut per loss episode: its losses are detected over about a round.
+            sh.w_max = if sh.window < sh.w_max {
+                // Fast convergence: release some of the plateau to a newer flow.
+                sh.window * (1.0 + SHARED_BETA) / 2.0
+            } else {
+                sh.window
+            };
+            sh.window = (sh.window * SHARED_BETA).max(MIN_WINDOW as f64);
+            sh.epoch = now;
+        } else if !congested {
+            let t = now.saturating_duration_since(sh.epoch).as_secs_f64();
+            let k = (sh.w_max / SEGMENT * (1.0 - SHARED_BETA) / CUBIC_C).cbrt();
+            let cubic = sh.w_max + CUBIC_C * (t - k).powi(3) * SEGMENT;
+            // The Reno-friendly estimate (RFC 9438 4.3), for short paths.
+            let reno = sh.w_max * SHARED_BETA
+                + 3.0 * (1.0 - SHARED_BETA) / (1.0 + SHARED_BETA) * t
+                    / self.srtt.as_secs_f64().max(1e-4)
+                    * SEGMENT;
+            sh.window = cubic.max(reno).clamp(sh.window, sh.window * 1.5);
+        }
+        self.shared = Some(sh);
+    }
+
+    /// Sharing a queue held by loss-driven flows (a CUBIC window rules).
+    pub fn is_sharing(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// A loss timeout fired with nothing delivered since the last one.
@@ -264,6 +488,9 @@ impl RateControl {
         if self.backoff > 0 {
             // Blackout: probe with little until something gets through.
             return 16 * 1024;
+        }
+        if let Some(sh) = &self.shared {
+            return (sh.window as u64).clamp(MIN_WINDOW, MAX_WINDOW);
         }
         // Two BDPs, as BBR: the pipe plus at most one BDP of queue at the bottleneck.
         let w = match self.mode {
@@ -292,6 +519,15 @@ impl RateControl {
         };
         if self.btl_bw == 0.0 {
             return floor * STARTUP_GAIN;
+        }
+        if let Some(c) = &self.check {
+            // Half the rate for a round or two: our part of the queue drains while
+            // what is in flight keeps the link busy (a window cut would idle it).
+            return (CHECK_GAIN * c.rate).max(floor);
+        }
+        if self.shared.is_some() {
+            // The window rules; pace a little above it so that it fills (as TCP does).
+            return (1.25 * self.window() as f64 / self.srtt.as_secs_f64().max(1e-4)).max(floor);
         }
         (self.path_rate() * gain).max(floor)
     }
@@ -448,5 +684,206 @@ mod tests {
             cc.pacing_rate(),
             cc.bandwidth()
         );
+    }
+
+    /// One round of `rtt` at a steady path: `delivered` bytes arrive, `lost` are
+    /// declared lost, `inflight` stay requested.
+    fn round(cc: &mut RateControl, t: &mut Instant, rtt_ms: u64, delivered: u64, lost: u64) {
+        let rtt = Duration::from_millis(rtt_ms);
+        *t += rtt;
+        for _ in 0..4 {
+            cc.on_rtt_sample(*t, rtt);
+        }
+        cc.on_lost(lost);
+        cc.set_inflight(delivered);
+        cc.on_delivered(*t, delivered);
+    }
+
+    /// `n` rounds whose RTT is `checking` while a check runs and `otherwise` when not;
+    /// whether a check ran.
+    fn rounds_seen_by_checks(
+        cc: &mut RateControl,
+        t: &mut Instant,
+        n: usize,
+        checking: u64,
+        otherwise: u64,
+    ) -> bool {
+        let mut checked = false;
+        for _ in 0..n {
+            checked |= cc.check.is_some();
+            let rtt = if cc.check.is_some() {
+                checking
+            } else {
+                otherwise
+            };
+            round(cc, t, rtt, 1_000_000, 0);
+        }
+        checked
+    }
+
+    /// Rounds of a queue others hold (90 ms over the 40 ms path) until sharing starts.
+    fn queue_held_by_others(cc: &mut RateControl, t: &mut Instant, lost: u64) {
+        for _ in 0..SHARED_AFTER_ROUNDS {
+            round(cc, t, 90, 1_000_000, lost);
+        }
+        assert!(cc.is_sharing());
+    }
+
+    /// A flow probing at 40 ms minimum RTT with 1 MB per round (25 MB/s).
+    fn probing(t0: Instant) -> (RateControl, Instant) {
+        let mut cc = RateControl::new(t0, Duration::from_millis(40));
+        let mut t = t0;
+        round(&mut cc, &mut t, 40, 1_000_000, 0);
+        cc.mode = Mode::ProbeBw;
+        cc.probing_since = Some(t);
+        cc.checked = true;
+        (cc, t)
+    }
+
+    /// Others keep the bottleneck's queue full (RTT 90 ms over a 40 ms path): the
+    /// flow shares like them — a cut by loss, CUBIC growth without — where the model
+    /// would ignore the loss and keep taking the queue.
+    #[test]
+    fn sharing_starts_when_others_hold_the_queue() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        for _ in 0..SHARED_AFTER_ROUNDS - 1 {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+        }
+        assert!(!cc.is_sharing());
+        round(&mut cc, &mut t, 90, 1_000_000, 0);
+        assert!(cc.is_sharing());
+        let w0 = cc.window() as f64;
+        assert!(
+            (w0 - 1_000_000.0).abs() < 1.0,
+            "entered with what was in flight: {w0}"
+        );
+        round(&mut cc, &mut t, 90, 1_000_000, 0);
+        let w1 = cc.window() as f64;
+        assert!(w1 >= w0, "no loss, no cut: {w1} < {w0}");
+        round(&mut cc, &mut t, 90, 1_000_000, 20_000);
+        let w2 = cc.window() as f64;
+        assert!(
+            (w2 - w1 * SHARED_BETA).abs() < 2.0,
+            "cut to 0.7: {w2} vs {w1}"
+        );
+        // The next round still reports the same episode's losses: no second cut.
+        round(&mut cc, &mut t, 90, 1_000_000, 5_000);
+        assert!(cc.window() as f64 >= w2);
+        // Then it grows back, towards and past the plateau.
+        for _ in 0..30 {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+        }
+        assert!(cc.window() as f64 > w2 * 1.05, "{} vs {w2}", cc.window());
+        assert!(
+            cc.pacing_rate() > cc.window() as f64 / 0.090,
+            "paced above the window's rate"
+        );
+    }
+
+    /// A queue that stands through one round in a few, and random loss, are not others'
+    /// queue: a flow alone on a lossy path never shares.
+    #[test]
+    fn random_loss_without_a_standing_queue_does_not_share() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        for i in 0..200 {
+            let rtt = if i % 4 == 0 { 90 } else { 41 };
+            round(&mut cc, &mut t, rtt, 1_000_000, 100_000);
+            assert!(!cc.is_sharing(), "round {i}");
+        }
+    }
+
+    /// While sharing, the path's own loss (measured while no queue stood) is not taken
+    /// for congestion; loss well above it is.
+    #[test]
+    fn sharing_cuts_on_loss_above_the_paths_own() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        for _ in 0..FREE_LOSS_ROUNDS {
+            round(&mut cc, &mut t, 41, 1_000_000, 50_000);
+        }
+        assert!((cc.path_loss() - 50_000.0 / 1_050_000.0).abs() < 1e-9);
+        queue_held_by_others(&mut cc, &mut t, 50_000);
+        for _ in 0..5 {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+        }
+        let w = cc.window();
+        round(&mut cc, &mut t, 90, 1_000_000, 50_000);
+        assert!(
+            cc.window() >= w,
+            "the path's 5 % cut it: {} < {w}",
+            cc.window()
+        );
+        round(&mut cc, &mut t, 90, 1_000_000, 200_000);
+        assert!(cc.window() < w, "20 % did not cut it");
+    }
+
+    /// Every few seconds a sharing flow drains its part of the queue (asking at half
+    /// its rate for up to two rounds). If the RTT then falls to the path's minimum, nobody else
+    /// held the queue and the model rules again; if not, sharing goes on.
+    #[test]
+    fn a_check_ends_sharing_when_the_queue_goes() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        queue_held_by_others(&mut cc, &mut t, 0);
+        let shared_window = cc.window();
+        // Until the check is due: sharing, with its window.
+        while t + Duration::from_millis(90) < cc.next_check {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+            assert!(cc.check.is_none());
+        }
+        round(&mut cc, &mut t, 90, 1_000_000, 0);
+        round(&mut cc, &mut t, 90, 1_000_000, 0);
+        assert!(cc.check.is_some(), "no check after {:?}", t - t0);
+        let rate = 1_000_000.0 / 0.090;
+        let p = cc.pacing_rate();
+        assert!((p - CHECK_GAIN * rate).abs() < 1.0, "check pacing {p}");
+        // Others still hold the queue: the check ends, sharing goes on.
+        round(&mut cc, &mut t, 90, 450_000, 0);
+        round(&mut cc, &mut t, 88, 450_000, 0);
+        assert!(cc.check.is_none());
+        assert!(cc.is_sharing());
+        assert!(cc.window() >= shared_window);
+        // At the next check the RTT falls to the minimum: they left.
+        for _ in 0..60 {
+            let rtt = if cc.check.is_some() { 41 } else { 90 };
+            round(&mut cc, &mut t, rtt, 1_000_000, 0);
+            if !cc.is_sharing() {
+                break;
+            }
+        }
+        assert!(!cc.is_sharing());
+        assert_eq!(cc.min_rtt(), Duration::from_millis(40));
+    }
+
+    /// The minimum RTT rises (a longer route) only through a check, which drains this
+    /// flow's own queue first: never to a sample that had our queue in it.
+    #[test]
+    fn minimum_rtt_rises_only_through_a_check() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        // The route now takes 60 ms. Queue-free at first glance? No: 60 > 40 + 10.
+        while t < t0 + MIN_RTT_WINDOW {
+            round(&mut cc, &mut t, 60, 1_000_000, 0);
+            assert_eq!(cc.min_rtt(), Duration::from_millis(40));
+        }
+        // Past the window, with samples of 70 ms (this flow's queue on top).
+        assert!(rounds_seen_by_checks(&mut cc, &mut t, 5, 60, 70));
+        assert_eq!(cc.min_rtt(), Duration::from_millis(60));
+    }
+
+    /// A flow that started while others' queue stood measured its minimum RTT over it;
+    /// its first check, a second into probing, finds the path's.
+    #[test]
+    fn first_check_finds_the_minimum_under_others_queue() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(100));
+        let mut t = t0;
+        round(&mut cc, &mut t, 77, 1_000_000, 0);
+        cc.mode = Mode::ProbeBw;
+        cc.probing_since = Some(t);
+        assert!(rounds_seen_by_checks(&mut cc, &mut t, 30, 45, 77));
+        assert_eq!(cc.min_rtt(), Duration::from_millis(45));
     }
 }

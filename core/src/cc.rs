@@ -362,7 +362,7 @@ impl RateControl {
     /// one measures.)
     fn run_check(&mut self, now: Instant, rate: f64) {
         let Some(mut c) = self.check else {
-            let stale = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW;
+            let stale = now.saturating_duration_since(self.min_rtt_at) > self.min_rtt_window();
             let sharing_due = self.shared.is_some() && now >= self.next_check;
             let first_due = !self.checked
                 && self
@@ -387,13 +387,14 @@ impl RateControl {
         }
         self.check = None;
         let Some(seen) = c.min_seen else { return };
-        if now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW {
+        let alone = self.near_min(seen);
+        if now.saturating_duration_since(self.min_rtt_at) > self.min_rtt_window() {
             // With our queue drained, this is the lowest RTT there is to see.
             self.min_rtt = seen;
             self.min_rtt_at = now;
         }
         if self.shared.is_some() {
-            if self.near_min(seen) {
+            if alone {
                 // Nobody else holds the queue any more: back to the model, whose rate
                 // filter holds what this flow got while sharing.
                 self.shared = None;
@@ -402,6 +403,18 @@ impl RateControl {
             } else {
                 self.next_check = now + SHARED_CHECK_EVERY;
             }
+        }
+    }
+
+    /// How long a minimum RTT holds before a check may replace it with a higher one.
+    /// Longer while sharing: others' queue then hides the path's minimum from checks,
+    /// so a refresh would mostly measure their queue (and end the sharing with it).
+    /// A longer route found while sharing costs that much time sharing.
+    fn min_rtt_window(&self) -> Duration {
+        if self.shared.is_some() {
+            MIN_RTT_WINDOW * 3
+        } else {
+            MIN_RTT_WINDOW
         }
     }
 
@@ -863,14 +876,38 @@ mod tests {
     fn minimum_rtt_rises_only_through_a_check() {
         let t0 = Instant::now();
         let (mut cc, mut t) = probing(t0);
-        // The route now takes 60 ms. Queue-free at first glance? No: 60 > 40 + 10.
+        // The route now takes 44 ms (within the checks' bound: no queue seen).
         while t < t0 + MIN_RTT_WINDOW {
-            round(&mut cc, &mut t, 60, 1_000_000, 0);
+            round(&mut cc, &mut t, 44, 1_000_000, 0);
             assert_eq!(cc.min_rtt(), Duration::from_millis(40));
         }
-        // Past the window, with samples of 70 ms (this flow's queue on top).
-        assert!(rounds_seen_by_checks(&mut cc, &mut t, 5, 60, 70));
-        assert_eq!(cc.min_rtt(), Duration::from_millis(60));
+        // Past the window, with samples of 50 ms (this flow's queue on top).
+        assert!(rounds_seen_by_checks(&mut cc, &mut t, 5, 44, 50));
+        assert_eq!(cc.min_rtt(), Duration::from_millis(44));
+        assert!(!cc.is_sharing());
+    }
+
+    /// A route 50 % longer looks like others' queue: the flow shares, and its checks
+    /// keep the old minimum (else they would measure others' queue) for 30 s; then the
+    /// minimum is the new route's, and the next check ends the sharing.
+    #[test]
+    fn a_longer_route_while_sharing_is_learnt_in_30_s() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        queue_held_by_others(&mut cc, &mut t, 0);
+        while t < t0 + MIN_RTT_WINDOW * 3 {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+            assert_eq!(cc.min_rtt(), Duration::from_millis(40));
+            assert!(cc.is_sharing());
+        }
+        for _ in 0..100 {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+            if !cc.is_sharing() {
+                break;
+            }
+        }
+        assert_eq!(cc.min_rtt(), Duration::from_millis(90));
+        assert!(!cc.is_sharing());
     }
 
     /// A flow that started while others' queue stood measured its minimum RTT over it;

@@ -9,10 +9,11 @@
 //!
 //! That bound is not enough against loss-driven flows (TCP cubic, Reno) behind a deep
 //! buffer: they keep the bottleneck's queue full, the model's rate samples ratchet up
-//! through the probing cycle, and each probe overflows the queue and halves them. So
-//! when a queue stands through many rounds while loss comes from it, the flow shares
-//! the way they do (`Shared`: a CUBIC-like window cut by loss), and it checks every few
-//! seconds, by draining its own part of the queue, whether anyone else still holds it.
+//! through the probing cycle, and each probe overflows the queue and cuts them. So
+//! when a queue stands through many rounds that our own probing did not drain, the
+//! flow shares the way they do (`Shared`: a CUBIC window cut by loss), and it checks
+//! every few seconds, by draining its own part of the queue (`Check`), whether anyone
+//! else still holds it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,7 +42,8 @@ const CUBIC_C: f64 = 0.4;
 const SEGMENT: f64 = 1448.0;
 /// How often a sharing flow drains its part of the queue to see whether the rest goes.
 const SHARED_CHECK_EVERY: Duration = Duration::from_secs(3);
-const SHARED_CHECK_ROUNDS: u32 = 2;
+/// The longest a check lasts: a round to drain, a round to measure.
+const CHECK_ROUNDS: u32 = 2;
 /// A check asks at half the rate: in a round that drains a queue of half a BDP (a
 /// minimum RTT measured over others' queue may hide that much of ours).
 const CHECK_GAIN: f64 = 0.5;
@@ -358,8 +360,9 @@ impl RateControl {
     }
 
     /// Starts, runs and ends checks, once per closed round. (A minimum older than its
-    /// window, or a sharing flow's period, starts one; it lasts two rounds: one drains,
-    /// one measures.)
+    /// window, a sharing flow's period, or the first second of probing starts one; it
+    /// lasts two rounds, one to drain and one to measure, or one if the first already
+    /// saw the minimum.)
     fn run_check(&mut self, now: Instant, rate: f64) {
         let Some(mut c) = self.check else {
             let stale = now.saturating_duration_since(self.min_rtt_at) > self.min_rtt_window();
@@ -371,7 +374,7 @@ impl RateControl {
             if self.mode == Mode::ProbeBw && (stale || sharing_due || first_due) {
                 self.checked = true;
                 self.check = Some(Check {
-                    rounds_left: SHARED_CHECK_ROUNDS,
+                    rounds_left: CHECK_ROUNDS,
                     rate,
                     min_seen: None,
                 });
@@ -452,7 +455,8 @@ impl RateControl {
             return;
         };
         if self.check.is_some() {
-            // The window is held low on purpose: its losses and rate say nothing.
+            // The pacing is held low on purpose: the round's rate and losses say
+            // nothing about others.
         } else if congested && now.saturating_duration_since(sh.epoch) >= self.srtt * 2 {
             // One cut per loss episode: its losses are detected over about a round.
             sh.w_max = if sh.window < sh.w_max {

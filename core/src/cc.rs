@@ -108,9 +108,9 @@ pub struct RateControl {
     next_check: Instant,
     /// When sharing last ended.
     shared_until: Option<Instant>,
-    /// When probing (`Mode::ProbeBw`) began, and whether a check has run since.
-    probing_since: Option<Instant>,
-    checked: bool,
+    /// When the first check is due (set on entering `Mode::ProbeBw`; cleared when any
+    /// check starts).
+    first_check_at: Option<Instant>,
 }
 
 /// A round or two of asking at half the last measured rate, so that this flow's part
@@ -167,8 +167,7 @@ impl RateControl {
             check: None,
             next_check: now,
             shared_until: None,
-            probing_since: None,
-            checked: false,
+            first_check_at: None,
         }
     }
 
@@ -335,7 +334,7 @@ impl RateControl {
                     self.mode = Mode::ProbeBw;
                     self.cycle_idx = 0;
                     self.cycle_start = now;
-                    self.probing_since = Some(now);
+                    self.first_check_at = Some(now + FIRST_CHECK_AFTER);
                 }
             }
             Mode::ProbeBw => {
@@ -367,12 +366,9 @@ impl RateControl {
         let Some(mut c) = self.check else {
             let stale = now.saturating_duration_since(self.min_rtt_at) > self.min_rtt_window();
             let sharing_due = self.shared.is_some() && now >= self.next_check;
-            let first_due = !self.checked
-                && self
-                    .probing_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= FIRST_CHECK_AFTER);
+            let first_due = self.first_check_at.is_some_and(|t| now >= t);
             if self.mode == Mode::ProbeBw && (stale || sharing_due || first_due) {
-                self.checked = true;
+                self.first_check_at = None;
                 self.check = Some(Check {
                     rounds_left: CHECK_ROUNDS,
                     rate,
@@ -444,7 +440,7 @@ impl RateControl {
             };
             if self.mode == Mode::ProbeBw && self.stood_rounds >= after {
                 let w = (self.inflight as f64).max(MIN_WINDOW as f64);
-                let k = (w / SEGMENT * (1.0 - SHARED_BETA) / CUBIC_C).cbrt();
+                let k = cubic_k(w);
                 self.shared = Some(Shared {
                     window: w,
                     w_max: w,
@@ -469,7 +465,7 @@ impl RateControl {
             sh.epoch = now;
         } else if !congested {
             let t = now.saturating_duration_since(sh.epoch).as_secs_f64();
-            let k = (sh.w_max / SEGMENT * (1.0 - SHARED_BETA) / CUBIC_C).cbrt();
+            let k = cubic_k(sh.w_max);
             let cubic = sh.w_max + CUBIC_C * (t - k).powi(3) * SEGMENT;
             // The Reno-friendly estimate (RFC 9438 4.3), for short paths.
             let reno = sh.w_max * SHARED_BETA
@@ -570,6 +566,11 @@ impl RateControl {
     pub fn bandwidth(&self) -> f64 {
         self.btl_bw
     }
+}
+
+/// Seconds a CUBIC window takes to grow back to `w_max` after a cut (RFC 9438's K).
+fn cubic_k(w_max: f64) -> f64 {
+    (w_max / SEGMENT * (1.0 - SHARED_BETA) / CUBIC_C).cbrt()
 }
 
 #[cfg(test)]
@@ -752,8 +753,7 @@ mod tests {
         let mut t = t0;
         round(&mut cc, &mut t, 40, 1_000_000, 0);
         cc.mode = Mode::ProbeBw;
-        cc.probing_since = Some(t);
-        cc.checked = true;
+        cc.first_check_at = None;
         (cc, t)
     }
 
@@ -923,7 +923,7 @@ mod tests {
         let mut t = t0;
         round(&mut cc, &mut t, 77, 1_000_000, 0);
         cc.mode = Mode::ProbeBw;
-        cc.probing_since = Some(t);
+        cc.first_check_at = Some(t + FIRST_CHECK_AFTER);
         assert!(rounds_seen_by_checks(&mut cc, &mut t, 30, 45, 77));
         assert_eq!(cc.min_rtt(), Duration::from_millis(45));
     }

@@ -96,6 +96,9 @@ pub struct RateControl {
     pub backoff: u32,
     /// Consecutive closed rounds through which a queue stood.
     stood_rounds: u32,
+    /// A check during the current standing queue found it did not drain with ours:
+    /// others hold it (sharing starts only on this verdict).
+    held_by_others: bool,
     /// Loss fractions of the last probing rounds without a queue; their median is the
     /// path's own (random) loss, which a sharing flow must not take for congestion.
     /// (A median: losses of start-up's overshoot are detected in such rounds too.)
@@ -162,6 +165,7 @@ impl RateControl {
             app_limited: false,
             backoff: 0,
             stood_rounds: 0,
+            held_by_others: false,
             free_losses: VecDeque::new(),
             shared: None,
             check: None,
@@ -281,6 +285,7 @@ impl RateControl {
             self.stood_rounds = self.stood_rounds.saturating_add(1);
         } else {
             self.stood_rounds = 0;
+            self.held_by_others = false;
             // Start-up's and drain's losses are its own overshoot, not the path's.
             if sent > 0 && self.queue_free() && self.mode == Mode::ProbeBw && self.shared.is_none()
             {
@@ -308,9 +313,13 @@ impl RateControl {
     fn advance_mode(&mut self, now: Instant, lost: bool) {
         match self.mode {
             Mode::Startup => {
-                if lost && self.queue_stood() {
-                    // Loss over a queue: the bottleneck is full now. Waiting three
-                    // rounds for the rate to stop growing would only overflow it more.
+                if lost && self.last_round_min_rtt.is_some_and(|r| !self.near_min(r)) {
+                    // Loss with the whole round above the minimum (the checks' tighter
+                    // margin): a queue stands and overflows now. Waiting three rounds
+                    // for the rate to stop growing would only overflow it more. Not the
+                    // wider queue bound: a pull that starts while others keep the queue
+                    // full took its first RTT over that queue, and the RTT then rises
+                    // only by what is left of it (a few ms) while both flows lose.
                     self.mode = Mode::Drain;
                 } else if self.btl_bw >= self.full_bw * 1.25 {
                     self.full_bw = self.btl_bw;
@@ -367,7 +376,11 @@ impl RateControl {
             let stale = now.saturating_duration_since(self.min_rtt_at) > self.min_rtt_window();
             let sharing_due = self.shared.is_some() && now >= self.next_check;
             let first_due = self.first_check_at.is_some_and(|t| now >= t);
-            if self.mode == Mode::ProbeBw && (stale || sharing_due || first_due) {
+            // A queue stood long enough to share: first see whether it is ours.
+            let entry_due = self.shared.is_none()
+                && !self.held_by_others
+                && self.stood_rounds >= self.shared_after(now);
+            if self.mode == Mode::ProbeBw && (stale || sharing_due || first_due || entry_due) {
                 self.first_check_at = None;
                 self.check = Some(Check {
                     rounds_left: CHECK_ROUNDS,
@@ -392,7 +405,13 @@ impl RateControl {
             self.min_rtt = seen;
             self.min_rtt_at = now;
         }
-        if self.shared.is_some() {
+        if self.shared.is_none() {
+            self.held_by_others = !alone;
+            if alone {
+                // The queue was this flow's own, and has drained.
+                self.stood_rounds = 0;
+            }
+        } else {
             if alone {
                 // Nobody else holds the queue any more: back to the model, whose rate
                 // filter holds what this flow got while sharing.
@@ -424,27 +443,38 @@ impl RateControl {
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     }
 
+    /// Rounds a queue must stand through before a check may start sharing.
+    fn shared_after(&self, now: Instant) -> u32 {
+        let recent = self
+            .shared_until
+            .is_some_and(|t| now.saturating_duration_since(t) < SHARED_MEMORY);
+        if recent {
+            SHARED_AGAIN_ROUNDS
+        } else {
+            SHARED_AFTER_ROUNDS
+        }
+    }
+
     /// Enters and runs sharing, once per closed round.
     fn update_shared(&mut self, now: Instant, congested: bool) {
         let Some(mut sh) = self.shared else {
-            // A queue stood through many rounds: our own probing did not drain it, so
-            // others hold it. Share from what is in flight now, on CUBIC's plateau (a
-            // loss cuts it at once; without one it grows slowly, then faster).
-            let recent = self
-                .shared_until
-                .is_some_and(|t| now.saturating_duration_since(t) < SHARED_MEMORY);
-            let after = if recent {
-                SHARED_AGAIN_ROUNDS
-            } else {
-                SHARED_AFTER_ROUNDS
-            };
-            if self.mode == Mode::ProbeBw && self.stood_rounds >= after {
-                let w = (self.inflight as f64).max(MIN_WINDOW as f64);
-                let k = cubic_k(w);
+            // A queue stood through many rounds and a check found it did not drain with
+            // ours: others hold it. That queue is a congestion signal as a loss is, and
+            // the model took more than a CUBIC flow's share to build it: start as CUBIC
+            // does after a cut, from what this flow had in flight per round trip before
+            // the check, with fast convergence's lower plateau. (Entering on the plateau
+            // instead kept what start-up took from the others: a CUBIC window grows
+            // back only over seconds.)
+            if self.mode == Mode::ProbeBw
+                && self.held_by_others
+                && self.check.is_none()
+                && self.stood_rounds >= self.shared_after(now)
+            {
+                let w = (self.btl_bw * self.srtt.as_secs_f64()).max(MIN_WINDOW as f64);
                 self.shared = Some(Shared {
-                    window: w,
-                    w_max: w,
-                    epoch: now.checked_sub(Duration::from_secs_f64(k)).unwrap_or(now),
+                    window: (w * SHARED_BETA).max(MIN_WINDOW as f64),
+                    w_max: w * (1.0 + SHARED_BETA) / 2.0,
+                    epoch: now,
                 });
                 self.next_check = now + SHARED_CHECK_EVERY;
             }
@@ -611,10 +641,7 @@ mod tests {
         let mut per_round = 100_000u64;
         // Doubling each 40 ms round, RTT at its minimum, random loss: still starting.
         for _ in 0..6 {
-            t += Duration::from_millis(40);
-            cc.on_rtt_sample(t, Duration::from_millis(40));
-            cc.on_lost(per_round / 50);
-            cc.on_delivered(t, per_round);
+            round(&mut cc, &mut t, 40, per_round, per_round / 50);
             per_round *= 2;
         }
         assert_eq!(cc.mode, Mode::Startup);
@@ -637,6 +664,26 @@ mod tests {
         t += Duration::from_millis(90);
         cc.on_lost(per_round / 10);
         cc.on_delivered(t, per_round * 2);
+        assert_eq!(cc.mode, Mode::Drain);
+    }
+
+    /// A pull that starts while others keep a deep queue full takes its first RTT over
+    /// that queue (77 ms on a 40 ms path, 90 ms when full). Its start-up then sees the
+    /// RTT rise by only what is left of the queue; loss with every sample of a round that
+    /// far up (beyond a check's margin of the minimum) still ends it. Loss with the RTT
+    /// at the minimum is random, and does not.
+    #[test]
+    fn startup_ends_on_loss_over_a_queue_others_keep_full() {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(100));
+        let mut t = t0;
+        let mut per_round = 100_000u64;
+        for _ in 0..4 {
+            round(&mut cc, &mut t, 77, per_round, per_round / 5);
+            per_round *= 2;
+        }
+        assert_eq!(cc.mode, Mode::Startup);
+        round(&mut cc, &mut t, 87, per_round, per_round / 5);
         assert_eq!(cc.mode, Mode::Drain);
     }
 
@@ -739,9 +786,10 @@ mod tests {
         checked
     }
 
-    /// Rounds of a queue others hold (90 ms over the 40 ms path) until sharing starts.
+    /// Rounds of a queue others hold (90 ms over the 40 ms path, checks included) until
+    /// sharing starts.
     fn queue_held_by_others(cc: &mut RateControl, t: &mut Instant, lost: u64) {
-        for _ in 0..SHARED_AFTER_ROUNDS {
+        for _ in 0..SHARED_AFTER_ROUNDS + CHECK_ROUNDS {
             round(cc, t, 90, 1_000_000, lost);
         }
         assert!(cc.is_sharing());
@@ -764,17 +812,25 @@ mod tests {
     fn sharing_starts_when_others_hold_the_queue() {
         let t0 = Instant::now();
         let (mut cc, mut t) = probing(t0);
-        for _ in 0..SHARED_AFTER_ROUNDS - 1 {
+        for _ in 0..SHARED_AFTER_ROUNDS {
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+            assert!(!cc.is_sharing());
+        }
+        // First a check: the queue does not drain with ours.
+        assert!(cc.check.is_some());
+        for _ in 0..CHECK_ROUNDS {
             round(&mut cc, &mut t, 90, 1_000_000, 0);
         }
-        assert!(!cc.is_sharing());
-        round(&mut cc, &mut t, 90, 1_000_000, 0);
         assert!(cc.is_sharing());
+        // Entered as CUBIC after a cut: 0.7 of what was in flight per round trip,
+        // growing back towards a plateau of 0.85 of it.
         let w0 = cc.window() as f64;
         assert!(
-            (w0 - 1_000_000.0).abs() < 1.0,
-            "entered with what was in flight: {w0}"
+            (w0 / (SHARED_BETA * 1_000_000.0) - 1.0).abs() < 0.01,
+            "entered with 0.7 of what was in flight: {w0}"
         );
+        let w_max = cc.shared.map_or(0.0, |s| s.w_max);
+        assert!((w_max / 850_000.0 - 1.0).abs() < 0.01, "plateau {w_max}");
         round(&mut cc, &mut t, 90, 1_000_000, 0);
         let w1 = cc.window() as f64;
         assert!(w1 >= w0, "no loss, no cut: {w1} < {w0}");
@@ -796,6 +852,29 @@ mod tests {
             cc.pacing_rate() > cc.window() as f64 / 0.090,
             "paced above the window's rate"
         );
+    }
+
+    /// A queue this flow's own probing keeps standing (a rate estimate a little high)
+    /// drains in the check that precedes sharing: the flow does not share, and the
+    /// check drained the queue.
+    #[test]
+    fn a_queue_of_our_own_is_not_shared() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        let mut checks = 0;
+        for i in 0..4 * SHARED_AFTER_ROUNDS {
+            let checking = cc.check.is_some();
+            round(
+                &mut cc,
+                &mut t,
+                if checking { 41 } else { 60 },
+                1_000_000,
+                0,
+            );
+            checks += usize::from(checking && cc.check.is_none());
+            assert!(!cc.is_sharing(), "round {i}");
+        }
+        assert!(checks >= 2, "{checks} checks");
     }
 
     /// A queue that stands through one round in a few, and random loss, are not others'

@@ -405,22 +405,18 @@ impl RateControl {
             self.min_rtt = seen;
             self.min_rtt_at = now;
         }
-        if self.shared.is_none() {
-            self.held_by_others = !alone;
-            if alone {
-                // The queue was this flow's own, and has drained.
-                self.stood_rounds = 0;
-            }
-        } else {
-            if alone {
+        // The verdict, whatever started the check; a later one replaces it.
+        self.held_by_others = !alone;
+        if alone {
+            // Whatever queue stood was this flow's own, and has drained.
+            self.stood_rounds = 0;
+            if self.shared.take().is_some() {
                 // Nobody else holds the queue any more: back to the model, whose rate
                 // filter holds what this flow got while sharing.
-                self.shared = None;
                 self.shared_until = Some(now);
-                self.stood_rounds = 0;
-            } else {
-                self.next_check = now + SHARED_CHECK_EVERY;
             }
+        } else if self.shared.is_some() {
+            self.next_check = now + SHARED_CHECK_EVERY;
         }
     }
 
@@ -875,6 +871,27 @@ mod tests {
             assert!(!cc.is_sharing(), "round {i}");
         }
         assert!(checks >= 2, "{checks} checks");
+    }
+
+    /// After a check ended sharing, a queue that stands again is shared sooner, but
+    /// only on a new check's verdict: the last one said the queue was gone.
+    #[test]
+    fn sharing_again_needs_a_new_check() {
+        let t0 = Instant::now();
+        let (mut cc, mut t) = probing(t0);
+        queue_held_by_others(&mut cc, &mut t, 0);
+        while cc.is_sharing() {
+            let rtt = if cc.check.is_some() { 41 } else { 90 };
+            round(&mut cc, &mut t, rtt, 1_000_000, 0);
+            assert!(t < t0 + Duration::from_secs(10), "sharing never ended");
+        }
+        let mut checked = false;
+        for _ in 0..SHARED_AGAIN_ROUNDS + CHECK_ROUNDS {
+            checked |= cc.check.is_some();
+            round(&mut cc, &mut t, 90, 1_000_000, 0);
+            assert!(!cc.is_sharing() || checked, "shared again without a check");
+        }
+        assert!(cc.is_sharing());
     }
 
     /// A queue that stands through one round in a few, and random loss, are not others'

@@ -23,7 +23,23 @@ pub const MIN_WINDOW: u64 = 64 * 1024;
 const MAX_WINDOW: u64 = 256 << 20;
 /// Startup gain (2/ln 2, as BBR) and the steady probing cycle.
 const STARTUP_GAIN: f64 = 2.89;
-const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// Cruising a little above the estimate: at exactly it, every round whose requests
+/// happen to lose more than the average (a lost request is all its data unsent) left
+/// the link idle; 3 % more keeps a small queue that covers such rounds, and a queue
+/// that grows past the queue-free bound turns the loss compensation off and is
+/// drained by the 0.75 phase (at 10 % loss: 160.0 -> 161.3 Mbit/s, mean of seven
+/// alternated runs on the emulated link).
+const CRUISE_GAIN: f64 = 1.03;
+const PROBE_GAINS: [f64; 8] = [
+    1.25,
+    0.75,
+    CRUISE_GAIN,
+    CRUISE_GAIN,
+    CRUISE_GAIN,
+    CRUISE_GAIN,
+    CRUISE_GAIN,
+    CRUISE_GAIN,
+];
 const BW_FILTER_ROUNDS: usize = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const SCHEDULING_ALLOWANCE: Duration = Duration::from_millis(2);
@@ -714,6 +730,11 @@ mod tests {
             "{}",
             cc.pacing_rate()
         );
+        // Cruising: a little above the estimate, so that a small queue covers rounds
+        // that lose more requests than the average.
+        cc.cycle_idx = 2;
+        assert!(cc.pacing_rate() > 1.02 * 25e6, "{}", cc.pacing_rate());
+        cc.cycle_idx = 1;
         for _ in 0..50 {
             cc.on_rtt_sample(t0, Duration::from_millis(70));
         }

@@ -10,10 +10,10 @@
 //! That bound is not enough against loss-driven flows (TCP cubic, Reno) behind a deep
 //! buffer: they keep the bottleneck's queue full, the model's rate samples ratchet up
 //! through the probing cycle, and each probe overflows the queue and cuts them. So
-//! when a queue stands through many rounds that our own probing did not drain, the
-//! flow shares the way they do (`Shared`: a CUBIC window cut by loss), and it checks
-//! every few seconds, by draining its own part of the queue (`Check`), whether anyone
-//! else still holds it.
+//! when a queue stands through many rounds and does not go when this flow drains its
+//! own part of it (`Check`), the flow shares the way they do (`Shared`: a CUBIC window
+//! cut by loss, entered as after a cut), and it checks again every few seconds
+//! whether anyone else still holds the queue.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -44,8 +44,8 @@ const BW_FILTER_ROUNDS: usize = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const SCHEDULING_ALLOWANCE: Duration = Duration::from_millis(2);
 const MAX_DRAIN_ROUNDS: u32 = 8;
-/// Rounds a queue must stand through, without our probing draining it, before the
-/// flow takes others for loss-driven flows holding the queue.
+/// Rounds a queue must stand through, without our probing draining it, before a check
+/// asks whether others (loss-driven flows) hold it.
 const SHARED_AFTER_ROUNDS: u32 = 16;
 /// Fewer when sharing ended recently: a check that found the queue gone may have
 /// caught the others between their cuts, and the model's probing would overrun them.
@@ -134,8 +134,9 @@ pub struct RateControl {
 
 /// A round or two of asking at half the last measured rate, so that this flow's part
 /// of the bottleneck's queue drains (BBR's ProbeRTT, gentler: what is in flight keeps
-/// the link busy meanwhile). What RTT remains is the path's, or others' queue. It is the only way
-/// the minimum RTT rises (a longer route), and how a sharing flow learns it is alone.
+/// the link busy meanwhile). What RTT remains is the path's, or others' queue. It is the
+/// only way the minimum RTT rises (a longer route), how a flow learns that a standing
+/// queue is others', and how a sharing flow learns it is alone again.
 #[derive(Debug, Clone, Copy)]
 struct Check {
     rounds_left: u32,

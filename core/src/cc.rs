@@ -644,19 +644,26 @@ mod tests {
         assert_eq!(cc.backoff, 0);
     }
 
+    /// A flow in start-up after `n` rounds of `rtt_ms`, each delivering twice the last
+    /// (from 100 kB) and losing 1/`loss_div` of it; the next round's size.
+    fn starting(rtt_ms: u64, n: usize, loss_div: u64) -> (RateControl, Instant, u64) {
+        let t0 = Instant::now();
+        let mut cc = RateControl::new(t0, Duration::from_millis(100));
+        let mut t = t0;
+        let mut per_round = 100_000u64;
+        for _ in 0..n {
+            round(&mut cc, &mut t, rtt_ms, per_round, per_round / loss_div);
+            per_round *= 2;
+        }
+        (cc, t, per_round)
+    }
+
     /// Start-up ends on the round where loss meets a standing queue, not three rounds
     /// after the rate stops growing: those rounds only overflow the bottleneck more.
     #[test]
     fn startup_ends_on_loss_over_a_queue() {
-        let t0 = Instant::now();
-        let mut cc = RateControl::new(t0, Duration::from_millis(40));
-        let mut t = t0;
-        let mut per_round = 100_000u64;
         // Doubling each 40 ms round, RTT at its minimum, random loss: still starting.
-        for _ in 0..6 {
-            round(&mut cc, &mut t, 40, per_round, per_round / 50);
-            per_round *= 2;
-        }
+        let (mut cc, mut t, mut per_round) = starting(40, 6, 50);
         assert_eq!(cc.mode, Mode::Startup);
         // Jitter with loss: the smoothed RTT rises, but some samples stay low. Still
         // starting (ending here once cost 55-80 % of goodput on a jittery path).
@@ -687,14 +694,7 @@ mod tests {
     /// at the minimum is random, and does not.
     #[test]
     fn startup_ends_on_loss_over_a_queue_others_keep_full() {
-        let t0 = Instant::now();
-        let mut cc = RateControl::new(t0, Duration::from_millis(100));
-        let mut t = t0;
-        let mut per_round = 100_000u64;
-        for _ in 0..4 {
-            round(&mut cc, &mut t, 77, per_round, per_round / 5);
-            per_round *= 2;
-        }
+        let (mut cc, mut t, per_round) = starting(77, 4, 5);
         assert_eq!(cc.mode, Mode::Startup);
         round(&mut cc, &mut t, 87, per_round, per_round / 5);
         assert_eq!(cc.mode, Mode::Drain);

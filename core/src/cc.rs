@@ -484,11 +484,13 @@ impl RateControl {
                 && self.stood_rounds >= self.shared_after(now)
             {
                 let w = (self.btl_bw * self.srtt.as_secs_f64()).max(MIN_WINDOW as f64);
-                self.shared = Some(Shared {
-                    window: (w * SHARED_BETA).max(MIN_WINDOW as f64),
-                    w_max: w * (1.0 + SHARED_BETA) / 2.0,
+                let mut sh = Shared {
+                    window: w,
+                    w_max: w,
                     epoch: now,
-                });
+                };
+                sh.cut(now, true);
+                self.shared = Some(sh);
                 self.next_check = now + SHARED_CHECK_EVERY;
             }
             return;
@@ -498,14 +500,9 @@ impl RateControl {
             // nothing about others.
         } else if congested && now.saturating_duration_since(sh.epoch) >= self.srtt * 2 {
             // One cut per loss episode: its losses are detected over about a round.
-            sh.w_max = if sh.window < sh.w_max {
-                // Fast convergence: release some of the plateau to a newer flow.
-                sh.window * (1.0 + SHARED_BETA) / 2.0
-            } else {
-                sh.window
-            };
-            sh.window = (sh.window * SHARED_BETA).max(MIN_WINDOW as f64);
-            sh.epoch = now;
+            // Fast convergence when the window never regrew to its plateau: release
+            // some of it to a newer flow.
+            sh.cut(now, sh.window < sh.w_max);
         } else if !congested {
             let t = now.saturating_duration_since(sh.epoch).as_secs_f64();
             let k = cubic_k(sh.w_max);
@@ -608,6 +605,20 @@ impl RateControl {
     }
     pub fn bandwidth(&self) -> f64 {
         self.btl_bw
+    }
+}
+
+impl Shared {
+    /// CUBIC's multiplicative decrease. With `converging` (fast convergence), the
+    /// plateau it grows back towards is lowered too, below the window before the cut.
+    fn cut(&mut self, now: Instant, converging: bool) {
+        self.w_max = if converging {
+            self.window * (1.0 + SHARED_BETA) / 2.0
+        } else {
+            self.window
+        };
+        self.window = (self.window * SHARED_BETA).max(MIN_WINDOW as f64);
+        self.epoch = now;
     }
 }
 

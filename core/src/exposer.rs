@@ -23,8 +23,10 @@ use crate::wire::{
 
 #[derive(Debug, Clone)]
 pub struct ExposerConfig {
-    /// Largest datagram this exposer sends (pullers may ask for less).
+    /// Largest datagram this exposer sends to another host (pullers may ask for less).
     pub max_datagram: usize,
+    /// Largest datagram this exposer sends to a puller on this host (loopback).
+    pub loopback_max_datagram: usize,
     /// How long a session token stays valid.
     pub token_lifetime: Duration,
     /// Handshakes per second above which a HELLO without a RETRY token gets a RETRY
@@ -42,6 +44,7 @@ impl Default for ExposerConfig {
     fn default() -> Self {
         Self {
             max_datagram: wire::DEFAULT_MAX_DATAGRAM,
+            loopback_max_datagram: wire::LOOPBACK_MAX_DATAGRAM,
             token_lifetime: Duration::from_secs(600),
             retry_threshold: 1000,
             cache_bytes: 64 << 20,
@@ -274,9 +277,13 @@ impl Exposer {
             self.send(Transmit::single(from, pkt));
             return true;
         }
-        let max_datagram = (hello.max_datagram as usize)
-            .clamp(wire::MIN_MAX_DATAGRAM, self.config.max_datagram)
-            as u16;
+        let limit = if wire::is_loopback(from.ip()) {
+            self.config.loopback_max_datagram
+        } else {
+            self.config.max_datagram
+        };
+        let max_datagram =
+            (hello.max_datagram as usize).clamp(wire::MIN_MAX_DATAGRAM, limit) as u16;
         let manifest = match self
             .by_name
             .get(hello.name)

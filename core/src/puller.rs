@@ -25,8 +25,10 @@ use crate::wire::{
 pub struct PullConfig {
     pub remote: SocketAddr,
     pub name: String,
-    /// Largest datagram we ask the exposer to send.
+    /// Largest datagram we ask an exposer on another host to send.
     pub max_datagram: u16,
+    /// Largest datagram we ask an exposer on this host (loopback) to send.
+    pub loopback_max_datagram: u16,
     /// The exposer static key we require (from a URL or the known-exposers file).
     pub pinned_key: Option<[u8; 32]>,
     /// The root we require (from a URL).
@@ -42,11 +44,21 @@ pub struct PullConfig {
 }
 
 impl PullConfig {
+    /// The datagram size to ask for on the path to `remote`.
+    pub fn asked_datagram(&self) -> u16 {
+        if wire::is_loopback(self.remote.ip()) {
+            self.loopback_max_datagram
+        } else {
+            self.max_datagram
+        }
+    }
+
     pub fn new(remote: SocketAddr, name: &str) -> Self {
         Self {
             remote,
             name: name.to_string(),
             max_datagram: wire::DEFAULT_MAX_DATAGRAM as u16,
+            loopback_max_datagram: wire::LOOPBACK_MAX_DATAGRAM as u16,
             pinned_key: None,
             expected_root: None,
             resume: None,
@@ -1061,7 +1073,7 @@ impl Puller {
                 }
                 self.pending_hello = false;
                 if init.is_none() {
-                    *init = Initiator::start(&self.cfg.name, self.cfg.max_datagram)
+                    *init = Initiator::start(&self.cfg.name, self.cfg.asked_datagram())
                         .ok()
                         .map(Box::new);
                 }
@@ -1069,7 +1081,7 @@ impl Puller {
                 *sent_at = Some(now);
                 *attempts += 1;
                 let pkt = Hello {
-                    max_datagram: self.cfg.max_datagram,
+                    max_datagram: self.cfg.asked_datagram(),
                     token,
                     name: &self.cfg.name,
                     noise: msg1,

@@ -14,6 +14,15 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1200;
 pub const MIN_MAX_DATAGRAM: usize = 512;
 /// Largest UDP payload over IPv4.
 pub const MAX_MAX_DATAGRAM: usize = 65_507;
+/// Default largest UDP payload toward a peer on this host: loopback carries 64 KiB
+/// datagrams, so a sealed 16 KiB chunk travels in one datagram instead of 14.
+pub const LOOPBACK_MAX_DATAGRAM: usize = 65_000;
+
+/// Whether datagrams to `ip` never leave this host: 127.0.0.0/8, ::1, and
+/// IPv4-mapped loopback (how a dual-stack socket sees an IPv4 peer).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
 /// A HELLO is padded to at least this size so the 3x anti-amplification budget covers
 /// the WELCOME (QUIC pads its Initial the same way).
 pub const MIN_HELLO_LEN: usize = 1200;

@@ -82,20 +82,25 @@ impl World {
     }
 
     fn add_puller(&mut self, cfg: impl FnOnce(&mut PullConfig)) -> usize {
-        let i = self.pullers.len();
         self.next_addr += 1;
+        let at = if self.one_ip {
+            format!("198.51.100.1:{}", 40000 + self.next_addr)
+                .parse()
+                .unwrap()
+        } else {
+            addr(self.next_addr)
+        };
+        self.add_puller_at(at, cfg)
+    }
+
+    fn add_puller_at(&mut self, at: SocketAddr, cfg: impl FnOnce(&mut PullConfig)) -> usize {
+        let i = self.pullers.len();
         let mut c = PullConfig::new(self.ex_addr, "file.bin");
         c.idle_timeout = Duration::from_secs(120);
         cfg(&mut c);
         let size = self.data.len();
         self.pullers.push(PullerSlot {
-            addr: if self.one_ip {
-                format!("198.51.100.1:{}", 40000 + self.next_addr)
-                    .parse()
-                    .unwrap()
-            } else {
-                addr(self.next_addr)
-            },
+            addr: at,
             p: Puller::new(c, self.net.now),
             out: vec![0; size],
             written: 0,
@@ -419,6 +424,57 @@ fn cache_budget_bounds_memory_and_still_serves() {
     }
     w.run(Duration::from_secs(60), |_| false);
     w.assert_all_exact(10);
+}
+
+/// Bytes per data datagram each puller received (handshake datagrams are few).
+fn bytes_per_datagram(w: &World) -> Vec<u64> {
+    w.pullers
+        .iter()
+        .map(|s| s.p.stats.bytes_in / s.p.stats.datagrams_in.max(1))
+        .collect()
+}
+
+/// A pull between two addresses of this host uses loopback-sized datagrams (a whole
+/// sealed chunk in one), whether the exposer sees the puller as 127.x or, on a
+/// dual-stack socket, as IPv4-mapped; pulls between hosts keep 1200 bytes, and an
+/// exposer's explicit loopback limit holds.
+#[test]
+fn pulls_on_this_host_use_loopback_sized_datagrams() {
+    let loopback = LinkConfig {
+        delay: Duration::from_micros(50),
+        mtu: 65_535,
+        ..Default::default()
+    };
+    let size = 40 * CHUNK_SIZE;
+    let mut w = World::new(21, loopback.clone(), size, ExposerConfig::default());
+    w.ex_addr = "127.0.0.1:443".parse().unwrap();
+    w.add_puller_at("127.0.0.1:40001".parse().unwrap(), |_| {});
+    w.add_puller_at("[::ffff:127.0.0.1]:40002".parse().unwrap(), |_| {});
+    w.add_puller_at("[::1]:40003".parse().unwrap(), |_| {});
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(21);
+    for (i, b) in bytes_per_datagram(&w).into_iter().enumerate() {
+        assert!(b > 10_000, "loopback puller {i}: {b} bytes per datagram");
+    }
+
+    let mut w = World::new(22, loopback.clone(), size, ExposerConfig::default());
+    w.add_puller(|_| {});
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(22);
+    let b = bytes_per_datagram(&w)[0];
+    assert!(b <= 1200, "puller on another host: {b} bytes per datagram");
+
+    let capped = ExposerConfig {
+        loopback_max_datagram: 1200,
+        ..Default::default()
+    };
+    let mut w = World::new(23, loopback, size, capped);
+    w.ex_addr = "127.0.0.1:443".parse().unwrap();
+    w.add_puller_at("127.0.0.1:40001".parse().unwrap(), |_| {});
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(23);
+    let b = bytes_per_datagram(&w)[0];
+    assert!(b <= 1200, "exposer capped at 1200: {b} bytes per datagram");
 }
 
 #[test]

@@ -49,10 +49,11 @@ struct Args {
     /// else this machine's host name.
     #[arg(long)]
     advertise: Option<String>,
-    /// Largest UDP payload to send. 1200 crosses any Internet path; raise it on LANs
-    /// or loopback (up to 65507) for speed.
-    #[arg(long, default_value_t = wire::DEFAULT_MAX_DATAGRAM)]
-    max_datagram: usize,
+    /// Largest UDP payload to send, to any puller. Default: 1200, which crosses any
+    /// Internet path, or 65000 to pullers on this host (loopback). Raise it on LANs
+    /// (up to 65507) for speed.
+    #[arg(long)]
+    max_datagram: Option<usize>,
     /// Do not encrypt files ahead of serving; encrypt chunks on demand into a memory
     /// cache instead (no extra disk space, more CPU per pull).
     #[arg(long)]
@@ -85,7 +86,10 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     init_logging();
     let args = Args::parse();
-    if !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&args.max_datagram) {
+    if args
+        .max_datagram
+        .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
+    {
         return fail(
             2,
             format!(
@@ -150,11 +154,15 @@ fn main() -> ExitCode {
         }
     });
 
-    let config = ExposerConfig {
-        max_datagram: args.max_datagram,
+    let mut config = ExposerConfig {
         cache_bytes: args.cache_mib << 20,
         ..Default::default()
     };
+    if let Some(m) = args.max_datagram {
+        // Given explicitly, it caps every path, loopback included.
+        config.max_datagram = m;
+        config.loopback_max_datagram = m;
+    }
     let mut ex = Exposer::new(config, key.private, std::time::Instant::now());
     let mut out = std::io::stdout().lock();
     for (name, path, src, cvs) in files {

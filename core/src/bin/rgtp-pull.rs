@@ -59,9 +59,10 @@ struct Args {
     /// Give up when the exposer has been silent this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
-    /// Largest UDP payload to ask for (the exposer may use less).
-    #[arg(long, default_value_t = wire::DEFAULT_MAX_DATAGRAM)]
-    max_datagram: usize,
+    /// Largest UDP payload to ask for (the exposer may use less). Default: 1200, which
+    /// crosses any Internet path, or 65000 when the exposer is on this host (loopback).
+    #[arg(long)]
+    max_datagram: Option<usize>,
     /// No progress display and no summary. Errors, and the notice that an exposer's
     /// key is being trusted on first use (a security event), still print.
     #[arg(short, long)]
@@ -108,7 +109,10 @@ fn output_failure(e: OutputError) -> Failure {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
-    if !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&args.max_datagram) {
+    if args
+        .max_datagram
+        .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
+    {
         return fail(
             2,
             format!(
@@ -181,7 +185,11 @@ fn run(args: Args) -> Result<(), Failure> {
     let resumed_have = resume.as_ref().map(|r| r.have.clone());
 
     let mut cfg = PullConfig::new(remote, &name);
-    cfg.max_datagram = args.max_datagram as u16;
+    if let Some(m) = args.max_datagram {
+        // Given explicitly, it holds for every path, loopback included.
+        cfg.max_datagram = m as u16;
+        cfg.loopback_max_datagram = m as u16;
+    }
     cfg.pinned_key = pin.or(known_key);
     cfg.expected_root = root;
     cfg.resume = resume;

@@ -466,7 +466,7 @@ impl Conn {
     }
 
     fn path_datagram(&self) -> usize {
-        let path = if self.remote.ip().is_loopback() {
+        let path = if crate::wire::is_loopback(self.remote.ip()) {
             self.cfg.loopback_max_datagram
         } else {
             self.cfg.max_datagram

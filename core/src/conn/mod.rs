@@ -113,7 +113,7 @@ impl Default for ConnConfig {
     fn default() -> Self {
         Self {
             max_datagram: crate::wire::DEFAULT_MAX_DATAGRAM,
-            loopback_max_datagram: 65_000,
+            loopback_max_datagram: crate::wire::LOOPBACK_MAX_DATAGRAM,
             recv_window: 4 << 20,
             idle_timeout: Duration::from_secs(120),
             keepalive: None,

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -1594,13 +1594,5 @@ impl Drop for RgtpListener {
         self.engine.after(&mut st, self.sock, false);
         drop(st);
         self.engine.wake();
-    }
-}
-
-/// Whether an address is on this host (for choosing datagram sizes or tests).
-pub fn is_loopback(a: &SocketAddr) -> bool {
-    match a.ip() {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
     }
 }

@@ -791,6 +791,8 @@ for impl, sink, d in order:
     if not r.get("complete"):
         notes.append("INCOMPLETE")
     if impl == "rgtp":
+        if str(d) == "65000":
+            notes.append("rgtp's default datagram size between programs on one host")
         if num(r.get("datagrams_received")):
             notes.append(f"{r['datagrams_received']} datagrams, {r.get('rerequested_fragments')} re-requested fragments, "
                          f"UDP receive-buffer drops {r.get('udp_rcvbuf_errors', '?')}")

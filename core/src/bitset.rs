@@ -32,6 +32,21 @@ impl ChunkSet {
         }
     }
 
+    /// An empty set over indices `0..len`, or `None` when its memory cannot be had.
+    /// For lengths that come from a peer: a failed allocation in [`ChunkSet::new`]
+    /// would abort the process.
+    pub fn try_new(len: u64) -> Option<Self> {
+        let n = usize::try_from(len.div_ceil(64)).ok()?;
+        let mut words = Vec::new();
+        words.try_reserve_exact(n).ok()?;
+        words.resize(n, 0);
+        Some(ChunkSet {
+            len,
+            words,
+            count: 0,
+        })
+    }
+
     /// A set over `0..len` with every index present.
     pub fn full(len: u64) -> Self {
         let mut words = vec![u64::MAX; word_count(len)];

@@ -132,6 +132,9 @@ pub enum PullError {
     /// The exposer keeps serving a chunk that does not match the root (its file
     /// changed under it).
     BadContent { chunk: u64 },
+    /// The offered file's bookkeeping (a bit per chunk, 32 bytes of outboard per
+    /// chunk) does not fit in this process's memory.
+    TooLarge { size: u64 },
 }
 
 impl std::fmt::Display for PullError {
@@ -156,6 +159,10 @@ impl std::fmt::Display for PullError {
             Self::BadContent { chunk } => write!(
                 f,
                 "exposer keeps serving chunk {chunk} with bytes that do not match its root (its file changed?)"
+            ),
+            Self::TooLarge { size } => write!(
+                f,
+                "the exposer offers {size} bytes: too large to track in this machine's memory"
             ),
         }
     }
@@ -280,7 +287,8 @@ pub struct Puller {
     have: ChunkSet,
     have_outboard: ChunkSet,
     outboard: Vec<u8>,
-    cvs: Vec<Hash>,
+    /// The outboard's chaining values, once complete (shared with verifiers).
+    cvs: std::sync::Arc<Vec<Hash>>,
     /// Next chunk never yet requested, per object.
     cursor: [u64; 2],
     retx: VecDeque<(Object, u32, u64)>,
@@ -308,8 +316,6 @@ pub struct Puller {
     recheck: Recheck,
     /// Consecutive verification failures per chunk (a changed file fails forever).
     failures: HashMap<u64, u32>,
-    /// The outboard's CVs shared with verifiers.
-    shared_cvs: Option<std::sync::Arc<Vec<Hash>>>,
     /// Content chunks (sealed, as received) that arrived before the outboard that
     /// verifies them was complete (bounded by EARLY_CONTENT_LIMIT).
     early: Vec<(u32, Vec<u8>)>,
@@ -338,7 +344,7 @@ impl Puller {
             have: ChunkSet::new(0),
             have_outboard: ChunkSet::new(0),
             outboard: Vec::new(),
-            cvs: Vec::new(),
+            cvs: std::sync::Arc::default(),
             cursor: [0, 0],
             retx: VecDeque::new(),
             flights: HashMap::new(),
@@ -358,7 +364,6 @@ impl Puller {
             verifying: 0,
             recheck: Recheck::None,
             failures: HashMap::new(),
-            shared_cvs: None,
             early: Vec::new(),
             tail_copy: None,
             stats: PullStats::default(),
@@ -538,28 +543,40 @@ impl Puller {
             self.cc.on_rtt_sample(now, now.saturating_duration_since(t));
         }
         if self.root.is_none() {
+            let chunks = m.chunk_count;
+            // The manifest is the exposer's word, and a first-use exposer can say any
+            // size: get the memory it implies or fail, never abort on an allocation.
+            let resume = self
+                .cfg
+                .resume
+                .take()
+                .filter(|r| r.root == m.root && r.size == m.size && r.have.len() == chunks);
+            // At most 2^50 chunks (size < 2^64), so the outboard length cannot overflow.
+            let ob_len = if chunks > 1 { chunks * 32 } else { 0 };
+            let have = match &resume {
+                Some(r) => Some(r.have.clone()),
+                None => ChunkSet::try_new(chunks),
+            };
+            let (Some(have), Some(have_outboard), Some(outboard)) = (
+                have,
+                ChunkSet::try_new(merkle::chunk_count(ob_len)),
+                zeroed(ob_len),
+            ) else {
+                self.fail(PullError::TooLarge { size: m.size });
+                return true;
+            };
             self.learned_key = Some(key);
             self.root = Some(m.root);
             self.size = m.size;
-            let chunks = m.chunk_count;
-            let mut resumed = false;
-            self.have = ChunkSet::new(chunks);
-            if let Some(r) = self.cfg.resume.take() {
-                if r.root == m.root && r.size == m.size && r.have.len() == chunks {
-                    resumed = true;
-                    if r.have.count() > 0 {
-                        self.recheck = Recheck::Wanted(r.have.clone());
-                    }
-                    self.have = r.have;
+            self.have = have;
+            self.have_outboard = have_outboard;
+            self.outboard = outboard;
+            let resumed = resume.is_some();
+            if let Some(r) = resume {
+                if r.have.count() > 0 {
+                    self.recheck = Recheck::Wanted(r.have);
                 }
             }
-            let ob_len = chunks * 32;
-            self.have_outboard = ChunkSet::new(if chunks > 1 {
-                merkle::chunk_count(ob_len)
-            } else {
-                0
-            });
-            self.outboard = vec![0; if chunks > 1 { ob_len as usize } else { 0 }];
             self.events.push_back(PullEvent::Started {
                 exposer_key: key,
                 size: m.size,
@@ -719,20 +736,21 @@ impl Puller {
                     self.have_outboard.insert(index);
                 }
                 if self.have_outboard.is_full() && self.cvs.is_empty() {
-                    let cvs: Vec<Hash> = self
-                        .outboard
-                        .chunks_exact(32)
-                        .map(|c| {
-                            let mut h = [0u8; 32];
-                            h.copy_from_slice(c);
-                            h
-                        })
-                        .collect();
+                    let mut cvs: Vec<Hash> = Vec::new();
+                    if cvs.try_reserve_exact(self.outboard.len() / 32).is_err() {
+                        self.fail(PullError::TooLarge { size: self.size });
+                        return;
+                    }
+                    cvs.extend(self.outboard.chunks_exact(32).map(|c| {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(c);
+                        h
+                    }));
                     if Some(merkle::root_from_cvs(&cvs, self.size)) != self.root {
                         self.fail(PullError::BadOutboard);
                         return;
                     }
-                    self.cvs = cvs;
+                    self.cvs = std::sync::Arc::new(cvs);
                     self.outboard = Vec::new();
                     for (c, b) in std::mem::take(&mut self.early) {
                         self.complete_chunk(Object::Content, c, b);
@@ -767,10 +785,7 @@ impl Puller {
         if !single && self.cvs.is_empty() {
             return None;
         }
-        let cvs = self
-            .shared_cvs
-            .get_or_insert_with(|| std::sync::Arc::new(self.cvs.clone()))
-            .clone();
+        let cvs = self.cvs.clone();
         let sess = self.session.as_mut()?;
         if sess.verifier.is_none() {
             sess.verifier = Some(std::sync::Arc::new(ChunkVerifier {
@@ -1268,6 +1283,15 @@ const EARLY_CONTENT_LIMIT: u64 = 16 << 20;
 const MIN_REQUEST: u64 = 64 * 1024;
 
 /// Bytes of the fragments in `mask` for a chunk of `n` fragments.
+/// `len` zero bytes, or `None` when the memory cannot be had.
+fn zeroed(len: u64) -> Option<Vec<u8>> {
+    let len = usize::try_from(len).ok()?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
+}
+
 fn outstanding_bytes(mask: u64, n: usize, per: usize, ct_len: usize) -> u64 {
     if mask == 0 {
         return 0;

@@ -49,6 +49,8 @@ pub mod exit {
     pub const CORRUPT_SIDECAR: i32 = 9;
     pub const BIND: i32 = 10;
     pub const BAD_KEY_FILE: i32 = 11;
+    /// rgtp-pull: the offered file is too large to track in memory.
+    pub const TOO_LARGE: i32 = 12;
     pub const INTERRUPTED: i32 = 130;
 }
 

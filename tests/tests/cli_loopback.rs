@@ -569,6 +569,57 @@ fn unreachable_exposer_times_out_with_exit_5() {
     drop(silent);
 }
 
+/// A first-use exposer that offers an impossible file (2^62 bytes: 32 TiB of chunk
+/// bookkeeping) gets a one-line error and exit 12 from the real rgtp-pull, not an
+/// aborted process, and nothing is written.
+#[test]
+fn an_impossible_offer_exits_12_without_aborting() {
+    use rgtp::handshake::{generate_keypair, respond};
+    use rgtp::wire::{Hello, Manifest, ManifestBody, Welcome};
+
+    let dir = TestDir::new("too-large");
+    let fake = UdpSocket::bind("127.0.0.1:0").expect("bind the fake exposer");
+    fake.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let host_port = format!("127.0.0.1:{}", fake.local_addr().expect("its port").port());
+    let out = dir.join("huge.out");
+    let pull = PullCmd::by_name(&dir, &host_port, "huge.bin", &out)
+        .arg("--timeout")
+        .arg("20")
+        .spawn(&dir);
+
+    let (key, _) = generate_keypair();
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = fake.recv_from(&mut buf).expect("a HELLO from rgtp-pull");
+    let hello = Hello::decode(&buf[..n]).expect("a valid HELLO");
+    let size = 1u64 << 62;
+    let manifest = Manifest::Found(ManifestBody {
+        exposure: [1; 16],
+        size,
+        chunk_size: rgtp::merkle::CHUNK_SIZE as u32,
+        chunk_count: rgtp::merkle::chunk_count(size),
+        root: [2; 32],
+        content_key: [3; 32],
+        max_datagram: hello.max_datagram,
+        token: vec![7; 40],
+        request_key: [4; 32],
+    });
+    let msg2 = respond(
+        &key,
+        hello.name,
+        hello.max_datagram,
+        hello.noise,
+        &manifest.encode(),
+    )
+    .expect("the exposer side of the handshake");
+    fake.send_to(&Welcome { noise: &msg2 }.encode(), from)
+        .expect("send the WELCOME");
+
+    pull.finish(ERROR_DEADLINE)
+        .assert_clean_error(exit::TOO_LARGE, &["too large", &size.to_string()]);
+    assert!(!out.exists() && !part_path(&out).exists() && !state_path(&out).exists());
+}
+
 #[test]
 fn unknown_name_exits_7_and_wrong_root_exits_8() {
     let dir = TestDir::new("not-found");

@@ -35,6 +35,7 @@ Exit codes:
   7    the exposer has no such name
   8    content mismatch (root differs from the pinned one, or a bad outboard)
   9    the resume state file is corrupt
+  12   the offered file is too large to track in this machine's memory
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -280,6 +281,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 PullError::RootMismatch { .. }
                 | PullError::BadOutboard
                 | PullError::BadContent { .. } => 8,
+                PullError::TooLarge { .. } => 12,
             };
             let msg = match (&e, known_key) {
                 (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(

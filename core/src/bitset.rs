@@ -37,12 +37,9 @@ impl ChunkSet {
     /// would abort the process.
     pub fn try_new(len: u64) -> Option<Self> {
         let n = usize::try_from(len.div_ceil(64)).ok()?;
-        let mut words = Vec::new();
-        words.try_reserve_exact(n).ok()?;
-        words.resize(n, 0);
         Some(ChunkSet {
             len,
-            words,
+            words: crate::zeroed::try_zeroed(n)?,
             count: 0,
         })
     }

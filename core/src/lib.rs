@@ -28,3 +28,4 @@ pub mod transmit;
 pub mod udp;
 pub mod url;
 pub mod wire;
+pub mod zeroed;

@@ -560,7 +560,9 @@ impl Puller {
             let (Some(have), Some(have_outboard), Some(outboard)) = (
                 have,
                 ChunkSet::try_new(merkle::chunk_count(ob_len)),
-                zeroed(ob_len),
+                usize::try_from(ob_len)
+                    .ok()
+                    .and_then(crate::zeroed::try_zeroed::<u8>),
             ) else {
                 self.fail(PullError::TooLarge { size: m.size });
                 return true;
@@ -1283,15 +1285,6 @@ const EARLY_CONTENT_LIMIT: u64 = 16 << 20;
 const MIN_REQUEST: u64 = 64 * 1024;
 
 /// Bytes of the fragments in `mask` for a chunk of `n` fragments.
-/// `len` zero bytes, or `None` when the memory cannot be had.
-fn zeroed(len: u64) -> Option<Vec<u8>> {
-    let len = usize::try_from(len).ok()?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, 0);
-    Some(v)
-}
-
 fn outstanding_bytes(mask: u64, n: usize, per: usize, ct_len: usize) -> u64 {
     if mask == 0 {
         return 0;

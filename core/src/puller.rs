@@ -1210,10 +1210,23 @@ impl Puller {
             let Some(start) = set.first_missing_from(self.cursor[obj_idx(o)]) else {
                 break;
             };
-            // Extend the run while chunks are missing and the quantum allows.
+            if self.flights.contains_key(&(o, start as u32)) {
+                // Asked for again before the cursor reached it (a stored chunk that
+                // failed the resume check, a failed verification): its flight holds
+                // it and counts its bytes; a second flight would replace the first and
+                // leave those bytes counted in flight for good.
+                self.cursor[obj_idx(o)] = start + 1;
+                continue;
+            }
+            // Extend the run while chunks are missing, not in flight, and the quantum
+            // allows.
             let mut end = start;
             let mut run_bytes = 0u64;
-            while end < set.len() && !set.contains(end) && bytes + run_bytes < quantum {
+            while end < set.len()
+                && !set.contains(end)
+                && !self.flights.contains_key(&(o, end as u32))
+                && bytes + run_bytes < quantum
+            {
                 let (_, _, ct) = self.geometry(o, end);
                 run_bytes += ct as u64;
                 end += 1;

@@ -544,6 +544,45 @@ fn resume_rechecks_stored_chunks() {
     w.assert_all_exact(22);
 }
 
+/// Stored chunks that fail the resume check are asked for once, not once by the
+/// re-request path and again by the new-data cursor: the second flight replaced the
+/// first and its bytes stayed counted in flight for good, so after an outage the
+/// window (back at its minimum) had no room left and the pull stalled until the idle
+/// timeout against a working exposer.
+#[test]
+fn damaged_resumed_chunks_are_asked_for_once_and_survive_an_outage() {
+    let size = 4 * 1024 * 1024;
+    let chunks = (size / CHUNK_SIZE) as u64;
+    let mut w = World::new(23, LinkConfig::default(), size, ExposerConfig::default());
+    // A previous run claims every chunk but the first; its part file is zeros there.
+    let mut have = rgtp::bitset::ChunkSet::new(chunks);
+    for i in 1..chunks {
+        have.insert(i);
+    }
+    let root = merkle::root_from_cvs(&merkle::cvs_of_bytes(&w.data), size as u64);
+    w.add_puller(|c| {
+        c.idle_timeout = Duration::from_secs(30);
+        c.resume = Some(ResumeState {
+            root,
+            size: size as u64,
+            have,
+        })
+    });
+    // Run until the damaged chunks are being asked for again, then cut the path 1 s.
+    w.run(Duration::from_secs(60), |w| {
+        w.pullers[0].p.stats.requests >= 3 && w.pullers[0].written > 0
+    });
+    let t = w.net.now;
+    w.net.blackouts.push((t, t + Duration::from_secs(1)));
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(23);
+    assert_eq!(
+        w.pullers[0].p.inflight_bytes(),
+        0,
+        "bytes still counted in flight after the pull finished"
+    );
+}
+
 /// An exposer whose file changed under it serves chunks that never verify: the pull
 /// fails with a clear error instead of asking forever.
 #[test]

@@ -10,7 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crypto::{random_bytes, same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey};
+use crate::crypto::{
+    random_bytes, same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey, TAG_LEN,
+};
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::sealed::SealedStore;
@@ -444,6 +446,14 @@ impl Exposer {
         let e = self.exposures.get(id)?;
         if index >= e.object_chunks(object) {
             return None;
+        }
+        // Only fragments the chunk has: a mask naming none of them must not cost a
+        // read and a seal that no byte sent (and so no budget) pays for.
+        let ct_len = merkle::chunk_len(index, e.object_len(object)) + TAG_LEN;
+        let (frags, _) = wire::fragmentation(ct_len, max_datagram);
+        let mask = mask & (u64::MAX >> 64u32.saturating_sub(frags as u32));
+        if mask == 0 {
+            return Some(0);
         }
         let key = (*id, object, index as u32);
         if let (Some(store), Object::Content) = (&e.sealed, object) {

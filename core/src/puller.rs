@@ -133,7 +133,8 @@ pub enum PullError {
     /// changed under it).
     BadContent { chunk: u64 },
     /// The offered file's bookkeeping (a bit per chunk, 32 bytes of outboard per
-    /// chunk) does not fit in this process's memory.
+    /// chunk) does not fit in this process's memory, or it has more chunks than
+    /// 32-bit chunk numbers address (64 TiB).
     TooLarge { size: u64 },
 }
 
@@ -162,7 +163,7 @@ impl std::fmt::Display for PullError {
             ),
             Self::TooLarge { size } => write!(
                 f,
-                "the exposer offers {size} bytes: too large to track in this machine's memory"
+                "the exposer offers {size} bytes: too large for this puller to track (in memory, or in 2^32 chunks)"
             ),
         }
     }
@@ -557,12 +558,15 @@ impl Puller {
                 Some(r) => Some(r.have.clone()),
                 None => ChunkSet::try_new(chunks),
             };
-            let (Some(have), Some(have_outboard), Some(outboard)) = (
+            let (Some(have), Some(have_outboard), Some(outboard), true) = (
                 have,
                 ChunkSet::try_new(merkle::chunk_count(ob_len)),
                 usize::try_from(ob_len)
                     .ok()
                     .and_then(crate::zeroed::try_zeroed::<u8>),
+                // DATA and REQUEST name chunks with 32 bits: past 2^32 chunks (64 TiB)
+                // the protocol cannot address them.
+                chunks <= 1 << 32,
             ) else {
                 self.fail(PullError::TooLarge { size: m.size });
                 return true;

@@ -35,7 +35,7 @@ Exit codes:
   7    the exposer has no such name
   8    content mismatch (root differs from the pinned one, or a bad outboard)
   9    the resume state file is corrupt
-  12   the offered file is too large to track in this machine's memory
+  12   the offered file is too large to track (memory, or over 2^32 chunks)
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:

@@ -44,6 +44,9 @@ const MAX_BATCH: usize = 64;
 const MAX_BATCH_BYTES: usize = 65_000;
 /// Path-validation attempts before a new address is given up.
 const MAX_PATH_TRIES: u32 = 6;
+/// PATH_RESPONSEs waiting to be sent; challenges beyond are dropped (the peer asks
+/// again), so a flood of them costs no memory.
+const MAX_PENDING_PATH_RESPONSES: usize = 8;
 /// Copies of a RESET sent while draining after an abort.
 const RESET_COPIES: u32 = 3;
 
@@ -336,7 +339,7 @@ impl Conn {
             largest_rx_at: now,
             sent_times: VecDeque::new(),
             largest_acked_pn: None,
-            send: SendStream::new(0),
+            send: SendStream::new(0, cfg.recv_window),
             recv: RecvStream::new(cfg.recv_window),
             rtt: Rtt::new(),
             cc: RateControl::new(now, INITIAL_RTT),
@@ -897,6 +900,7 @@ impl Conn {
         }
         let mut eliciting = false;
         let mut immediate = false;
+        let mut challenge = None;
         for f in frames {
             match f {
                 Frame::Ping => {
@@ -907,15 +911,13 @@ impl Conn {
                 Frame::Stream { offset, data, fin } => {
                     eliciting = true;
                     let before = self.recv.received();
-                    match self
-                        .recv
-                        .on_data(now, offset, data, fin, self.rtt.reorder_delay())
-                    {
+                    match self.recv.on_data(offset, data, fin) {
                         Ok(changed) => {
                             immediate |= changed || fin;
                         }
                         Err(_) => {
                             // The peer broke the stream's rules: abort.
+                            self.recv.settle(now, self.rtt.reorder_delay());
                             self.reset(now, 0, ErrorKind::InvalidData);
                             return out;
                         }
@@ -929,14 +931,26 @@ impl Conn {
                     }
                 }
                 Frame::Reset { .. } => {
+                    self.recv.settle(now, self.rtt.reorder_delay());
                     self.terminate(now, Some(ErrorKind::ConnectionReset), false);
                     return out;
                 }
                 Frame::PathChallenge(d) => {
                     eliciting = true;
-                    self.path_responses.push((from, d));
+                    challenge = Some(d);
                 }
                 Frame::PathResponse(d) => self.on_path_response(now, from, d),
+            }
+        }
+        // The gaps once per packet, after all its STREAM frames (not once per frame).
+        self.recv.settle(now, self.rtt.reorder_delay());
+        // One PATH_RESPONSE per packet, to the last challenge in it: a response is no
+        // larger than the packet that asked, so even toward an address nobody has
+        // validated it cannot amplify (a packet packed with challenges had one
+        // response each).
+        if let Some(d) = challenge {
+            if self.path_responses.len() < MAX_PENDING_PATH_RESPONSES {
+                self.path_responses.push((from, d));
             }
         }
         if eliciting {
@@ -968,9 +982,7 @@ impl Conn {
                 Frame::Stream {
                     offset, data, fin, ..
                 } => {
-                    let _ = self
-                        .recv
-                        .on_data(now, *offset, data, *fin, self.rtt.reorder_delay());
+                    let _ = self.recv.on_data(*offset, data, *fin);
                     self.ack_now = true;
                     self.ack_dirty = true;
                 }
@@ -981,6 +993,7 @@ impl Conn {
                 _ => {}
             }
         }
+        self.recv.settle(now, self.rtt.reorder_delay());
     }
 
     fn on_ack(&mut self, now: Instant, a: &Ack) {

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{self, ErrorKind};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::connection::{Conn, ConnStats};
@@ -82,6 +82,8 @@ pub struct Endpoint {
     half_open: HashMap<u64, HalfOpen>,
     half_open_by_client: HashMap<(SocketAddr, u64, Vec<u8>), u64>,
     half_open_order: VecDeque<(Instant, u64)>,
+    /// Half-opens per source ([`source_of`]), for `max_half_open_per_source`.
+    half_open_per_source: HashMap<IpAddr, usize>,
     accept_queue: VecDeque<ConnId>,
     reset_tokens: HashMap<[u8; RESET_TOKEN_LEN], ConnId>,
     next_id: u64,
@@ -109,6 +111,18 @@ fn canon(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What the per-source half-open cap counts against: the IPv4 address, or the /64
+/// prefix of an IPv6 address (one host commonly holds a whole /64).
+fn source_of(a: SocketAddr) -> IpAddr {
+    match a.ip().to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 fn closed_err() -> io::Error {
     io::Error::from(ErrorKind::NotConnected)
 }
@@ -125,6 +139,7 @@ impl Endpoint {
             half_open: HashMap::new(),
             half_open_by_client: HashMap::new(),
             half_open_order: VecDeque::new(),
+            half_open_per_source: HashMap::new(),
             accept_queue: VecDeque::new(),
             reset_tokens: HashMap::new(),
             next_id: 1,
@@ -404,6 +419,20 @@ impl Endpoint {
             }
             return;
         }
+        // One source may hold only so many half-opens: beyond, its INITs are dropped
+        // before any work (the client sends INIT again), so it cannot fill the table.
+        // Not loopback: nobody off this host can send from it, and a local client may
+        // well open hundreds of connections at once.
+        let source = source_of(from);
+        if !crate::wire::is_loopback(from.ip())
+            && self
+                .half_open_per_source
+                .get(&source)
+                .is_some_and(|&n| n >= self.cfg.max_half_open_per_source)
+        {
+            self.stats.dropped += 1;
+            return;
+        }
         let (start, _) = self.handshake_window;
         if now.saturating_duration_since(start) >= Duration::from_secs(1) {
             self.handshake_window = (now, 0);
@@ -486,6 +515,7 @@ impl Endpoint {
             },
         );
         self.half_open_by_client.insert(key, scid);
+        *self.half_open_per_source.entry(source).or_insert(0) += 1;
         self.half_open_order
             .push_back((now + self.cfg.conn.handshake_timeout, scid));
         self.send_control(Transmit::single(from, response));
@@ -504,23 +534,24 @@ impl Endpoint {
             self.stats.dropped += 1;
             return;
         };
+        // The FINISH validates the address the RESPONSE went to, so it must come from
+        // there: a FINISH from elsewhere would make an unvalidated address the peer
+        // (a spoofed source would then receive everything the connection sends). A
+        // client does not move before its handshake completes (as in QUIC).
+        if ho.addr != from {
+            self.stats.dropped += 1;
+            return;
+        }
         let Ok(payload) = ho.hs.read_finish(noise) else {
-            // Damaged on the way (or forged): the state was rebuilt; the client sends
-            // FINISH again. Give it the time to.
-            refresh(
-                ho,
-                scid,
-                now + self.cfg.conn.handshake_timeout,
-                &mut self.half_open_order,
-            );
+            // Damaged on the way (or forged): the state was rebuilt, and the client
+            // sends FINISH again within the handshake timeout. The expiry stays: a
+            // stream of bad FINISHes must not hold the slot open for ever.
             self.stats.dropped += 1;
             return;
         };
-        let Some(ho) = self.half_open.remove(&scid) else {
+        let Some(ho) = self.forget_half_open(scid) else {
             return;
         };
-        self.half_open_by_client
-            .remove(&(ho.addr, ho.client_cid, ho.hs.msg1().to_vec()));
         let peer = match TransportParams::decode(&payload) {
             Ok(p) if p.cid == ho.client_cid => p,
             _ => {
@@ -552,6 +583,21 @@ impl Endpoint {
         self.events.push_back((id, Event::Incoming));
         self.stats.handshakes_completed += 1;
         self.after(id, now);
+    }
+
+    /// Removes a half-open and its index entries.
+    fn forget_half_open(&mut self, scid: u64) -> Option<HalfOpen> {
+        let ho = self.half_open.remove(&scid)?;
+        self.half_open_by_client
+            .remove(&(ho.addr, ho.client_cid, ho.hs.msg1().to_vec()));
+        let source = source_of(ho.addr);
+        if let Some(n) = self.half_open_per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.half_open_per_source.remove(&source);
+            }
+        }
+        Some(ho)
     }
 
     fn on_short(
@@ -672,13 +718,7 @@ impl Endpoint {
                 .get(&scid)
                 .is_some_and(|ho| ho.expires <= now)
             {
-                if let Some(ho) = self.half_open.remove(&scid) {
-                    self.half_open_by_client.remove(&(
-                        ho.addr,
-                        ho.client_cid,
-                        ho.hs.msg1().to_vec(),
-                    ));
-                }
+                self.forget_half_open(scid);
             }
         }
         // Collect first: a connection re-armed for `now` waits for the next call.

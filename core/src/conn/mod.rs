@@ -135,6 +135,10 @@ pub struct EndpointConfig {
     pub retry_threshold: u32,
     /// Most handshakes waiting for their third message.
     pub max_half_open: usize,
+    /// Most of them from one source (an IPv4 address, or an IPv6 /64 prefix; loopback
+    /// is not capped): its INITs beyond are dropped (the client sends INIT again), so
+    /// one host cannot take every slot of `max_half_open`.
+    pub max_half_open_per_source: usize,
     /// Most established connections waiting in the accept queue; INITs beyond are
     /// dropped (the client retries), as a full SYN queue does.
     pub accept_backlog: usize,
@@ -154,6 +158,7 @@ impl EndpointConfig {
             conn: ConnConfig::default(),
             retry_threshold: 1000,
             max_half_open: 4096,
+            max_half_open_per_source: 64,
             accept_backlog: 1024,
             reset_key,
             stateless_rate: 2000,

@@ -1,11 +1,15 @@
 //! The two halves of a connection's byte streams.
 //!
 //! [`SendStream`] holds what the application wrote and the peer has not yet
-//! acknowledged; it accepts bytes only below the reader's credit (`limit`), so its
-//! memory never exceeds the reader's window. [`RecvStream`] reassembles what arrives,
+//! acknowledged; it accepts bytes only below the reader's credit (`limit`) and its own
+//! window past the first unacknowledged byte, so its memory is bounded whatever credit
+//! the peer grants. [`RecvStream`] reassembles what arrives,
 //! grants credit (`consumed + window`), and keeps a timer per gap so missing ranges are
-//! asked for again (receiver-driven loss recovery). Both are plain data structures: no
-//! clock of their own, no I/O.
+//! asked for again (receiver-driven loss recovery). It stores at most
+//! [`MAX_OOO_SEGMENTS`] out-of-order segments and recomputes its gaps once per packet
+//! ([`RecvStream::settle`]), so a peer sending many tiny pieces out of order costs
+//! bounded memory and linear work. Both are plain data structures: no clock of their
+//! own, no I/O.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -22,6 +26,9 @@ pub struct SendStream {
     next_new: u64,
     /// Credit: bytes below this offset may be buffered and sent.
     limit: u64,
+    /// Most bytes buffered past `una`, whatever the credit: the peer's credit is its
+    /// word, not a bound on our memory.
+    window: u64,
     /// The application shut the write side down: the stream ends at `written`.
     fin: bool,
     fin_sent: bool,
@@ -62,13 +69,14 @@ impl AckOutcome {
 }
 
 impl SendStream {
-    pub fn new(initial_limit: u64) -> Self {
+    pub fn new(initial_limit: u64, window: u64) -> Self {
         Self {
             buf: VecDeque::new(),
             una: 0,
             written: 0,
             next_new: 0,
             limit: initial_limit,
+            window,
             fin: false,
             fin_sent: false,
             fin_acked: false,
@@ -88,7 +96,9 @@ impl SendStream {
         if self.fin {
             0
         } else {
-            self.limit.saturating_sub(self.written)
+            self.limit
+                .min(self.una.saturating_add(self.window))
+                .saturating_sub(self.written)
         }
     }
 
@@ -330,6 +340,12 @@ impl SendStream {
     }
 }
 
+/// Most out-of-order segments a [`RecvStream`] holds. A piece that would need another
+/// one is not stored: its range stays a gap, asked for again like a lost one. (Data
+/// arriving in order after a hole extends the segment before it, so ordinary loss
+/// needs one segment per hole.)
+pub const MAX_OOO_SEGMENTS: usize = 4096;
+
 /// A gap with its re-request timer.
 #[derive(Debug, Clone, Copy)]
 struct Gap {
@@ -365,6 +381,8 @@ pub struct RecvStream {
     /// Credit last told to the writer.
     advertised: u64,
     gaps: Vec<Gap>,
+    /// `gaps` is out of date: data arrived since the last [`RecvStream::settle`].
+    gaps_stale: bool,
     /// The application is gone: acknowledge and drop whatever arrives.
     discard: bool,
 }
@@ -383,6 +401,7 @@ impl RecvStream {
             limit: window,
             advertised: window,
             gaps: Vec::new(),
+            gaps_stale: false,
             discard: false,
         }
     }
@@ -464,15 +483,9 @@ impl RecvStream {
     }
 
     /// Takes a STREAM frame. Returns whether the gap set may have changed (data arrived
-    /// out of order or filled a hole).
-    pub fn on_data(
-        &mut self,
-        now: Instant,
-        offset: u64,
-        data: &[u8],
-        fin: bool,
-        reorder_delay: Duration,
-    ) -> Result<bool, StreamError> {
+    /// out of order or filled a hole); if so the gaps are brought up to date by the next
+    /// [`RecvStream::settle`], which the caller makes after the packet's last frame.
+    pub fn on_data(&mut self, offset: u64, data: &[u8], fin: bool) -> Result<bool, StreamError> {
         let end = offset + data.len() as u64;
         if fin {
             match self.final_size {
@@ -491,6 +504,7 @@ impl RecvStream {
         }
         // Never store beyond the credit: that is what bounds the reader's memory.
         let end = end.min(self.limit);
+        let before = (self.acked, self.ooo_bytes, self.highest);
         let was_highest = self.highest;
         self.highest = self.highest.max(end).max(if fin { end } else { 0 });
         let start = offset.max(self.acked);
@@ -502,10 +516,22 @@ impl RecvStream {
         }
         let out_of_order = offset > self.acked || offset < was_highest || gaps_before;
         let changed = out_of_order || !self.ooo.is_empty() || self.highest > self.acked;
-        if changed {
-            self.update_gaps(now, reorder_delay);
+        // The gaps follow from `acked`, the segments and `highest`; a duplicate (or a
+        // piece not stored) that moved none of them leaves them as they are.
+        if changed && (self.acked, self.ooo_bytes, self.highest) != before {
+            self.gaps_stale = true;
         }
         Ok(changed)
+    }
+
+    /// Recomputes the gaps if data arrived since the last call. Called once per packet
+    /// after its frames: the walk over every segment and gap is then paid per packet,
+    /// not per frame (a packet of thousands of 1-byte frames would make it quadratic).
+    pub fn settle(&mut self, now: Instant, reorder_delay: Duration) {
+        if self.gaps_stale {
+            self.gaps_stale = false;
+            self.update_gaps(now, reorder_delay);
+        }
     }
 
     fn insert(&mut self, start: u64, data: &[u8]) {
@@ -532,11 +558,28 @@ impl RecvStream {
             pieces.push((cursor, end));
         }
         for (s, e) in pieces {
-            let lo = (s - start) as usize;
-            let hi = (e - start) as usize;
-            self.ooo.insert(s, data[lo..hi].to_vec());
+            let piece = &data[(s - start) as usize..(e - start) as usize];
+            // A piece that starts where a segment ends extends it (every piece but the
+            // first does, and so does data arriving in order after a hole).
+            if let Some((&ps, seg)) = self.ooo.range_mut(..s).next_back() {
+                if ps + seg.len() as u64 == s {
+                    seg.extend_from_slice(piece);
+                    self.ooo_bytes += e - s;
+                    continue;
+                }
+            }
+            if self.ooo.len() >= MAX_OOO_SEGMENTS {
+                // Not stored: the range stays a gap and is asked for again.
+                continue;
+            }
+            self.ooo.insert(s, piece.to_vec());
             self.ooo_bytes += e - s;
         }
+    }
+
+    /// Out-of-order segments held.
+    pub fn ooo_segments(&self) -> usize {
+        self.ooo.len()
     }
 
     fn append_ready(&mut self, data: &[u8]) {
@@ -627,6 +670,7 @@ impl RecvStream {
 
     /// When the earliest gap is due to be asked for.
     pub fn next_gap_due(&self) -> Option<Instant> {
+        debug_assert!(!self.gaps_stale, "settle() after on_data()");
         self.gaps.iter().map(|g| g.due).min()
     }
 
@@ -639,6 +683,7 @@ impl RecvStream {
         max_backoff: Duration,
         max: usize,
     ) -> Vec<(u64, u32)> {
+        debug_assert!(!self.gaps_stale, "settle() after on_data()");
         let mut out = Vec::new();
         for g in &mut self.gaps {
             if out.len() >= max {
@@ -660,6 +705,7 @@ impl RecvStream {
     }
 
     pub fn gap_count(&self) -> usize {
+        debug_assert!(!self.gaps_stale, "settle() after on_data()");
         self.gaps.len()
     }
 }
@@ -670,7 +716,7 @@ mod tests {
 
     #[test]
     fn send_respects_credit_and_acks() {
-        let mut s = SendStream::new(10);
+        let mut s = SendStream::new(10, u64::MAX);
         assert_eq!(s.write(b"hello world!"), 10);
         assert_eq!(s.room(), 0);
         assert!(s.credit_blocked());
@@ -698,7 +744,7 @@ mod tests {
         let o = s.on_ack(10, 20, 10, true, &[]);
         assert!(o.fin_acked && s.all_acked());
         // Acks beyond what was sent are clamped.
-        let mut s = SendStream::new(100);
+        let mut s = SendStream::new(100, u64::MAX);
         s.write(&[1; 50]);
         s.next_new_segment(20);
         s.on_ack(50, 100, 50, false, &[]);
@@ -710,62 +756,115 @@ mod tests {
         let t = Instant::now();
         let d = Duration::from_millis(1);
         let mut r = RecvStream::new(100);
-        r.on_data(t, 10, b"klmno", false, d).unwrap();
+        r.on_data(10, b"klmno", false).unwrap();
+        r.settle(t, d);
         assert_eq!(r.readable(), 0);
         assert_eq!(r.received(), 5);
         assert_eq!(r.gap_count(), 1);
         assert!(r.due_wants(t, d, d * 8, 8).is_empty());
         let w = r.due_wants(t + d, d, d * 8, 8);
         assert_eq!(w, vec![(0, 10)]);
-        r.on_data(t, 0, b"abcd", false, d).unwrap();
+        r.on_data(0, b"abcd", false).unwrap();
+        r.settle(t, d);
         // The old gap keeps its (backed-off) timer for what is still missing.
         assert_eq!(r.gap_count(), 1);
         assert!(r.next_gap_due().unwrap() > t + d);
-        r.on_data(t, 3, b"defghijk", false, d).unwrap();
+        r.on_data(3, b"defghijk", false).unwrap();
+        r.settle(t, d);
         assert_eq!(r.acked(), 15);
         assert_eq!(r.gap_count(), 0);
         let mut buf = [0u8; 32];
         let n = r.read(&mut buf);
         assert_eq!(&buf[..n], b"abcdefghijklmno");
         assert_eq!(r.limit(), 115);
-        r.on_data(t, 15, b"p", true, d).unwrap();
+        r.on_data(15, b"p", true).unwrap();
         assert!(r.complete());
-        assert_eq!(
-            r.on_data(t, 15, b"pq", true, d),
-            Err(StreamError::FinalSize)
-        );
-        assert_eq!(
-            r.on_data(t, 16, b"q", false, d),
-            Err(StreamError::FinalSize)
-        );
+        assert_eq!(r.on_data(15, b"pq", true), Err(StreamError::FinalSize));
+        assert_eq!(r.on_data(16, b"q", false), Err(StreamError::FinalSize));
         assert_eq!(r.read(&mut buf), 1);
         assert!(r.at_eof());
     }
 
     #[test]
     fn recv_never_stores_beyond_credit() {
-        let t = Instant::now();
-        let d = Duration::from_millis(1);
         let mut r = RecvStream::new(10);
-        r.on_data(t, 5, &[1; 20], false, d).unwrap();
+        r.on_data(5, &[1; 20], false).unwrap();
         assert_eq!(r.buffered(), 5);
-        r.on_data(t, 0, &[1; 20], false, d).unwrap();
+        r.on_data(0, &[1; 20], false).unwrap();
         assert_eq!(r.buffered(), 10);
         assert_eq!(r.acked(), 10);
     }
 
     #[test]
     fn overlapping_segments_count_once() {
-        let t = Instant::now();
-        let d = Duration::from_millis(1);
         let mut r = RecvStream::new(1000);
-        r.on_data(t, 100, &[1; 50], false, d).unwrap();
-        r.on_data(t, 120, &[1; 50], false, d).unwrap();
-        r.on_data(t, 90, &[1; 100], false, d).unwrap();
+        r.on_data(100, &[1; 50], false).unwrap();
+        r.on_data(120, &[1; 50], false).unwrap();
+        r.on_data(90, &[1; 100], false).unwrap();
         assert_eq!(r.received(), 100);
-        r.on_data(t, 0, &[1; 95], false, d).unwrap();
+        r.on_data(0, &[1; 95], false).unwrap();
         assert_eq!(r.acked(), 190);
         assert_eq!(r.received(), 190);
         assert_eq!(r.buffered(), 190);
+    }
+
+    #[test]
+    fn adjacent_pieces_share_a_segment() {
+        let t = Instant::now();
+        let d = Duration::from_millis(1);
+        let mut r = RecvStream::new(1000);
+        for i in 0..10u64 {
+            r.on_data(100 + 10 * i, &[i as u8; 10], false).unwrap();
+        }
+        r.settle(t, d);
+        assert_eq!(r.ooo_segments(), 1);
+        assert_eq!(r.gap_count(), 1);
+        // One frame over three holes: the pieces after the first extend the
+        // segments they follow; only the first needs a segment of its own.
+        r.on_data(300, &[1; 10], false).unwrap();
+        r.on_data(50, &[2; 300], false).unwrap();
+        r.settle(t, d);
+        assert_eq!(r.ooo_segments(), 3);
+        assert_eq!(r.received(), 300);
+        r.on_data(0, &[3; 50], false).unwrap();
+        r.settle(t, d);
+        assert_eq!((r.acked(), r.ooo_segments(), r.gap_count()), (350, 0, 0));
+        let mut buf = [0u8; 400];
+        assert_eq!(r.read(&mut buf), 350);
+        assert_eq!(&buf[95..105], &[2, 2, 2, 2, 2, 0, 0, 0, 0, 0]);
+        assert_eq!(&buf[195..205], &[9, 9, 9, 9, 9, 2, 2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn out_of_order_segments_are_capped() {
+        let t = Instant::now();
+        let d = Duration::from_millis(1);
+        let n = MAX_OOO_SEGMENTS as u64 + 1000;
+        let mut r = RecvStream::new(1 << 20);
+        for i in 0..n {
+            r.on_data(1 + 2 * i, &[(1 + 2 * i) as u8], false).unwrap();
+        }
+        r.settle(t, d);
+        assert_eq!(r.ooo_segments(), MAX_OOO_SEGMENTS);
+        assert_eq!(r.buffered(), MAX_OOO_SEGMENTS as u64);
+        // What was not stored is a gap like any other: one tail gap past the last
+        // segment, up to the highest offset seen.
+        assert_eq!(r.gap_count(), MAX_OOO_SEGMENTS + 1);
+        let w = r.due_wants(t + d, d, d, usize::MAX);
+        assert_eq!(w.last(), Some(&(2 * MAX_OOO_SEGMENTS as u64, 2 * 1000)));
+        // A duplicate, or a piece beyond the cap below the highest offset, changes
+        // nothing: no walk over the segments for it.
+        let o = 2 * MAX_OOO_SEGMENTS as u64 + 1;
+        assert!(r.on_data(1, &[1], false).unwrap());
+        assert!(r.on_data(o, &[o as u8], false).unwrap());
+        assert!(!r.gaps_stale);
+        // The writer sends everything again, in order: the stream is whole.
+        let all: Vec<u8> = (0..2 * n).map(|o| o as u8).collect();
+        r.on_data(0, &all, false).unwrap();
+        r.settle(t, d);
+        assert_eq!((r.acked(), r.ooo_segments(), r.gap_count()), (2 * n, 0, 0));
+        let mut buf = vec![0u8; all.len()];
+        assert_eq!(r.read(&mut buf), all.len());
+        assert_eq!(buf, all);
     }
 }

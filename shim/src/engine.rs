@@ -47,17 +47,24 @@ pub fn state() -> &'static State {
             Err(msg) => {
                 let strict = std::env::var("RGTP_FALLBACK").is_ok_and(|v| v.trim() == "0");
                 if strict {
-                    eprintln!(
+                    say(&format!(
                         "rgtp-shim: {msg}; strict mode (RGTP_FALLBACK=0): TCP calls will fail"
-                    );
+                    ));
                     State::Broken
                 } else {
-                    eprintln!("rgtp-shim: {msg}; running without RGTP");
+                    say(&format!("rgtp-shim: {msg}; running without RGTP"));
                     State::Off
                 }
             }
         }
     })
+}
+
+/// One line on the app's stderr. Not `eprintln!`, which panics when stderr fails
+/// (a closed pipe): this runs in hooks, where no panic may reach C.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 pub fn config() -> Option<&'static Config> {

@@ -20,7 +20,9 @@ pub fn init(level: LogLevel, file: Option<&str>) {
         {
             Ok(f) => Some(f),
             Err(e) => {
-                eprintln!("rgtp-shim: cannot open RGTP_LOG_FILE {p}: {e}; logging to stderr");
+                crate::engine::say(&format!(
+                    "rgtp-shim: cannot open RGTP_LOG_FILE {p}: {e}; logging to stderr"
+                ));
                 None
             }
         }

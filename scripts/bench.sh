@@ -115,7 +115,8 @@ bx_emit() { # like bp_emit, tagged bench=rgtp
     v=${kv#*=}
     v=${v//[[:space:]]/_}
     line+=" $k=$v"
-    if [[ $v =~ ^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; then
+    # A commit hash can look like a number (36e2188 is 36 x 10^2188): always a string.
+    if [[ $k != commit && $v =~ ^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; then
       json+=",\"$k\":$v"
     else
       v=${v//\\/\\\\}

@@ -430,3 +430,54 @@ fn half_opens_per_source_are_capped() {
         assert!(init(&mut ep, later, from, 5000 + i, 1 << 20).is_some());
     }
 }
+
+/// Spoofed INITs from many addresses (each under the per-source cap, all under the
+/// rate threshold) fill at most half of the half-open table: past half, an INIT
+/// without a token gets a RETRY, so only a client that receives at its address takes
+/// a slot, and such a client still gets in.
+#[test]
+fn spoofed_inits_fill_at_most_half_the_table() {
+    let t0 = Instant::now();
+    let mut ec = EndpointConfig::new(StaticKey::generate());
+    ec.max_half_open = 64;
+    let mut ep = Endpoint::new(ec, t0);
+    ep.set_listening(true);
+    let answer_to = |ep: &mut Endpoint, now: Instant, from: SocketAddr, cid: u64, token: &[u8]| {
+        let hs = ClientHandshake::start(&StaticKey::generate().private, cid).unwrap();
+        let init = Packet::Init {
+            src_cid: cid,
+            token,
+            noise: &hs.msg1,
+        }
+        .encode();
+        ep.handle(now, from, &init);
+        drain(ep, now)
+            .into_iter()
+            .find(|(a, _)| *a == from)
+            .map(|(_, d)| d)
+    };
+    let (mut responses, mut retries) = (0, 0);
+    for i in 0..200u64 {
+        let from = addr(&format!("10.9.{}.{}:4000", i / 250, 1 + i % 250));
+        let now = t0 + Duration::from_millis(i);
+        match answer_to(&mut ep, now, from, 100 + i, &[])
+            .map(|d| cw::decode(&d).map(|p| matches!(p, Packet::Retry { .. })))
+        {
+            Some(Ok(true)) => retries += 1,
+            Some(Ok(false)) => responses += 1,
+            other => panic!("INIT {i}: {other:?}"),
+        }
+    }
+    assert_eq!((responses, retries), (32, 168));
+    assert_eq!(ep.half_open_count(), 32);
+    // A real client answers the RETRY with its cookie and gets a RESPONSE.
+    let real = addr("192.0.2.77:5000");
+    let now = t0 + ms(300);
+    let retry = answer_to(&mut ep, now, real, 7, &[]).expect("a RETRY");
+    let Ok(Packet::Retry { token, .. }) = cw::decode(&retry) else {
+        panic!("not a RETRY")
+    };
+    let token = token.to_vec();
+    let resp = answer_to(&mut ep, now, real, 7, &token).expect("an answer to the token");
+    assert!(matches!(cw::decode(&resp), Ok(Packet::Response { .. })));
+}

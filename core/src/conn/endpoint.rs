@@ -438,7 +438,11 @@ impl Endpoint {
             self.handshake_window = (now, 0);
         }
         self.handshake_window.1 += 1;
-        let busy = self.handshake_window.1 > self.cfg.retry_threshold;
+        // Busy: many handshakes a second, or a half-full table (spoofed INITs from many
+        // addresses could otherwise fill it below the rate threshold). A RETRY makes
+        // the client prove its address before it takes a slot.
+        let busy = self.handshake_window.1 > self.cfg.retry_threshold
+            || self.half_open.len() >= self.cfg.max_half_open / 2;
         let mut binding = [0u8; 16];
         binding[..8].copy_from_slice(&client_cid.to_le_bytes());
         if !token.is_empty() {

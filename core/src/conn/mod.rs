@@ -131,7 +131,8 @@ pub struct EndpointConfig {
     pub static_key: StaticKey,
     pub conn: ConnConfig,
     /// Handshakes per second above which an INIT without a RETRY token is answered with
-    /// a RETRY cookie instead of Diffie-Hellman work and state. 0: always.
+    /// a RETRY cookie instead of Diffie-Hellman work and state (also whenever half of
+    /// `max_half_open` is taken). 0: always.
     pub retry_threshold: u32,
     /// Most handshakes waiting for their third message.
     pub max_half_open: usize,

@@ -20,6 +20,16 @@ const SOCKET_BUFFER: usize = 16 << 20;
 
 /// Binds a UDP socket with large buffers; IPv6 wildcard binds are dual-stack.
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_with(addr, false)
+}
+
+/// As [`bind`], with `SO_REUSEPORT`: other sockets of the same user may bind the same
+/// address and share its datagrams (a port group; see `conn::runtime`).
+pub fn bind_shared(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_with(addr, true)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -39,6 +49,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
         || s.send_buffer_size().unwrap_or(0) < SOCKET_BUFFER
     {
         let _ = force_buffer(&s, libc::SO_SNDBUFFORCE);
+    }
+    if reuse_port {
+        s.set_reuse_port(true)?;
     }
     s.bind(&addr.into())?;
     s.set_nonblocking(true)?;
@@ -97,6 +110,18 @@ fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// The `SocketAddr` in a kernel-filled `sockaddr_storage` (IPv4 or IPv6 only).
+/// IPv4-mapped IPv6 addresses become IPv4, so one peer always has one spelling (a
+/// dual-stack socket reports an IPv4 sender as `::ffff:a.b.c.d`).
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
 pub(crate) fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {

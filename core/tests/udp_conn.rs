@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp::conn::net::{flush_all, ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
+use rgtp::conn::runtime::{flush_all, ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
 use rgtp::conn::ConnState;
 use rgtp::keys::StaticKey;
 use rgtp::sim::SimRng;

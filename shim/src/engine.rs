@@ -1,5 +1,8 @@
-//! The shim's engine: carries emulated TCP connections over RGTP connections from the
-//! in-process core, and bridges each to a real kernel stream fd that the app holds.
+//! The shim's emulation of TCP connect/listen: carries emulated TCP connections over
+//! RGTP connections, and bridges each to a real kernel stream fd that the app holds.
+//! The event loop, UDP I/O and bridges are the core's connection runtime
+//! (`rgtp::conn::runtime`); this file decides what to connect, listen and hand over,
+//! and handles fork and exit.
 //!
 //! Client: connect() makes an RGTP connection, then the app's fd is replaced (dup3)
 //! by one end of a socketpair whose other end is pumped to and from the connection.
@@ -11,7 +14,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,7 +26,8 @@ use crate::guard::{self, set_errno};
 use crate::log;
 use crate::real;
 use crate::registry::{self, Entry, Kind, PendingKey};
-use crate::transport::{Engine, HandOver};
+use rgtp::conn::runtime::{self, BridgeOptions, HandOver, ListenerOptions, StreamOptions};
+use rgtp::conn::ConnConfig;
 
 pub enum State {
     /// RGTP_PORTS unset: intercept nothing.
@@ -112,7 +116,24 @@ pub(crate) fn disown(fd: RawFd) {
     OWNED.lock().retain(|&f| f != fd);
 }
 
-// ------------------------------------------------------------------ engine
+// ------------------------------------------------------------------ runtime
+
+/// What the shim needs to know of the runtime in `rgtp::conn`: its threads must
+/// reach libc directly and let the app's threads take its signals, and its fds are
+/// closed in a forked child, which has no engine thread to serve them.
+struct ShimHooks;
+
+impl runtime::RuntimeHooks for ShimHooks {
+    fn thread_started(&self) {
+        guard::mark_engine_thread();
+    }
+    fn fd_opened(&self, fd: RawFd) {
+        own(fd);
+    }
+    fn fd_closed(&self, fd: RawFd) {
+        disown(fd);
+    }
+}
 
 fn spawn_engine_thread(name: &str, f: impl FnOnce() + Send + 'static) {
     let r = std::thread::Builder::new()
@@ -126,26 +147,20 @@ fn spawn_engine_thread(name: &str, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// The process's engine, started on first use (and again in a forked child).
-static ENGINE: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
-
-fn engine() -> io::Result<Arc<Engine>> {
-    let mut g = ENGINE.lock();
-    if let Some(e) = g.as_ref() {
-        return Ok(e.clone());
+/// Settings of every connection this process makes or accepts.
+fn conn_config(c: &Config) -> ConnConfig {
+    ConnConfig {
+        linger: c.linger,
+        ..ConnConfig::default()
     }
-    let e = Engine::start(client_key().clone())?;
-    *g = Some(e.clone());
-    Ok(e)
 }
 
 /// Waits, at exit, until every connection has handed the app's last bytes to its
 /// peer and they were acknowledged, at most RGTP_LINGER_MS.
 pub fn linger_at_exit() {
     let Some(c) = config() else { return };
-    let e = ENGINE.lock().clone();
-    if let Some(e) = e {
-        e.linger(c.linger);
+    if !runtime::exit_linger(c.linger) {
+        log::warn("exit: peers did not acknowledge every byte within RGTP_LINGER_MS");
     }
 }
 
@@ -154,24 +169,6 @@ extern "C" fn at_exit() {
 }
 
 // ------------------------------------------------------------------ client
-
-fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: valid array of two ints.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socketpair returned two fresh fds that we now own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
 
 /// Puts `replacement` in place of the app's `fd`, keeping its O_NONBLOCK and
 /// FD_CLOEXEC, so the app's fd number stays valid and now means the emulation.
@@ -204,20 +201,23 @@ fn replace_fd(fd: c_int, replacement: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-fn client_key() -> &'static rgtp::keys::StaticKey {
-    static K: OnceLock<rgtp::keys::StaticKey> = OnceLock::new();
-    K.get_or_init(rgtp::keys::StaticKey::generate)
-}
-
+/// The server's identity, loaded once per process and inherited by forked
+/// children: a prefork server's workers may run with a cleaned environment (nginx
+/// keeps only TZ), where RGTP_CONFIG_DIR would name another key, yet every process
+/// serving a port must be the same server.
 fn server_key() -> rgtp::keys::StaticKey {
-    let path = rgtp::keys::config_dir().join("shim.key");
-    match rgtp::keys::StaticKey::load_or_create(&path) {
-        Ok(k) => k,
-        Err(e) => {
-            log::warn(&format!("{e}; using a key for this process only"));
-            rgtp::keys::StaticKey::generate()
+    static KEY: OnceLock<rgtp::keys::StaticKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = rgtp::keys::config_dir().join("shim.key");
+        match rgtp::keys::StaticKey::load_or_create(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                log::warn(&format!("{e}; using a key for this process only"));
+                rgtp::keys::StaticKey::generate()
+            }
         }
-    }
+    })
+    .clone()
 }
 
 fn pinned_key(c: &Config, peer: &SocketAddr) -> Option<[u8; 32]> {
@@ -241,16 +241,12 @@ pub fn connect_fd(
     if !c.fallback && is_nonblocking(fd) {
         return connect_nonblocking(c, fd, family, peer, peer_v);
     }
-    let attempt = engine().and_then(|e| {
-        e.connect(peer_v, c.connect_timeout, pinned_key(c, &peer_v))
-            .map(|r| (e, r))
-    });
-    match attempt {
-        Ok((e, (idx, id, local))) => {
+    match connect_blocking(c, peer_v) {
+        Ok((app, local, bridge_ino)) => {
             let local = SocketAddr::new(local_ip_for(&peer_v), local.port());
-            match emulate_conn(fd, family, peer, local, false) {
-                Ok((eng, ino, _)) => {
-                    e.attach(idx, id, eng, ino);
+            match install_conn(fd, family, peer, local, app) {
+                Ok(ino) => {
+                    bridge_ino.store(ino.unwrap_or(0), Ordering::Relaxed);
                     0
                 }
                 Err(errno) => fail(errno),
@@ -270,18 +266,48 @@ pub fn connect_fd(
     }
 }
 
-/// Puts one end of a new socketpair in place of the app's `fd` and records it as a
-/// connection to `peer`; returns the engine's end, the app socket's inode and, with
-/// `filled`, how many filler bytes the app's end holds (see `connect_nonblocking`).
-fn emulate_conn(
+/// Opens an RGTP connection bridged to a new socketpair and waits for its handshake
+/// (at most the connect timeout). Returns the app's end, the local UDP address, and
+/// where to put the app socket's inode once known (its registry entry goes when the
+/// bridge ends).
+fn connect_blocking(
+    c: &Config,
+    peer: SocketAddr,
+) -> io::Result<(OwnedFd, SocketAddr, Arc<AtomicU64>)> {
+    let (app, eng) = runtime::socketpair()?;
+    let ino = Arc::new(AtomicU64::new(0));
+    let ino_at_end = ino.clone();
+    let opts = BridgeOptions {
+        connect_deadline: Some(std::time::Instant::now() + c.connect_timeout),
+        on_end: Some(Box::new(move || {
+            let ino = ino_at_end.load(Ordering::Relaxed);
+            if ino != 0 {
+                registry::remove(ino);
+            }
+        })),
+        ..BridgeOptions::default()
+    };
+    let (local, bridge) = runtime::connect_bridged(peer, stream_options(c, &peer), eng, opts)?;
+    bridge.wait_connected(c.connect_timeout)?;
+    Ok((app, local, ino))
+}
+
+fn stream_options(c: &Config, peer: &SocketAddr) -> StreamOptions {
+    StreamOptions {
+        server_key: pinned_key(c, peer),
+        config: Some(conn_config(c)),
+    }
+}
+
+/// Puts `app` (one end of a socketpair) in place of the app's `fd` and records it as
+/// a connection to `peer`; returns the app socket's inode.
+fn install_conn(
     fd: c_int,
     family: c_int,
     peer: SocketAddr,
     local: SocketAddr,
-    filled: bool,
-) -> Result<(OwnedFd, Option<u64>, usize), c_int> {
-    let (app, eng) = socketpair().map_err(|e| errno_of(&e))?;
-    let skip = if filled { fill(app.as_raw_fd()) } else { 0 };
+    app: OwnedFd,
+) -> Result<Option<u64>, c_int> {
     replace_fd(fd, app).map_err(|e| errno_of(&e))?;
     let ino = registry::inode(fd);
     if let Some(ino) = ino {
@@ -296,6 +322,22 @@ fn emulate_conn(
             },
         );
     }
+    Ok(ino)
+}
+
+/// Puts one end of a new socketpair, its send buffer filled (see
+/// `connect_nonblocking`), in place of the app's `fd` and records it as a connection
+/// to `peer`; returns the engine's end, the app socket's inode and how many filler
+/// bytes the app's end holds.
+fn emulate_conn(
+    fd: c_int,
+    family: c_int,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<(OwnedFd, Option<u64>, usize), c_int> {
+    let (app, eng) = runtime::socketpair().map_err(|e| errno_of(&e))?;
+    let skip = fill(app.as_raw_fd());
+    let ino = install_conn(fd, family, peer, local, app)?;
     Ok((eng, ino, skip))
 }
 
@@ -318,26 +360,37 @@ fn connect_nonblocking(
     peer: SocketAddr,
     peer_v: SocketAddr,
 ) -> c_int {
-    let e = match engine() {
-        Ok(e) => e,
-        Err(err) => return fail(errno_of(&err)),
-    };
     let local = SocketAddr::new(local_ip_for(&peer_v), 0);
-    let (eng, ino, skip) = match emulate_conn(fd, family, peer, local, true) {
+    let (eng, ino, skip) = match emulate_conn(fd, family, peer, local) {
         Ok((eng, Some(ino), skip)) => (eng, ino, skip),
         Ok((_, None, _)) => return fail(libc::EBADF),
         Err(errno) => return fail(errno),
     };
     registry::set_connecting(ino, Some(registry::Connecting::InProgress));
-    match e.connect_nonblocking(
-        peer_v,
-        c.connect_timeout,
-        pinned_key(c, &peer_v),
-        eng,
-        Some(ino),
+    // A failed connect's SO_ERROR outlives the bridge: the app reads it afterwards.
+    let failed = Arc::new(AtomicBool::new(false));
+    let failed_at_end = failed.clone();
+    let opts = BridgeOptions {
         skip,
-    ) {
-        Ok(local) => {
+        connect_deadline: Some(std::time::Instant::now() + c.connect_timeout),
+        on_connect: Some(Box::new(move |err| match err {
+            None => registry::set_connecting(ino, None),
+            Some(kind) => {
+                failed.store(true, Ordering::Relaxed);
+                registry::set_connecting(
+                    ino,
+                    Some(registry::Connecting::Failed(errno_of_kind(kind))),
+                );
+            }
+        })),
+        on_end: Some(Box::new(move || {
+            if !failed_at_end.load(Ordering::Relaxed) {
+                registry::remove(ino);
+            }
+        })),
+    };
+    match runtime::connect_bridged(peer_v, stream_options(c, &peer_v), eng, opts) {
+        Ok((local, _)) => {
             if let Some(mut en) = registry::get(ino) {
                 en.local = SocketAddr::new(local_ip_for(&peer_v), local.port());
                 registry::insert(ino, en);
@@ -352,10 +405,21 @@ fn connect_nonblocking(
     }
 }
 
+fn errno_of_kind(kind: io::ErrorKind) -> c_int {
+    errno_of(&io::Error::from(kind))
+}
+
 /// Writes filler into `fd` (non-blocking) until its send buffer is full; returns how
 /// many bytes.
 fn fill(fd: c_int) -> usize {
-    crate::transport::set_nonblocking(fd);
+    // SAFETY: fcntl on our own fd.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
     let zeros = [0u8; 16 * 1024];
     let mut total = 0;
     loop {
@@ -568,7 +632,58 @@ fn hand_over_to(target: &Target, local: SocketAddr) -> HandOver {
 /// Opens the RGTP listener on UDP `addr`, handing connections to `target`; returns
 /// its UDP socket's fd.
 fn open_listener(addr: SocketAddr, target: &Target) -> io::Result<RawFd> {
-    engine()?.listen(addr, server_key(), hand_over_to(target, addr))
+    // Shared, so the processes that accept on the app's listener can each serve
+    // RGTP on the same port (`serve_here`).
+    let sock = rgtp::udp::bind_shared(addr)?;
+    let fd = sock.as_raw_fd();
+    serve_listener(sock, addr, target)?;
+    Ok(fd)
+}
+
+/// Serves RGTP connections on `sock` (bound to `addr`), handing them to `target`.
+fn serve_listener(sock: std::net::UdpSocket, addr: SocketAddr, target: &Target) -> io::Result<()> {
+    let opts = ListenerOptions {
+        key: Some(server_key()),
+        config: config().map(conn_config),
+        retry_threshold: None,
+        shared_port: true,
+    };
+    runtime::listen_bridged(sock, opts, hand_over_to(target, addr))?;
+    SERVING.lock().push(addr);
+    Ok(())
+}
+
+/// UDP addresses of the listeners this process serves with a socket of its own.
+/// Not inherited: a forked child serves nothing until it accepts or adopts.
+static SERVING: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
+
+/// Called when this process accepts on the emulated listener of UDP `addr`: a
+/// process that accepts connections serves RGTP on that port itself, with its own
+/// socket in the port group and its own engine, so each worker of a prefork server
+/// (nginx) does the RGTP work of its share of the connections on its own core,
+/// instead of one thread of the process that listened doing it for all.
+pub fn serve_here(addr: SocketAddr) {
+    if SERVING.lock().contains(&addr) {
+        return;
+    }
+    let Some(target) = LISTENERS
+        .lock()
+        .iter()
+        .find(|l| l.0 == addr)
+        .map(|l| l.1.clone())
+    else {
+        return;
+    };
+    match rgtp::udp::bind_shared(addr).and_then(|s| serve_listener(s, addr, &target)) {
+        Ok(()) => log::info(&format!(
+            "this process serves the RGTP listener on {addr} too"
+        )),
+        Err(e) => {
+            // Not fatal: the process that listened still serves the port.
+            log::warn(&format!("cannot join the RGTP listener on {addr}: {e}"));
+            SERVING.lock().push(addr);
+        }
+    }
 }
 
 /// Connects an engine-side socket to the app's listener and bridges it to `stream`.
@@ -621,6 +736,9 @@ fn hand_over(peer: SocketAddr, target: &Target, local: SocketAddr) -> io::Result
 fn ensure_process_hooks() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        if !runtime::set_hooks(Box::new(ShimHooks)) {
+            log::error("the connection runtime started before the shim could hook it");
+        }
         // SAFETY: registering plain extern "C" functions.
         unsafe {
             libc::atexit(at_exit);
@@ -630,19 +748,21 @@ fn ensure_process_hooks() {
 }
 
 extern "C" fn fork_prepare() {
-    std::mem::forget(ENGINE.lock());
+    runtime::fork_prepare();
     registry::before_fork();
     std::mem::forget(OWNED.lock());
     std::mem::forget(LISTENERS.lock());
+    std::mem::forget(SERVING.lock());
 }
 
 extern "C" fn fork_parent() {
     registry::after_fork();
+    runtime::fork_parent();
     // SAFETY: locked and leaked by fork_prepare on this thread.
     unsafe {
-        ENGINE.force_unlock();
         OWNED.force_unlock();
         LISTENERS.force_unlock();
+        SERVING.force_unlock();
     }
 }
 
@@ -650,11 +770,14 @@ extern "C" fn fork_child() {
     registry::after_fork();
     // SAFETY: locked and leaked by fork_prepare on this thread, which is the child's
     // only thread now.
+    runtime::fork_child();
+    // SAFETY: as above.
     unsafe {
-        ENGINE.force_unlock();
         OWNED.force_unlock();
         LISTENERS.force_unlock();
+        SERVING.force_unlock();
     }
+    SERVING.lock().clear();
     // The engine threads did not come along: its fds here would only keep the app's
     // ends from seeing EOF (the parent's engine still serves them). Listening UDP
     // sockets stay, to be served if the parent exits.
@@ -666,7 +789,6 @@ extern "C" fn fork_child() {
             unsafe { libc::close(fd) };
         }
     }
-    *ENGINE.lock() = None;
     if listeners.is_empty() {
         return;
     }
@@ -696,17 +818,11 @@ fn adopt(addr: SocketAddr, target: &Target, fd: RawFd, claim: OwnedFd) {
     // SAFETY: fd is this process's copy of the listener's UDP socket, kept open by
     // fork_child for this and owned by nothing else here.
     let sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
-    match engine() {
-        Ok(e) => {
-            own(claim.into_raw_fd());
-            e.listen_on(sock, server_key(), hand_over_to(target, addr));
-            log::info(&format!("took over the RGTP listener on {addr}"));
-        }
-        Err(e) => {
-            std::mem::forget(sock);
-            log::error(&format!(
-                "cannot take over the RGTP listener on {addr}: {e}"
-            ))
-        }
+    own(claim.into_raw_fd());
+    match serve_listener(sock, addr, target) {
+        Ok(()) => log::info(&format!("took over the RGTP listener on {addr}")),
+        Err(e) => log::error(&format!(
+            "cannot take over the RGTP listener on {addr}: {e}"
+        )),
     }
 }

@@ -165,6 +165,11 @@ unsafe fn accept_common(
         // SAFETY: plain forwarding.
         return unsafe { real::accept4(fd, addr, len, flags) };
     };
+    // A process that accepts serves the port itself from now on.
+    guard::hook(|| {
+        engine::serve_here(listener.local);
+        0
+    });
     // SAFETY: storage for the real peer address.
     let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;

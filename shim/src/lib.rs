@@ -12,7 +12,6 @@ mod log;
 mod real;
 mod registry;
 mod sockaddr;
-mod transport;
 
 /// Runs when the library is loaded: resolve libc's functions before any thread can
 /// race us, read the configuration, and keep our own panics off the app's stderr.

@@ -349,6 +349,115 @@ fn curl_and_wget_from_nginx_foreground() {
     nginx_case(false);
 }
 
+/// CPU ticks (utime + stime) of each `rgtp-engine` thread of process `pid`, summed.
+fn engine_ticks(pid: i32) -> Option<u64> {
+    let mut total = None;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "rgtp-engine" {
+            continue;
+        }
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command name (which ends with the last ')'): utime and
+        // stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        *total.get_or_insert(0) += f.iter().sum::<u64>();
+    }
+    total
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let kids = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        v.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok()),
+        );
+    }
+    v
+}
+
+/// A prefork server's workers do the RGTP work of their share of the connections
+/// themselves (each in the port group with its own socket and engine), instead of
+/// one thread of the master doing it for every worker. Fails on a shim whose
+/// connections all pass through the process that listened.
+#[test]
+fn nginx_workers_serve_connections_on_their_own_engines() {
+    need("nginx");
+    need("curl");
+    let t = TestDir::new("shim-nginx-workers");
+    let www = t.join("www");
+    fs::create_dir_all(&www).unwrap();
+    write_random_file(&www.join("f.bin"), 8 << 20, "nginx-workers");
+    let want = b3sum(&www.join("f.bin"));
+    let port = free_port();
+    let conf = nginx_conf(&t, &www, port, false);
+    let mut c = shimmed(&t, "nginx", port, true);
+    c.arg("-e")
+        .arg(t.join("nginx-stderr.log"))
+        .arg("-c")
+        .arg(&conf);
+    let _nginx = Proc::spawn(c, "nginx", t.path(), false);
+    let pidfile = t.join(format!("nginx-{port}.pid"));
+    wait_until("nginx's pid file", Duration::from_secs(20), || {
+        pidfile.is_file()
+    });
+    let master: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until("nginx's RGTP listener", Duration::from_secs(20), || {
+        udp_bound(port)
+    });
+    let curl = |i: usize| {
+        let out = t.join(format!("c{i}.out"));
+        let mut c = shimmed(&t, "curl", port, true);
+        c.args(["-sS", "--max-time", "100", "-o"])
+            .arg(&out)
+            .arg(format!("http://127.0.0.1:{port}/f.bin"));
+        (Proc::spawn(c, &format!("curl {i}"), t.path(), false), out)
+    };
+    // Workers join the port when they first accept; then clients are spread.
+    for i in 0..4 {
+        let (p, out) = curl(i);
+        let f = p.finish(Duration::from_secs(120));
+        assert!(f.status.success(), "{}", f.describe());
+        assert_eq!(b3sum(&out), want);
+    }
+    let batch: Vec<_> = (10..18).map(curl).collect();
+    for (p, out) in batch {
+        let f = p.finish(Duration::from_secs(120));
+        assert!(f.status.success(), "{}\n{}", f.describe(), tail(&log(&t)));
+        assert_eq!(b3sum(&out), want);
+    }
+    let workers = children_of(master);
+    assert!(!workers.is_empty(), "nginx has no workers");
+    let busy: Vec<(i32, u64)> = workers
+        .iter()
+        .filter_map(|&w| engine_ticks(w).map(|t| (w, t)))
+        .filter(|&(_, t)| t > 0)
+        .collect();
+    assert!(
+        !busy.is_empty(),
+        "no nginx worker ran an RGTP engine (master's engine: {:?} ticks; workers {workers:?})",
+        engine_ticks(master)
+    );
+    // SAFETY: signalling the nginx master this test started.
+    unsafe { libc::kill(master, libc::SIGTERM) };
+}
+
 fn nc_listen(t: &TestDir, port: u16, stdin: Option<&Path>, out: Option<&Path>) -> Proc {
     need("nc");
     let mut c = shimmed(t, "nc", port, true);

@@ -192,7 +192,10 @@ impl Endpoint {
 
     fn new_cid(&self) -> u64 {
         loop {
-            let c = u64::from_le_bytes(random_bytes());
+            let mut c = u64::from_le_bytes(random_bytes());
+            if let Some(tag) = self.cfg.cid_tag {
+                c = (c & 0x0000_ffff_ffff_ffff) | (u64::from(tag) << 48);
+            }
             if c != 0 && !self.by_cid.contains_key(&c) && !self.half_open.contains_key(&c) {
                 return c;
             }
@@ -920,6 +923,12 @@ impl Endpoint {
     }
 
     /// Handshakes waiting for their third message.
+    /// Whether `cid` names one of this endpoint's connections or half-open
+    /// handshakes.
+    pub fn knows_cid(&self, cid: u64) -> bool {
+        self.by_cid.contains_key(&cid) || self.half_open.contains_key(&cid)
+    }
+
     pub fn half_open_count(&self) -> usize {
         self.half_open.len()
     }

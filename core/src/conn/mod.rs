@@ -14,13 +14,14 @@
 //! - `connection`: one connection's state machine (sans-IO);
 //! - [`Endpoint`]: demultiplexes connections by connection ID, listens and accepts,
 //!   answers statelessly (RETRY, REFUSE, STATELESS_RESET), runs timers (sans-IO);
-//! - [`net`]: a thread-based driver over real UDP sockets with `RgtpStream` /
-//!   `RgtpListener` and a bridge to kernel stream fds for the LD_PRELOAD shim.
+//! - [`runtime`]: the one driver over real UDP sockets: the engine thread, the
+//!   blocking `RgtpStream` / `RgtpListener`, and bridges between connections and
+//!   kernel stream fds (what the LD_PRELOAD shim uses).
 
 mod connection;
 mod endpoint;
-pub mod net;
 pub mod noise;
+pub mod runtime;
 pub mod stream;
 pub mod wire;
 
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 pub use connection::ConnStats;
 pub use endpoint::{ConnectOptions, Endpoint, EndpointStats};
+pub use runtime::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
 
 use crate::keys::StaticKey;
 
@@ -149,6 +151,10 @@ pub struct EndpointConfig {
     pub reset_key: [u8; 32],
     /// Most STATELESS_RESET and REFUSE packets per second.
     pub stateless_rate: u32,
+    /// Every connection ID this endpoint chooses carries this value in its top 16
+    /// bits, so processes that share one UDP port can tell whose connection a packet
+    /// is for (the runtime's port groups). `None`: 64 random bits.
+    pub cid_tag: Option<u16>,
 }
 
 impl EndpointConfig {
@@ -163,6 +169,7 @@ impl EndpointConfig {
             accept_backlog: 1024,
             reset_key,
             stateless_rate: 2000,
+            cid_tag: None,
         }
     }
 }

@@ -49,6 +49,18 @@ pub fn is_conn_packet(d: &[u8]) -> bool {
     d.len() >= 2 && d[0] == VERSION && (FIRST_TYPE..=LAST_TYPE).contains(&d[1])
 }
 
+/// The destination connection ID of a packet a client sends to an established or
+/// half-open server connection (FINISH, SHORT), read without decoding the rest: what
+/// a process sharing its UDP port with others needs to know whose packet it is.
+pub fn server_bound_dst_cid(d: &[u8]) -> Option<u64> {
+    if d.len() < 10 || d[0] != VERSION || !matches!(d[1], T_FINISH | T_SHORT) {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[2..10]);
+    Some(u64::from_le_bytes(b))
+}
+
 fn start(t: u8, cap: usize) -> Writer {
     let mut w = Writer::with_capacity(cap);
     w.u8(VERSION).u8(t);

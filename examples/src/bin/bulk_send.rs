@@ -16,7 +16,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp::conn::net::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
+use rgtp::conn::runtime::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
 use rgtp::conn::ConnConfig;
 use rgtp::keys::fingerprint;
 use rgtp::url::parse_hex32;

@@ -12,7 +12,7 @@ use std::io::{BufRead, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use rgtp::conn::net::{RgtpStream, StreamOptions};
+use rgtp::conn::runtime::{RgtpStream, StreamOptions};
 use rgtp::url::parse_hex32;
 
 fn fail(msg: String) -> ! {

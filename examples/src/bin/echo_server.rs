@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use rgtp::conn::net::{ListenerOptions, RgtpListener, RgtpStream};
+use rgtp::conn::runtime::{ListenerOptions, RgtpListener, RgtpStream};
 use rgtp::keys::{fingerprint, StaticKey};
 
 fn serve(mut s: RgtpStream) -> std::io::Result<u64> {

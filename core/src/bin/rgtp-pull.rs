@@ -36,6 +36,7 @@ Exit codes:
   8    content mismatch (root differs from the pinned one, or a bad outboard)
   9    the resume state file is corrupt
   12   the offered file is too large to track (memory, or over 2^32 chunks)
+  13   the exposer withdrew the file (it changed or became unreadable while exposed)
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -213,7 +214,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let start = Instant::now();
     let mut puller = Puller::new(cfg, start);
     let (verify_tx, verify_rx) = std::sync::mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Option<Vec<u8>>)>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Verified)>();
     let verifier = std::thread::spawn(move || {
         for (index, ct, v) in verify_rx {
             if done_tx.send((index, v.verify(index, ct))).is_err() {
@@ -282,6 +283,8 @@ fn run(args: Args) -> Result<(), Failure> {
                 | PullError::BadOutboard
                 | PullError::BadContent { .. } => 8,
                 PullError::TooLarge { .. } => 12,
+                PullError::Gone => 13,
+                PullError::NameTooLong => 2,
             };
             let msg = match (&e, known_key) {
                 (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
@@ -333,6 +336,8 @@ fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The verifier thread's answer: the plaintext, or why not.
+type Verified = Result<Vec<u8>, rgtp::puller::BadChunk>;
 /// A sealed chunk for the verifier thread.
 type VerifyJob = (u64, Vec<u8>, std::sync::Arc<rgtp::puller::ChunkVerifier>);
 /// Chunks queued for verification before the pull stops asking for more.
@@ -347,7 +352,7 @@ struct Handler {
     )>,
     part_path: Option<PathBuf>,
     verify_tx: Option<std::sync::mpsc::SyncSender<VerifyJob>>,
-    done_rx: std::sync::mpsc::Receiver<(u64, Option<Vec<u8>>)>,
+    done_rx: std::sync::mpsc::Receiver<(u64, Verified)>,
     output: Output,
     known: Option<KnownExposers>,
     host_port: String,
@@ -445,12 +450,12 @@ impl driver::PullHandler for Handler {
         }
         while let Ok((index, plain)) = self.done_rx.try_recv() {
             match plain {
-                Some(data) => {
-                    p.chunk_verified(index, true, data.len());
+                Ok(data) => {
+                    p.chunk_verified(index, Ok(data.len()));
                     self.stored += data.len() as u64;
                     self.output.write_chunk(index, data)?;
                 }
-                None => p.chunk_verified(index, false, 0),
+                Err(bad) => p.chunk_verified(index, Err(bad)),
             }
         }
         Ok(())

@@ -29,7 +29,8 @@ Exit codes:
   1    internal error
   2    bad arguments or URL
   3    cannot create or write the output
-  4    disk full (progress is saved; free space and rerun)
+  4    disk full (space is reserved before any data; the message says how many
+       chunks were saved for a resume)
   5    exposer unreachable (no answer within --timeout) or host unknown
   6    exposer key mismatch (pinned key differs, or a known key changed)
   7    the exposer has no such name
@@ -104,7 +105,7 @@ fn main() -> ExitCode {
 fn output_failure(e: OutputError) -> Failure {
     let code = match e {
         OutputError::Io(..) => 3,
-        OutputError::Full(_) => 4,
+        OutputError::Full { .. } => 4,
         OutputError::CorruptState(..) => 9,
     };
     Failure(code, e.to_string())
@@ -476,7 +477,8 @@ impl Handler {
             p.recheck_done();
             return Ok(());
         };
-        let file = std::fs::File::open(path).map_err(|e| OutputError::Io(path.clone(), e))?;
+        let file =
+            rgtp::output::open_nofollow(path).map_err(|e| OutputError::Io(path.clone(), e))?;
         let mut buf = Vec::new();
         let mut damaged = 0u64;
         for index in stored.iter() {

@@ -38,6 +38,7 @@ Exit codes:
   9    the resume state file is corrupt
   12   the offered file is too large to track (memory, or over 2^32 chunks)
   13   the exposer withdrew the file (it changed or became unreadable while exposed)
+  14   the output exists (pulling by name without -o): give -o, or --force
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -82,6 +83,10 @@ struct Args {
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
+    /// Replace an existing file when the output is named after the pulled file (no
+    /// -o): without it such a pull refuses to start (exit 14).
+    #[arg(long)]
+    force: bool,
 }
 
 struct Failure(u8, String);
@@ -147,6 +152,16 @@ fn run(args: Args) -> Result<(), Failure> {
             Err(e) => return fail(2, format!("bad address: {e}")),
         }
     };
+    if name.is_empty() || name.len() > wire::MAX_NAME_LEN {
+        return fail(
+            2,
+            format!(
+                "the name must be 1 to {} bytes long (this one is {})",
+                wire::MAX_NAME_LEN,
+                name.len()
+            ),
+        );
+    }
     if let Some(k) = &args.key {
         match parse_hex32(k) {
             Some(k) => pin = Some(k),
@@ -184,6 +199,17 @@ fn run(args: Args) -> Result<(), Failure> {
                 .map_or("download".into(), |n| n.to_owned()),
         )
     });
+    // A name chosen by the exposer's side (or a URL) must not silently replace a file
+    // here, e.g. ./.bashrc: only an explicit -o or --force may.
+    if args.output.is_none() && !args.force && std::fs::symlink_metadata(&out_path).is_ok() {
+        return fail(
+            14,
+            format!(
+                "{} exists; not replacing it (give -o PATH, or --force)",
+                out_path.display()
+            ),
+        );
+    }
     let (output, resume) = Output::open(&out_path).map_err(output_failure)?;
     let resumed_have = resume.as_ref().map(|r| r.have.clone());
 

@@ -210,14 +210,8 @@ fn client_key() -> &'static rgtp::keys::StaticKey {
 }
 
 fn server_key() -> rgtp::keys::StaticKey {
-    let path = rgtp::keys::config_dir().join("shim.key");
-    match rgtp::keys::StaticKey::load_or_create(&path) {
-        Ok(k) => k,
-        Err(e) => {
-            log::warn(&format!("{e}; using a key for this process only"));
-            rgtp::keys::StaticKey::generate()
-        }
-    }
+    // A bad shim.key stops the process (exit 11) rather than change identity quietly.
+    rgtp::keys::server_key_or_exit(&rgtp::keys::config_dir().join("shim.key"))
 }
 
 fn pinned_key(c: &Config, peer: &SocketAddr) -> Option<[u8; 32]> {

@@ -3,7 +3,8 @@
 //!
 //! It keeps no per-puller state: a REQUEST is served from the request alone, its token
 //! (sealed by the exposer) proving the source address and carrying the request key.
-//! The only per-source state is a bounded table of rate buckets.
+//! The only per-source state is a bounded table of rate buckets; a fixed-size filter
+//! of REQUESTs already served (`replay`) makes each one good for a single answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,7 @@ use crate::crypto::{
 };
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::replay::{ReplayFilter, Verdict};
 use crate::sealed::SealedStore;
 use crate::source::{ChunkSource, CipherCache};
 use crate::transmit::{Gather, SharedBytes, Transmit};
@@ -72,6 +74,10 @@ pub struct ExposerStats {
     /// Chunks served from the sealed-ahead store (no crypto).
     pub sealed_reads: u64,
     pub rate_limited: u64,
+    /// REQUESTs already served once, dropped.
+    pub replays: u64,
+    /// REQUESTs stamped outside the replay filter's window, answered STALE.
+    pub stale_stamps: u64,
 }
 
 /// Public facts about an exposure, for printing URLs.
@@ -93,6 +99,9 @@ struct Exposure {
     chunk_count: u64,
     /// Content sealed ahead of time, when the driver asked for it.
     sealed: Option<Arc<SealedStore>>,
+    /// The source failed a read (the file shrank or became unreadable): the exposure
+    /// can no longer be served as offered, and pullers are told so.
+    gone: bool,
 }
 
 impl Exposure {
@@ -131,6 +140,7 @@ pub struct Exposer {
     transmits: VecDeque<Transmit>,
     buckets: HashMap<IpAddr, Bucket>,
     handshake_window: (Instant, u32),
+    replay: ReplayFilter,
     scratch: Vec<u8>,
     pub stats: ExposerStats,
 }
@@ -149,6 +159,7 @@ impl Exposer {
             transmits: VecDeque::new(),
             buckets: HashMap::new(),
             handshake_window: (now, 0),
+            replay: ReplayFilter::new(),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             stats: ExposerStats::default(),
         }
@@ -185,6 +196,7 @@ impl Exposer {
                 outboard,
                 chunk_count,
                 sealed: None,
+                gone: false,
             },
         );
         if let Some(old) = self.by_name.insert(name.to_string(), id) {
@@ -256,15 +268,14 @@ impl Exposer {
         }
         self.handshake_window.1 += 1;
         let busy = self.handshake_window.1 > self.config.retry_threshold;
-        if !hello.token.is_empty() {
-            // A token must be a valid RETRY cookie for this very address.
-            let valid = self.token_key.open(hello.token).is_some_and(|c| {
+        // A token must be a valid RETRY cookie for this very address. Any other token
+        // counts as none: a RETRY spoofed to the puller must not make every HELLO it
+        // sends afterwards worthless.
+        let validated = !hello.token.is_empty()
+            && self.token_key.open(hello.token).is_some_and(|c| {
                 !c.session && same_addr(&c.addr, &from) && c.expires_ms >= self.now_ms(now)
             });
-            if !valid {
-                return false;
-            }
-        } else if busy {
+        if !validated && busy {
             let cookie = self.token_key.seal(&TokenClaims {
                 session: false,
                 addr: from,
@@ -292,6 +303,7 @@ impl Exposer {
             .and_then(|id| self.exposures.get(id))
         {
             None => Manifest::NotFound,
+            Some(e) if e.gone => Manifest::Gone,
             Some(e) => {
                 let request_key: [u8; 32] = random_bytes();
                 let token = self.token_key.seal(&TokenClaims {
@@ -312,6 +324,7 @@ impl Exposer {
                     max_datagram,
                     token,
                     request_key,
+                    clock_ms: self.now_ms(now),
                 })
             }
         };
@@ -340,7 +353,8 @@ impl Exposer {
         };
         let claims = self.token_key.open(req.token);
         let valid = match (&claims, self.exposures.get(&req.exposure)) {
-            (Some(c), Some(_)) => {
+            // A gone exposure sends its pullers back to the handshake, which says so.
+            (Some(c), Some(e)) if !e.gone => {
                 c.session
                     && c.exposure == req.exposure
                     && same_addr(&c.addr, &from)
@@ -367,6 +381,28 @@ impl Exposer {
         let Ok(items) = wire::decode_items(&plain) else {
             return false;
         };
+        // Served once only: a captured REQUEST replayed from the puller's address must
+        // not aim bulk data at it again.
+        match self.replay.check(self.now_ms(now), req.stamp_ms, req.tag()) {
+            Verdict::Fresh => {}
+            Verdict::Replay => {
+                self.stats.replays += 1;
+                return true;
+            }
+            Verdict::Stale => {
+                // Too old to check (or a puller whose clock ran off): STALE, smaller
+                // than the REQUEST, has a real puller handshake again and re-learn
+                // the clock.
+                self.stats.stale_stamps += 1;
+                self.stats.stale_sent += 1;
+                let pkt = Stale {
+                    exposure: req.exposure,
+                }
+                .encode();
+                self.send(Transmit::single(from, pkt));
+                return true;
+            }
+        }
         let granted = self.take_budget(now, from.ip());
         let mut budget = granted;
         let max_datagram = claims.max_datagram as usize;
@@ -391,6 +427,16 @@ impl Exposer {
                 let sent = self.send_chunk(&req.exposure, object, index, mask, max_datagram, from);
                 match sent {
                     Some(n) => budget = budget.saturating_sub(n),
+                    None if self.exposures.get(&req.exposure).is_some_and(|e| e.gone) => {
+                        let pkt = Stale {
+                            exposure: req.exposure,
+                        }
+                        .encode();
+                        self.stats.stale_sent += 1;
+                        self.send(Transmit::single(from, pkt));
+                        self.return_budget(from.ip(), budget);
+                        return true;
+                    }
                     None => break,
                 }
             }
@@ -483,8 +529,15 @@ impl Exposer {
                 match object {
                     Object::Content => {
                         if let Err(err) = e.source.read_chunk(index, &mut buf) {
-                            tracing::warn!("reading chunk {index} of {}: {err}", e.info.name);
+                            tracing::error!(
+                                "{}: reading chunk {index} failed ({err}); the file changed \
+                                 under the exposure, which is withdrawn",
+                                e.info.name
+                            );
                             self.scratch = buf;
+                            if let Some(e) = self.exposures.get_mut(id) {
+                                e.gone = true;
+                            }
                             return None;
                         }
                     }

@@ -164,6 +164,62 @@ fn write_key_then_link(tmp: &Path, path: &Path, key: &StaticKey) -> io::Result<(
     }
 }
 
+/// The key of a server run under the shim (`shim.key`), which must never change
+/// quietly: clients pin it. A missing file is created (0600). A file that exists but
+/// cannot be used (malformed, unreadable) is a configuration error: the caller stops
+/// rather than serve under another identity. Only when no key exists and none can be
+/// stored (a read-only home) does a process run with a key of its own, and it says
+/// so. Warnings (a key readable by others, a temporary key) come back as one line
+/// each, for the caller to print: the shim has no logger of its own by default.
+pub fn server_key(path: &Path) -> Result<(StaticKey, Vec<String>), KeyError> {
+    let mut notes = Vec::new();
+    match fs::symlink_metadata(path) {
+        Ok(_) => {
+            let key = StaticKey::load_or_create(path)?;
+            notes.extend(exposed_note(path));
+            Ok((key, notes))
+        }
+        // No key there (ENOTDIR: a path component is a file, nothing can be there).
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            match StaticKey::load_or_create(path) {
+                Ok(key) => Ok((key, notes)),
+                // Created meanwhile by another process, then found bad: not ours to replace.
+                Err(e @ KeyError::Malformed(..)) => Err(e),
+                Err(e) => {
+                    notes.push(format!(
+                        "{e}; serving with a key for this process only (clients that pin it \
+                     will refuse the next run)"
+                    ));
+                    Ok((StaticKey::generate(), notes))
+                }
+            }
+        }
+        Err(e) => Err(KeyError::Io(path.to_path_buf(), e)),
+    }
+}
+
+/// [`server_key`] for the shim: notes go to stderr (one line each, prefixed `rgtp:`),
+/// and a key that exists but cannot be used ends the process with exit status 11 (as
+/// `rgtp-expose` does) instead of changing the server's identity.
+pub fn server_key_or_exit(path: &Path) -> StaticKey {
+    match server_key(path) {
+        Ok((key, notes)) => {
+            for n in notes {
+                eprintln!("rgtp: {n}");
+            }
+            key
+        }
+        Err(e) => {
+            eprintln!(
+                "rgtp: server key {e}; refusing to serve under another identity (fix or remove it)"
+            );
+            std::process::exit(11);
+        }
+    }
+}
+
 fn parse_key_file(path: &Path, data: &[u8]) -> Result<StaticKey, KeyError> {
     let malformed = |why: &str| KeyError::Malformed(path.to_path_buf(), why.to_string());
     let text = std::str::from_utf8(data).map_err(|_| malformed("not UTF-8 text"))?;
@@ -181,16 +237,21 @@ fn parse_key_file(path: &Path, data: &[u8]) -> Result<StaticKey, KeyError> {
 /// Warn (not fail) when the key file is readable by others: the key is still the
 /// identity pullers trust, so refusing would only turn a leak into an outage.
 fn warn_if_exposed(path: &Path) {
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", mode & 0o777),
-                "private key file is accessible to other users; chmod 600 it"
-            );
-        }
+    if let Some(note) = exposed_note(path) {
+        tracing::warn!("{note}");
     }
+}
+
+/// The warning for a private key file that others may read or write, if it is one.
+fn exposed_note(path: &Path) -> Option<String> {
+    let mode = fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{}: private key file has mode {:o}, accessible to other users; chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 /// A temporary name next to `path`, unique among live processes and threads, so
@@ -314,6 +375,9 @@ impl KnownExposers {
             )
         })?;
         let mut known = Self::empty(path);
+        // Seen entries, so a long file loads in linear time (a lookup per line was
+        // quadratic).
+        let mut seen = std::collections::HashSet::new();
         for (i, raw) in text.lines().enumerate() {
             let n = i + 1;
             let trimmed = raw.trim();
@@ -334,7 +398,7 @@ impl KnownExposers {
                 .ok_or_else(|| malformed(n, "key must be 64 hex digits".into()))?;
             let host_port = format_host_port(&host, port);
             // Two keys for one exposer would make the answer depend on line order.
-            if known.get(&host_port).is_some() {
+            if !seen.insert(host_port.clone()) {
                 return Err(malformed(n, format!("{host_port} is listed twice")));
             }
             known.entries.push(Line::Entry { host_port, key });
@@ -419,8 +483,9 @@ fn render(lines: &[Line]) -> String {
     out
 }
 
-/// Replace `path` with `contents`: write a temporary sibling, fsync, rename, fsync the
-/// directory. Creates missing parent directories.
+/// Replace `path` with `contents`: write a temporary sibling (0600: whom one trusts is
+/// nobody else's business), fsync, rename, fsync the directory. Creates missing parent
+/// directories.
 fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::DirBuilder::new()
@@ -434,7 +499,7 @@ fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(contents.as_bytes())?;
         f.sync_all()?;
@@ -730,6 +795,87 @@ mod tests {
             KnownExposers::load(&path),
             Err(KeyError::Malformed(_, m)) if m.starts_with("line 2")
         ));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 15: known_exposers was written 0644.
+    #[test]
+    fn known_exposers_is_written_0600() {
+        let dir = temp_dir("known0600");
+        let path = dir.join("known_exposers");
+        let mut known = KnownExposers::load(&path).expect("empty");
+        known.remember("h:1", &[1; 32]).expect("remember");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 15: each line looked up every earlier one (quadratic): 50 000 lines took
+    /// seconds. Linear now, and a duplicate is still found.
+    #[test]
+    fn a_long_known_exposers_file_loads_in_linear_time() {
+        let dir = temp_dir("knownlong");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("known_exposers");
+        let k = hex(&[5u8; 32]);
+        let mut text = String::new();
+        for i in 0..50_000u32 {
+            text.push_str(&format!(
+                "10.{}.{}.{}:443 {k}\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            ));
+        }
+        fs::write(&path, &text).expect("write");
+        let t = std::time::Instant::now();
+        let known = KnownExposers::load(&path).expect("load");
+        let took = t.elapsed();
+        assert_eq!(known.len(), 50_000);
+        assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+        text.push_str(&format!("10.0.0.7:443 {k}\n"));
+        fs::write(&path, &text).expect("write");
+        assert!(matches!(
+            KnownExposers::load(&path),
+            Err(KeyError::Malformed(_, m)) if m.contains("listed twice")
+        ));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 15: a corrupt shim.key made the shim serve under a per-process key, with
+    /// only a log line (off by default): the identity changed quietly on every run.
+    #[test]
+    fn a_server_key_that_exists_but_is_bad_is_an_error() {
+        let dir = temp_dir("serverkey");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("shim.key");
+        // Missing: created, and the same key afterwards.
+        let (a, notes) = server_key(&path).expect("created");
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(server_key(&path).expect("loaded").0, a);
+        // Readable by others: a one-line warning, same key.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (b, notes) = server_key(&path).expect("loaded");
+        assert_eq!(b, a);
+        assert!(
+            notes.len() == 1 && notes[0].contains("chmod 600"),
+            "{notes:?}"
+        );
+        // Corrupt: an error naming the file, and the file kept as it is.
+        fs::write(&path, "garbage\n").expect("write");
+        match server_key(&path) {
+            Err(e @ KeyError::Malformed(..)) => assert!(e.to_string().contains("shim.key")),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_eq!(fs::read_to_string(&path).expect("read"), "garbage\n");
+        // No key and nowhere to store one: a temporary key, said so.
+        let blocked = dir.join("not-a-dir");
+        fs::write(&blocked, "").expect("write");
+        let (_, notes) = server_key(&blocked.join("shim.key")).expect("temporary");
+        assert!(
+            notes.len() == 1 && notes[0].contains("this process only"),
+            "{notes:?}"
+        );
         fs::remove_dir_all(&dir).ok();
     }
 

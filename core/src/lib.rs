@@ -20,6 +20,7 @@ pub mod keys;
 pub mod merkle;
 pub mod output;
 pub mod puller;
+pub mod replay;
 pub mod sealed;
 pub mod sidecar;
 pub mod sim;

@@ -4,6 +4,11 @@
 //!
 //! Durability order: the part file is synced before the sidecar that claims its
 //! chunks is written, so after a crash the sidecar never claims unwritten data.
+//!
+//! Side files may sit in a directory others can write: none is opened through a
+//! symlink (O_NOFOLLOW), temporaries are created exclusively under random names, and
+//! renames replace a link rather than follow it. The part file's space is reserved
+//! up front, so a full disk is found before any data is pulled.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -25,8 +30,12 @@ pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 pub enum OutputError {
     /// The output cannot be created or written.
     Io(PathBuf, io::Error),
-    /// The disk is full.
-    Full(PathBuf),
+    /// The disk is full; `saved` chunks of `total` are durably recorded for a resume.
+    Full {
+        path: PathBuf,
+        saved: u64,
+        total: u64,
+    },
     /// The resume sidecar is damaged.
     CorruptState(PathBuf, String),
 }
@@ -35,10 +44,15 @@ impl std::fmt::Display for OutputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Io(p, e) => write!(f, "cannot write {}: {e}", p.display()),
-            Self::Full(p) => write!(
+            Self::Full { path, saved: 0, .. } => write!(
                 f,
-                "disk full writing {} (progress saved; free space and run the same command to resume)",
-                p.display()
+                "disk full writing {}: nothing saved (free space and run the same command)",
+                path.display()
+            ),
+            Self::Full { path, saved, total } => write!(
+                f,
+                "disk full writing {}: {saved} of {total} chunks saved (free space and run the same command to resume)",
+                path.display()
             ),
             Self::CorruptState(p, why) => write!(
                 f,
@@ -53,9 +67,44 @@ impl std::error::Error for OutputError {}
 
 fn io_err(path: &Path, e: io::Error) -> OutputError {
     if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-        OutputError::Full(path.to_path_buf())
+        OutputError::Full {
+            path: path.to_path_buf(),
+            saved: 0,
+            total: 0,
+        }
     } else {
         OutputError::Io(path.to_path_buf(), e)
+    }
+}
+
+/// Opens an existing side file for reading, never through a symlink.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Reserves `len` bytes for `file` so that a full disk shows now, not mid-pull.
+/// Filesystems without fallocate keep the sparse file (the old behaviour).
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Ok(());
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a valid open descriptor; mode 0 allocates and never changes data.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
     }
 }
 
@@ -103,6 +152,8 @@ pub struct PartFile {
     pub state_path: PathBuf,
     file: Option<File>,
     have: ChunkSet,
+    /// Chunks the sidecar on disk claims (what a full disk leaves for a resume).
+    saved: u64,
     root: Hash,
     size: u64,
     dirty: bool,
@@ -132,7 +183,9 @@ impl Output {
         let state_path = with_suffix(path, ".rgtp-state");
         let resume = match Sidecar::load(&state_path) {
             Ok(Some(s)) => {
-                let part_ok = fs::metadata(&part_path).is_ok_and(|m| m.len() == s.size);
+                // Not through a symlink: the part file is ours or nothing.
+                let part_ok = fs::symlink_metadata(&part_path)
+                    .is_ok_and(|m| m.is_file() && m.len() == s.size);
                 if s.chunk_size as usize != CHUNK_SIZE
                     || s.have.len() != merkle::chunk_count(s.size)
                 {
@@ -167,6 +220,7 @@ impl Output {
                     state_path,
                     file: None,
                     have: ChunkSet::new(0),
+                    saved: 0,
                     root: [0; 32],
                     size: 0,
                     dirty: false,
@@ -194,18 +248,25 @@ impl Output {
             return Ok(());
         };
         let fresh = resumed.is_none();
+        use std::os::unix::fs::OpenOptionsExt;
+        let total = merkle::chunk_count(size);
+        p.saved = resumed.as_ref().map_or(0, |h| h.count());
+        p.root = root;
+        p.size = size;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(fresh)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&p.part_path)
-            .map_err(|e| io_err(&p.part_path, e))?;
-        file.set_len(size).map_err(|e| io_err(&p.part_path, e))?;
+            .map_err(|e| p.annotate(io_err(&p.part_path, e)))?;
+        file.set_len(size)
+            .and_then(|()| reserve(&file, size))
+            .map_err(|e| p.annotate(io_err(&p.part_path, e)))?;
         p.file = Some(file);
-        p.root = root;
-        p.size = size;
-        p.have = resumed.unwrap_or_else(|| ChunkSet::new(merkle::chunk_count(size)));
+        p.have = resumed.unwrap_or_else(|| ChunkSet::new(total));
         p.dirty = true;
         p.persist()?;
         let (tx, rx) = mpsc::sync_channel::<Msg>(BACKLOG_CHUNKS * 2);
@@ -304,7 +365,15 @@ impl Output {
                         io::Error::other("output already finished"),
                     )
                 })?;
-                p.file = Some(File::create(&p.part_path).map_err(|e| io_err(&p.part_path, e))?);
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&p.part_path)
+                    .map_err(|e| io_err(&p.part_path, e))?;
+                p.file = Some(f);
                 p
             }
         };
@@ -331,12 +400,24 @@ impl FileOutput {
 }
 
 impl PartFile {
+    /// Says how much a full disk leaves saved.
+    fn annotate(&self, e: OutputError) -> OutputError {
+        match e {
+            OutputError::Full { path, .. } => OutputError::Full {
+                path,
+                saved: self.saved,
+                total: merkle::chunk_count(self.size),
+            },
+            e => e,
+        }
+    }
+
     fn write_chunk(&mut self, index: u64, data: &[u8]) -> Result<(), OutputError> {
         let Some(file) = &self.file else {
             return Ok(());
         };
         file.write_all_at(data, index * CHUNK_SIZE as u64)
-            .map_err(|e| io_err(&self.part_path, e))?;
+            .map_err(|e| self.annotate(io_err(&self.part_path, e)))?;
         self.have.insert(index);
         self.dirty = true;
         Ok(())
@@ -346,7 +427,8 @@ impl PartFile {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        file.sync_data().map_err(|e| io_err(&self.part_path, e))?;
+        file.sync_data()
+            .map_err(|e| self.annotate(io_err(&self.part_path, e)))?;
         let s = Sidecar {
             root: self.root,
             size: self.size,
@@ -354,7 +436,8 @@ impl PartFile {
             have: self.have.clone(),
         };
         s.store(&self.state_path)
-            .map_err(|e| io_err(&self.state_path, e))?;
+            .map_err(|e| self.annotate(io_err(&self.state_path, e)))?;
+        self.saved = self.have.count();
         self.dirty = false;
         self.last_persist = Instant::now();
         Ok(())

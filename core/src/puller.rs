@@ -96,18 +96,26 @@ impl ChunkVerifier {
     }
 
     /// The plaintext of sealed chunk `index` if it is authentic and matches the root.
-    pub fn verify(&self, index: u64, mut ct: Vec<u8>) -> Option<Vec<u8>> {
+    pub fn verify(&self, index: u64, mut ct: Vec<u8>) -> Result<Vec<u8>, BadChunk> {
         if !self.cipher.open(Object::Content, index, &mut ct) {
-            return None;
+            return Err(BadChunk::Damaged);
         }
-        let cv = merkle::chunk_cv(index, &ct, self.size);
-        let expected = if merkle::chunk_count(self.size) == 1 {
-            Some(self.root)
+        if self.check_plain(index, &ct) {
+            Ok(ct)
         } else {
-            self.cvs.get(index as usize).copied()
-        };
-        (Some(cv) == expected).then_some(ct)
+            Err(BadChunk::Mismatch)
+        }
     }
+}
+
+/// Why a sealed chunk was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadChunk {
+    /// It does not open under the content key: damaged or forged on the path. Says
+    /// nothing about the exposer's file, so it never counts toward `BadContent`.
+    Damaged,
+    /// It opens (the content key sealed it) but does not match the root.
+    Mismatch,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +144,11 @@ pub enum PullError {
     /// chunk) does not fit in this process's memory, or it has more chunks than
     /// 32-bit chunk numbers address (64 TiB).
     TooLarge { size: u64 },
+    /// The exposer withdrew the name: its file shrank or became unreadable while
+    /// exposed.
+    Gone,
+    /// The name is longer than `wire::MAX_NAME_LEN` bytes.
+    NameTooLong,
 }
 
 impl std::fmt::Display for PullError {
@@ -164,6 +177,15 @@ impl std::fmt::Display for PullError {
             Self::TooLarge { size } => write!(
                 f,
                 "the exposer offers {size} bytes: too large for this puller to track (in memory, or in 2^32 chunks)"
+            ),
+            Self::Gone => write!(
+                f,
+                "the exposer withdrew the file: it changed or became unreadable while exposed"
+            ),
+            Self::NameTooLong => write!(
+                f,
+                "the name is longer than {} bytes",
+                wire::MAX_NAME_LEN
             ),
         }
     }
@@ -226,6 +248,9 @@ pub struct PullStats {
 
 struct Session {
     m: ManifestBody,
+    /// When the manifest arrived, on our clock: with `m.clock_ms` it gives the
+    /// exposer's clock, which every REQUEST carries (replay protection).
+    welcomed_at: Instant,
     cipher: ContentCipher,
     sealer: RequestSealer,
     verifier: Option<std::sync::Arc<ChunkVerifier>>,
@@ -473,6 +498,8 @@ impl Puller {
         let Ok(r) = Retry::decode(d) else {
             return false;
         };
+        // Unauthenticated: a spoofed one costs at most one HELLO timeout, after which
+        // the HELLO goes without it again (handle_timeout).
         if let Phase::Handshake { token, init, .. } = &mut self.phase {
             if token.is_empty() && init.is_some() {
                 *token = r.token.to_vec();
@@ -526,6 +553,10 @@ impl Puller {
         let m = match manifest {
             Manifest::NotFound => {
                 self.fail(PullError::NotFound);
+                return true;
+            }
+            Manifest::Gone => {
+                self.fail(PullError::Gone);
                 return true;
             }
             Manifest::Found(m) => m,
@@ -594,6 +625,7 @@ impl Puller {
             cipher: ContentCipher::new(&m.content_key, m.exposure, m.size),
             sealer: RequestSealer::new(&m.request_key),
             verifier: None,
+            welcomed_at: now,
             m,
         });
         self.phase = Phase::Transfer;
@@ -804,18 +836,25 @@ impl Puller {
         sess.verifier.clone()
     }
 
-    /// With `offload_verify`: the outcome of a [`PullEvent::Verify`]. A chunk that
-    /// failed is asked for again.
-    pub fn chunk_verified(&mut self, index: u64, ok: bool, len: usize) {
+    /// With `offload_verify`: the outcome of a [`PullEvent::Verify`] (`Ok` with the
+    /// plaintext's length). A chunk that failed is asked for again; only one that
+    /// opened and did not match counts toward `BadContent`, as inline.
+    pub fn chunk_verified(&mut self, index: u64, outcome: Result<usize, BadChunk>) {
         self.verifying = self.verifying.saturating_sub(1);
-        if ok {
-            self.failures.remove(&index);
-            if self.have.insert(index) {
-                self.stats.content_bytes += len as u64;
+        match outcome {
+            Ok(len) => {
+                self.failures.remove(&index);
+                if self.have.insert(index) {
+                    self.stats.content_bytes += len as u64;
+                }
+                self.check_done();
             }
-            self.check_done();
-        } else {
-            self.chunk_failed(index);
+            Err(BadChunk::Damaged) => {
+                self.stats.bad_chunks += 1;
+                self.retx
+                    .push_back((Object::Content, index as u32, u64::MAX));
+            }
+            Err(BadChunk::Mismatch) => self.chunk_failed(index),
         }
     }
 
@@ -922,6 +961,12 @@ impl Puller {
                 if let Some(s) = *sent_at {
                     if now >= s + hello_rto(*attempts) {
                         self.pending_hello = true;
+                        // A RETRY is unauthenticated: if the HELLO it asked for went
+                        // unanswered, the cookie may be a spoof; go without it (a busy
+                        // exposer sends a fresh one).
+                        if let Phase::Handshake { token, .. } = &mut self.phase {
+                            token.clear();
+                        }
                     }
                 }
             }
@@ -1092,6 +1137,10 @@ impl Puller {
                 if !self.pending_hello || now < self.next_send {
                     return None;
                 }
+                if self.cfg.name.len() > wire::MAX_NAME_LEN {
+                    self.fail(PullError::NameTooLong);
+                    return None;
+                }
                 self.pending_hello = false;
                 if init.is_none() {
                     *init = Initiator::start(&self.cfg.name, self.cfg.asked_datagram())
@@ -1120,7 +1169,7 @@ impl Puller {
                     self.cc.mark_app_limited();
                 }
                 if let Some(items) = self.tail_copy.take() {
-                    return self.seal_request(&items);
+                    return self.seal_request(now, &items);
                 }
                 if now < self.next_send || !self.can_request() {
                     return None;
@@ -1133,7 +1182,7 @@ impl Puller {
     fn build_request(&mut self, now: Instant) -> Option<Transmit> {
         let sess = self.session.as_ref()?;
         let max_dg = sess.m.max_datagram as usize;
-        let header_len = 2 + 16 + 1 + sess.m.token.len() + 8;
+        let header_len = 2 + 16 + 1 + sess.m.token.len() + 8 + 8;
         let room = max_dg.saturating_sub(header_len + 2 + TAG_LEN);
         let max_items = (room / RequestItem::FRAGMENTS_LEN).min(wire::MAX_REQUEST_ITEMS);
         let rate = self.cc.pacing_rate();
@@ -1277,14 +1326,18 @@ impl Puller {
             // fragment is then missing only if both copies are lost.
             self.tail_copy = Some(items.clone());
         }
-        self.seal_request(&items)
+        self.seal_request(now, &items)
     }
 
     /// A REQUEST datagram carrying `items` under the next sequence number.
-    fn seal_request(&mut self, items: &[RequestItem]) -> Option<Transmit> {
+    fn seal_request(&mut self, now: Instant, items: &[RequestItem]) -> Option<Transmit> {
         let sess = self.session.as_ref()?;
         self.seq += 1;
-        let mut pkt = Request::encode_header(&sess.m.exposure, &sess.m.token, self.seq);
+        // The exposer's clock now, as far as we know: it lags by the WELCOME's one-way
+        // delay, which only makes the REQUEST look older.
+        let since = now.saturating_duration_since(sess.welcomed_at).as_millis() as u64;
+        let stamp = sess.m.clock_ms.saturating_add(since);
+        let mut pkt = Request::encode_header(&sess.m.exposure, &sess.m.token, self.seq, stamp);
         let header = pkt.clone();
         sess.sealer
             .seal(self.seq, &header, &wire::encode_items(items), &mut pkt);

@@ -19,9 +19,11 @@
 //! silently wrong, so any inconsistency is reported as [`SidecarError::Corrupt`] and the
 //! caller starts over (or re-verifies) rather than trusting it.
 //!
-//! [`Sidecar::store`] replaces the file atomically (write `PATH.tmp`, fsync, rename, fsync
-//! the directory), so a crash leaves either the old or the new state, never a mix. Callers
-//! must store only after the chunk data it describes is durable.
+//! [`Sidecar::store`] replaces the file atomically (write a new temporary `PATH.tmp.RANDOM`,
+//! fsync, rename, fsync the directory), so a crash leaves either the old or the new state,
+//! never a mix. Callers must store only after the chunk data it describes is durable.
+//! Neither the sidecar nor its temporary is ever opened through a symlink: the directory
+//! may be shared, and a planted link must not make us read or overwrite another file.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -88,9 +90,11 @@ fn chunks_of(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(u64::from(chunk_size))
 }
 
+/// A fresh temporary name beside `path` that nobody can guess ahead (and plant).
 fn tmp_path(path: &Path) -> PathBuf {
+    let r: [u8; 8] = crate::crypto::random_bytes();
     let mut s = OsString::from(path.as_os_str());
-    s.push(".tmp");
+    s.push(format!(".tmp.{}", crate::url::hex(&r)));
     PathBuf::from(s)
 }
 
@@ -192,7 +196,12 @@ impl Sidecar {
 
     /// Load the sidecar at `path`; `Ok(None)` when there is none.
     pub fn load(path: &Path) -> Result<Option<Sidecar>, SidecarError> {
-        match fs::read(path) {
+        let read = |path: &Path| -> io::Result<Vec<u8>> {
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut crate::output::open_nofollow(path)?, &mut data)?;
+            Ok(data)
+        };
+        match read(path) {
             Ok(data) => Sidecar::from_bytes(&data).map(Some).map_err(|e| match e {
                 SidecarError::Corrupt(why) => {
                     SidecarError::Corrupt(format!("{}: {why}", path.display()))
@@ -210,10 +219,12 @@ impl Sidecar {
         let data = self.to_bytes()?;
         let tmp = tmp_path(path);
         let result = (|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Exclusive: never an existing file, never through a link.
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             f.write_all(&data)?;
             f.sync_all()?;
@@ -244,6 +255,15 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
         dir
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     fn sample() -> Sidecar {
@@ -278,7 +298,11 @@ mod tests {
         let path = dir.join("file.part.rgtp");
         let s = sample();
         s.store(&path).expect("store");
-        assert!(!tmp_path(&path).exists(), "temporary renamed away");
+        assert_eq!(
+            names(&dir),
+            vec!["file.part.rgtp"],
+            "temporary renamed away"
+        );
         assert_eq!(Sidecar::load(&path).expect("load"), Some(s.clone()));
         // Overwrite with more progress.
         let mut t = s;
@@ -415,7 +439,7 @@ mod tests {
         let dir = temp_dir("bad");
         let path = dir.join("s");
         assert!(s.store(&path).is_err());
-        assert!(!path.exists() && !tmp_path(&path).exists());
+        assert!(names(&dir).is_empty());
         fs::remove_dir_all(&dir).ok();
     }
 }

@@ -32,6 +32,9 @@ pub const DATA_HEADER_LEN: usize = 2 + 16 + 1 + 4 + 1;
 pub const MAX_REQUEST_ITEMS: usize = 256;
 /// Upper bound on token length.
 pub const MAX_TOKEN_LEN: usize = 255;
+/// Longest exposure name, in bytes: a HELLO carrying it still fits its 1200-byte
+/// minimum, so it crosses any path (a file's base name is at most 255 bytes).
+pub const MAX_NAME_LEN: usize = 1024;
 
 pub type ExposureId = [u8; 16];
 
@@ -264,6 +267,9 @@ impl Hello<'_> {
         let max_datagram = r.u16()?;
         let token = r.short_bytes()?;
         let name = std::str::from_utf8(r.long_bytes()?).map_err(|_| WireError::BadValue("name"))?;
+        if name.len() > MAX_NAME_LEN {
+            return Err(WireError::BadValue("name length"));
+        }
         let noise = r.long_bytes()?;
         if r.rest().iter().any(|&b| b != 0) {
             return Err(WireError::BadValue("padding"));
@@ -339,6 +345,9 @@ impl Stale {
 pub enum Manifest {
     Found(ManifestBody),
     NotFound,
+    /// The name was exposed, but its content can no longer be served as offered (the
+    /// file shrank or became unreadable): pullers should stop, not wait.
+    Gone,
 }
 
 /// What a puller learns in the handshake; authenticated by the Noise session.
@@ -356,6 +365,9 @@ pub struct ManifestBody {
     pub token: Vec<u8>,
     /// Key sealing this puller's REQUEST bodies.
     pub request_key: [u8; 32],
+    /// The exposer's clock (ms) when it wrote this manifest: REQUESTs carry it, advanced
+    /// by the puller's own clock, so the exposer can refuse old ones (replays).
+    pub clock_ms: u64,
 }
 
 impl Manifest {
@@ -364,6 +376,9 @@ impl Manifest {
         match self {
             Manifest::NotFound => {
                 w.u8(1);
+            }
+            Manifest::Gone => {
+                w.u8(2);
             }
             Manifest::Found(m) => {
                 w.u8(0)
@@ -375,7 +390,8 @@ impl Manifest {
                     .bytes(&m.content_key)
                     .u16(m.max_datagram)
                     .short_bytes(&m.token)
-                    .bytes(&m.request_key);
+                    .bytes(&m.request_key)
+                    .u64(m.clock_ms);
             }
         }
         w.buf
@@ -384,6 +400,7 @@ impl Manifest {
         let mut r = Reader::new(d);
         let m = match r.u8()? {
             1 => Manifest::NotFound,
+            2 => Manifest::Gone,
             0 => {
                 let m = ManifestBody {
                     exposure: r.array()?,
@@ -395,6 +412,7 @@ impl Manifest {
                     max_datagram: r.u16()?,
                     token: r.short_bytes()?.to_vec(),
                     request_key: r.array()?,
+                    clock_ms: r.u64()?,
                 };
                 if m.chunk_size as usize != crate::merkle::CHUNK_SIZE {
                     return Err(WireError::BadValue("chunk size"));
@@ -508,6 +526,8 @@ pub struct Request<'a> {
     pub token: &'a [u8],
     /// Nonce of the sealed body; strictly increasing per puller.
     pub seq: u64,
+    /// The exposer's clock (ms) as the puller reckons it when sending: freshness.
+    pub stamp_ms: u64,
     /// `encode_items` output sealed with the request key (AEAD tag included).
     pub sealed: &'a [u8],
 }
@@ -515,13 +535,19 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// Encodes everything up to the sealed body; the result is also the AEAD's
     /// associated data, so the header cannot be altered.
-    pub fn encode_header(exposure: &ExposureId, token: &[u8], seq: u64) -> Vec<u8> {
+    pub fn encode_header(exposure: &ExposureId, token: &[u8], seq: u64, stamp_ms: u64) -> Vec<u8> {
         let mut w = Writer::with_capacity(64 + token.len());
         w.header(PacketType::Request)
             .bytes(exposure)
             .short_bytes(token)
-            .u64(seq);
+            .u64(seq)
+            .u64(stamp_ms);
         w.buf
+    }
+
+    /// The AEAD tag: it authenticates the whole REQUEST, so it names it (replay filter).
+    pub fn tag(&self) -> &'a [u8] {
+        &self.sealed[self.sealed.len() - 16..]
     }
     /// Returns the packet and the length of its header (the associated data).
     pub fn decode(d: &'a [u8]) -> Result<(Request<'a>, usize), WireError> {
@@ -529,6 +555,7 @@ impl<'a> Request<'a> {
         let exposure = r.array()?;
         let token = r.short_bytes()?;
         let seq = r.u64()?;
+        let stamp_ms = r.u64()?;
         let header_len = r.position();
         let sealed = r.rest();
         if sealed.len() < 16 {
@@ -539,6 +566,7 @@ impl<'a> Request<'a> {
                 exposure,
                 token,
                 seq,
+                stamp_ms,
                 sealed,
             },
             header_len,
@@ -669,6 +697,7 @@ mod tests {
             max_datagram: 1200,
             token: vec![9; 40],
             request_key: [6; 32],
+            clock_ms: 123_456,
         };
         let m = Manifest::Found(body.clone());
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
@@ -678,6 +707,10 @@ mod tests {
         assert_eq!(
             Manifest::decode(&Manifest::NotFound.encode()).unwrap(),
             Manifest::NotFound
+        );
+        assert_eq!(
+            Manifest::decode(&Manifest::Gone.encode()).unwrap(),
+            Manifest::Gone
         );
     }
 
@@ -729,8 +762,8 @@ mod tests {
         }
 
         #[test]
-        fn request_round_trip(exp in any::<[u8;16]>(), tok in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 16..100)) {
-            let mut pkt = Request::encode_header(&exp, &tok, seq);
+        fn request_round_trip(exp in any::<[u8;16]>(), tok in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u64>(), stamp in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 16..100)) {
+            let mut pkt = Request::encode_header(&exp, &tok, seq, stamp);
             let hl = pkt.len();
             pkt.extend_from_slice(&body);
             let (r, h) = Request::decode(&pkt).unwrap();
@@ -738,6 +771,8 @@ mod tests {
             prop_assert_eq!(r.exposure, exp);
             prop_assert_eq!(r.token, &tok[..]);
             prop_assert_eq!(r.seq, seq);
+            prop_assert_eq!(r.stamp_ms, stamp);
+            prop_assert_eq!(r.tag(), &body[body.len() - 16..]);
             prop_assert_eq!(r.sealed, &body[..]);
         }
     }

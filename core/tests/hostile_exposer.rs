@@ -32,6 +32,7 @@ fn offer(size: u64) -> (Puller, Vec<PullEvent>) {
         max_datagram: hello.max_datagram,
         token: vec![7; 40],
         request_key: [4; 32],
+        clock_ms: 0,
     });
     let msg2 = handshake::respond(
         &ex_private,

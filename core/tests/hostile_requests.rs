@@ -47,7 +47,7 @@ fn request(
     seq: u64,
     items: &[RequestItem],
 ) {
-    let mut pkt = Request::encode_header(&m.exposure, &m.token, seq);
+    let mut pkt = Request::encode_header(&m.exposure, &m.token, seq, m.clock_ms);
     let header = pkt.clone();
     RequestSealer::new(&m.request_key).seal(seq, &header, &wire::encode_items(items), &mut pkt);
     ex.handle(now, me, &pkt);

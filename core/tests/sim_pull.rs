@@ -147,13 +147,13 @@ impl World {
                             ct,
                             verifier,
                         } => match verifier.verify(index, ct) {
-                            Some(data) => {
+                            Ok(data) => {
                                 let at = index as usize * CHUNK_SIZE;
                                 s.out[at..at + data.len()].copy_from_slice(&data);
                                 s.written += data.len() as u64;
-                                s.p.chunk_verified(index, true, data.len());
+                                s.p.chunk_verified(index, Ok(data.len()));
                             }
-                            None => s.p.chunk_verified(index, false, 0),
+                            Err(bad) => s.p.chunk_verified(index, Err(bad)),
                         },
                         PullEvent::Recheck { verifier, stored } => {
                             for index in stored.iter() {

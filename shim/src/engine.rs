@@ -207,17 +207,9 @@ fn replace_fd(fd: c_int, replacement: OwnedFd) -> io::Result<()> {
 /// serving a port must be the same server.
 fn server_key() -> rgtp::keys::StaticKey {
     static KEY: OnceLock<rgtp::keys::StaticKey> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let path = rgtp::keys::config_dir().join("shim.key");
-        match rgtp::keys::StaticKey::load_or_create(&path) {
-            Ok(k) => k,
-            Err(e) => {
-                log::warn(&format!("{e}; using a key for this process only"));
-                rgtp::keys::StaticKey::generate()
-            }
-        }
-    })
-    .clone()
+    // A bad shim.key stops the process (exit 11) rather than change identity quietly.
+    KEY.get_or_init(|| rgtp::keys::server_key_or_exit(&rgtp::keys::config_dir().join("shim.key")))
+        .clone()
 }
 
 fn pinned_key(c: &Config, peer: &SocketAddr) -> Option<[u8; 32]> {

@@ -51,6 +51,10 @@ pub mod exit {
     pub const BAD_KEY_FILE: i32 = 11;
     /// rgtp-pull: the offered file is too large to track in memory.
     pub const TOO_LARGE: i32 = 12;
+    /// rgtp-pull: the exposer withdrew the file (it changed while exposed).
+    pub const GONE: i32 = 13;
+    /// rgtp-pull: the output exists and neither -o nor --force was given.
+    pub const EXISTS: i32 = 14;
     pub const INTERRUPTED: i32 = 130;
 }
 

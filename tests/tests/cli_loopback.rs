@@ -603,6 +603,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
         max_datagram: hello.max_datagram,
         token: vec![7; 40],
         request_key: [4; 32],
+        clock_ms: 0,
     });
     let msg2 = respond(
         &key,

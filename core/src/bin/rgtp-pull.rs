@@ -29,13 +29,16 @@ Exit codes:
   1    internal error
   2    bad arguments or URL
   3    cannot create or write the output
-  4    disk full (progress is saved; free space and rerun)
+  4    disk full (space is reserved before any data; the message says how many
+       chunks were saved for a resume)
   5    exposer unreachable (no answer within --timeout) or host unknown
   6    exposer key mismatch (pinned key differs, or a known key changed)
   7    the exposer has no such name
   8    content mismatch (root differs from the pinned one, or a bad outboard)
   9    the resume state file is corrupt
   12   the offered file is too large to track (memory, or over 2^32 chunks)
+  13   the exposer withdrew the file (it changed or became unreadable while exposed)
+  14   the output exists (pulling by name without -o): give -o, or --force
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -80,6 +83,10 @@ struct Args {
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
+    /// Replace an existing file when the output is named after the pulled file (no
+    /// -o): without it such a pull refuses to start (exit 14).
+    #[arg(long)]
+    force: bool,
 }
 
 struct Failure(u8, String);
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
 fn output_failure(e: OutputError) -> Failure {
     let code = match e {
         OutputError::Io(..) => 3,
-        OutputError::Full(_) => 4,
+        OutputError::Full { .. } => 4,
         OutputError::CorruptState(..) => 9,
     };
     Failure(code, e.to_string())
@@ -145,6 +152,16 @@ fn run(args: Args) -> Result<(), Failure> {
             Err(e) => return fail(2, format!("bad address: {e}")),
         }
     };
+    if name.is_empty() || name.len() > wire::MAX_NAME_LEN {
+        return fail(
+            2,
+            format!(
+                "the name must be 1 to {} bytes long (this one is {})",
+                wire::MAX_NAME_LEN,
+                name.len()
+            ),
+        );
+    }
     if let Some(k) = &args.key {
         match parse_hex32(k) {
             Some(k) => pin = Some(k),
@@ -182,6 +199,17 @@ fn run(args: Args) -> Result<(), Failure> {
                 .map_or("download".into(), |n| n.to_owned()),
         )
     });
+    // A name chosen by the exposer's side (or a URL) must not silently replace a file
+    // here, e.g. ./.bashrc: only an explicit -o or --force may.
+    if args.output.is_none() && !args.force && std::fs::symlink_metadata(&out_path).is_ok() {
+        return fail(
+            14,
+            format!(
+                "{} exists; not replacing it (give -o PATH, or --force)",
+                out_path.display()
+            ),
+        );
+    }
     let (output, resume) = Output::open(&out_path).map_err(output_failure)?;
     let resumed_have = resume.as_ref().map(|r| r.have.clone());
 
@@ -213,7 +241,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let start = Instant::now();
     let mut puller = Puller::new(cfg, start);
     let (verify_tx, verify_rx) = std::sync::mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Option<Vec<u8>>)>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Verified)>();
     let verifier = std::thread::spawn(move || {
         for (index, ct, v) in verify_rx {
             if done_tx.send((index, v.verify(index, ct))).is_err() {
@@ -282,6 +310,8 @@ fn run(args: Args) -> Result<(), Failure> {
                 | PullError::BadOutboard
                 | PullError::BadContent { .. } => 8,
                 PullError::TooLarge { .. } => 12,
+                PullError::Gone => 13,
+                PullError::NameTooLong => 2,
             };
             let msg = match (&e, known_key) {
                 (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
@@ -333,6 +363,8 @@ fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The verifier thread's answer: the plaintext, or why not.
+type Verified = Result<Vec<u8>, rgtp::puller::BadChunk>;
 /// A sealed chunk for the verifier thread.
 type VerifyJob = (u64, Vec<u8>, std::sync::Arc<rgtp::puller::ChunkVerifier>);
 /// Chunks queued for verification before the pull stops asking for more.
@@ -347,7 +379,7 @@ struct Handler {
     )>,
     part_path: Option<PathBuf>,
     verify_tx: Option<std::sync::mpsc::SyncSender<VerifyJob>>,
-    done_rx: std::sync::mpsc::Receiver<(u64, Option<Vec<u8>>)>,
+    done_rx: std::sync::mpsc::Receiver<(u64, Verified)>,
     output: Output,
     known: Option<KnownExposers>,
     host_port: String,
@@ -445,12 +477,12 @@ impl driver::PullHandler for Handler {
         }
         while let Ok((index, plain)) = self.done_rx.try_recv() {
             match plain {
-                Some(data) => {
-                    p.chunk_verified(index, true, data.len());
+                Ok(data) => {
+                    p.chunk_verified(index, Ok(data.len()));
                     self.stored += data.len() as u64;
                     self.output.write_chunk(index, data)?;
                 }
-                None => p.chunk_verified(index, false, 0),
+                Err(bad) => p.chunk_verified(index, Err(bad)),
             }
         }
         Ok(())
@@ -471,7 +503,8 @@ impl Handler {
             p.recheck_done();
             return Ok(());
         };
-        let file = std::fs::File::open(path).map_err(|e| OutputError::Io(path.clone(), e))?;
+        let file =
+            rgtp::output::open_nofollow(path).map_err(|e| OutputError::Io(path.clone(), e))?;
         let mut buf = Vec::new();
         let mut damaged = 0u64;
         for index in stored.iter() {

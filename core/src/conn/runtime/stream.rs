@@ -355,8 +355,17 @@ impl RgtpStream {
                 revents: 0,
             },
         ];
+        // The engine thread stops watching the socket meanwhile: otherwise both
+        // threads wake for every datagram and the engine takes the lock first,
+        // which costs the waiting reader a futex round trip per packet.
+        let (epfd, token) = (
+            self.engine.epfd.as_raw_fd(),
+            super::TOKEN_SOCK | self.sock as u64,
+        );
+        sys::epoll_mod(epfd, udp.as_raw_fd(), 0, token);
         // SAFETY: two valid pollfds in a live array.
         let r = MutexGuard::unlocked(st, || unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) });
+        sys::epoll_mod(epfd, udp.as_raw_fd(), libc::EPOLLIN as u32, token);
         if let Some(s) = st.socks[self.sock].as_mut() {
             s.poller = false;
         }

@@ -91,6 +91,16 @@ pub(super) fn epoll_add(epfd: RawFd, fd: RawFd, events: u32, token: u64) -> io::
     Ok(())
 }
 
+/// Changes what epoll reports for `fd` (0: nothing, while another thread polls it).
+pub(super) fn epoll_mod(epfd: RawFd, fd: RawFd, events: u32, token: u64) {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: valid epoll fd and a pointer to a live epoll_event; a failure leaves
+    // the old interest, which is only a wasted wakeup.
+    unsafe {
+        libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev);
+    }
+}
+
 pub(super) fn epoll_del(epfd: RawFd, fd: RawFd) {
     let mut ev = libc::epoll_event { events: 0, u64: 0 };
     // SAFETY: as above; failure (fd already gone) is harmless.

@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# fuzz.sh [SECONDS]: runs the cargo-fuzz target core/fuzz/fuzz_targets/packet_parser.rs
-# (every wire decoder, the exposer and the puller fed hostile datagrams) for SECONDS
-# (default 60). Not part of CI. Crashes land in core/fuzz/artifacts/packet_parser/;
-# reproduce one with:
-#   cd core && cargo +nightly fuzz run packet_parser fuzz/artifacts/packet_parser/crash-...
+# fuzz.sh [SECONDS] [TARGET...]: runs the cargo-fuzz targets in core/fuzz/fuzz_targets/
+# for SECONDS each (default 60), all of them unless TARGETs are named:
+#   packet_parser  every file-pull decoder, the exposer and the puller fed hostile datagrams
+#   conn_packets   the connection packet codec (packets, transport parameters, frames)
+#   conn_endpoint  a connection endpoint fed arbitrary datagrams / a mutated real exchange
+#   manifest       the pull manifest (WELCOME payload)
+#   sidecar        the resume state file parser
+#   url            rgtp:// URLs, host:port, percent-decoding
+# Not part of CI, which runs the same harnesses (rgtp::fuzzing) under proptest on the
+# stable toolchain (core/tests/fuzz_props.rs). The committed seeds are in
+# core/fuzz/seeds/TARGET/; the working corpus grows in core/fuzz/corpus/TARGET/ (not
+# committed). Crashes land in core/fuzz/artifacts/TARGET/; reproduce one with:
+#   cd core && cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...
+# Each run ends with a line "TARGET: N executions, no crash" (or the crash).
 #
 # cargo-fuzz needs a nightly compiler (-Zsanitizer). With a rustup nightly toolchain it
 # is used; otherwise the stable compiler is unlocked with RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 
 SECONDS_TO_RUN=${1:-60}
+shift || true
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT/core"
+
+ALL=(packet_parser conn_packets conn_endpoint manifest sidecar url)
+TARGETS=("$@")
+[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=("${ALL[@]}")
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"
@@ -26,16 +40,21 @@ else
   FUZZ=(cargo fuzz)
 fi
 
-# Seeds: mode byte 1 = an unmutated exchange (puller and exposer complete a transfer);
-# 1,1 = the same with the exposer demanding a RETRY token; 0 = raw mode.
-CORPUS=fuzz/corpus/packet_parser
-mkdir -p "$CORPUS"
-if [ -z "$(ls -A "$CORPUS")" ]; then
-  printf '\x01' >"$CORPUS/seed-exchange"
-  printf '\x01\x01' >"$CORPUS/seed-exchange-retry"
-  printf '\x00\x01\x02' >"$CORPUS/seed-raw"
-fi
-
-echo "== fuzzing packet_parser for ${SECONDS_TO_RUN}s"
-"${FUZZ[@]}" run packet_parser "$CORPUS" -- \
-  -max_total_time="$SECONDS_TO_RUN" -rss_limit_mb=2048 -timeout=10
+for t in "${TARGETS[@]}"; do
+  CORPUS=fuzz/corpus/$t
+  mkdir -p "$CORPUS"
+  cp -n fuzz/seeds/"$t"/* "$CORPUS"/ 2>/dev/null || true
+  LOG=$(mktemp)
+  echo "== fuzzing $t for ${SECONDS_TO_RUN}s"
+  if "${FUZZ[@]}" run "$t" "$CORPUS" -- \
+    -max_total_time="$SECONDS_TO_RUN" -rss_limit_mb=2048 -timeout=10 2>&1 | tee "$LOG" | grep -E '^(#[0-9]+ +(DONE|pulse))|ERROR|panicked|SUMMARY'; then
+    :
+  fi
+  if grep -qE 'ERROR: libFuzzer|panicked|SUMMARY: ' "$LOG"; then
+    echo "$t: CRASH (see core/fuzz/artifacts/$t/ and $LOG)"
+    exit 1
+  fi
+  RUNS=$(grep -oE 'Done [0-9]+ runs' "$LOG" | grep -oE '[0-9]+' | tail -1)
+  echo "$t: ${RUNS:-?} executions, no crash"
+  rm -f "$LOG"
+done

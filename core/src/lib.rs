@@ -30,3 +30,7 @@ pub mod udp;
 pub mod url;
 pub mod wire;
 pub mod zeroed;
+
+// Fuzz harnesses (cargo-fuzz targets and their proptest drivers), not API.
+#[doc(hidden)]
+pub mod fuzzing;

@@ -423,12 +423,16 @@ fn half_opens_per_source_are_capped() {
         assert_eq!(ep.half_open_count(), before + 1);
     }
     assert!(init(&mut ep, later, addr("10.0.0.2:9995"), 14, 1 << 20).is_none());
-    // Loopback is not capped: nobody off this host sends from it, and a local client
-    // may open hundreds of connections at once.
+    // On loopback a source is one socket (address and port): local programs each get
+    // their own share, and one local socket is capped like any source.
     for i in 0..cap as u64 + 100 {
         let from = addr(&format!("127.0.0.1:{}", 20000 + i));
         assert!(init(&mut ep, later, from, 5000 + i, 1 << 20).is_some());
     }
+    for i in 0..cap as u64 {
+        assert!(init(&mut ep, later, addr("127.0.0.1:19999"), 8000 + i, 1 << 20).is_some());
+    }
+    assert!(init(&mut ep, later, addr("127.0.0.1:19999"), 9000, 1 << 20).is_none());
 }
 
 /// Spoofed INITs from many addresses (each under the per-source cap, all under the

@@ -10,10 +10,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{self, ErrorKind};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::connection::{Conn, ConnStats};
+use super::half_open::{source_of, HalfOpen, HalfOpens, Source};
 use super::noise::ServerHandshake;
 use super::wire::{self as cw, Packet, TransportParams, RESET_TOKEN_LEN};
 use super::{ConnConfig, ConnId, ConnState, EndpointConfig, Event, Readiness};
@@ -29,26 +30,16 @@ pub struct EndpointStats {
     pub handshakes_started: u64,
     pub handshakes_completed: u64,
     pub retries_sent: u64,
+    /// Half-opens displaced by validated INITs when the table or a source's share was
+    /// full.
+    pub half_opens_evicted: u64,
+    /// Validated INITs dropped because their source used up its handshakes for this
+    /// second while busy.
+    pub busy_source_drops: u64,
     pub refusals_sent: u64,
     pub stateless_resets_sent: u64,
     /// Bytes sent by the endpoint itself (handshake and stateless replies).
     pub control_bytes_out: u64,
-}
-
-/// A server handshake waiting for its third message.
-struct HalfOpen {
-    addr: SocketAddr,
-    client_cid: u64,
-    hs: ServerHandshake,
-    params: TransportParams,
-    response: Vec<u8>,
-    sent_at: Instant,
-    sends: u32,
-    /// Forgotten after this (pushed back while the client is still trying).
-    expires: Instant,
-    /// Anti-amplification: bytes received from and sent to the unvalidated address.
-    bytes_in: usize,
-    bytes_out: usize,
 }
 
 /// Per-connection choices for [`Endpoint::connect_with`].
@@ -58,15 +49,6 @@ pub struct ConnectOptions {
     pub server_key: Option<[u8; 32]>,
     /// Settings for this connection instead of the endpoint's.
     pub config: Option<ConnConfig>,
-}
-
-/// Pushes a half-open's expiry to `until` while its client is still trying (at most
-/// once a second, so the expiry queue stays small whatever arrives).
-fn refresh(ho: &mut HalfOpen, scid: u64, until: Instant, order: &mut VecDeque<(Instant, u64)>) {
-    if until.saturating_duration_since(ho.expires) >= Duration::from_secs(1) {
-        ho.expires = until;
-        order.push_back((until, scid));
-    }
 }
 
 /// How long a RETRY cookie is good for.
@@ -79,11 +61,10 @@ pub struct Endpoint {
     listening: bool,
     conns: BTreeMap<ConnId, Conn>,
     by_cid: HashMap<u64, ConnId>,
-    half_open: HashMap<u64, HalfOpen>,
-    half_open_by_client: HashMap<(SocketAddr, u64, Vec<u8>), u64>,
-    half_open_order: VecDeque<(Instant, u64)>,
-    /// Half-opens per source ([`source_of`]), for `max_half_open_per_source`.
-    half_open_per_source: HashMap<IpAddr, usize>,
+    half_open: HalfOpens,
+    /// Validated handshakes started per source in the current second while busy
+    /// (`busy_handshakes_per_source`).
+    busy_window: (Instant, HashMap<Source, u32>),
     accept_queue: VecDeque<ConnId>,
     reset_tokens: HashMap<[u8; RESET_TOKEN_LEN], ConnId>,
     next_id: u64,
@@ -111,18 +92,6 @@ fn canon(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// What the per-source half-open cap counts against: the IPv4 address, or the /64
-/// prefix of an IPv6 address (one host commonly holds a whole /64).
-fn source_of(a: SocketAddr) -> IpAddr {
-    match a.ip().to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
 fn closed_err() -> io::Error {
     io::Error::from(ErrorKind::NotConnected)
 }
@@ -136,10 +105,8 @@ impl Endpoint {
             listening: false,
             conns: BTreeMap::new(),
             by_cid: HashMap::new(),
-            half_open: HashMap::new(),
-            half_open_by_client: HashMap::new(),
-            half_open_order: VecDeque::new(),
-            half_open_per_source: HashMap::new(),
+            half_open: HalfOpens::default(),
+            busy_window: (now, HashMap::new()),
             accept_queue: VecDeque::new(),
             reset_tokens: HashMap::new(),
             next_id: 1,
@@ -196,7 +163,7 @@ impl Endpoint {
             if let Some(tag) = self.cfg.cid_tag {
                 c = (c & 0x0000_ffff_ffff_ffff) | (u64::from(tag) << 48);
             }
-            if c != 0 && !self.by_cid.contains_key(&c) && !self.half_open.contains_key(&c) {
+            if c != 0 && !self.by_cid.contains_key(&c) && !self.half_open.contains(c) {
                 return c;
             }
         }
@@ -403,15 +370,11 @@ impl Endpoint {
         // a copy damaged on the way is a different handshake, and must neither answer
         // for nor replace the genuine one.
         let key = (from, client_cid, noise.to_vec());
-        if let Some(&scid) = self.half_open_by_client.get(&key) {
-            if let Some(ho) = self.half_open.get_mut(&scid) {
+        if let Some(scid) = self.half_open.find(&key) {
+            self.half_open
+                .refresh(scid, now + self.cfg.conn.handshake_timeout);
+            if let Some(ho) = self.half_open.get_mut(scid) {
                 ho.bytes_in += len;
-                refresh(
-                    ho,
-                    scid,
-                    now + self.cfg.conn.handshake_timeout,
-                    &mut self.half_open_order,
-                );
                 if ho.bytes_out + ho.response.len() <= 3 * ho.bytes_in {
                     ho.bytes_out += ho.response.len();
                     ho.sends += 1;
@@ -422,33 +385,13 @@ impl Endpoint {
             }
             return;
         }
-        // One source may hold only so many half-opens: beyond, its INITs are dropped
-        // before any work (the client sends INIT again), so it cannot fill the table.
-        // Not loopback: nobody off this host can send from it, and a local client may
-        // well open hundreds of connections at once.
-        let source = source_of(from);
-        if !crate::wire::is_loopback(from.ip())
-            && self
-                .half_open_per_source
-                .get(&source)
-                .is_some_and(|&n| n >= self.cfg.max_half_open_per_source)
-        {
-            self.stats.dropped += 1;
-            return;
-        }
-        let (start, _) = self.handshake_window;
-        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
-            self.handshake_window = (now, 0);
-        }
-        self.handshake_window.1 += 1;
-        // Busy: many handshakes a second, or a half-full table (spoofed INITs from many
-        // addresses could otherwise fill it below the rate threshold). A RETRY makes
-        // the client prove its address before it takes a slot.
-        let busy = self.handshake_window.1 > self.cfg.retry_threshold
-            || self.half_open.len() >= self.cfg.max_half_open / 2;
         let mut binding = [0u8; 16];
         binding[..8].copy_from_slice(&client_cid.to_le_bytes());
-        if !token.is_empty() {
+        // A token proves the client receives at `from` (it is sealed to the address
+        // and the client ID): checked first, as it decides everything below. Opening
+        // it costs one small AEAD, far less than the Diffie-Hellman work it guards.
+        let validated = !token.is_empty();
+        if validated {
             let ok = self.token_key.open(token).is_some_and(|c| {
                 !c.session
                     && same_addr(&c.addr, &from)
@@ -459,28 +402,119 @@ impl Endpoint {
                 self.stats.dropped += 1;
                 return;
             }
-        } else if busy {
-            let cookie = self.token_key.seal(&TokenClaims {
-                session: false,
-                addr: from,
-                expires_ms: self.now_ms(now) + RETRY_TOKEN_LIFETIME.as_millis() as u64,
-                exposure: binding,
-                max_datagram: 0,
-                request_key: [0; 32],
-            });
-            let pkt = Packet::Retry {
-                dst_cid: client_cid,
-                token: &cookie,
+        }
+        let source = source_of(from);
+        let (start, _) = self.handshake_window;
+        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
+            self.handshake_window = (now, 0);
+        }
+        self.handshake_window.1 += 1;
+        // Busy: many handshakes a second, or a half-full table (spoofed INITs from many
+        // addresses could otherwise fill it below the rate threshold). A source holding
+        // its whole share asks for a RETRY too, rather than being dropped: a spoofer of
+        // a real client's address must not be able to lock it out by filling its share.
+        // The RETRY is stateless and smaller than the INIT.
+        let busy = self.handshake_window.1 > self.cfg.retry_threshold
+            || self.half_open.len() >= self.cfg.max_half_open / 2;
+        let source_full = self.half_open.count(&source) >= self.cfg.max_half_open_per_source;
+        if !validated {
+            if busy || source_full {
+                self.send_retry(now, from, len, client_cid, binding);
+            } else if self.half_open.len() >= self.cfg.max_half_open {
+                self.stats.dropped += 1;
+            } else {
+                self.start_handshake(now, from, len, client_cid, noise, false);
             }
-            .encode();
-            debug_assert!(pkt.len() < len);
-            self.stats.retries_sent += 1;
-            self.send_control(Transmit::single(from, pkt));
             return;
         }
-        if self.half_open.len() >= self.cfg.max_half_open
-            || self.accept_queue.len() >= self.cfg.accept_backlog
-        {
+        // Validated. While busy, one source may start only so many handshakes a
+        // second: a flooder that answers every RETRY owns its addresses, so bounding
+        // the Diffie-Hellman work per address bounds what it can take from others.
+        if busy && !self.busy_budget(now, source) {
+            self.stats.busy_source_drops += 1;
+            self.stats.dropped += 1;
+            return;
+        }
+        if self.accept_queue.len() >= self.cfg.accept_backlog {
+            self.stats.dropped += 1;
+            return;
+        }
+        // Full table or full share: take the slot of whoever is least likely to be a
+        // real client (half_open.rs): an unvalidated half-open, else the oldest of the
+        // source holding the most. A client that finishes within a round trip stays.
+        let before = self.half_open.evicted;
+        let room = self.half_open.make_room(
+            &source,
+            self.cfg.max_half_open_per_source,
+            self.cfg.max_half_open,
+        );
+        self.stats.half_opens_evicted += self.half_open.evicted - before;
+        if !room {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.start_handshake(now, from, len, client_cid, noise, true);
+    }
+
+    /// Counts a validated handshake against its source's per-second budget while busy;
+    /// false when the budget is used up.
+    fn busy_budget(&mut self, now: Instant, source: Source) -> bool {
+        if now.saturating_duration_since(self.busy_window.0) >= Duration::from_secs(1) {
+            self.busy_window = (now, HashMap::new());
+        }
+        let counts = &mut self.busy_window.1;
+        // Bounded: beyond this many sources in one second, new ones wait for the next.
+        if counts.len() >= 4 * self.cfg.max_half_open && !counts.contains_key(&source) {
+            return false;
+        }
+        let n = counts.entry(source).or_insert(0);
+        if *n >= self.cfg.busy_handshakes_per_source {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// The stateless first reply under load: a cookie sealed to the client's address
+    /// and ID, smaller than the INIT that asked.
+    fn send_retry(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        client_cid: u64,
+        binding: [u8; 16],
+    ) {
+        let cookie = self.token_key.seal(&TokenClaims {
+            session: false,
+            addr: from,
+            expires_ms: self.now_ms(now) + RETRY_TOKEN_LIFETIME.as_millis() as u64,
+            exposure: binding,
+            max_datagram: 0,
+            request_key: [0; 32],
+        });
+        let pkt = Packet::Retry {
+            dst_cid: client_cid,
+            token: &cookie,
+        }
+        .encode();
+        debug_assert!(pkt.len() < len);
+        self.stats.retries_sent += 1;
+        self.send_control(Transmit::single(from, pkt));
+    }
+
+    /// Diffie-Hellman work and a half-open slot (the caller made room), and the
+    /// RESPONSE.
+    fn start_handshake(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        client_cid: u64,
+        noise: &[u8],
+        validated: bool,
+    ) {
+        if self.accept_queue.len() >= self.cfg.accept_backlog {
             self.stats.dropped += 1;
             return;
         }
@@ -506,25 +540,21 @@ impl Endpoint {
             return;
         }
         self.stats.handshakes_started += 1;
+        let expires = now + self.cfg.conn.handshake_timeout;
         self.half_open.insert(
             scid,
-            HalfOpen {
-                addr: from,
+            HalfOpen::new(
+                from,
                 client_cid,
                 hs,
                 params,
-                response: response.clone(),
-                sent_at: now,
-                sends: 1,
-                expires: now + self.cfg.conn.handshake_timeout,
-                bytes_in: len,
-                bytes_out: response.len(),
-            },
+                response.clone(),
+                now,
+                expires,
+                len,
+                validated,
+            ),
         );
-        self.half_open_by_client.insert(key, scid);
-        *self.half_open_per_source.entry(source).or_insert(0) += 1;
-        self.half_open_order
-            .push_back((now + self.cfg.conn.handshake_timeout, scid));
         self.send_control(Transmit::single(from, response));
     }
 
@@ -537,7 +567,7 @@ impl Endpoint {
             self.after(id, now);
             return;
         }
-        let Some(ho) = self.half_open.get_mut(&scid) else {
+        let Some(ho) = self.half_open.get_mut(scid) else {
             self.stats.dropped += 1;
             return;
         };
@@ -556,7 +586,7 @@ impl Endpoint {
             self.stats.dropped += 1;
             return;
         };
-        let Some(ho) = self.forget_half_open(scid) else {
+        let Some(ho) = self.half_open.remove(scid) else {
             return;
         };
         let peer = match TransportParams::decode(&payload) {
@@ -592,21 +622,6 @@ impl Endpoint {
         self.after(id, now);
     }
 
-    /// Removes a half-open and its index entries.
-    fn forget_half_open(&mut self, scid: u64) -> Option<HalfOpen> {
-        let ho = self.half_open.remove(&scid)?;
-        self.half_open_by_client
-            .remove(&(ho.addr, ho.client_cid, ho.hs.msg1().to_vec()));
-        let source = source_of(ho.addr);
-        if let Some(n) = self.half_open_per_source.get_mut(&source) {
-            *n -= 1;
-            if *n == 0 {
-                self.half_open_per_source.remove(&source);
-            }
-        }
-        Some(ho)
-    }
-
     fn on_short(
         &mut self,
         now: Instant,
@@ -617,7 +632,7 @@ impl Endpoint {
         sealed: &[u8],
     ) {
         let Some(&id) = self.by_cid.get(&dst_cid) else {
-            if self.half_open.contains_key(&dst_cid) {
+            if self.half_open.contains(dst_cid) {
                 // Data that overtook (or outlived) a lost FINISH: the client re-sends.
                 self.stats.dropped += 1;
                 return;
@@ -707,7 +722,7 @@ impl Endpoint {
             self.timers.pop();
         }
         let conn = self.timers.peek().map(|Reverse((t, _))| *t);
-        let ho = self.half_open_order.front().map(|(t, _)| *t);
+        let ho = self.half_open.next_expiry();
         match (conn, ho) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -715,19 +730,7 @@ impl Endpoint {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(t, scid)) = self.half_open_order.front() {
-            if t > now {
-                break;
-            }
-            self.half_open_order.pop_front();
-            if self
-                .half_open
-                .get(&scid)
-                .is_some_and(|ho| ho.expires <= now)
-            {
-                self.forget_half_open(scid);
-            }
-        }
+        self.half_open.expire(now);
         // Collect first: a connection re-armed for `now` waits for the next call.
         let mut due = Vec::new();
         while let Some(&Reverse((t, id))) = self.timers.peek() {
@@ -926,7 +929,7 @@ impl Endpoint {
     /// Whether `cid` names one of this endpoint's connections or half-open
     /// handshakes.
     pub fn knows_cid(&self, cid: u64) -> bool {
-        self.by_cid.contains_key(&cid) || self.half_open.contains_key(&cid)
+        self.by_cid.contains_key(&cid) || self.half_open.contains(cid)
     }
 
     pub fn half_open_count(&self) -> usize {

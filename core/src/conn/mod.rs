@@ -20,6 +20,7 @@
 
 mod connection;
 mod endpoint;
+mod half_open;
 pub mod noise;
 pub mod runtime;
 pub mod stream;
@@ -138,10 +139,16 @@ pub struct EndpointConfig {
     pub retry_threshold: u32,
     /// Most handshakes waiting for their third message.
     pub max_half_open: usize,
-    /// Most of them from one source (an IPv4 address, or an IPv6 /64 prefix; loopback
-    /// is not capped): its INITs beyond are dropped (the client sends INIT again), so
-    /// one host cannot take every slot of `max_half_open`.
+    /// Most of them from one source (an IPv4 address, an IPv6 /64 prefix, or on
+    /// loopback one address *and port*, i.e. one local socket): beyond, an INIT without
+    /// a token gets a RETRY and one with a valid token replaces that source's oldest
+    /// half-open, so one host cannot take every slot of `max_half_open`.
     pub max_half_open_per_source: usize,
+    /// While busy (see `retry_threshold`), most handshakes per second one source may
+    /// start with a valid RETRY token: the Diffie-Hellman work a flooder that answers
+    /// every RETRY can demand is bounded per address it really owns, so it cannot crowd
+    /// out the CPU and the table another source needs.
+    pub busy_handshakes_per_source: u32,
     /// Most established connections waiting in the accept queue; INITs beyond are
     /// dropped (the client retries), as a full SYN queue does.
     pub accept_backlog: usize,
@@ -166,6 +173,7 @@ impl EndpointConfig {
             retry_threshold: 1000,
             max_half_open: 4096,
             max_half_open_per_source: 64,
+            busy_handshakes_per_source: 8,
             accept_backlog: 1024,
             reset_key,
             stateless_rate: 2000,

@@ -1,0 +1,8 @@
+//! Fuzz target: the pull manifest decoder (the WELCOME payload).
+//! The harness is `rgtp::fuzzing::manifest`, also driven by proptest in CI
+//! (core/tests/fuzz_props.rs). Run: `scripts/fuzz.sh [SECONDS] [TARGET...]`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| rgtp::fuzzing::manifest(data));

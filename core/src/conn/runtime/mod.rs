@@ -586,8 +586,10 @@ impl Engine {
                 st.to_pump.push(k);
             }
         }
-        // Pump bridges until no event asks for more (bounded).
-        for _ in 0..8 {
+        // Pump bridges until no event asks for more (bounded), sending what each
+        // round produced before the next.
+        let mut rounds = 0;
+        loop {
             for i in 0..st.socks.len() {
                 self.after(st, i, true);
             }
@@ -595,6 +597,13 @@ impl Engine {
             if st.to_pump.is_empty() {
                 break;
             }
+            if rounds == 8 {
+                // Bridges still have work: come back at once rather than wait for an
+                // event that may never come (the application may be waiting on us).
+                self.wake();
+                break;
+            }
+            rounds += 1;
             let mut list = std::mem::take(&mut st.to_pump);
             list.sort_unstable();
             list.dedup();

@@ -3,7 +3,6 @@
 //! loopback socket, or one that spoofs a real client's address, must not keep a real
 //! client from completing its handshake. Each test failed on the code before the fix.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -37,43 +36,45 @@ fn drain(ep: &mut Endpoint, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
 
 /// A flooder: INITs with fresh client IDs and Noise messages (any 32 bytes are an
 /// X25519 key, so the server does the full Diffie-Hellman work), answering every RETRY
-/// with its token, which it then reuses for as long as it lives.
+/// at once with its token (the cookie is good for that one INIT: same ID, same Noise
+/// message).
 struct Flooder {
     addrs: Vec<SocketAddr>,
-    tokens: HashMap<SocketAddr, (u64, Vec<u8>)>,
     n: u64,
 }
 
 impl Flooder {
     fn new(addrs: Vec<SocketAddr>) -> Self {
-        Self {
-            addrs,
-            tokens: HashMap::new(),
-            n: 0,
-        }
+        Self { addrs, n: 0 }
     }
 
-    /// `count` INITs round-robin over the addresses, spread evenly over `span`.
+    /// `count` INITs round-robin over the addresses, spread evenly over `span`, each
+    /// RETRY answered.
     fn flood(&mut self, ep: &mut Endpoint, start: Instant, span: Duration, count: u64) {
         for i in 0..count {
             let now = start + span * i as u32 / count as u32;
             self.n += 1;
             let from = self.addrs[(self.n % self.addrs.len() as u64) as usize];
             let e = blake3::hash(&self.n.to_le_bytes());
-            let (cid, token) = match self.tokens.get(&from) {
-                Some((cid, t)) => (*cid, t.clone()),
-                None => (0x5eed_0000_0000 + self.n, Vec::new()),
-            };
-            let init = Packet::Init {
-                src_cid: cid,
-                token: &token,
-                noise: e.as_bytes(),
-            }
-            .encode();
-            ep.handle(now, from, &init);
-            for (to, d) in drain(ep, now) {
-                if let Ok(Packet::Retry { dst_cid, token }) = cw::decode(&d) {
-                    self.tokens.insert(to, (dst_cid, token.to_vec()));
+            let cid = 0x5eed_0000_0000 + self.n;
+            let mut token = Vec::new();
+            for _ in 0..2 {
+                let init = Packet::Init {
+                    src_cid: cid,
+                    token: &token,
+                    noise: e.as_bytes(),
+                }
+                .encode();
+                ep.handle(now, from, &init);
+                let retry = drain(ep, now)
+                    .into_iter()
+                    .find_map(|(to, d)| match cw::decode(&d) {
+                        Ok(Packet::Retry { token, .. }) if to == from => Some(token.to_vec()),
+                        _ => None,
+                    });
+                match retry {
+                    Some(t) if token.is_empty() => token = t,
+                    _ => break,
                 }
             }
         }
@@ -307,4 +308,36 @@ fn eviction_takes_from_the_largest_source_first() {
     assert!(ep.stats.half_opens_evicted > 0);
     // The lone client's FINISH, 900 ms late, still finds its half-open.
     assert!(lone.send_finish(&mut ep, t0 + Duration::from_millis(900)));
+}
+
+/// A RETRY cookie is good for the one handshake it answered (the client ID and Noise
+/// message 1 it was sealed to): reused with another Noise message, as a flooder
+/// would to get many handshakes from one RETRY, it is dropped.
+#[test]
+fn a_retry_cookie_validates_one_handshake_only() {
+    let t0 = Instant::now();
+    let mut ec = EndpointConfig::new(StaticKey::generate());
+    ec.retry_threshold = 0;
+    let mut ep = Endpoint::new(ec, t0);
+    ep.set_listening(true);
+    let mut c = Client::new(addr("198.51.100.7:7000"), 5);
+    c.send_init(&mut ep, t0);
+    assert!(!c.token.is_empty(), "no RETRY");
+    let token = c.token.clone();
+    let reuse = Packet::Init {
+        src_cid: 5,
+        token: &token,
+        noise: blake3::hash(b"another ephemeral key").as_bytes(),
+    }
+    .encode();
+    let before = ep.stats.handshakes_started;
+    ep.handle(t0, c.from, &reuse);
+    assert!(
+        drain(&mut ep, t0).is_empty(),
+        "a reused cookie got an answer"
+    );
+    assert_eq!(ep.stats.handshakes_started, before);
+    // The genuine client's INIT with its cookie still gets in.
+    c.send_init(&mut ep, t0);
+    assert!(c.send_finish(&mut ep, t0 + Duration::from_millis(1)));
 }

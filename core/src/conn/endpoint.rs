@@ -385,8 +385,12 @@ impl Endpoint {
             }
             return;
         }
+        // The cookie binds the client ID and the Noise message 1 (the client re-sends
+        // the same one with the token): one RETRY validates one handshake attempt,
+        // not every INIT a flooder makes from that address for the cookie's 10 s.
         let mut binding = [0u8; 16];
         binding[..8].copy_from_slice(&client_cid.to_le_bytes());
+        binding[8..].copy_from_slice(&blake3::hash(noise).as_bytes()[..8]);
         // A token proves the client receives at `from` (it is sealed to the address
         // and the client ID): checked first, as it decides everything below. Opening
         // it costs one small AEAD, far less than the Diffie-Hellman work it guards.

@@ -2,11 +2,11 @@
 //!
 //! Sends connection INITs (docs/PROTOCOL-connections.md) from one UDP socket per
 //! `--from` address, round robin, at `--rate` INITs per second, and answers every RETRY
-//! the way a flooder that owns its addresses would: the token goes into every later
-//! INIT from that socket (a token lives 10 s). It never sends FINISH, so every
-//! handshake it starts stays half-open. Each INIT carries a fresh 32-byte Noise
-//! message 1 (any 32 bytes are an X25519 key), so the server does the full
-//! Diffie-Hellman work for each one it accepts.
+//! the way a flooder that owns its addresses would: the INIT it answered is sent again
+//! with the cookie (same client ID and Noise message, as the cookie requires). It
+//! never sends FINISH, so every handshake it starts stays half-open. Each new INIT
+//! carries a fresh 32-byte Noise message 1 (any 32 bytes are an X25519 key), so the
+//! server does the full Diffie-Hellman work for each one it accepts.
 //!
 //! Bounded: it stops after `--seconds` or `--max` INITs, whichever comes first, and
 //! prints one line: `sent=N tokened=N retries=N responses=N send_errors=N secs=F`.
@@ -14,7 +14,7 @@
 //! usage: rgtp-flood-inits --target IP:PORT --from IP [--from IP ...]
 //!        [--rate N] [--seconds S] [--max N]
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
@@ -61,10 +61,16 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// One flooding socket and the RETRY token it holds (for its client ID).
+/// One flooding socket and the RETRY cookies waiting to be answered from it.
 struct Src {
     sock: UdpSocket,
-    token: Option<(u64, Vec<u8>)>,
+    answers: VecDeque<(u64, Vec<u8>)>,
+}
+
+/// An INIT's Noise message 1, derived from its client ID, so that the INIT answering
+/// a RETRY repeats it without the flooder storing anything.
+fn msg1(cid: u64) -> [u8; 32] {
+    *blake3::hash(&cid.to_le_bytes()).as_bytes()
 }
 
 fn main() -> ExitCode {
@@ -88,16 +94,18 @@ fn main() -> ExitCode {
             eprintln!("rgtp-flood-inits: {e}");
             return ExitCode::from(1);
         }
-        srcs.push(Src { sock, token: None });
+        srcs.push(Src {
+            sock,
+            answers: VecDeque::new(),
+        });
     }
     let (mut sent, mut tokened, mut retries, mut responses, mut errors) = (0u64, 0, 0, 0, 0);
-    let mut seed = u64::from_le_bytes(rgtp::crypto::random_bytes());
+    let mut next_cid = u64::from_le_bytes(rgtp::crypto::random_bytes());
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.seconds);
     let mut buf = vec![0u8; 2048];
-    let mut cids: HashMap<usize, u64> = HashMap::new();
     let mut i = 0usize;
-    while sent < args.max {
+    while sent < args.max && errors < 1_000_000 {
         let now = Instant::now();
         if now >= end {
             break;
@@ -108,25 +116,18 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        let k = i % srcs.len();
+        let src = &mut srcs[i % args.from.len()];
         i += 1;
-        let n_srcs = srcs.len();
-        let src = &mut srcs[k];
-        // Read what came back to this socket: RETRY tokens are kept, RESPONSEs counted.
-        // Every 16th round only once it holds a token: receive calls cost the CPU the
-        // server under test needs (both run on the same machine).
-        let round = (i - 1) / n_srcs;
-        let reads = if src.token.is_none() || round.is_multiple_of(16) {
-            64
-        } else {
-            0
-        };
-        for _ in 0..reads {
+        // What came back: each RETRY is answered (once: a cookie validates the one
+        // INIT it was sealed to), RESPONSEs are counted and never finished.
+        for _ in 0..64 {
             match src.sock.recv(&mut buf) {
                 Ok(n) => match cw::decode(&buf[..n]) {
                     Ok(Packet::Retry { dst_cid, token }) => {
                         retries += 1;
-                        src.token = Some((dst_cid, token.to_vec()));
+                        if src.answers.len() < 1024 {
+                            src.answers.push_back((dst_cid, token.to_vec()));
+                        }
                     }
                     Ok(Packet::Response { .. }) => responses += 1,
                     _ => {}
@@ -134,17 +135,14 @@ fn main() -> ExitCode {
                 Err(_) => break,
             }
         }
-        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let e = blake3::hash(&seed.to_le_bytes());
-        let cid = *cids.entry(k).or_insert(seed | 1);
-        let (cid, token): (u64, &[u8]) = match &src.token {
-            Some((c, t)) => (*c, t),
-            None => (cid.wrapping_add(sent) | 1, &[]),
-        };
+        let (cid, token) = src.answers.pop_front().unwrap_or_else(|| {
+            next_cid = next_cid.wrapping_add(0x9e37_79b9_7f4a_7c15) | 1;
+            (next_cid, Vec::new())
+        });
         let init = Packet::Init {
             src_cid: cid,
-            token,
-            noise: e.as_bytes(),
+            token: &token,
+            noise: &msg1(cid),
         }
         .encode();
         match src.sock.send_to(&init, args.target) {
@@ -156,9 +154,6 @@ fn main() -> ExitCode {
                 std::thread::sleep(Duration::from_micros(100));
             }
             Err(_) => errors += 1,
-        }
-        if errors > 1_000_000 {
-            break;
         }
     }
     println!(

@@ -19,6 +19,9 @@ use crate::sidecar::Sidecar;
 use crate::url::{self, RgtpUrl};
 use crate::wire;
 
+mod pull;
+pub use pull::packet_parser;
+
 /// Splits fuzz input into datagrams (`u16` little-endian length prefixes), at most 64.
 pub fn split_datagrams(mut rest: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();

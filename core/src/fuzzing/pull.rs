@@ -1,0 +1,240 @@
+//! The file-pull harness (cargo-fuzz target `packet_parser`): every RGTP datagram
+//! decoder, and the exposer and puller state machines, fed hostile bytes.
+//!
+//! Input layout: byte 0 selects the mode.
+//! - even: **raw** — the rest is split into datagrams (`u16` little-endian length
+//!   prefixes); each goes to every decoder in `rgtp::wire`, to an `Exposer` and to a
+//!   `Puller` that has sent its HELLO.
+//! - odd: **exchange** — a real exposer and puller talk over a virtual network; the rest
+//!   is a list of 6-byte mutations `(datagram index u16, offset u16, value u8, op u8)`
+//!   applied to the datagrams in flight (flip a byte, truncate, drop, duplicate, append
+//!   garbage, swap the type byte). The transfer may fail, but every chunk the puller
+//!   accepts must be the exposed bytes.
+
+use super::split_datagrams;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::exposer::{Exposer, ExposerConfig};
+use crate::merkle::{self, CHUNK_SIZE};
+use crate::puller::{PullConfig, PullEvent, Puller};
+use crate::source::MemSource;
+use crate::wire;
+
+const EXPOSER_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 4433);
+const PULLER_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 50000);
+const PRIVATE_KEY: [u8; 32] = [7; 32];
+/// Three full chunks and a partial one.
+const CONTENT_LEN: usize = 3 * CHUNK_SIZE + 1234;
+
+fn content() -> Arc<Vec<u8>> {
+    Arc::new((0..CONTENT_LEN).map(|i| (i * 31 % 251) as u8).collect())
+}
+
+fn exposer(now: Instant, retry_threshold: u32) -> Exposer {
+    let cfg = ExposerConfig {
+        retry_threshold,
+        ..ExposerConfig::default()
+    };
+    let mut ex = Exposer::new(cfg, PRIVATE_KEY, now);
+    let data = content();
+    let cvs = merkle::cvs_of_bytes(&data);
+    ex.add_exposure("f", Box::new(MemSource(data)), cvs);
+    ex
+}
+
+fn decode_everything(d: &[u8]) {
+    let _ = wire::peek_type(d);
+    let _ = wire::Hello::decode(d);
+    let _ = wire::Welcome::decode(d);
+    let _ = wire::Retry::decode(d);
+    let _ = wire::Stale::decode(d);
+    let _ = wire::Request::decode(d);
+    let _ = wire::Data::decode(d);
+    let _ = wire::Manifest::decode(d);
+    let _ = wire::decode_items(d);
+    // Round trips: whatever decodes must re-encode to the same bytes.
+    if let Ok(m) = wire::Manifest::decode(d) {
+        assert_eq!(m.encode(), d, "Manifest re-encodes differently");
+    }
+    if let Ok(items) = wire::decode_items(d) {
+        assert_eq!(wire::encode_items(&items), d, "items re-encode differently");
+    }
+    if let Ok(r) = wire::Retry::decode(d) {
+        assert_eq!(r.encode(), d, "Retry re-encodes differently");
+    }
+    if let Ok(s) = wire::Stale::decode(d) {
+        assert_eq!(s.encode(), d, "Stale re-encodes differently");
+    }
+    if let Ok(w) = wire::Welcome::decode(d) {
+        assert_eq!(w.encode(), d, "Welcome re-encodes differently");
+    }
+}
+
+fn drain_puller(p: &mut Puller, now: Instant) {
+    while p.poll_transmit(now).is_some() {}
+    while let Some(ev) = p.poll_event() {
+        check_event(&ev);
+    }
+}
+
+fn check_event(ev: &PullEvent) {
+    if let PullEvent::Chunk { index, data } = ev {
+        let c = content();
+        let start = (*index as usize) * CHUNK_SIZE;
+        assert!(start < c.len(), "chunk {index} beyond the content");
+        let end = (start + CHUNK_SIZE).min(c.len());
+        assert!(
+            data.as_slice() == &c[start..end],
+            "puller accepted wrong bytes for chunk {index}"
+        );
+    }
+}
+
+fn raw(data: &[u8]) {
+    let now = Instant::now();
+    decode_everything(data);
+    let mut ex = exposer(now, 1000);
+    let mut p = Puller::new(PullConfig::new(EXPOSER_ADDR, "f"), now);
+    drain_puller(&mut p, now);
+    ex.handle(now, PULLER_ADDR, data);
+    p.handle(now, EXPOSER_ADDR, data);
+    for (i, d) in split_datagrams(data).into_iter().enumerate() {
+        let t = now + Duration::from_millis(i as u64);
+        decode_everything(d);
+        ex.handle(t, PULLER_ADDR, d);
+        p.handle(t, EXPOSER_ADDR, d);
+        // A datagram from a stranger must be ignored by the puller.
+        p.handle(t, PULLER_ADDR, d);
+        drain_puller(&mut p, t);
+        while ex.poll_transmit().is_some() {}
+    }
+    let _ = p.poll_timeout();
+    p.handle_timeout(now + Duration::from_secs(1));
+    drain_puller(&mut p, now + Duration::from_secs(1));
+}
+
+struct Mutation {
+    index: u16,
+    offset: u16,
+    value: u8,
+    op: u8,
+}
+
+/// Applies the mutations for datagram `index`; returns the datagrams to deliver.
+fn mutate(index: u16, d: &[u8], muts: &[Mutation]) -> Vec<Vec<u8>> {
+    let mut out = vec![d.to_vec()];
+    for m in muts.iter().filter(|m| m.index == index) {
+        let Some(cur) = out.last_mut() else { break };
+        let len = cur.len().max(1);
+        let at = m.offset as usize % len;
+        match m.op % 6 {
+            0 => {
+                if let Some(b) = cur.get_mut(at) {
+                    *b ^= m.value | 1;
+                }
+            }
+            1 => cur.truncate(at),
+            2 => out.clear(),
+            3 => {
+                let dup = cur.clone();
+                out.push(dup);
+            }
+            4 => cur.extend(std::iter::repeat_n(m.value, 1 + m.offset as usize % 64)),
+            _ => {
+                if cur.len() > 1 {
+                    cur[1] = m.value % 8;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn exchange(data: &[u8]) {
+    let start = Instant::now();
+    let retry_threshold = if data.first().is_some_and(|b| b & 1 == 1) {
+        0
+    } else {
+        1000
+    };
+    let muts: Vec<Mutation> = data
+        .get(1..)
+        .unwrap_or(&[])
+        .chunks_exact(6)
+        .take(64)
+        .map(|c| Mutation {
+            index: u16::from_le_bytes([c[0], c[1]]) % 256,
+            offset: u16::from_le_bytes([c[2], c[3]]),
+            value: c[4],
+            op: c[5],
+        })
+        .collect();
+    let mut ex = exposer(start, retry_threshold);
+    let mut cfg = PullConfig::new(EXPOSER_ADDR, "f");
+    cfg.idle_timeout = Duration::from_secs(5);
+    let mut p = Puller::new(cfg, start);
+    let mut counter: u16 = 0;
+    let mut now = start;
+    for _step in 0..3000 {
+        while let Some(t) = p.poll_transmit(now) {
+            for d in t.datagrams() {
+                for d in mutate(counter, &d, &muts) {
+                    ex.handle(now, PULLER_ADDR, &d);
+                }
+                counter = counter.wrapping_add(1);
+            }
+        }
+        while let Some(t) = ex.poll_transmit() {
+            assert_eq!(t.dest, PULLER_ADDR, "exposer answers only the sender");
+            for d in t.datagrams() {
+                // Loopback peers get loopback-sized datagrams (PROTOCOL.md); the
+                // assertion predated that and failed on the first seed.
+                let limit = if wire::is_loopback(PULLER_ADDR.ip()) {
+                    wire::LOOPBACK_MAX_DATAGRAM
+                } else {
+                    wire::DEFAULT_MAX_DATAGRAM
+                };
+                assert!(d.len() <= limit, "oversized datagram");
+                for d in mutate(counter, &d, &muts) {
+                    p.handle(now, EXPOSER_ADDR, &d);
+                }
+                counter = counter.wrapping_add(1);
+            }
+        }
+        let mut finished = false;
+        while let Some(ev) = p.poll_event() {
+            check_event(&ev);
+            if matches!(ev, PullEvent::Done | PullEvent::Failed(_)) {
+                finished = true;
+            }
+        }
+        if finished || p.is_finished() {
+            return;
+        }
+        match p.poll_timeout() {
+            Some(t) if t <= now => p.handle_timeout(now),
+            Some(t) => now = t.min(now + Duration::from_millis(50)),
+            None => now += Duration::from_millis(50),
+        }
+        if p.poll_timeout().is_some_and(|t| t <= now) {
+            p.handle_timeout(now);
+        }
+    }
+}
+
+/// Every file-pull decoder, and the exposer and puller state machines, fed hostile
+/// bytes (the `packet_parser` target). Byte 0 odd: a real exchange with its datagrams
+/// mutated in flight (byte 1 odd: the exposer demands a RETRY); even: raw datagrams.
+/// Nothing may panic, and the puller must never deliver bytes that differ from the
+/// exposed content.
+pub fn packet_parser(data: &[u8]) {
+    match data.split_first() {
+        Some((mode, rest)) if mode & 1 == 1 => exchange(rest),
+        Some((_, rest)) => raw(rest),
+        None => raw(data),
+    }
+}

@@ -188,6 +188,11 @@ impl Bridge {
         self.connecting
     }
 
+    /// The bridge is live and has not sent its FIN yet.
+    pub(super) fn fin_due(&self) -> bool {
+        self.failed.is_none() && !self.fin_sent
+    }
+
     /// Bytes the application wrote that have not reached the connection yet (for the
     /// exit flush), or a FIN still due.
     pub(super) fn holds_app_bytes(&self) -> bool {

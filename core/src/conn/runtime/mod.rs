@@ -782,7 +782,7 @@ pub fn flush_all(timeout: Duration) -> bool {
     let Some(e) = ENGINE.lock().clone() else {
         return true;
     };
-    e.flush(timeout)
+    e.flush(timeout, false)
 }
 
 /// At process exit: whatever the application's bridged fds hold is the last it will
@@ -794,15 +794,18 @@ pub fn exit_linger(timeout: Duration) -> bool {
     };
     e.state.lock().exiting = true;
     e.wake();
-    e.flush(timeout)
+    e.flush(timeout, true)
 }
 
 impl Engine {
-    fn flush(&self, timeout: Duration) -> bool {
+    /// Waits for `pending_work`; `exiting`: also until every bridge has sent its FIN
+    /// (the engine turns the app's silence into EOF only when it next pumps).
+    fn flush(&self, timeout: Duration, exiting: bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock();
         loop {
-            if !pending_work(&mut st) {
+            let fins_due = exiting && st.bridges.values().any(|b| b.fin_due());
+            if !fins_due && !pending_work(&mut st) {
                 return true;
             }
             let now = Instant::now();

@@ -103,6 +103,15 @@ impl Rtt {
             .max(self.rttvar / 2)
             .max(Duration::from_millis(1))
     }
+    /// How long a re-requested range may take to come back before it is asked for
+    /// again: a round trip through the writer plus its variation (as the puller's
+    /// re-request timeout, `cc::RateControl::rto`, without the blackout backoff).
+    fn rerequest(&self) -> Duration {
+        self.srtt
+            + (self.rttvar * 4)
+                .max(self.srtt / 4)
+                .max(Duration::from_millis(2))
+    }
 }
 
 /// Sliding replay window over packet numbers (WireGuard/IPsec style).
@@ -193,6 +202,8 @@ pub struct ConnStats {
     pub stream_bytes_resent: u64,
     pub stream_bytes_received: u64,
     pub wants_sent: u64,
+    /// Bytes the peer asked for again (the writer's view of loss).
+    pub stream_bytes_lost: u64,
     pub probes: u64,
     pub acks_sent: u64,
     pub migrations: u64,
@@ -241,6 +252,8 @@ pub(crate) struct Conn {
     largest_rx_at: Instant,
     sent_times: VecDeque<(u64, Instant)>,
     largest_acked_pn: Option<u64>,
+    /// When the packet `largest_acked_pn` was sent (bounds the rate model's samples).
+    largest_acked_sent: Option<Instant>,
 
     send: SendStream,
     recv: RecvStream,
@@ -339,6 +352,7 @@ impl Conn {
             largest_rx_at: now,
             sent_times: VecDeque::new(),
             largest_acked_pn: None,
+            largest_acked_sent: None,
             send: SendStream::new(0, cfg.recv_window),
             recv: RecvStream::new(cfg.recv_window),
             rtt: Rtt::new(),
@@ -521,6 +535,33 @@ impl Conn {
     pub fn srtt(&self) -> Duration {
         self.rtt.srtt
     }
+    /// Rate model, windows and recovery state in one line (traces and tests).
+    pub fn debug_state(&self) -> String {
+        format!(
+            "bw={:.1}Mb pace={:.1}Mb win={} infl={} loss={:.3} sharing={} backoff={} srtt={:?} min={:?} una={} next={} limit={} written={} retx={} probes={} | rx acked={} recvd={} limit={} gaps={} ooo={}",
+            self.cc.bandwidth() * 8e-6,
+            self.cc.pacing_rate() * 8e-6,
+            self.cc.window(),
+            self.send.in_flight(),
+            self.cc.loss(),
+            self.cc.is_sharing(),
+            self.cc.backoff,
+            self.rtt.srtt,
+            self.cc.min_rtt(),
+            self.send.una(),
+            self.send.next_new(),
+            self.send.limit(),
+            self.send.written(),
+            self.send.has_retx(),
+            self.probes,
+            self.recv.acked(),
+            self.recv.received(),
+            self.recv.limit(),
+            self.recv.gap_count(),
+            self.recv.ooo_segments(),
+        )
+    }
+
     pub fn want_writable(&mut self) {
         if self.readiness().writable_bytes > 0 || self.phase == Phase::Closed {
             self.events.push(Event::Writable);
@@ -942,6 +983,11 @@ impl Conn {
                 Frame::PathResponse(d) => self.on_path_response(now, from, d),
             }
         }
+        // A re-requested range came back: a round trip through the writer, which
+        // also keeps a reader that writes nothing informed of the path's RTT.
+        if let Some(asked) = self.recv.take_answered() {
+            self.rtt.sample(now.saturating_duration_since(asked));
+        }
         // The gaps once per packet, after all its STREAM frames (not once per frame).
         self.recv.settle(now, self.rtt.reorder_delay());
         // One PATH_RESPONSE per packet, to the last challenge in it: a response is no
@@ -1004,6 +1050,7 @@ impl Conn {
                 .partition_point(|&(pn, _)| pn < a.largest_pn);
             if let Some(&(pn, t)) = self.sent_times.get(i) {
                 if pn == a.largest_pn {
+                    self.largest_acked_sent = Some(t);
                     let raw = now.saturating_duration_since(t);
                     let delay = Duration::from_micros(a.ack_delay_us as u64);
                     let rtt = if raw > delay { raw - delay } else { raw };
@@ -1015,8 +1062,16 @@ impl Conn {
         let o = self
             .send
             .on_ack(a.acked, a.limit, a.received, a.fin, &a.want);
+        // Losses first, so the round that closes now counts them (the rate to send at
+        // is delivery over the fraction that survives, as for pulls).
+        if o.lost > 0 {
+            self.cc.on_lost(o.lost);
+            self.stats.stream_bytes_lost += o.lost;
+        }
+        self.cc.set_inflight(self.send.in_flight());
         if o.delivered > 0 {
-            self.cc.on_delivered(now, o.delivered);
+            self.cc
+                .on_delivered_sent(now, o.delivered, self.largest_acked_sent);
         }
         if o.progress() {
             self.probes = 0;
@@ -1226,7 +1281,12 @@ impl Conn {
                             .saturating_sub(ACK_FIXED_LEN + 4 * WANT_RANGE_LEN)
                             .max(1);
                         self.send.queue_probe(room);
-                        self.cc.on_timeout();
+                        // Only silence is a blackout: while the peer's packets keep
+                        // coming, the stream waits on a hole or on credit, and the
+                        // path needs its full window once that is filled.
+                        if now.saturating_duration_since(self.last_rx) >= self.rtt.pto() {
+                            self.cc.on_timeout();
+                        }
                         self.stats.probes += 1;
                     }
                     // Credit-blocked (or also probing): a PING makes the reader
@@ -1435,6 +1495,12 @@ impl Conn {
                 break;
             }
         }
+        if self.phase == Phase::Established && !self.send.has_new() && self.cc_allows_new() {
+            // Room in the window and nothing to send (the application wrote nothing,
+            // or the reader's credit is used up): this round's rate says little about
+            // the path.
+            self.cc.mark_app_limited();
+        }
         if count == 0 {
             return None;
         }
@@ -1484,12 +1550,14 @@ impl Conn {
             let want = if closed {
                 Vec::new()
             } else {
-                self.recv.due_wants(
-                    now,
-                    self.rtt.pto(),
-                    MAX_BACKOFF,
-                    (room / WANT_RANGE_LEN).min(MAX_WANT_RANGES),
-                )
+                // While the peer's packets come, every re-request timeout is one
+                // round trip through the writer. In silence (an outage) it grows with
+                // the silence, so requests thin out geometrically, up to 2 s apart;
+                // the first packet back restores it.
+                let silence = now.saturating_duration_since(self.last_rx);
+                let retry = self.rtt.rerequest().max(silence).min(MAX_BACKOFF);
+                self.recv
+                    .due_wants(now, retry, (room / WANT_RANGE_LEN).min(MAX_WANT_RANGES))
             };
             self.stats.wants_sent += want.len() as u64;
             if !want.is_empty() {

@@ -567,11 +567,14 @@ fn blackout_60s_mid_transfer() {
         w.apps.len() == 2 && w.apps[1].got.len() > (1 << 20)
     });
     let t = w.net.now;
-    let sent_before = w.net.stats.sent;
     w.net.blackouts.push((t, t + Duration::from_secs(60)));
-    w.run(Duration::from_secs(59), |_| false);
+    // What the windows held when the link died goes out in the first round trips (as
+    // a TCP flow's congestion window would); after that, a trickle.
+    w.run(Duration::from_secs(2), |_| false);
+    let sent_before = w.net.stats.sent;
+    w.run(Duration::from_secs(57), |_| false);
     let during = w.net.stats.sent - sent_before;
-    assert!(during < 400, "{during} datagrams sent into the blackout");
+    assert!(during < 100, "{during} datagrams sent into the blackout");
     w.run_until_all_closed(Duration::from_secs(300));
     assert_exchange(&w, ca, sa, &up, &down, "blackout");
     assert!(
@@ -1282,9 +1285,10 @@ fn conn_goodput(seed: u64, link: LinkConfig, size: usize) -> (f64, rgtp::conn::C
 /// not timing).
 #[test]
 fn lossy_long_fat_link_goodput() {
-    // Fractions of the 200 Mbit/s link. Before re-requests stopped doubling per
-    // attempt and the rate model learnt of losses: 77/75/37/10 %.
-    for (loss, floor) in [(0.0, 0.75), (0.01, 0.72), (0.05, 0.60), (0.10, 0.55)] {
+    // Fractions of the 200 Mbit/s link, under what this gives (84/80/72/70 %; the pull
+    // makes 85/83/75/70 % here). Before re-requests stopped doubling per attempt, the
+    // rate model learnt of losses and the windows grew with the path: 77/75/37/10 %.
+    for (loss, floor) in [(0.0, 0.80), (0.01, 0.76), (0.05, 0.66), (0.10, 0.62)] {
         if let Some(only) = std::env::var_os("RGTP_SIM_ONLY") {
             if only.to_str() != Some(&format!("{loss}")) {
                 continue;

@@ -89,6 +89,16 @@ impl SendStream {
         }
     }
 
+    /// Lets the buffer grow to `window` bytes past the first unacknowledged one (it
+    /// never shrinks).
+    pub fn grow_window(&mut self, window: u64) {
+        self.window = self.window.max(window);
+    }
+
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
     /// Sets the credit granted in the handshake (for a stream created before it).
     pub fn set_initial_limit(&mut self, limit: u64) {
         self.limit = self.limit.max(limit);
@@ -429,6 +439,10 @@ impl RecvStream {
     pub fn acked(&self) -> u64 {
         self.acked
     }
+    /// Bytes the application has read (or that were dropped for it).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
     pub fn received(&self) -> u64 {
         self.acked + self.ooo_bytes
     }
@@ -457,6 +471,19 @@ impl RecvStream {
         self.consumed += self.ready.len() as u64;
         self.ready.clear();
         self.grow_limit();
+    }
+
+    /// Grants `window` bytes of credit past what was read from now on (it never
+    /// shrinks).
+    pub fn grow_window(&mut self, window: u64) {
+        if window > self.window {
+            self.window = window;
+            self.grow_limit();
+        }
+    }
+
+    pub fn window(&self) -> u64 {
+        self.window
     }
 
     fn grow_limit(&mut self) {

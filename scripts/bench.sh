@@ -21,6 +21,11 @@
 #   4 compete   one RGTP pull and one HTTPS/TCP download sharing the link (bp_compete).
 #   5 shim      curl over RGTP (librgtp_shim.so via rgtp-run) vs curl over TCP vs
 #               rgtp-pull: only when target/release/librgtp_shim.so and rgtp-run exist.
+#   6 shimlossy the shim over the emulated link (issue 14): curl <- python3 -m http.server,
+#               both under `rgtp-run --strict`, rgtp-a <- rgtp-b, at each loss of
+#               BENCH_LOSSES, beside the same pair over plain TCP bbr and cubic in the same
+#               sitting (ratios to those rows); then one shim download sharing the link
+#               with a TCP cubic download (as part 4 does for pulls).
 #   then the ratios against the targets of issue 5, each met / not met.
 #
 # Environment (defaults; BENCH_QUICK=1 changes the ones marked *):
@@ -35,6 +40,7 @@
 #   BENCH_COMPETE_CCS="bbr cubic"*  BENCH_COMPETE_SECS=20*  BENCH_QUIC=1 (0: skip QUIC)
 #   BENCH_QUIC_BUILD_TIMEOUT=1200 (seconds; the QUIC peer is skipped if it does not build)
 #   BENCH_SHIM_BUILD=1 (0: use the shim only if already built)  BENCH_SHIM_PORT=18431
+#   BENCH_SHIM_LOSSY_MIB=128* (file size for part 6)
 #   BENCH_NO_BUILD=1 (use the binaries as they are)  and bench-peers.sh's variables.
 # Needs root, a Rust toolchain (cargo >= 1.85) and Debian's apt for the rest.
 
@@ -50,16 +56,18 @@ if [[ $BENCH_QUICK == 1 ]]; then
   BENCH_LOSSY_MIB=${BENCH_LOSSY_MIB:-64}
   BENCH_COMPETE_CCS=${BENCH_COMPETE_CCS:-"bbr"}
   BENCH_COMPETE_SECS=${BENCH_COMPETE_SECS:-8}
+  BENCH_SHIM_LOSSY_MIB=${BENCH_SHIM_LOSSY_MIB:-32}
 fi
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1320}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
-BENCH_PARTS=${BENCH_PARTS:-"loopback fanout lossy compete shim"}
+BENCH_PARTS=${BENCH_PARTS:-"loopback fanout lossy compete shim shimlossy"}
 BENCH_LOOP_DGRAMS=${BENCH_LOOP_DGRAMS:-"1200 65000"}
 BENCH_FANOUT_DGRAM=${BENCH_FANOUT_DGRAM:-1200}
 BENCH_COMPETE_CCS=${BENCH_COMPETE_CCS:-"bbr cubic"}
 BENCH_LOSSY_REPEAT=${BENCH_LOSSY_REPEAT:-1}
 BENCH_LOSSY_MIB=${BENCH_LOSSY_MIB:-256}
 BX_LOSSY_FILE=lossy-${BENCH_LOSSY_MIB}MiB.bin
+BENCH_SHIM_LOSSY_MIB=${BENCH_SHIM_LOSSY_MIB:-128}
 BENCH_QUIC=${BENCH_QUIC:-1}
 BENCH_QUIC_BUILD_TIMEOUT=${BENCH_QUIC_BUILD_TIMEOUT:-1200}
 
@@ -233,12 +241,12 @@ bx_build() {
   bx_log "building rgtp-expose / rgtp-pull (log: $BENCH_DIR/build.log)"
   (cd "$BX_ROOT" && timeout 900 cargo build --release -p rgtp --bins) >>"$BENCH_DIR/build.log" 2>&1 ||
     { bx_log "error: cargo build of rgtp failed (see $BENCH_DIR/build.log)"; return 1; }
-  if [[ " $BENCH_PARTS " == *" lossy "* || " $BENCH_PARTS " == *" compete "* ]]; then
+  if [[ " $BENCH_PARTS " == *" lossy "* || " $BENCH_PARTS " == *" compete "* || " $BENCH_PARTS " == *" shimlossy "* ]]; then
     bx_log "building linkem"
     timeout 600 cargo build --release --manifest-path "$BX_SCRIPT_DIR/linkem/Cargo.toml" >>"$BENCH_DIR/build.log" 2>&1 ||
       { bx_log "error: cargo build of linkem failed (see $BENCH_DIR/build.log)"; return 1; }
   fi
-  if [[ " $BENCH_PARTS " == *" shim "* && ${BENCH_SHIM_BUILD:-1} == 1 ]]; then
+  if [[ " $BENCH_PARTS " == *" shim"* && ${BENCH_SHIM_BUILD:-1} == 1 ]]; then
     bx_log "building the shim (librgtp_shim.so, rgtp-run)"
     (cd "$BX_ROOT" && timeout 900 cargo build --release -p rgtp-shim) >>"$BENCH_DIR/build.log" 2>&1 ||
       bx_log "warning: the shim did not build (see $BENCH_DIR/build.log): part 5 reports it as not built"
@@ -703,6 +711,104 @@ bx_shim_ns_down() {
 }
 # ===== END SHIM HOOK =======================================================================
 
+# ----------------------------------------------------------------------------- 6 shim, lossy link
+# The shim where programs need it: curl <- python3 -m http.server, both under
+# `rgtp-run --strict`, across the emulated link (server in rgtp-b, curl in rgtp-a), at each
+# loss of BENCH_LOSSES; beside the same pair over plain TCP (same programs, no shim) with
+# bbr and with cubic, in the same sitting, so every shim row has its peers of that loss.
+# Then the competing-flow check as part 4 does it for pulls: a TCP cubic HTTPS download
+# holds the link (bp_compete) and a shim download of the compete file joins it.
+bx_shimlossy_servers() { # PORT TPORT: shim server on PORT, plain TCP server on TPORT, in rgtp-b
+  local run=$BX_REL/rgtp-run i
+  ip netns exec rgtp-b "$run" --ports "$1" --strict --log-file "$BENCH_DIR/shimlossy-server.log" -- \
+    python3 -m http.server "$1" --bind "$BP_IP_B" --directory "$BENCH_DIR/www" >/dev/null 2>"$BENCH_DIR/shimlossy-server.err" &
+  BX_SL_SPID=$!
+  BX_PIDS+=("$BX_SL_SPID")
+  ip netns exec rgtp-b python3 -m http.server "$2" --bind "$BP_IP_B" --directory "$BENCH_DIR/www" \
+    >/dev/null 2>"$BENCH_DIR/shimlossy-tcp-server.err" &
+  BX_SL_TPID=$!
+  BX_PIDS+=("$BX_SL_TPID")
+  for ((i = 0; i < 50; i++)); do # bounded: ~10 s
+    timeout 5 ip netns exec rgtp-a "$run" --ports "$1" --strict -- \
+      curl -s -o /dev/null --max-time 3 "http://$BP_IP_B:$1/" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
+}
+bx_shimlossy_stop() { bx_kill "$BX_SL_SPID"; bx_kill "$BX_SL_TPID"; }
+# bx_shimlossy_one MODE(shim|bbr|cubic) LOSS PORT FILE: one download, one result line
+bx_shimlossy_one() {
+  local mode=$1 loss=$2 port=$3 file=$4 run=$BX_REL/rgtp-run c0 c1 a0 a1 b s e cc=rgtp
+  local cmd=(curl -s -o /dev/null --max-time "$BENCH_LOSSY_MAX_TIME" -w '%{size_download} %{time_total} %{exitcode}\n')
+  if [[ $mode == shim ]]; then
+    cmd=(ip netns exec rgtp-a "$run" --ports "$port" --strict -- "${cmd[@]}" "http://$BP_IP_B:$port/$file")
+  else
+    cc=$mode
+    "$BP_LOSSY_LINK" congctl "$cc" || return 1
+    cmd=(ip netns exec rgtp-a "${cmd[@]}" "http://$BP_IP_B:$((port + 1))/$file")
+  fi
+  c0=$(bp_link_counters)
+  read -r b s e <<<"$(/usr/bin/time -f '%U %S' -o "$BENCH_DIR/time-shimlossy.txt" timeout -k 5 $((BENCH_LOSSY_MAX_TIME + 20)) "${cmd[@]}" 2>/dev/null)"
+  c1=$(bp_link_counters)
+  read -r -a a0 <<<"$c0"
+  read -r -a a1 <<<"$c1"
+  local ba_in=$((a1[4] - a0[4])) ba_lost=$((a1[5] - a0[5] + a1[6] - a0[6])) ba_q=$((a1[7] - a0[7]))
+  local ab_in=$((a1[0] - a0[0])) ab_lost=$((a1[1] - a0[1] + a1[2] - a0[2]))
+  local complete=0
+  [[ ${e:-99} == 0 && ${b:-0} == "$(stat -c %s "$BENCH_DIR/www/$file")" ]] && complete=1
+  bx_emit shim_lossy mode="$mode" cc="$cc" loss_pct="$loss" loss_dir="$BENCH_LOSS_DIR" rtt_ms=$((2 * BENCH_DELAY_MS)) \
+    rate_mbit="$BENCH_RATE_MBIT" file="$file" bytes="${b:-0}" secs="${s:-0}" \
+    Mbps="$(bp_calc "${b:-0} * 8 / (${s:-0} > 0 ? ${s:-1} : 1) / 1e6" 2)" complete=$complete exit="${e:-99}" \
+    cli_cpu_s="$(awk '{printf "%.2f", $1 + $2}' "$BENCH_DIR/time-shimlossy.txt" 2>/dev/null)" \
+    link_ba_pkts=$ba_in link_ba_lost=$ba_lost link_ba_queue_drops=$ba_q \
+    link_ba_loss_pct="$(bp_calc "100 * $ba_lost / ($ba_in > 0 ? $ba_in : 1)" 2)" link_ab_pkts=$ab_in link_ab_lost=$ab_lost
+}
+bx_part_shimlossy() {
+  local so=$BX_REL/librgtp_shim.so run=$BX_REL/rgtp-run
+  if [[ ! -f $so || ! -x $run ]]; then
+    bx_emit shim_lossy state="not built yet" detail="needs $so and $run"
+    return 0
+  fi
+  local port=${BENCH_SHIM_PORT:-18431} loss mode file=shimlossy-${BENCH_SHIM_LOSSY_MIB}MiB.bin lf
+  lf=$BENCH_DIR/www/$file
+  if [[ $(stat -c %s "$lf" 2>/dev/null) != $((BENCH_SHIM_LOSSY_MIB << 20)) ]]; then
+    head -c $((BENCH_SHIM_LOSSY_MIB << 20)) "$BENCH_DIR/www/$BP_BIG" >"$lf" 2>/dev/null
+    [[ $(stat -c %s "$lf") == $((BENCH_SHIM_LOSSY_MIB << 20)) ]] || head -c $((BENCH_SHIM_LOSSY_MIB << 20)) /dev/urandom >"$lf"
+  fi
+  cat "$lf" >/dev/null # both servers read it as they send: from the page cache
+  bx_log "part 6: shim over the lossy link (loss $BENCH_LOSSES %), curl <- python3 http.server, shim vs TCP $BENCH_CCS"
+  for loss in $BENCH_LOSSES; do
+    bx_fits "shimlossy loss=$loss %" $((3 * BENCH_LOSSY_MAX_TIME + 40)) || continue
+    bp_lossy_up "$loss" >&2 || return 1
+    if bx_shimlossy_servers "$port" $((port + 1)); then
+      for mode in shim $BENCH_CCS; do
+        bx_shimlossy_one "$mode" "$loss" "$port" "$file"
+      done
+    else
+      bx_emit shim_lossy loss_pct="$loss" state="shim-run server did not answer within ~10 s: $(tail -1 "$BENCH_DIR/shimlossy-server.err")"
+    fi
+    bx_shimlossy_stop
+    bp_lossy_down
+  done
+  # compete: a TCP cubic download holds the link; a shim download of the compete file joins
+  local cmpf=$BX_CMP out=$BENCH_DIR/compete-shim.out
+  [[ $(stat -c %s "$BENCH_DIR/www/$cmpf" 2>/dev/null) == "$BX_CMP_SIZE" ]] ||
+    head -c "$BX_CMP_SIZE" "$BENCH_DIR/www/$BP_BIG" >"$BENCH_DIR/www/$cmpf"
+  [[ -s $BENCH_DIR/www/big-1GiB.bin ]] || head -c $((1 << 30)) /dev/urandom >"$BENCH_DIR/www/big-1GiB.bin"
+  bx_fits "shimlossy compete" $((BENCH_COMPETE_SECS * 3 + 30)) || return 0
+  bp_lossy_up 0 >&2 || return 1
+  "$BP_LOSSY_LINK" congctl cubic
+  if bx_shimlossy_servers "$port" $((port + 1)); then
+    rm -f "$out"
+    BP_BIG=big-1GiB.bin BP_COMPETE_LOSS=0 bp_compete "shim-vs-tcp-cubic" "@$out" -- \
+      ip netns exec rgtp-a "$run" --ports "$port" --strict -- \
+      curl -s -o "$out" --max-time $((BENCH_COMPETE_SECS * 3 - 5)) "http://$BP_IP_B:$port/$cmpf" >&2
+    rm -f "$out"
+  fi
+  bx_shimlossy_stop
+  bp_lossy_down
+}
+
 # ----------------------------------------------------------------------------- report
 # the report renderer (python3): results.jsonl of this run -> bench.txt (markdown) + bench.json
 bx_report_py() {
@@ -952,14 +1058,17 @@ for r in kind("compete"):
                      f"{extra['verified_bytes']} bytes verified")
     rate_c = r.get("rate_mbit")
     tcp = r.get("tcp_Mbps")
-    notes.append(f"over the RGTP pull's {f(r.get('secs'), 1)} s; TCP started {r.get('warmup_s')} s earlier")
+    notes.append(f"over the {'shim download' if label.startswith('shim') else 'RGTP pull'}'s {f(r.get('secs'), 1)} s; "
+                 f"TCP started {r.get('warmup_s')} s earlier")
     if num(extra.get("rerequested_fragments")):
         notes.append(f"rgtp: {extra['rerequested_fragments']} re-requested fragments")
-    rows.append((f"compete, loss {r.get('loss_pct')} %", f"RGTP pull ({cmp_size >> 20} MiB) + HTTPS TCP {r.get('tcp_cc')} download",
+    shim_cmp = label.startswith("shim")
+    who = "shim download (curl ← http.server, both under rgtp-run)" if shim_cmp else "RGTP pull"
+    rows.append((f"compete, loss {r.get('loss_pct')} %", f"{who} ({cmp_size >> 20} MiB) + HTTPS TCP {r.get('tcp_cc')} download",
                  f"RGTP {f(other, 1)} + TCP {f(tcp, 1)} Mbit/s", "–", "–", "–", "–", "; ".join(notes)))
     if num(tcp) and num(rate_c):
         share = tcp / rate_c
-        tgt(f"competing TCP {r.get('tcp_cc')} flow keeps ≥ 1/3 of the link",
+        tgt(f"{'shim: ' if shim_cmp else ''}competing TCP {r.get('tcp_cc')} flow keeps ≥ 1/3 of the link",
             f"TCP {tcp:.1f} Mbit/s = {100 * share:.0f} % of {rate_c} (RGTP {f(other, 1)})", round(share, 3), ">= 0.333", share >= 1 / 3)
 
 # ---------------------------------------------------------------- shim
@@ -992,6 +1101,46 @@ if shim_big and num(shim_big.get("ns_udp_in")) and num(shim_big.get("bytes")):
     if not crossed:
         shim_state = "measured, but the counters do not show the transfer over UDP"
         shim_big = None
+
+# ---------------------------------------------------------------- shim over the lossy link
+sl = kind("shim_lossy")
+def sl_find(mode, loss):
+    return next((r for r in sl if r.get("mode") == mode and r.get("loss_pct") == loss and num(r.get("Mbps"))), None)
+for r in sl:
+    if "state" in r:
+        rows.append((f"shim, lossy {r.get('loss_pct', '')} %", "curl ← python3 http.server, both under rgtp-run --strict",
+                     "–", "–", "–", "–", "–", str(r["state"]).replace("_", " ")))
+for loss in losses:
+    peers = {m: sl_find(m, loss) for m in ("shim", "bbr", "cubic")}
+    for mode, r in peers.items():
+        if r is None:
+            continue
+        pct = 100 * r["Mbps"] / r["rate_mbit"] if num(r.get("rate_mbit")) else None
+        what = ("curl ← python3 http.server, both under rgtp-run --strict" if mode == "shim"
+                else f"curl ← python3 http.server over TCP {mode}")
+        notes = []
+        if not r.get("complete"):
+            notes.append(f"INCOMPLETE after {r.get('secs')} s: {r.get('bytes')} bytes (curl exit {r.get('exit')})")
+        if mode == "shim":
+            for peer in ("bbr", "cubic"):
+                p = peers.get(peer)
+                if p and p["Mbps"] > 0:
+                    notes.append(f"{r['Mbps'] / p['Mbps']:.2f}× TCP {peer}")
+        notes.append(f"link b→a {r.get('link_ba_pkts')} pkts, {r.get('link_ba_lost')} lost ({r.get('link_ba_loss_pct')} %), "
+                     f"{r.get('link_ba_queue_drops')} queue drops; a→b {r.get('link_ab_pkts')} pkts, {r.get('link_ab_lost')} lost")
+        rows.append((f"shim, lossy {loss} % ({r.get('rtt_ms')} ms RTT, {r.get('rate_mbit')} Mbit/s, {env('BX_SHIM_LOSSY_MIB', '?')} MiB)", what,
+                     f"{f(r['Mbps'], 1)} Mbit/s = {f(pct, 1)} % of link", "–", "–", f(r.get("cli_cpu_s"), 2), "–", "; ".join(notes)))
+    sm, bb = peers["shim"], peers["bbr"]
+    if sm and bb and bb["Mbps"] > 0:
+        ratio = sm["Mbps"] / bb["Mbps"]
+        tgt(f"shim, lossy {loss} %: goodput ≥ TCP bbr (same programs)", f"{sm['Mbps']:.1f} vs {bb['Mbps']:.1f} Mbit/s",
+            round(ratio, 2), ">= 1", ratio >= 1)
+    need = {1: 90, 5: 85, 10: 75}.get(loss)
+    if sm and need and num(sm.get("rate_mbit")):
+        pct = 100 * sm["Mbps"] / sm["rate_mbit"]
+        tgt(f"shim, lossy {loss} %: goodput ≥ {need} % of the link", f"{sm['Mbps']:.1f} Mbit/s = {pct:.1f} %",
+            round(pct / 100, 3), f">= {need / 100}", pct >= need)
+
 rg1200 = lo_find("rgtp", "devnull", 1200) or lo_find("rgtp", "devnull")
 if shim_big and rg1200 and num(shim_big.get("MBps")) and num(rg1200.get("MBps")):
     ratio = shim_big["MBps"] / rg1200["MBps"]
@@ -1056,7 +1205,7 @@ bx_render() {
   skipped=$(printf '%s\n' "${BX_SKIPPED[@]}")
   BX_SKIPPED_TEXT=$skipped BX_ELAPSED=$(($(bx_now) - BX_T_START)) BX_BUILD_S=${BX_BUILD_S:-0} \
     BX_BIG_LABEL=$BX_BIG_LABEL BX_QUICK=$BENCH_QUICK BX_QUIC_STATE=$BX_QUIC_STATE BX_FANOUT="$BENCH_FANOUT" \
-    BX_LOSSES="$BENCH_LOSSES" BX_CMP_SIZE=$BX_CMP_SIZE BX_LOAD_START="${BX_LOAD_START:-}" BX_LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    BX_LOSSES="$BENCH_LOSSES" BX_CMP_SIZE=$BX_CMP_SIZE BX_SHIM_LOSSY_MIB=$BENCH_SHIM_LOSSY_MIB BX_LOAD_START="${BX_LOAD_START:-}" BX_LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)" \
     python3 - "$BENCH_DIR/results.jsonl" "$BP_RUN_ID" "$BENCH_DIR/bench.txt" "$BENCH_DIR/bench.json" \
     <<<"$(bx_report_py)" || { bx_log "error: the report failed"; return 1; }
   # fd 7 = the script's stdout (a trap may run inside a `... >&2` redirection)
@@ -1103,7 +1252,8 @@ bx_main() {
       lossy) bx_part_lossy ;;
       compete) bx_part_compete ;;
       shim) bx_part_shim ;;
-      *) bx_log "unknown part $part (loopback fanout lossy compete shim)" ;;
+      shimlossy) bx_part_shimlossy ;;
+      *) bx_log "unknown part $part (loopback fanout lossy compete shim shimlossy)" ;;
     esac
   done
 }

@@ -96,6 +96,9 @@ pub struct RateControl {
     /// Bytes requested and not yet delivered, as last reported by the puller.
     inflight: u64,
     round_start: Instant,
+    /// When the newest packet delivered at the round's start was sent (writers that
+    /// learn of delivery through acknowledgements; see `on_delivered_sent`).
+    round_sent_start: Option<Instant>,
     round_delivered: u64,
     round_lost: u64,
     /// Smoothed fraction of requested bytes that were lost.
@@ -171,6 +174,7 @@ impl RateControl {
             last_round_min_rtt: None,
             inflight: 0,
             round_start: now,
+            round_sent_start: None,
             round_delivered: 0,
             round_lost: 0,
             loss: 0.0,
@@ -221,6 +225,7 @@ impl RateControl {
     /// wait does not count as a round with nothing delivered).
     pub fn start_round(&mut self, now: Instant) {
         self.round_start = now;
+        self.round_sent_start = None;
         self.round_delivered = 0;
     }
 
@@ -279,13 +284,30 @@ impl RateControl {
 
     /// Records newly delivered bytes; closes a measurement round every RTT.
     pub fn on_delivered(&mut self, now: Instant, bytes: u64) {
+        self.on_delivered_sent(now, bytes, None);
+    }
+
+    /// As `on_delivered`, for a sender that learns of delivery from acknowledgements:
+    /// `sent_at` is when the newest packet they cover was sent. Acknowledgements can
+    /// bunch up on the way back (a queue they wait in empties), and a round measured
+    /// between their arrivals alone would then see more delivered than the path
+    /// carries (BBR bounds its rate samples by the send interval for this reason;
+    /// connections saw 260 Mbit/s "delivered" over a 200 Mbit/s link). So a round
+    /// lasts at least as long as the sending of what it delivered took.
+    pub fn on_delivered_sent(&mut self, now: Instant, bytes: u64, sent_at: Option<Instant>) {
         self.backoff = 0;
         self.round_delivered += bytes;
-        let elapsed = now.saturating_duration_since(self.round_start);
+        let acked_elapsed = now.saturating_duration_since(self.round_start);
         let round = self.srtt.max(Duration::from_millis(1));
-        if elapsed < round {
+        if acked_elapsed < round {
             return;
         }
+        let sent_elapsed = match (self.round_sent_start, sent_at) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a),
+            _ => Duration::ZERO,
+        };
+        let elapsed = acked_elapsed.max(sent_elapsed);
+        self.round_sent_start = sent_at;
         let rate = self.round_delivered as f64 / elapsed.as_secs_f64();
         let lost = self.round_lost;
         let sent = self.round_delivered + lost;
@@ -316,7 +338,14 @@ impl RateControl {
         self.update_shared(now, congested);
         let app_limited = std::mem::take(&mut self.app_limited);
         if app_limited && rate < self.btl_bw {
-            // Says nothing about the path, and must not end startup.
+            // Says nothing about the path, and must not end startup by a rate that
+            // stopped growing. A queue that stood through the round and overflowed
+            // still does: a sender whose data comes in bursts (a connection whose
+            // reader's credit opens in steps) would otherwise stay in start-up, and
+            // send every burst at its gain.
+            if self.mode == Mode::Startup && self.startup_overflowed(lost > 0) {
+                self.mode = Mode::Drain;
+            }
             return;
         }
         self.bw_samples.push_back(rate);
@@ -330,7 +359,7 @@ impl RateControl {
     fn advance_mode(&mut self, now: Instant, lost: bool) {
         match self.mode {
             Mode::Startup => {
-                if lost && self.last_round_min_rtt.is_some_and(|r| !self.near_min(r)) {
+                if self.startup_overflowed(lost) {
                     // Loss with the whole round above the minimum (the checks' tighter
                     // margin): a queue stands and overflows now. Waiting three rounds
                     // for the rate to stop growing would only overflow it more. Not the
@@ -372,6 +401,12 @@ impl RateControl {
                 }
             }
         }
+    }
+
+    /// Start-up lost data with every RTT sample of the round above the minimum (the
+    /// checks' tighter margin): a queue stands and overflows.
+    fn startup_overflowed(&self, lost: bool) -> bool {
+        lost && self.last_round_min_rtt.is_some_and(|r| !self.near_min(r))
     }
 
     /// More of the round's data was lost than the path's own loss explains (three

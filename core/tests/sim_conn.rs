@@ -567,11 +567,14 @@ fn blackout_60s_mid_transfer() {
         w.apps.len() == 2 && w.apps[1].got.len() > (1 << 20)
     });
     let t = w.net.now;
-    let sent_before = w.net.stats.sent;
     w.net.blackouts.push((t, t + Duration::from_secs(60)));
-    w.run(Duration::from_secs(59), |_| false);
+    // What the windows held when the link died goes out in the first round trips (as
+    // a TCP flow's congestion window would); after that, a trickle.
+    w.run(Duration::from_secs(2), |_| false);
+    let sent_before = w.net.stats.sent;
+    w.run(Duration::from_secs(57), |_| false);
     let during = w.net.stats.sent - sent_before;
-    assert!(during < 400, "{during} datagrams sent into the blackout");
+    assert!(during < 100, "{during} datagrams sent into the blackout");
     w.run_until_all_closed(Duration::from_secs(300));
     assert_exchange(&w, ca, sa, &up, &down, "blackout");
     assert!(
@@ -1211,4 +1214,94 @@ fn garbage_datagrams_are_dropped_without_effect() {
     while w.nodes[1].ep.poll_transmit(now).is_some() {}
     w.run_until_all_closed(Duration::from_secs(30));
     assert_exchange(&w, ca, sa, &up, &down, "garbage");
+}
+
+/// A long fat path, as the pull's goodput tests use: 40 ms RTT, 200 Mbit/s, a 50 ms
+/// drop-tail queue, random loss in both directions.
+fn long_fat_link(loss: f64) -> LinkConfig {
+    LinkConfig {
+        delay: Duration::from_millis(20),
+        loss,
+        rate: 25_000_000,
+        queue_bytes: 1_250_000,
+        ..Default::default()
+    }
+}
+
+/// One connection's goodput (Mbit/s of stream bytes, server to client, from connect
+/// to EOF) over `link` with the default configuration (as the shim uses it), and the
+/// sender's stats.
+fn conn_goodput(seed: u64, link: LinkConfig, size: usize) -> (f64, rgtp::conn::ConnStats) {
+    let mut w = World::new(seed, link);
+    let s = w.add_node(server_addr(), ConnConfig::default(), StaticKey::generate());
+    let c = w.add_node(client_addr(1), ConnConfig::default(), StaticKey::generate());
+    let down = data(seed, size);
+    w.listen(
+        s,
+        AppSpec {
+            out: down.clone(),
+            shutdown: true,
+            ..Default::default()
+        },
+    );
+    let ca = w.connect(
+        c,
+        server_addr(),
+        AppSpec {
+            shutdown: true,
+            ..Default::default()
+        },
+    );
+    let start = w.net.now;
+    let trace = std::env::var_os("RGTP_SIM_TRACE").is_some();
+    let mut next_print = start;
+    w.run(Duration::from_secs(600), |w| {
+        if trace && w.net.now >= next_print && w.apps.len() == 2 {
+            next_print = w.net.now + Duration::from_millis(200);
+            println!(
+                "t={:.2} got={} | {}\n    reader: {}",
+                (w.net.now - start).as_secs_f64(),
+                w.apps[ca].got.len(),
+                w.nodes[s].ep.conn_debug(w.apps[1].id).unwrap_or_default(),
+                w.nodes[c].ep.conn_debug(w.apps[ca].id).unwrap_or_default()
+            );
+        }
+        w.apps[ca].eof
+    });
+    let secs = (w.net.now - start).as_secs_f64();
+    assert_eq!(
+        w.apps[ca].got.len(),
+        size,
+        "seed {seed}: incomplete after {secs:.1} s"
+    );
+    assert!(w.apps[ca].got == down, "seed {seed}: bytes differ");
+    let st = w.nodes[s].ep.conn_stats(w.apps[1].id).unwrap_or_default();
+    println!("  link {:?}", w.net.stats);
+    (size as f64 * 8.0 / secs / 1e6, st)
+}
+
+/// Goodput of one connection on the long fat path at 0/1/5/10 % loss in both
+/// directions, as a fraction of the link (virtual time and fixed seeds: behaviour,
+/// not timing).
+#[test]
+fn lossy_long_fat_link_goodput() {
+    // Fractions of the 200 Mbit/s link, under what this gives (84/80/72/70 %; the pull
+    // makes 85/83/75/70 % here). Before re-requests stopped doubling per attempt, the
+    // rate model learnt of losses and the windows grew with the path: 77/75/37/10 %.
+    for (loss, floor) in [(0.0, 0.80), (0.01, 0.76), (0.05, 0.66), (0.10, 0.62)] {
+        if let Some(only) = std::env::var_os("RGTP_SIM_ONLY") {
+            if only.to_str() != Some(&format!("{loss}")) {
+                continue;
+            }
+        }
+        let (mbps, st) = conn_goodput(21, long_fat_link(loss), 64 << 20);
+        println!(
+            "loss {loss}: {mbps:.1} Mbit/s ({:.0} % of the link) {st:?}",
+            mbps / 2.0
+        );
+        assert!(
+            mbps >= floor * 200.0,
+            "loss {loss}: {mbps:.1} Mbit/s < {floor} of the link: {st:?}"
+        );
+    }
 }

@@ -924,6 +924,12 @@ impl Endpoint {
         self.conns.get(&id).map(|c| c.srtt())
     }
 
+    /// A one-line summary of a connection's rate and loss-recovery state (for logs and
+    /// the simulator's traces).
+    pub fn conn_debug(&self, id: ConnId) -> Option<String> {
+        self.conns.get(&id).map(|c| c.debug_state())
+    }
+
     /// Connection IDs of every connection still held (for drivers and tests).
     pub fn conn_ids(&self) -> Vec<ConnId> {
         self.conns.keys().copied().collect()

@@ -97,8 +97,14 @@ pub struct ConnConfig {
     /// interface's MTU is 64 KiB, as TCP uses there).
     pub loopback_max_datagram: usize,
     /// Receive window: the credit granted ahead of the application's reads, and the
-    /// bound on the memory each direction's buffers use.
+    /// bound on the memory each direction's buffers use, at first.
     pub recv_window: u64,
+    /// What the windows may grow to (never below `recv_window`): each side grows its
+    /// own to 8 round trips of what it measures the path delivering, so that holes
+    /// asked for several times on a lossy long path do not stall the stream (TCP
+    /// autotunes its buffers for the same reason). On a short path they stay at
+    /// `recv_window`.
+    pub max_recv_window: u64,
     /// A connection that hears nothing from its peer for this long fails with
     /// `TimedOut`. The smaller of the two ends' values applies.
     pub idle_timeout: Duration,
@@ -118,6 +124,7 @@ impl Default for ConnConfig {
             max_datagram: crate::wire::DEFAULT_MAX_DATAGRAM,
             loopback_max_datagram: crate::wire::LOOPBACK_MAX_DATAGRAM,
             recv_window: 4 << 20,
+            max_recv_window: 32 << 20,
             idle_timeout: Duration::from_secs(120),
             keepalive: None,
             handshake_timeout: Duration::from_secs(10),

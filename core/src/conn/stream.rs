@@ -60,6 +60,9 @@ pub struct AckOutcome {
     pub credit_grew: bool,
     /// The FIN was acknowledged by this ACK.
     pub fin_acked: bool,
+    /// Bytes the reader asked for again that were not already queued to go again:
+    /// sent and lost (or, rarely, late). The rate model's loss signal.
+    pub lost: u64,
 }
 
 impl AckOutcome {
@@ -84,6 +87,16 @@ impl SendStream {
             retx: BTreeMap::new(),
             peer_received: 0,
         }
+    }
+
+    /// Lets the buffer grow to `window` bytes past the first unacknowledged one (it
+    /// never shrinks).
+    pub fn grow_window(&mut self, window: u64) {
+        self.window = self.window.max(window);
+    }
+
+    pub fn window(&self) -> u64 {
+        self.window
     }
 
     /// Sets the credit granted in the handshake (for a stream created before it).
@@ -213,13 +226,22 @@ impl SendStream {
             let s = s.max(self.una);
             let e = s.saturating_add(l as u64).min(self.next_new);
             if s < e {
-                self.add_retx(s, e);
+                out.lost += self.add_retx(s, e);
             }
         }
         out
     }
 
-    fn add_retx(&mut self, mut s: u64, mut e: u64) {
+    /// Queues `[s, e)` to go again; returns how many of its bytes were not queued yet.
+    fn add_retx(&mut self, mut s: u64, mut e: u64) -> u64 {
+        let mut queued = 0;
+        if let Some((_, &pe)) = self.retx.range(..s).next_back() {
+            queued += pe.min(e).saturating_sub(s);
+        }
+        for (&ns, &ne) in self.retx.range(s..e) {
+            queued += ne.min(e) - ns;
+        }
+        let fresh = (e - s).saturating_sub(queued);
         // Merge with overlapping or adjacent ranges.
         if let Some((&ps, &pe)) = self.retx.range(..=s).next_back() {
             if pe >= s {
@@ -236,6 +258,7 @@ impl SendStream {
             self.retx.remove(&ns);
         }
         self.retx.insert(s, e);
+        fresh
     }
 
     /// Bytes of the stream at `[offset, offset + len)` appended to `out`.
@@ -303,7 +326,7 @@ impl SendStream {
         let end = self.next_new;
         let start = end.saturating_sub(max as u64).max(self.una);
         if start < end {
-            self.add_retx(start, end);
+            let _ = self.add_retx(start, end);
         }
         if self.fin_sent && !self.fin_acked {
             self.fin_resend = true;
@@ -314,7 +337,7 @@ impl SendStream {
     /// to have lost the packets that carried it).
     pub fn resend_all(&mut self) {
         if self.una < self.next_new {
-            self.add_retx(self.una, self.next_new);
+            let _ = self.add_retx(self.una, self.next_new);
         }
         if self.fin_sent && !self.fin_acked {
             self.fin_resend = true;
@@ -353,6 +376,8 @@ struct Gap {
     end: u64,
     due: Instant,
     tries: u32,
+    /// When it was last asked for.
+    asked_at: Option<Instant>,
 }
 
 /// Why incoming stream data was rejected.
@@ -385,6 +410,10 @@ pub struct RecvStream {
     gaps_stale: bool,
     /// The application is gone: acknowledge and drop whatever arrives.
     discard: bool,
+    /// When the gap that the latest data filled (in part) had been asked for, if it
+    /// had been asked for exactly once: that data is most likely the answer, so the
+    /// time since is a round trip through the writer (see `take_answered`).
+    answered: Option<Instant>,
 }
 
 impl RecvStream {
@@ -403,11 +432,16 @@ impl RecvStream {
             gaps: Vec::new(),
             gaps_stale: false,
             discard: false,
+            answered: None,
         }
     }
 
     pub fn acked(&self) -> u64 {
         self.acked
+    }
+    /// Bytes the application has read (or that were dropped for it).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
     }
     pub fn received(&self) -> u64 {
         self.acked + self.ooo_bytes
@@ -437,6 +471,19 @@ impl RecvStream {
         self.consumed += self.ready.len() as u64;
         self.ready.clear();
         self.grow_limit();
+    }
+
+    /// Grants `window` bytes of credit past what was read from now on (it never
+    /// shrinks).
+    pub fn grow_window(&mut self, window: u64) {
+        if window > self.window {
+            self.window = window;
+            self.grow_limit();
+        }
+    }
+
+    pub fn window(&self) -> u64 {
+        self.window
     }
 
     fn grow_limit(&mut self) {
@@ -510,6 +557,7 @@ impl RecvStream {
         let start = offset.max(self.acked);
         let gaps_before = !self.ooo.is_empty();
         if start < end {
+            self.note_answer(start);
             let lo = (start - offset) as usize;
             let hi = (end - offset) as usize;
             self.insert(start, &data[lo..hi]);
@@ -532,6 +580,23 @@ impl RecvStream {
             self.gaps_stale = false;
             self.update_gaps(now, reorder_delay);
         }
+    }
+
+    /// Data at `offset` arrived: if it falls in a gap asked for once, remember when.
+    /// (`gaps` may lag by the packet's earlier frames; a gap they filled in part still
+    /// holds the rest.)
+    fn note_answer(&mut self, offset: u64) {
+        let i = self.gaps.partition_point(|g| g.end <= offset);
+        if let Some(g) = self.gaps.get(i) {
+            if g.start <= offset && g.tries == 1 {
+                self.answered = g.asked_at;
+            }
+        }
+    }
+
+    /// When the gap the latest data answered had been asked for (once), taken.
+    pub fn take_answered(&mut self) -> Option<Instant> {
+        self.answered.take()
     }
 
     fn insert(&mut self, start: u64, data: &[u8]) {
@@ -644,6 +709,7 @@ impl RecvStream {
                         end: gs,
                         due: fresh,
                         tries: 0,
+                        asked_at: None,
                     });
                 }
                 if gs < ge {
@@ -662,6 +728,7 @@ impl RecvStream {
                     end: he,
                     due: fresh,
                     tries: 0,
+                    asked_at: None,
                 });
             }
         }
@@ -674,15 +741,11 @@ impl RecvStream {
         self.gaps.iter().map(|g| g.due).min()
     }
 
-    /// Gaps due now, as (offset, length), with their timers pushed back by `rto`
-    /// doubled per earlier attempt (capped at `max_backoff`).
-    pub fn due_wants(
-        &mut self,
-        now: Instant,
-        rto: Duration,
-        max_backoff: Duration,
-        max: usize,
-    ) -> Vec<(u64, u32)> {
+    /// Gaps due now, as (offset, length), with their timers pushed back by `retry`.
+    /// (Not doubled per attempt: on a lossy path a range is lost again as often as the
+    /// first time, and each doubling stalled the stream behind it. The caller backs
+    /// `retry` off when nothing arrives at all.)
+    pub fn due_wants(&mut self, now: Instant, retry: Duration, max: usize) -> Vec<(u64, u32)> {
         debug_assert!(!self.gaps_stale, "settle() after on_data()");
         let mut out = Vec::new();
         for g in &mut self.gaps {
@@ -694,12 +757,9 @@ impl RecvStream {
             }
             let len = (g.end - g.start).min(u32::MAX as u64) as u32;
             out.push((g.start, len));
-            let back = rto
-                .checked_mul(1u32 << g.tries.min(10))
-                .unwrap_or(max_backoff)
-                .min(max_backoff);
-            g.due = now + back;
+            g.due = now + retry;
             g.tries += 1;
+            g.asked_at = Some(now);
         }
         out
     }
@@ -761,8 +821,8 @@ mod tests {
         assert_eq!(r.readable(), 0);
         assert_eq!(r.received(), 5);
         assert_eq!(r.gap_count(), 1);
-        assert!(r.due_wants(t, d, d * 8, 8).is_empty());
-        let w = r.due_wants(t + d, d, d * 8, 8);
+        assert!(r.due_wants(t, d * 8, 8).is_empty());
+        let w = r.due_wants(t + d, d * 8, 8);
         assert_eq!(w, vec![(0, 10)]);
         r.on_data(0, b"abcd", false).unwrap();
         r.settle(t, d);
@@ -850,7 +910,7 @@ mod tests {
         // What was not stored is a gap like any other: one tail gap past the last
         // segment, up to the highest offset seen.
         assert_eq!(r.gap_count(), MAX_OOO_SEGMENTS + 1);
-        let w = r.due_wants(t + d, d, d, usize::MAX);
+        let w = r.due_wants(t + d, d, usize::MAX);
         assert_eq!(w.last(), Some(&(2 * MAX_OOO_SEGMENTS as u64, 2 * 1000)));
         // A duplicate, or a piece beyond the cap below the highest offset, changes
         // nothing: no walk over the segments for it.

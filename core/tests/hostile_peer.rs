@@ -446,19 +446,23 @@ fn spoofed_inits_fill_at_most_half_the_table() {
     ec.max_half_open = 64;
     let mut ep = Endpoint::new(ec, t0);
     ep.set_listening(true);
+    let send_init =
+        |ep: &mut Endpoint, now: Instant, from: SocketAddr, cid: u64, token: &[u8], msg1: &[u8]| {
+            let init = Packet::Init {
+                src_cid: cid,
+                token,
+                noise: msg1,
+            }
+            .encode();
+            ep.handle(now, from, &init);
+            drain(ep, now)
+                .into_iter()
+                .find(|(a, _)| *a == from)
+                .map(|(_, d)| d)
+        };
     let answer_to = |ep: &mut Endpoint, now: Instant, from: SocketAddr, cid: u64, token: &[u8]| {
         let hs = ClientHandshake::start(&StaticKey::generate().private, cid).unwrap();
-        let init = Packet::Init {
-            src_cid: cid,
-            token,
-            noise: &hs.msg1,
-        }
-        .encode();
-        ep.handle(now, from, &init);
-        drain(ep, now)
-            .into_iter()
-            .find(|(a, _)| *a == from)
-            .map(|(_, d)| d)
+        send_init(ep, now, from, cid, token, &hs.msg1)
     };
     let (mut responses, mut retries) = (0, 0);
     for i in 0..200u64 {
@@ -474,14 +478,16 @@ fn spoofed_inits_fill_at_most_half_the_table() {
     }
     assert_eq!((responses, retries), (32, 168));
     assert_eq!(ep.half_open_count(), 32);
-    // A real client answers the RETRY with its cookie and gets a RESPONSE.
+    // A real client answers the RETRY with its cookie and gets a RESPONSE; it re-sends
+    // the same first Noise message, since a cookie validates one handshake attempt.
     let real = addr("192.0.2.77:5000");
     let now = t0 + ms(300);
-    let retry = answer_to(&mut ep, now, real, 7, &[]).expect("a RETRY");
+    let hs = ClientHandshake::start(&StaticKey::generate().private, 7).unwrap();
+    let retry = send_init(&mut ep, now, real, 7, &[], &hs.msg1).expect("a RETRY");
     let Ok(Packet::Retry { token, .. }) = cw::decode(&retry) else {
         panic!("not a RETRY")
     };
     let token = token.to_vec();
-    let resp = answer_to(&mut ep, now, real, 7, &token).expect("an answer to the token");
+    let resp = send_init(&mut ep, now, real, 7, &token, &hs.msg1).expect("an answer to the token");
     assert!(matches!(cw::decode(&resp), Ok(Packet::Response { .. })));
 }

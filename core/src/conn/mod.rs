@@ -20,6 +20,7 @@
 
 mod connection;
 mod endpoint;
+mod liveness;
 pub mod noise;
 pub mod runtime;
 pub mod stream;

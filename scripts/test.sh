@@ -70,6 +70,8 @@ command -v socat >/dev/null || APT+=(socat)
 command -v python3 >/dev/null || APT+=(python3)
 # netcat-openbsd specifically: -N and -q behave as the tests expect.
 dpkg -s netcat-openbsd >/dev/null 2>&1 || APT+=(netcat-openbsd)
+# ip and tc: the roaming tests' network namespaces (tests/tests/roaming.rs).
+{ command -v ip >/dev/null && command -v tc >/dev/null; } || APT+=(iproute2)
 command -v cc >/dev/null || APT+=(build-essential)
 if ! command -v cargo >/dev/null && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   command -v curl >/dev/null || APT+=(curl ca-certificates)

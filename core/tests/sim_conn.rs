@@ -609,6 +609,48 @@ fn nat_rebinding_mid_transfer() {
     }
 }
 
+/// A download whose reader's own address changes (a new IP, or a NAT rebinding while
+/// it only receives): everything sent to the old address is lost and the reader has
+/// nothing of its own to send. It must speak up by itself, so the writer sees the new
+/// address and moves there, rather than wait for a keepalive (15 s).
+#[test]
+fn reader_address_change_mid_download() {
+    for seed in seed_base()..seed_base() + 4 {
+        let link = LinkConfig {
+            delay: Duration::from_millis(5 + (seed % 4) * 5),
+            loss: (seed % 4) as f64 * 0.02,
+            rate: 5_000_000,
+            ..Default::default()
+        };
+        let (mut w, ca, sa, up, down) = pair(50 + seed, link, 0, 6 << 20);
+        w.run(Duration::from_secs(60), |w| {
+            w.apps.len() == 2 && w.apps[ca].got.len() > (1 << 20)
+        });
+        let (t, got) = (w.net.now, w.apps[ca].got.len());
+        let new_addr: SocketAddr = "203.0.113.10:45001".parse().unwrap();
+        w.nodes[1].external = new_addr;
+        w.run(Duration::from_secs(30), |w| {
+            w.apps[ca].got.len() > got + (512 << 10)
+        });
+        let stall = w.net.now - t;
+        assert!(
+            stall < Duration::from_secs(2),
+            "seed {seed}: the download stalled {stall:?} after the reader moved"
+        );
+        w.run_until_all_closed(Duration::from_secs(120));
+        assert_exchange(
+            &w,
+            ca,
+            sa,
+            &up,
+            &down,
+            &format!("reader moved, seed {seed}"),
+        );
+        let sid = w.apps[sa].id;
+        assert_eq!(w.nodes[0].ep.peer_addr(sid), Some(new_addr));
+    }
+}
+
 /// A spoofed packet copy from another address does not move the connection: the path
 /// check fails there and traffic stays on the real path.
 #[test]

@@ -8,6 +8,7 @@ use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::liveness::SilenceProbe;
 use super::noise::{ClientHandshake, Established, Transport};
 use super::stream::{RecvStream, SendStream};
 use super::wire::{
@@ -296,6 +297,8 @@ pub(crate) struct Conn {
 
     path_probe: Option<PathProbe>,
     path_responses: Vec<(SocketAddr, [u8; 8])>,
+    /// A reader's PINGs when data stops arriving (its own address may have changed).
+    silence: SilenceProbe,
 
     /// The application released its handle (close or abort).
     pub released: bool,
@@ -394,6 +397,7 @@ impl Conn {
             state_logged_at: now,
             path_probe: None,
             path_responses: Vec::new(),
+            silence: SilenceProbe::default(),
             released: false,
             linger_deadline: None,
             reset_pending: None,
@@ -966,6 +970,7 @@ impl Conn {
         let mut eliciting = false;
         let mut immediate = false;
         let mut challenge = None;
+        let mut data = false;
         for f in frames {
             match f {
                 Frame::Ping => {
@@ -973,10 +978,15 @@ impl Conn {
                     immediate = true;
                 }
                 Frame::Ack(a) => self.on_ack(now, &a),
-                Frame::Stream { offset, data, fin } => {
+                Frame::Stream {
+                    offset,
+                    data: bytes,
+                    fin,
+                } => {
                     eliciting = true;
+                    data = true;
                     let before = self.recv.received();
-                    match self.recv.on_data(offset, data, fin) {
+                    match self.recv.on_data(offset, bytes, fin) {
                         Ok(changed) => {
                             immediate |= changed || fin;
                         }
@@ -1014,6 +1024,8 @@ impl Conn {
         }
         // The gaps once per packet, after all its STREAM frames (not once per frame).
         self.recv.settle(now, self.rtt.reorder_delay());
+        self.silence
+            .on_receive(now, data, self.rtt.pto(), MAX_BACKOFF);
         // One PATH_RESPONSE per packet, to the last challenge in it: a response is no
         // larger than the packet that asked, so even toward an address nobody has
         // validated it cannot amplify (a packet packed with challenges had one
@@ -1194,6 +1206,21 @@ impl Conn {
         self.ack_dirty = true;
     }
 
+    /// The driver saw this host's addresses or routes change: our packets may now
+    /// leave from another address, and the peer keeps sending to the old one until it
+    /// hears from the new. Speak up at once (the peer validates the new address),
+    /// keep probing while nothing comes back, and let a writer's probe timer start
+    /// again from its base rather than from a backed-off interval.
+    pub fn local_path_changed(&mut self, now: Instant) {
+        if self.phase != Phase::Established {
+            return;
+        }
+        self.ping_pending = true;
+        self.silence.restart(now, self.rtt.pto(), MAX_BACKOFF);
+        self.probes = 0;
+        self.pto_anchor = now;
+    }
+
     // --------------------------------------------------------------- timers
 
     fn pto(&self) -> Duration {
@@ -1268,6 +1295,11 @@ impl Conn {
                 }
                 if !self.confirmed && self.finish_pkt.is_some() && !self.finish_pending {
                     at(self.finish_sent_at + self.finish_rto());
+                }
+                if !self.ping_pending {
+                    if let Some(s) = self.silence.next_timeout() {
+                        at(s);
+                    }
                 }
                 if let Some(p) = &self.path_probe {
                     if let (Some(s), false) = (p.sent_at, p.pending) {
@@ -1363,6 +1395,13 @@ impl Conn {
                     && now >= self.finish_sent_at + self.finish_rto()
                 {
                     self.finish_pending = true;
+                }
+                let waits = !self.recv.complete() && self.recv.limit() > self.recv.acked();
+                if self
+                    .silence
+                    .on_timeout(now, waits, self.rtt.pto(), MAX_BACKOFF)
+                {
+                    self.ping_pending = true;
                 }
                 let pto = self.pto().max(Duration::from_millis(10));
                 if let Some(p) = &mut self.path_probe {

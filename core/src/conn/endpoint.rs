@@ -326,6 +326,19 @@ impl Endpoint {
         }
     }
 
+    /// The driver saw this host's addresses or routes change: every established
+    /// connection lets its peer hear from wherever its packets now leave (see
+    /// `docs/PROTOCOL-connections.md`, "Path migration").
+    pub fn local_path_changed(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.local_path_changed(now);
+            }
+            self.after(id, now);
+        }
+    }
+
     fn stateless_allowed(&mut self, now: Instant) -> bool {
         let (start, n) = self.stateless_window;
         if now.saturating_duration_since(start) >= Duration::from_secs(1) {

@@ -21,6 +21,7 @@
 mod connection;
 mod endpoint;
 mod half_open;
+mod liveness;
 pub mod noise;
 pub mod runtime;
 pub mod stream;

@@ -41,6 +41,7 @@ use crate::udp::{self, Receiver, Sender};
 
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
+const TOKEN_ROUTES: u64 = 2;
 const TOKEN_SOCK: u64 = 1 << 32;
 const TOKEN_BRIDGE: u64 = 2 << 32;
 const TOKEN_MAILBOX: u64 = 3 << 32;
@@ -194,6 +195,8 @@ pub(crate) struct Engine {
     epfd: OwnedFd,
     wake: OwnedFd,
     timer: OwnedFd,
+    /// Address and route changes (netlink), if the host lets us listen for them.
+    routes: Option<OwnedFd>,
     sender: Sender,
     /// Notified whenever any connection made progress (for `flush_all`).
     progress: Condvar,
@@ -272,6 +275,21 @@ impl Engine {
         for fd in [&epfd, &wake, &timer] {
             hooks().fd_opened(fd.as_raw_fd());
         }
+        // Without it a client that moves is found again by its silence probes and
+        // keepalives, only later.
+        let routes = sys::new_route_watch()
+            .and_then(|fd| {
+                sys::epoll_add(
+                    epfd.as_raw_fd(),
+                    fd.as_raw_fd(),
+                    libc::EPOLLIN as u32,
+                    TOKEN_ROUTES,
+                )?;
+                hooks().fd_opened(fd.as_raw_fd());
+                Ok(fd)
+            })
+            .map_err(|e| tracing::debug!("rgtp: no address-change notices: {e}"))
+            .ok();
         Ok(Engine {
             state: Mutex::new(State {
                 socks: Vec::new(),
@@ -293,6 +311,7 @@ impl Engine {
             epfd,
             wake,
             timer,
+            routes,
             sender: Sender::default(),
             progress: Condvar::new(),
         })
@@ -547,6 +566,14 @@ impl Engine {
             } else if token == TOKEN_TIMER {
                 sys::drain_fd(self.timer.as_raw_fd());
                 st.armed = None;
+            } else if token == TOKEN_ROUTES {
+                let changed = self
+                    .routes
+                    .as_ref()
+                    .is_some_and(|fd| sys::drain_route_watch(fd.as_raw_fd()));
+                if changed {
+                    self.local_path_changed(st, now);
+                }
             } else if token >= TOKEN_MAILBOX {
                 receive_mailbox(st, (token - TOKEN_MAILBOX) as usize, now);
             } else if token >= TOKEN_BRIDGE {
@@ -567,6 +594,21 @@ impl Engine {
             }
         }
         self.service(st, now);
+    }
+
+    /// This host's addresses or routes changed: client connections may now leave
+    /// from another address (the sockets are bound to the wildcard, so the kernel
+    /// picks the new one), and they tell their peers at once. Servers stay put.
+    fn local_path_changed(&self, st: &mut State, now: Instant) {
+        for i in [st.client_v4, st.client_v6].into_iter().flatten() {
+            if let Some(s) = st.socks.get_mut(i).and_then(|s| s.as_mut()) {
+                tracing::debug!(
+                    "rgtp: local addresses or routes changed; probing from {}",
+                    s.local
+                );
+                s.ep.local_path_changed(now);
+            }
+        }
     }
 
     /// Timers, accepts, bridges, output and events for every socket.

@@ -247,3 +247,118 @@ pub(super) fn drain_errqueue(sock: &UdpSocket, mut f: impl FnMut(SocketAddr)) {
         }
     }
 }
+
+/// A netlink socket that hears when this host's addresses or routes change (both
+/// families): a client's packets may then leave from another address.
+pub(super) fn new_route_watch() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; checked.
+    let fd = os_err(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: just created, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain data; all-zero is valid.
+    let mut sa: libc::sockaddr_nl = unsafe { zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV6_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV6_ROUTE) as u32;
+    // SAFETY: bind with a pointer to a live sockaddr_nl and its size.
+    os_err(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Reads what a [`new_route_watch`] socket holds; true if an address or route was
+/// added or removed (or notices were lost, which may have been such changes).
+pub(super) fn drain_route_watch(fd: RawFd) -> bool {
+    let mut changed = false;
+    let mut buf = [0u64; 1024];
+    for _ in 0..64 {
+        // SAFETY: reads at most `size_of_val(&buf)` bytes into a live buffer.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                std::mem::size_of_val(&buf),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                changed = true;
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: `buf` is u64-aligned and holds `n` initialised bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
+        changed |= route_messages_change(bytes);
+    }
+    changed
+}
+
+/// Whether a netlink datagram holds an address or route notice.
+fn route_messages_change(mut b: &[u8]) -> bool {
+    const HDR: usize = 16; // nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32
+    while b.len() >= HDR {
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        if matches!(
+            ty,
+            libc::RTM_NEWADDR | libc::RTM_DELADDR | libc::RTM_NEWROUTE | libc::RTM_DELROUTE
+        ) {
+            return true;
+        }
+        let step = (len + 3) & !3;
+        if len < HDR || step > b.len() {
+            break;
+        }
+        b = &b[step..];
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: u16, body: usize) -> Vec<u8> {
+        let len = 16 + body;
+        let mut m = (len as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.resize(len, 0);
+        m.resize((len + 3) & !3, 0);
+        m
+    }
+
+    #[test]
+    fn route_notices_are_recognised_and_garbage_is_not() {
+        assert!(route_messages_change(&msg(libc::RTM_DELADDR, 8)));
+        let mut two = msg(libc::NLMSG_NOOP as u16, 5);
+        two.extend(msg(libc::RTM_NEWROUTE, 12));
+        assert!(route_messages_change(&two));
+        assert!(!route_messages_change(&msg(libc::RTM_NEWLINK, 8)));
+        assert!(!route_messages_change(&[0xff; 7]));
+        // A length that runs past the end, or is too short to step over, stops the walk.
+        let mut bad = msg(libc::NLMSG_NOOP as u16, 0);
+        bad[0] = 200;
+        bad.extend(msg(libc::RTM_NEWADDR, 0));
+        assert!(!route_messages_change(&bad));
+        assert!(!route_messages_change(&[0u8; 32]));
+    }
+}

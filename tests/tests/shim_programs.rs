@@ -329,13 +329,26 @@ fn nginx_case(daemon: bool) {
     }
 }
 
-/// Kills a process we started (nginx's daemon, which is not our child) by pid.
+/// Kills a process we started (nginx's daemon, which is not our child) by pid, and
+/// waits (bounded) until it is gone: nginx's master stops its workers on SIGTERM, so a
+/// SIGKILL that followed too soon would leave them running.
 struct KillOnDrop(i32);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         // SAFETY: signalling the nginx master this test started (its pid file).
         unsafe { libc::kill(self.0, libc::SIGTERM) };
-        thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            // Gone, or a zombie waiting for its parent (the test's Proc) to reap it.
+            let stat = fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            if matches!(state, None | Some("Z")) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -418,6 +431,7 @@ fn nginx_workers_serve_connections_on_their_own_engines() {
         .trim()
         .parse()
         .unwrap();
+    let _guard = KillOnDrop(master);
     wait_until("nginx's RGTP listener", Duration::from_secs(20), || {
         udp_bound(port)
     });
@@ -454,8 +468,6 @@ fn nginx_workers_serve_connections_on_their_own_engines() {
         "no nginx worker ran an RGTP engine (master's engine: {:?} ticks; workers {workers:?})",
         engine_ticks(master)
     );
-    // SAFETY: signalling the nginx master this test started.
-    unsafe { libc::kill(master, libc::SIGTERM) };
 }
 
 fn nc_listen(t: &TestDir, port: u16, stdin: Option<&Path>, out: Option<&Path>) -> Proc {

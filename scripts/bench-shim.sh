@@ -24,7 +24,7 @@ W=$(mktemp -d /tmp/rgtp-bench-shim.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$W"/nginx-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in "$W"/nginx-*.pid; do kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true; done
   sleep 0.3
   rm -rf "$W"
 }

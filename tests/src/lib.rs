@@ -79,6 +79,30 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The LD_PRELOAD shim among the built binaries (fails the test if it is missing).
+pub fn shim() -> PathBuf {
+    let p = bin_dir().join("librgtp_shim.so");
+    assert!(
+        p.is_file(),
+        "{} missing: cargo build --release -p rgtp-shim",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test (never skips it) when a real program it needs is not installed.
+pub fn need(program: &str) {
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{program} is not installed (scripts/test.sh installs it)"
+    );
+}
+
 /// Directory holding `rgtp-expose` and `rgtp-pull`.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp_e2e::{b3sum, bin_dir, write_random_file, Proc, TestDir};
+use rgtp_e2e::{b3sum, bin_dir, need, write_random_file, Proc, TestDir};
 
 /// Flood sources on the veth interface (the attack used 100).
 const SOURCES: u32 = 100;
@@ -106,18 +106,6 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
-}
-
-fn need(program: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{program} is not installed (scripts/test.sh installs it)"
-    );
 }
 
 fn rgtp_run() -> PathBuf {

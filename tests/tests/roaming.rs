@@ -8,13 +8,13 @@
 //! every test here fails with a message saying so.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp_e2e::{b3sum, bin_dir, write_random_file, Proc, TestDir, MIB};
+use rgtp_e2e::{b3sum, need, shim, write_random_file, Proc, TestDir, MIB};
 
 const PORT: u16 = 5001;
 const SERVER_IP: &str = "10.77.0.1";
@@ -25,28 +25,6 @@ const SIZE: u64 = 30 * MIB;
 /// How long a transfer may take after the disruption ended: the shim must finish
 /// within it, plain TCP must not.
 const AFTER_EVENT: Duration = Duration::from_secs(25);
-
-fn shim() -> PathBuf {
-    let p = bin_dir().join("librgtp_shim.so");
-    assert!(
-        p.is_file(),
-        "{} missing: cargo build --release -p rgtp-shim",
-        p.display()
-    );
-    p
-}
-
-fn need(program: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{program} is not installed (scripts/test.sh installs it)"
-    );
-}
 
 /// Runs `ip ARGS...`; panics with its stderr if it fails.
 fn ip(args: &[&str]) {

@@ -13,29 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp_e2e::{b3sum, bin_dir, write_random_file, Proc, TestDir};
-
-fn shim() -> PathBuf {
-    let p = bin_dir().join("librgtp_shim.so");
-    assert!(
-        p.is_file(),
-        "{} missing: cargo build --release -p rgtp-shim",
-        p.display()
-    );
-    p
-}
-
-fn need(program: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{program} is not installed (scripts/test.sh installs it)"
-    );
-}
+use rgtp_e2e::{b3sum, need, shim, write_random_file, Proc, TestDir};
 
 /// A port free for both TCP and UDP on 127.0.0.1, below the kernel's ephemeral range
 /// (as servers' ports are), so no other test's client socket can be handed it between

@@ -252,6 +252,39 @@ fn nginx_conf(t: &TestDir, www: &Path, port: u16, daemon: bool) -> PathBuf {
     conf
 }
 
+/// Starts nginx under the shim (strict) and waits for its master's pid and its RGTP
+/// listener. Returns the launching process and a guard that stops the master.
+fn start_nginx(t: &TestDir, www: &Path, port: u16, daemon: bool) -> (Proc, KillOnDrop) {
+    let conf = nginx_conf(t, www, port, daemon);
+    let mut c = shimmed(t, "nginx", port, true);
+    c.arg("-e")
+        .arg(t.join("nginx-stderr.log"))
+        .arg("-c")
+        .arg(&conf);
+    let mut launcher = Proc::spawn(c, "nginx", t.path(), false);
+    if daemon {
+        // The launching process exits at once; the daemon carries the listener.
+        let st = launcher
+            .wait_for(Duration::from_secs(30))
+            .expect("nginx did not daemonize");
+        assert!(st.success(), "nginx failed: {}", launcher.stderr());
+    }
+    let pidfile = t.join(format!("nginx-{port}.pid"));
+    wait_until("nginx's pid file", Duration::from_secs(20), || {
+        pidfile.is_file()
+    });
+    let master: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let guard = KillOnDrop(master);
+    wait_until("nginx's RGTP listener", Duration::from_secs(20), || {
+        udp_bound(port)
+    });
+    (launcher, guard)
+}
+
 fn nginx_case(daemon: bool) {
     need("nginx");
     need("curl");
@@ -265,33 +298,7 @@ fn nginx_case(daemon: bool) {
     fs::create_dir_all(&www).unwrap();
     write_random_file(&www.join("f.bin"), 16 << 20, "nginx");
     let port = free_port();
-    let conf = nginx_conf(&t, &www, port, daemon);
-    let mut c = shimmed(&t, "nginx", port, true);
-    c.arg("-e")
-        .arg(t.join("nginx-stderr.log"))
-        .arg("-c")
-        .arg(&conf);
-    let mut launcher = Proc::spawn(c, "nginx", t.path(), false);
-    let pidfile = t.join(format!("nginx-{port}.pid"));
-    if daemon {
-        // The launching process exits at once; the daemon carries the listener.
-        let st = launcher
-            .wait_for(Duration::from_secs(30))
-            .expect("nginx did not daemonize");
-        assert!(st.success(), "nginx failed: {}", launcher.stderr());
-    }
-    wait_until("nginx's pid file", Duration::from_secs(20), || {
-        pidfile.is_file()
-    });
-    let master: i32 = fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillOnDrop(master);
-    wait_until("nginx's RGTP listener", Duration::from_secs(20), || {
-        udp_bound(port)
-    });
+    let (_launcher, _guard) = start_nginx(&t, &www, port, daemon);
     assert_udp_only(port);
     for client in ["curl", "wget"] {
         let out = t.join(format!("{client}.out"));
@@ -393,26 +400,8 @@ fn nginx_workers_serve_connections_on_their_own_engines() {
     write_random_file(&www.join("f.bin"), 8 << 20, "nginx-workers");
     let want = b3sum(&www.join("f.bin"));
     let port = free_port();
-    let conf = nginx_conf(&t, &www, port, false);
-    let mut c = shimmed(&t, "nginx", port, true);
-    c.arg("-e")
-        .arg(t.join("nginx-stderr.log"))
-        .arg("-c")
-        .arg(&conf);
-    let _nginx = Proc::spawn(c, "nginx", t.path(), false);
-    let pidfile = t.join(format!("nginx-{port}.pid"));
-    wait_until("nginx's pid file", Duration::from_secs(20), || {
-        pidfile.is_file()
-    });
-    let master: i32 = fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillOnDrop(master);
-    wait_until("nginx's RGTP listener", Duration::from_secs(20), || {
-        udp_bound(port)
-    });
+    let (_nginx, guard) = start_nginx(&t, &www, port, false);
+    let master = guard.0;
     let curl = |i: usize| {
         let out = t.join(format!("c{i}.out"));
         let mut c = shimmed(&t, "curl", port, true);

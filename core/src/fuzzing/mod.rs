@@ -145,6 +145,7 @@ fn conn_raw(rest: &[u8]) {
     drain(&mut client, later);
 }
 
+/// One change to the datagrams of a fuzzed exchange: which datagram, where, what.
 struct Mutation {
     index: u16,
     offset: u16,
@@ -152,7 +153,24 @@ struct Mutation {
     op: u8,
 }
 
-fn mutate(index: u16, d: &[u8], muts: &[Mutation]) -> Vec<Vec<u8>> {
+/// Reads up to 64 mutations (6 bytes each) from the fuzzer's input; datagram indices
+/// wrap at `datagrams`.
+fn parse_mutations(rest: &[u8], datagrams: u16) -> Vec<Mutation> {
+    rest.chunks_exact(6)
+        .take(64)
+        .map(|c| Mutation {
+            index: u16::from_le_bytes([c[0], c[1]]) % datagrams,
+            offset: u16::from_le_bytes([c[2], c[3]]),
+            value: c[4],
+            op: c[5],
+        })
+        .collect()
+}
+
+/// Applies the mutations for datagram `index`; returns the datagrams to deliver (none,
+/// it, a damaged copy, duplicates). A type rewrite picks among the 8 types from
+/// `first_type`, so it lands on packets the receiver parses.
+fn mutate(index: u16, d: &[u8], muts: &[Mutation], first_type: u8) -> Vec<Vec<u8>> {
     let mut out = vec![d.to_vec()];
     for m in muts.iter().filter(|m| m.index == index) {
         let Some(cur) = out.last_mut() else { break };
@@ -172,7 +190,7 @@ fn mutate(index: u16, d: &[u8], muts: &[Mutation]) -> Vec<Vec<u8>> {
             4 => cur.extend(std::iter::repeat_n(m.value, 1 + m.offset as usize % 64)),
             _ => {
                 if cur.len() > 1 {
-                    cur[1] = cw::FIRST_TYPE + m.value % 8;
+                    cur[1] = first_type + m.value % 8;
                 }
             }
         }
@@ -181,16 +199,7 @@ fn mutate(index: u16, d: &[u8], muts: &[Mutation]) -> Vec<Vec<u8>> {
 }
 
 fn conn_exchange(retry: bool, rest: &[u8]) {
-    let muts: Vec<Mutation> = rest
-        .chunks_exact(6)
-        .take(64)
-        .map(|c| Mutation {
-            index: u16::from_le_bytes([c[0], c[1]]) % 128,
-            offset: u16::from_le_bytes([c[2], c[3]]),
-            value: c[4],
-            op: c[5],
-        })
-        .collect();
+    let muts = parse_mutations(rest, 128);
     let start = Instant::now();
     let (mut server, mut client) = endpoints(start, retry);
     let Ok(cid) = client.connect(start, sa(SERVER)) else {
@@ -215,7 +224,7 @@ fn conn_exchange(retry: bool, rest: &[u8]) {
             if to != sa(SERVER) {
                 continue;
             }
-            for m in mutate(counter, &d, &muts) {
+            for m in mutate(counter, &d, &muts, cw::FIRST_TYPE) {
                 server.handle(now, sa(CLIENT), &m);
             }
             counter = counter.wrapping_add(1);
@@ -225,7 +234,7 @@ fn conn_exchange(retry: bool, rest: &[u8]) {
             if to != sa(CLIENT) {
                 continue;
             }
-            for m in mutate(counter, &d, &muts) {
+            for m in mutate(counter, &d, &muts, cw::FIRST_TYPE) {
                 client.handle(now, sa(SERVER), &m);
             }
             counter = counter.wrapping_add(1);

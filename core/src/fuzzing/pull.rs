@@ -11,7 +11,7 @@
 //!   garbage, swap the type byte). The transfer may fail, but every chunk the puller
 //!   accepts must be the exposed bytes.
 
-use super::split_datagrams;
+use super::{mutate, parse_mutations, split_datagrams};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,43 +117,6 @@ fn raw(data: &[u8]) {
     drain_puller(&mut p, now + Duration::from_secs(1));
 }
 
-struct Mutation {
-    index: u16,
-    offset: u16,
-    value: u8,
-    op: u8,
-}
-
-/// Applies the mutations for datagram `index`; returns the datagrams to deliver.
-fn mutate(index: u16, d: &[u8], muts: &[Mutation]) -> Vec<Vec<u8>> {
-    let mut out = vec![d.to_vec()];
-    for m in muts.iter().filter(|m| m.index == index) {
-        let Some(cur) = out.last_mut() else { break };
-        let len = cur.len().max(1);
-        let at = m.offset as usize % len;
-        match m.op % 6 {
-            0 => {
-                if let Some(b) = cur.get_mut(at) {
-                    *b ^= m.value | 1;
-                }
-            }
-            1 => cur.truncate(at),
-            2 => out.clear(),
-            3 => {
-                let dup = cur.clone();
-                out.push(dup);
-            }
-            4 => cur.extend(std::iter::repeat_n(m.value, 1 + m.offset as usize % 64)),
-            _ => {
-                if cur.len() > 1 {
-                    cur[1] = m.value % 8;
-                }
-            }
-        }
-    }
-    out
-}
-
 fn exchange(data: &[u8]) {
     let start = Instant::now();
     let retry_threshold = if data.first().is_some_and(|b| b & 1 == 1) {
@@ -161,18 +124,7 @@ fn exchange(data: &[u8]) {
     } else {
         1000
     };
-    let muts: Vec<Mutation> = data
-        .get(1..)
-        .unwrap_or(&[])
-        .chunks_exact(6)
-        .take(64)
-        .map(|c| Mutation {
-            index: u16::from_le_bytes([c[0], c[1]]) % 256,
-            offset: u16::from_le_bytes([c[2], c[3]]),
-            value: c[4],
-            op: c[5],
-        })
-        .collect();
+    let muts = parse_mutations(data.get(1..).unwrap_or(&[]), 256);
     let mut ex = exposer(start, retry_threshold);
     let mut cfg = PullConfig::new(EXPOSER_ADDR, "f");
     cfg.idle_timeout = Duration::from_secs(5);
@@ -182,7 +134,7 @@ fn exchange(data: &[u8]) {
     for _step in 0..3000 {
         while let Some(t) = p.poll_transmit(now) {
             for d in t.datagrams() {
-                for d in mutate(counter, &d, &muts) {
+                for d in mutate(counter, &d, &muts, 0) {
                     ex.handle(now, PULLER_ADDR, &d);
                 }
                 counter = counter.wrapping_add(1);
@@ -199,7 +151,7 @@ fn exchange(data: &[u8]) {
                     wire::DEFAULT_MAX_DATAGRAM
                 };
                 assert!(d.len() <= limit, "oversized datagram");
-                for d in mutate(counter, &d, &muts) {
+                for d in mutate(counter, &d, &muts, 0) {
                     p.handle(now, EXPOSER_ADDR, &d);
                 }
                 counter = counter.wrapping_add(1);

@@ -189,13 +189,7 @@ impl RgtpStream {
             .waiters
             .get_mut(&(self.sock, self.id))
             .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))?;
-        if w.efd.is_none() {
-            let fd = sys::new_eventfd()?;
-            // Start readable, so the first poll re-checks the state.
-            sys::signal_eventfd(fd.as_raw_fd());
-            w.efd = Some(fd);
-        }
-        Ok(w.efd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
+        sys::readiness_eventfd(&mut w.efd)
     }
 
     /// Resets the readiness eventfd (after a poll said it is readable). Call before
@@ -608,12 +602,7 @@ impl RgtpListener {
         let s = st.socks[self.sock]
             .as_mut()
             .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))?;
-        if s.accept_efd.is_none() {
-            let fd = sys::new_eventfd()?;
-            sys::signal_eventfd(fd.as_raw_fd());
-            s.accept_efd = Some(fd);
-        }
-        Ok(s.accept_efd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
+        sys::readiness_eventfd(&mut s.accept_efd)
     }
 
     pub fn clear_readiness(&self) {

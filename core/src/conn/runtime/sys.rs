@@ -75,6 +75,19 @@ pub(super) fn signal_eventfd(fd: RawFd) {
     }
 }
 
+/// The readiness eventfd kept in `slot`, made on first use and readable at once, so
+/// the first poll makes its owner re-check the state.
+pub(super) fn readiness_eventfd(slot: &mut Option<OwnedFd>) -> io::Result<RawFd> {
+    if let Some(fd) = slot {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd = new_eventfd()?;
+    signal_eventfd(fd.as_raw_fd());
+    let raw = fd.as_raw_fd();
+    *slot = Some(fd);
+    Ok(raw)
+}
+
 /// Resets an eventfd or timerfd.
 pub(super) fn drain_fd(fd: RawFd) {
     let mut v: u64 = 0;

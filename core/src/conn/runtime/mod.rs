@@ -37,6 +37,7 @@ pub use stream::{socketpair, ListenerOptions, RgtpListener, RgtpStream, StreamOp
 
 use super::{ConnConfig, ConnId, ConnState, ConnectOptions, Endpoint, EndpointConfig, Event};
 use crate::keys::StaticKey;
+use crate::transmit::Transmit;
 use crate::udp::{self, Receiver, Sender};
 
 const TOKEN_WAKE: u64 = 0;
@@ -125,6 +126,8 @@ struct State {
     /// When the timerfd fires next.
     armed: Option<Instant>,
     scratch: Vec<u8>,
+    /// What an endpoint produced, sent in one batch (`Sender::send_many`).
+    out: Vec<Transmit>,
     /// Batched receiver, used by whichever thread holds the lock and reads a socket.
     rx: Receiver,
 }
@@ -306,6 +309,7 @@ impl Engine {
                 exiting: false,
                 armed: None,
                 scratch: vec![0; BRIDGE_CHUNK],
+                out: Vec::new(),
                 rx: Receiver::default(),
             }),
             epfd,
@@ -465,16 +469,18 @@ impl Engine {
             bridge_of,
             to_pump,
             to_accept,
+            out,
             ..
         } = &mut *st;
         let Some(s) = socks.get_mut(i).and_then(|s| s.as_mut()) else {
             return;
         };
+        out.clear();
         while let Some(t) = s.ep.poll_transmit(now) {
-            if let Err(e) = self.sender.send(&s.udp, &t) {
-                tracing::debug!("send to {}: {e}", t.dest);
-            }
+            out.push(t);
         }
+        self.sender.send_many(&s.udp, out);
+        out.clear();
         let mut any = false;
         let mut wake = false;
         while let Some((id, ev)) = s.ep.poll_event() {

@@ -13,6 +13,7 @@ use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::admission::{BusyWindow, RetryBudget};
 use super::connection::{Conn, ConnStats};
 use super::half_open::{source_of, HalfOpen, HalfOpens, Source};
 use super::noise::ServerHandshake;
@@ -34,8 +35,11 @@ pub struct EndpointStats {
     /// full.
     pub half_opens_evicted: u64,
     /// Validated INITs dropped because their source used up its handshakes for this
-    /// second while busy.
+    /// second while busy (`BusyWindow`).
     pub busy_source_drops: u64,
+    /// INITs without a token dropped, unanswered, because their socket address had
+    /// its RETRYs for this second while busy.
+    pub retry_budget_drops: u64,
     pub refusals_sent: u64,
     pub stateless_resets_sent: u64,
     /// Bytes sent by the endpoint itself (handshake and stateless replies).
@@ -64,7 +68,9 @@ pub struct Endpoint {
     half_open: HalfOpens,
     /// Validated handshakes started per source in the current second while busy
     /// (`busy_handshakes_per_source`).
-    busy_window: (Instant, HashMap<Source, u32>),
+    busy_window: BusyWindow,
+    /// RETRYs per socket address this second, while busy.
+    retry_budget: RetryBudget,
     accept_queue: VecDeque<ConnId>,
     reset_tokens: HashMap<[u8; RESET_TOKEN_LEN], ConnId>,
     next_id: u64,
@@ -106,7 +112,8 @@ impl Endpoint {
             conns: BTreeMap::new(),
             by_cid: HashMap::new(),
             half_open: HalfOpens::default(),
-            busy_window: (now, HashMap::new()),
+            busy_window: BusyWindow::new(now),
+            retry_budget: RetryBudget::new(now),
             accept_queue: VecDeque::new(),
             reset_tokens: HashMap::new(),
             next_id: 1,
@@ -436,7 +443,15 @@ impl Endpoint {
         let source_full = self.half_open.count(&source) >= self.cfg.max_half_open_per_source;
         if !validated {
             if busy || source_full {
-                self.send_retry(now, from, len, client_cid, binding);
+                if self
+                    .retry_budget
+                    .allow(now, from, self.cfg.busy_retries_per_source)
+                {
+                    self.send_retry(now, from, len, client_cid, binding);
+                } else {
+                    self.stats.retry_budget_drops += 1;
+                    self.stats.dropped += 1;
+                }
             } else if self.half_open.len() >= self.cfg.max_half_open {
                 self.stats.dropped += 1;
             } else {
@@ -476,20 +491,13 @@ impl Endpoint {
     /// Counts a validated handshake against its source's per-second budget while busy;
     /// false when the budget is used up.
     fn busy_budget(&mut self, now: Instant, source: Source) -> bool {
-        if now.saturating_duration_since(self.busy_window.0) >= Duration::from_secs(1) {
-            self.busy_window = (now, HashMap::new());
-        }
-        let counts = &mut self.busy_window.1;
-        // Bounded: beyond this many sources in one second, new ones wait for the next.
-        if counts.len() >= 4 * self.cfg.max_half_open && !counts.contains_key(&source) {
-            return false;
-        }
-        let n = counts.entry(source).or_insert(0);
-        if *n >= self.cfg.busy_handshakes_per_source {
-            return false;
-        }
-        *n += 1;
-        true
+        self.busy_window.admit(
+            now,
+            source,
+            self.cfg.busy_handshakes_per_source,
+            self.cfg.busy_handshakes,
+            4 * self.cfg.max_half_open,
+        )
     }
 
     /// The stateless first reply under load: a cookie sealed to the client's address

@@ -18,6 +18,7 @@
 //!   blocking `RgtpStream` / `RgtpListener`, and bridges between connections and
 //!   kernel stream fds (what the LD_PRELOAD shim uses).
 
+mod admission;
 mod connection;
 mod endpoint;
 mod half_open;
@@ -157,6 +158,16 @@ pub struct EndpointConfig {
     /// every RETRY can demand is bounded per address it really owns, so it cannot crowd
     /// out the CPU and the table another source needs.
     pub busy_handshakes_per_source: u32,
+    /// While busy, most handshakes per second in all, beyond each source's first of
+    /// the second (which is always admitted, so a new client gets in however many
+    /// handshakes flooders ask for): bounds the Diffie-Hellman work a flood of many
+    /// owned addresses demands.
+    pub busy_handshakes: u32,
+    /// While busy, most RETRYs per second to one socket address (port included, so a
+    /// spoofer must guess a client's port to spend its budget): beyond, its INITs are
+    /// dropped before any cryptography, which keeps the server reading faster than a
+    /// flood of owned addresses fills its socket.
+    pub busy_retries_per_source: u16,
     /// Most established connections waiting in the accept queue; INITs beyond are
     /// dropped (the client retries), as a full SYN queue does.
     pub accept_backlog: usize,
@@ -182,6 +193,8 @@ impl EndpointConfig {
             max_half_open: 4096,
             max_half_open_per_source: 64,
             busy_handshakes_per_source: 8,
+            busy_handshakes: 256,
+            busy_retries_per_source: 64,
             accept_backlog: 1024,
             reset_key,
             stateless_rate: 2000,

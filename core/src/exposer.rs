@@ -17,6 +17,7 @@ use crate::crypto::{
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::replay::{ReplayFilter, Verdict};
+use crate::retry::{self, HandshakeRate};
 use crate::sealed::SealedStore;
 use crate::source::{ChunkSource, CipherCache};
 use crate::transmit::{Gather, SharedBytes, Transmit};
@@ -139,7 +140,7 @@ pub struct Exposer {
     cache: CipherCache,
     transmits: VecDeque<Transmit>,
     buckets: HashMap<IpAddr, Bucket>,
-    handshake_window: (Instant, u32),
+    handshake_rate: HandshakeRate,
     replay: ReplayFilter,
     scratch: Vec<u8>,
     pub stats: ExposerStats,
@@ -158,7 +159,7 @@ impl Exposer {
             cache,
             transmits: VecDeque::new(),
             buckets: HashMap::new(),
-            handshake_window: (now, 0),
+            handshake_rate: HandshakeRate::new(now),
             replay: ReplayFilter::new(),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             stats: ExposerStats::default(),
@@ -262,28 +263,15 @@ impl Exposer {
         let Ok(hello) = Hello::decode(datagram) else {
             return false;
         };
-        let (start, _) = self.handshake_window;
-        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
-            self.handshake_window = (now, 0);
-        }
-        self.handshake_window.1 += 1;
-        let busy = self.handshake_window.1 > self.config.retry_threshold;
+        let busy = self.handshake_rate.tick(now) > self.config.retry_threshold;
         // A token must be a valid RETRY cookie for this very address. Any other token
         // counts as none: a RETRY spoofed to the puller must not make every HELLO it
         // sends afterwards worthless.
+        let now_ms = self.now_ms(now);
         let validated = !hello.token.is_empty()
-            && self.token_key.open(hello.token).is_some_and(|c| {
-                !c.session && same_addr(&c.addr, &from) && c.expires_ms >= self.now_ms(now)
-            });
+            && retry::cookie_valid(&self.token_key, hello.token, from, now_ms, [0; 16]);
         if !validated && busy {
-            let cookie = self.token_key.seal(&TokenClaims {
-                session: false,
-                addr: from,
-                expires_ms: self.now_ms(now) + 10_000,
-                exposure: [0; 16],
-                max_datagram: 0,
-                request_key: [0; 32],
-            });
+            let cookie = retry::seal_cookie(&self.token_key, from, now_ms, [0; 16]);
             self.stats.retries_sent += 1;
             let pkt = Retry { token: &cookie }.encode();
             debug_assert!(pkt.len() < datagram.len());

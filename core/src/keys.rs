@@ -13,20 +13,16 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use snow::params::DHChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 
-use crate::sidecar::sync_parent_dir;
+use crate::atomic_file::{sync_parent_dir, temp_sibling};
 use crate::url::{format_host_port, hex, parse_hex32, parse_host_port};
-
-/// The Noise pattern whose DH function the static key belongs to.
-const NOISE_PARAMS: &str = "Noise_NX_25519_ChaChaPoly_BLAKE2s";
 
 /// An exposer's static X25519 key pair.
 #[derive(Clone, PartialEq, Eq)]
@@ -135,8 +131,9 @@ impl StaticKey {
     }
 }
 
+/// The pull handshake's Noise parameters: the static key's DH function is theirs.
 fn noise_params() -> snow::params::NoiseParams {
-    NOISE_PARAMS
+    crate::handshake::NOISE_PARAMS
         .parse()
         .expect("NOISE_PARAMS is a valid constant pattern")
 }
@@ -144,16 +141,11 @@ fn noise_params() -> snow::params::NoiseParams {
 /// Write the key to a new file `tmp` (mode 0600), fsync it, then hard-link it to `path`,
 /// which fails with `AlreadyExists` instead of replacing an existing key.
 fn write_key_then_link(tmp: &Path, path: &Path, key: &StaticKey) -> io::Result<()> {
-    // `tmp` is unique to this call; truncating only clears a leftover from a crash.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)?;
-    f.write_all(format!("{}\n", hex(&key.private)).as_bytes())?;
-    f.sync_all()?;
-    drop(f);
+    crate::atomic_file::create_new_synced(
+        tmp,
+        format!("{}\n", hex(&key.private)).as_bytes(),
+        0o600,
+    )?;
     match fs::hard_link(tmp, path) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists && !path.exists() => {
             // Filesystems without hard links: rename instead, losing only the
@@ -256,14 +248,6 @@ fn exposed_note(path: &Path) -> Option<String> {
 
 /// A temporary name next to `path`, unique among live processes and threads, so
 /// concurrent writers never share (or truncate) each other's temporary file.
-fn temp_sibling(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut s = OsString::from(path.as_os_str());
-    s.push(format!(".tmp.{}.{n}", std::process::id()));
-    PathBuf::from(s)
-}
-
 /// The public key as 64 lowercase hex digits, for display and comparison by humans.
 pub fn fingerprint(public: &[u8; 32]) -> String {
     hex(public)
@@ -493,24 +477,7 @@ fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
             .mode(0o700)
             .create(dir)?;
     }
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_parent_dir(path)
+    crate::atomic_file::replace(path, contents.as_bytes(), 0o600)
 }
 
 #[cfg(test)]

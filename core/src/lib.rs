@@ -9,6 +9,7 @@
 //! `puller`, `cc` are sans-IO state machines (no sockets, no clocks); `udp`,
 //! `sidecar`, `keys` and the binaries do the I/O.
 
+pub(crate) mod atomic_file;
 pub mod bitset;
 pub mod cc;
 pub mod conn;
@@ -21,6 +22,7 @@ pub mod merkle;
 pub mod output;
 pub mod puller;
 pub mod replay;
+pub(crate) mod retry;
 pub mod sealed;
 pub mod sidecar;
 pub mod sim;

@@ -25,11 +25,9 @@
 //! Neither the sidecar nor its temporary is ever opened through a symlink: the directory
 //! may be shared, and a planted link must not make us read or overwrite another file.
 
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 use crate::bitset::ChunkSet;
 use crate::merkle::Hash;
@@ -91,22 +89,6 @@ fn chunks_of(size: u64, chunk_size: u32) -> u64 {
 }
 
 /// A fresh temporary name beside `path` that nobody can guess ahead (and plant).
-fn tmp_path(path: &Path) -> PathBuf {
-    let r: [u8; 8] = crate::crypto::random_bytes();
-    let mut s = OsString::from(path.as_os_str());
-    s.push(format!(".tmp.{}", crate::url::hex(&r)));
-    PathBuf::from(s)
-}
-
-/// Fsync the directory holding `path`, so a rename into it survives a crash.
-pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
 impl Sidecar {
     /// Fresh state for a download with nothing verified yet.
     pub fn new(root: Hash, size: u64, chunk_size: u32) -> Sidecar {
@@ -217,27 +199,7 @@ impl Sidecar {
     /// over `path`, fsync the directory.
     pub fn store(&self, path: &Path) -> io::Result<()> {
         let data = self.to_bytes()?;
-        let tmp = tmp_path(path);
-        let result = (|| {
-            use std::os::unix::fs::OpenOptionsExt;
-            // Exclusive: never an existing file, never through a link.
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            // Best effort: do not leave a stray temporary behind; the error that matters
-            // is the original one.
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        sync_parent_dir(path)
+        crate::atomic_file::replace(path, &data, 0o600)
     }
 }
 
@@ -245,6 +207,8 @@ impl Sidecar {
 mod tests {
     use super::*;
     use crate::merkle::CHUNK_SIZE;
+    use std::fs;
+    use std::path::PathBuf;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

@@ -19,7 +19,8 @@ use super::half_open::{source_of, HalfOpen, HalfOpens, Source};
 use super::noise::ServerHandshake;
 use super::wire::{self as cw, Packet, TransportParams, RESET_TOKEN_LEN};
 use super::{ConnConfig, ConnId, ConnState, EndpointConfig, Event, Readiness};
-use crate::crypto::{random_bytes, same_addr, TokenClaims, TokenKey};
+use crate::crypto::{random_bytes, same_addr, TokenKey};
+use crate::retry::{self, HandshakeRate};
 use crate::transmit::Transmit;
 
 /// Counters for tests, logs and benchmarks.
@@ -55,9 +56,6 @@ pub struct ConnectOptions {
     pub config: Option<ConnConfig>,
 }
 
-/// How long a RETRY cookie is good for.
-const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
-
 pub struct Endpoint {
     cfg: EndpointConfig,
     token_key: TokenKey,
@@ -80,7 +78,7 @@ pub struct Endpoint {
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     timer_at: HashMap<ConnId, Instant>,
     events: VecDeque<(ConnId, Event)>,
-    handshake_window: (Instant, u32),
+    handshake_rate: HandshakeRate,
     stateless_window: (Instant, u32),
     open_buf: Vec<u8>,
     pub stats: EndpointStats,
@@ -123,7 +121,7 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             timer_at: HashMap::new(),
             events: VecDeque::new(),
-            handshake_window: (now, 0),
+            handshake_rate: HandshakeRate::new(now),
             stateless_window: (now, 0),
             open_buf: Vec::new(),
             stats: EndpointStats::default(),
@@ -416,30 +414,20 @@ impl Endpoint {
         // it costs one small AEAD, far less than the Diffie-Hellman work it guards.
         let validated = !token.is_empty();
         if validated {
-            let ok = self.token_key.open(token).is_some_and(|c| {
-                !c.session
-                    && same_addr(&c.addr, &from)
-                    && c.expires_ms >= self.now_ms(now)
-                    && c.exposure == binding
-            });
-            if !ok {
+            if !retry::cookie_valid(&self.token_key, token, from, self.now_ms(now), binding) {
                 self.stats.dropped += 1;
                 return;
             }
         }
         let source = source_of(from);
-        let (start, _) = self.handshake_window;
-        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
-            self.handshake_window = (now, 0);
-        }
-        self.handshake_window.1 += 1;
+        let rate = self.handshake_rate.tick(now);
         // Busy: many handshakes a second, or a half-full table (spoofed INITs from many
         // addresses could otherwise fill it below the rate threshold). A source holding
         // its whole share asks for a RETRY too, rather than being dropped: a spoofer of
         // a real client's address must not be able to lock it out by filling its share.
         // The RETRY is stateless and smaller than the INIT.
-        let busy = self.handshake_window.1 > self.cfg.retry_threshold
-            || self.half_open.len() >= self.cfg.max_half_open / 2;
+        let busy =
+            rate > self.cfg.retry_threshold || self.half_open.len() >= self.cfg.max_half_open / 2;
         let source_full = self.half_open.count(&source) >= self.cfg.max_half_open_per_source;
         if !validated {
             if busy || source_full {
@@ -510,14 +498,7 @@ impl Endpoint {
         client_cid: u64,
         binding: [u8; 16],
     ) {
-        let cookie = self.token_key.seal(&TokenClaims {
-            session: false,
-            addr: from,
-            expires_ms: self.now_ms(now) + RETRY_TOKEN_LIFETIME.as_millis() as u64,
-            exposure: binding,
-            max_datagram: 0,
-            request_key: [0; 32],
-        });
+        let cookie = retry::seal_cookie(&self.token_key, from, self.now_ms(now), binding);
         let pkt = Packet::Retry {
             dst_cid: client_cid,
             token: &cookie,

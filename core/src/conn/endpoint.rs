@@ -413,11 +413,11 @@ impl Endpoint {
         // and the client ID): checked first, as it decides everything below. Opening
         // it costs one small AEAD, far less than the Diffie-Hellman work it guards.
         let validated = !token.is_empty();
-        if validated {
-            if !retry::cookie_valid(&self.token_key, token, from, self.now_ms(now), binding) {
-                self.stats.dropped += 1;
-                return;
-            }
+        if validated
+            && !retry::cookie_valid(&self.token_key, token, from, self.now_ms(now), binding)
+        {
+            self.stats.dropped += 1;
+            return;
         }
         let source = source_of(from);
         let rate = self.handshake_rate.tick(now);

@@ -18,6 +18,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::rtt::SmoothedRtt;
+
 /// Smallest window: enough to keep a few chunks moving at start and after idle.
 pub const MIN_WINDOW: u64 = 64 * 1024;
 const MAX_WINDOW: u64 = 256 << 20;
@@ -85,10 +87,8 @@ pub struct RateControl {
     btl_bw: f64,
     min_rtt: Duration,
     min_rtt_at: Instant,
-    srtt: Duration,
-    rttvar: Duration,
+    rtt: SmoothedRtt,
     latest_rtt: Duration,
-    has_rtt: bool,
     /// Smallest RTT sample of the current round and of the last closed one: a queue
     /// the whole round's samples sat above stood; jitter alone leaves some low.
     round_min_rtt: Option<Duration>,
@@ -166,10 +166,8 @@ impl RateControl {
             btl_bw: 0.0,
             min_rtt: rtt,
             min_rtt_at: now,
-            srtt: rtt,
-            rttvar: rtt / 2,
+            rtt: SmoothedRtt::new(rtt),
             latest_rtt: rtt,
-            has_rtt: false,
             round_min_rtt: None,
             last_round_min_rtt: None,
             inflight: 0,
@@ -199,18 +197,11 @@ impl RateControl {
     pub fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
         self.latest_rtt = rtt;
         self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));
-        if !self.has_rtt {
-            self.srtt = rtt;
-            self.rttvar = rtt / 2;
-            self.has_rtt = true;
+        if self.rtt.sample(rtt) {
             // The initial RTT was a guess: a path longer than it must not keep the
             // guess as its minimum (it would until the minimum's window expired).
             self.min_rtt = rtt;
             self.min_rtt_at = now;
-        } else {
-            let diff = self.srtt.abs_diff(rtt);
-            self.rttvar = (self.rttvar * 3 + diff) / 4;
-            self.srtt = (self.srtt * 7 + rtt) / 8;
         }
         if let Some(c) = &mut self.check {
             c.min_seen = Some(c.min_seen.map_or(rtt, |m| m.min(rtt)));
@@ -251,7 +242,7 @@ impl RateControl {
 
     /// No standing queue: the smoothed RTT is within the bound.
     fn queue_free(&self) -> bool {
-        self.srtt <= self.queue_bound()
+        self.rtt.srtt <= self.queue_bound()
     }
 
     /// Every RTT sample of the last round exceeded the bound: the bottleneck's queue
@@ -298,7 +289,7 @@ impl RateControl {
         self.backoff = 0;
         self.round_delivered += bytes;
         let acked_elapsed = now.saturating_duration_since(self.round_start);
-        let round = self.srtt.max(Duration::from_millis(1));
+        let round = self.rtt.srtt.max(Duration::from_millis(1));
         if acked_elapsed < round {
             return;
         }
@@ -518,7 +509,7 @@ impl RateControl {
                 && self.check.is_none()
                 && self.stood_rounds >= self.shared_after(now)
             {
-                let w = (self.btl_bw * self.srtt.as_secs_f64()).max(MIN_WINDOW as f64);
+                let w = (self.btl_bw * self.rtt.srtt.as_secs_f64()).max(MIN_WINDOW as f64);
                 let mut sh = Shared {
                     window: w,
                     w_max: w,
@@ -533,7 +524,7 @@ impl RateControl {
         if self.check.is_some() {
             // The pacing is held low on purpose: the round's rate and losses say
             // nothing about others.
-        } else if congested && now.saturating_duration_since(sh.epoch) >= self.srtt * 2 {
+        } else if congested && now.saturating_duration_since(sh.epoch) >= self.rtt.srtt * 2 {
             // One cut per loss episode: its losses are detected over about a round.
             // Fast convergence when the window never regrew to its plateau: release
             // some of it to a newer flow.
@@ -545,7 +536,7 @@ impl RateControl {
             // The Reno-friendly estimate (RFC 9438 4.3), for short paths.
             let reno = sh.w_max * SHARED_BETA
                 + 3.0 * (1.0 - SHARED_BETA) / (1.0 + SHARED_BETA) * t
-                    / self.srtt.as_secs_f64().max(1e-4)
+                    / self.rtt.srtt.as_secs_f64().max(1e-4)
                     * SEGMENT;
             sh.window = cubic.max(reno).clamp(sh.window, sh.window * 1.5);
         }
@@ -596,7 +587,7 @@ impl RateControl {
 
     /// Bytes per second at which requests may ask for data.
     pub fn pacing_rate(&self) -> f64 {
-        let floor = MIN_WINDOW as f64 / self.srtt.as_secs_f64().max(1e-4);
+        let floor = MIN_WINDOW as f64 / self.rtt.srtt.as_secs_f64().max(1e-4);
         let gain = match self.mode {
             Mode::Startup => STARTUP_GAIN,
             Mode::Drain => 1.0 / STARTUP_GAIN,
@@ -615,7 +606,8 @@ impl RateControl {
         }
         if self.shared.is_some() {
             // The window rules; pace a little above it so that it fills (as TCP does).
-            return (1.25 * self.window() as f64 / self.srtt.as_secs_f64().max(1e-4)).max(floor);
+            return (1.25 * self.window() as f64 / self.rtt.srtt.as_secs_f64().max(1e-4))
+                .max(floor);
         }
         (self.path_rate() * gain).max(floor)
     }
@@ -623,8 +615,8 @@ impl RateControl {
     /// How long after a request its data counts as lost. Doubles per blackout timeout.
     pub fn rto(&self) -> Duration {
         // The latest sample matters when a queue is building faster than srtt follows.
-        let base = self.srtt.max(self.latest_rtt)
-            + (self.rttvar * 4)
+        let base = self.rtt.srtt.max(self.latest_rtt)
+            + (self.rtt.rttvar * 4)
                 .max(self.min_rtt / 4)
                 .max(Duration::from_millis(2));
         let base = base.max(Duration::from_millis(4));
@@ -633,7 +625,7 @@ impl RateControl {
     }
 
     pub fn srtt(&self) -> Duration {
-        self.srtt
+        self.rtt.srtt
     }
     pub fn min_rtt(&self) -> Duration {
         self.min_rtt

@@ -220,16 +220,8 @@ impl TokenKey {
 
 /// Compares addresses the way tokens see them (IPv4-mapped IPv6 equals IPv4).
 pub fn same_addr(a: &SocketAddr, b: &SocketAddr) -> bool {
-    fn canon(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        }
-    }
-    a.port() == b.port() && canon(a.ip()) == canon(b.ip())
+    // Address and port only: an IPv6 flow label or scope says nothing about who it is.
+    a.port() == b.port() && crate::udp::canonical(*a).ip() == crate::udp::canonical(*b).ip()
 }
 
 #[cfg(test)]

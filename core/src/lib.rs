@@ -5,9 +5,20 @@
 //! the chunks they miss at the rate they can take, verify every chunk against the root
 //! and resume at any time. See `docs/PROTOCOL.md` for the wire format.
 //!
-//! Layering: `wire`, `merkle`, `crypto` are pure pieces; `handshake`, `exposer`,
-//! `puller`, `cc` are sans-IO state machines (no sockets, no clocks); `udp`,
-//! `sidecar`, `keys` and the binaries do the I/O.
+//! Layering, every module:
+//! - pure pieces: `wire` (pull packets), `url`, `merkle` (chunk tree and proofs),
+//!   `crypto` (chunk AEAD, request MACs, tokens), `bitset` (chunk sets), `rtt`
+//!   (smoothed round-trip time), `transmit` (datagrams to send), `zeroed`;
+//! - sans-IO state machines (no sockets, no clocks of their own): `handshake` (the
+//!   pull's Noise NX), `exposer`, `puller`, `cc` (rate control shared by pulls and
+//!   connections), `replay` (the exposer's filter of REQUESTs served), `retry` (the
+//!   RETRY cookie and handshake rate, shared by exposers and connection endpoints),
+//!   `conn` (connections: wire, Noise XX, streams, endpoint) and `sim` (the
+//!   deterministic network simulator that runs them);
+//! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
+//!   (runs connection endpoints), `source` and `sealed` (reading and sealing exposed
+//!   files), `output` (writing pulled files), `sidecar` (resume state), `keys`
+//!   (static keys, known exposers), `atomic_file`.
 
 pub(crate) mod atomic_file;
 pub mod bitset;
@@ -23,6 +34,7 @@ pub mod output;
 pub mod puller;
 pub mod replay;
 pub(crate) mod retry;
+pub mod rtt;
 pub mod sealed;
 pub mod sidecar;
 pub mod sim;

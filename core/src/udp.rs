@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -93,7 +93,8 @@ fn enable_gro(sock: &UdpSocket) {
     }
 }
 
-fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+/// `addr` as a C socket address and its length (socket2 does the layout).
+pub fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let sa: socket2::SockAddr = (*addr).into();
     // SAFETY: sockaddr_storage is plain data; SockAddr's storage is at most its size.
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
@@ -122,28 +123,31 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
     }
 }
 
-pub(crate) fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: family says this storage holds a sockaddr_in.
-            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                u32::from_be(sin.sin_addr.s_addr).into(),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: family says this storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                sin6.sin6_addr.s6_addr.into(),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
+/// The IPv4 or IPv6 address in the first `len` bytes of `storage`; `None` for other
+/// families or a length too short for the family's address.
+pub fn from_sockaddr_len(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
+    let need = match storage.ss_family as libc::c_int {
+        libc::AF_INET => size_of::<libc::sockaddr_in>(),
+        libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
+        _ => return None,
+    };
+    if (len as usize) < need || len as usize > size_of::<libc::sockaddr_storage>() {
+        return None;
     }
+    // SAFETY: `storage` holds an initialised address of its family, `len` bytes long.
+    let sa = unsafe { socket2::SockAddr::new(*storage, len) };
+    sa.as_socket()
+}
+
+/// The address in a kernel-filled `sockaddr_storage` (IPv4 or IPv6 only).
+pub(crate) fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    from_sockaddr_len(
+        storage,
+        size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    )
 }
 
 /// Sends transmits, with GSO when the kernel takes it.

@@ -22,7 +22,7 @@ use libc::{c_int, sockaddr, socklen_t};
 use parking_lot::Mutex;
 
 use crate::config::{self, Config};
-use crate::guard::{self, set_errno};
+use crate::guard::{self, errno_of, fail};
 use crate::log;
 use crate::real;
 use crate::registry::{self, Entry, Kind, PendingKey};
@@ -80,26 +80,6 @@ pub fn config() -> Option<&'static Config> {
 
 pub fn broken() -> bool {
     matches!(state(), State::Broken)
-}
-
-fn fail(errno: c_int) -> c_int {
-    set_errno(errno);
-    -1
-}
-
-fn errno_of(e: &io::Error) -> c_int {
-    if let Some(n) = e.raw_os_error() {
-        return n;
-    }
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
-        io::ErrorKind::TimedOut => libc::ETIMEDOUT,
-        io::ErrorKind::ConnectionReset => libc::ECONNRESET,
-        io::ErrorKind::AddrInUse => libc::EADDRINUSE,
-        io::ErrorKind::PermissionDenied => libc::EACCES,
-        io::ErrorKind::InvalidInput => libc::EINVAL,
-        _ => libc::EIO,
-    }
 }
 
 // ------------------------------------------------------------------ fds we own
@@ -228,7 +208,7 @@ pub fn connect_fd(
         return fail(libc::EINVAL);
     };
     ensure_process_hooks();
-    let peer_v = canonical(peer);
+    let peer_v = rgtp::udp::canonical(peer);
     log::debug(&format!("connect {peer_v} over RGTP"));
     if !c.fallback && is_nonblocking(fd) {
         return connect_nonblocking(c, fd, family, peer, peer_v);
@@ -371,7 +351,9 @@ fn connect_nonblocking(
                 failed.store(true, Ordering::Relaxed);
                 registry::set_connecting(
                     ino,
-                    Some(registry::Connecting::Failed(errno_of_kind(kind))),
+                    Some(registry::Connecting::Failed(errno_of(&io::Error::from(
+                        kind,
+                    )))),
                 );
             }
         })),
@@ -395,10 +377,6 @@ fn connect_nonblocking(
             fail(errno_of(&err))
         }
     }
-}
-
-fn errno_of_kind(kind: io::ErrorKind) -> c_int {
-    errno_of(&io::Error::from(kind))
 }
 
 /// Writes filler into `fd` (non-blocking) until its send buffer is full; returns how
@@ -430,16 +408,6 @@ fn local_ip_for(peer: &SocketAddr) -> IpAddr {
         ip if ip.is_loopback() => ip,
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    }
-}
-
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        v4 => v4,
     }
 }
 
@@ -711,9 +679,9 @@ fn hand_over(peer: SocketAddr, target: &Target, local: SocketAddr) -> io::Result
                 .local_addr()?
                 .as_socket()
                 .ok_or_else(|| io::Error::other("no local address"))?;
-            registry::add_pending(PendingKey::Tcp(canonical(me)), peer, local);
+            registry::add_pending(PendingKey::Tcp(rgtp::udp::canonical(me)), peer, local);
             if let Err(err) = sock.connect(&(*addr).into()) {
-                registry::take_pending(&PendingKey::Tcp(canonical(me)));
+                registry::take_pending(&PendingKey::Tcp(rgtp::udp::canonical(me)));
                 return Err(err);
             }
             let _ = sock.set_nodelay(true);

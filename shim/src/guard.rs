@@ -42,6 +42,30 @@ pub fn set_errno(e: libc::c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// Sets errno and returns -1, as a failing libc call does.
+pub fn fail(errno: libc::c_int) -> libc::c_int {
+    set_errno(errno);
+    -1
+}
+
+/// The errno a C caller should see for `e`: its own when it came from the kernel,
+/// else the nearest one for its kind (EIO when none fits).
+pub fn errno_of(e: &std::io::Error) -> libc::c_int {
+    use std::io::ErrorKind as K;
+    if let Some(n) = e.raw_os_error() {
+        return n;
+    }
+    match e.kind() {
+        K::ConnectionRefused => libc::ECONNREFUSED,
+        K::TimedOut => libc::ETIMEDOUT,
+        K::ConnectionReset => libc::ECONNRESET,
+        K::AddrInUse => libc::EADDRINUSE,
+        K::PermissionDenied => libc::EACCES,
+        K::InvalidInput => libc::EINVAL,
+        _ => libc::EIO,
+    }
+}
+
 pub fn errno() -> libc::c_int {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
-use crate::guard::{self, set_errno};
+use crate::guard::{self, fail};
 use crate::registry::{self, Connecting, Entry, Kind, PendingKey};
 use crate::{engine, real, sockaddr as sa};
 
@@ -65,11 +65,6 @@ unsafe fn wanted(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<(So
     }
     let family = inet_stream(fd)?;
     Some((a, family))
-}
-
-fn fail(errno: c_int) -> c_int {
-    set_errno(errno);
-    -1
 }
 
 /// # Safety

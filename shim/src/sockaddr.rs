@@ -2,81 +2,35 @@
 //! of accept/getpeername (copy at most `*len`, report the full size).
 
 use std::mem::size_of;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV6};
 
-use libc::{sockaddr, sockaddr_in, sockaddr_in6, socklen_t};
+use libc::{sockaddr, socklen_t};
 
 /// Reads an AF_INET/AF_INET6 address; `None` for other families or short lengths.
 ///
 /// # Safety
 /// `addr` must be null or point to `len` readable bytes.
 pub unsafe fn read(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
+    if addr.is_null() {
         return None;
     }
-    // SAFETY: at least the family field is readable (checked above).
-    let family = unsafe { (*addr).sa_family } as libc::c_int;
-    match family {
-        libc::AF_INET if len as usize >= size_of::<sockaddr_in>() => {
-            // SAFETY: family and length say this is a sockaddr_in.
-            let sin = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len as usize >= size_of::<sockaddr_in6>() => {
-            // SAFETY: family and length say this is a sockaddr_in6.
-            let sin6 = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+    // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = (len as usize).min(size_of::<libc::sockaddr_storage>());
+    // SAFETY: the caller guarantees `len` readable bytes at `addr`; at most the
+    // storage's size is copied.
+    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, &mut st as *mut _ as *mut u8, n) };
+    rgtp::udp::from_sockaddr_len(&st, n as socklen_t)
 }
 
 /// Encodes `a` as a C address of the family the app uses (`family`: AF_INET6 sockets
 /// see IPv4 peers as v4-mapped).
 pub fn encode(a: &SocketAddr, family: libc::c_int) -> (libc::sockaddr_storage, socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; zero is a valid value.
-    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let as_v6 = |a: &SocketAddr| match a {
-        SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
-        SocketAddr::V6(v6) => *v6,
-    };
-    match (a, family) {
-        (SocketAddr::V4(v4), f) if f != libc::AF_INET6 => {
-            let sin = sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe { std::ptr::write(&mut st as *mut _ as *mut sockaddr_in, sin) };
-            (st, size_of::<sockaddr_in>() as socklen_t)
-        }
-        _ => {
-            let v6 = as_v6(a);
-            let sin6 = sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
-            unsafe { std::ptr::write(&mut st as *mut _ as *mut sockaddr_in6, sin6) };
-            (st, size_of::<sockaddr_in6>() as socklen_t)
-        }
+    match a {
+        SocketAddr::V4(v4) if family == libc::AF_INET6 => rgtp::udp::to_sockaddr(
+            &SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0).into(),
+        ),
+        _ => rgtp::udp::to_sockaddr(a),
     }
 }
 
@@ -141,7 +95,23 @@ mod tests {
                 &mut l,
             )
         };
-        assert_eq!(l as usize, size_of::<sockaddr_in>());
+        assert_eq!(l as usize, size_of::<libc::sockaddr_in>());
+        // Short lengths and other families read as nothing.
+        let (st, len) = encode(&"[::1]:443".parse().unwrap(), libc::AF_INET6);
+        // SAFETY: st holds `len` >= len - 1 valid bytes.
+        assert_eq!(
+            unsafe { read(&st as *const _ as *const sockaddr, len - 1) },
+            None
+        );
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+        let mut unix: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        unix.ss_family = libc::AF_UNIX as libc::sa_family_t;
+        // SAFETY: unix is a whole sockaddr_storage.
+        let n = size_of::<libc::sockaddr_storage>() as socklen_t;
+        assert_eq!(
+            unsafe { read(&unix as *const _ as *const sockaddr, n) },
+            None
+        );
         assert_eq!(u16::from_ne_bytes([buf[0], buf[1]]), libc::AF_INET as u16);
     }
 }

@@ -18,6 +18,7 @@ use super::wire::{
 use super::{ConnConfig, ConnId, ConnState, Event, Readiness};
 use crate::cc::RateControl;
 use crate::crypto::random_bytes;
+use crate::rtt::SmoothedRtt;
 use crate::transmit::Transmit;
 use crate::wire::Writer;
 
@@ -73,34 +74,11 @@ pub(crate) enum Phase {
     Closed,
 }
 
-/// Smoothed RTT (RFC 6298 style).
-#[derive(Debug, Clone, Copy)]
-struct Rtt {
-    srtt: Duration,
-    rttvar: Duration,
-    has_sample: bool,
-}
+/// A connection's timers, from its smoothed RTT (the same estimator the rate
+/// control keeps; the connection's also takes handshake and re-request samples).
+type Rtt = SmoothedRtt;
 
-impl Rtt {
-    fn new() -> Self {
-        Self {
-            srtt: INITIAL_RTT,
-            rttvar: INITIAL_RTT / 2,
-            has_sample: false,
-        }
-    }
-    fn sample(&mut self, rtt: Duration) {
-        let rtt = rtt.max(Duration::from_micros(1));
-        if !self.has_sample {
-            self.srtt = rtt;
-            self.rttvar = rtt / 2;
-            self.has_sample = true;
-        } else {
-            let diff = self.srtt.abs_diff(rtt);
-            self.rttvar = (self.rttvar * 3 + diff) / 4;
-            self.srtt = (self.srtt * 7 + rtt) / 8;
-        }
-    }
+impl SmoothedRtt {
     /// Base probe / re-request timeout, before backoff.
     fn pto(&self) -> Duration {
         self.srtt + (self.rttvar * 4).max(Duration::from_millis(1)) + MAX_ACK_DELAY
@@ -377,7 +355,7 @@ impl Conn {
             largest_acked_sent: None,
             send: SendStream::new(0, cfg.recv_window),
             recv: RecvStream::new(cfg.recv_window),
-            rtt: Rtt::new(),
+            rtt: Rtt::new(INITIAL_RTT),
             cc: RateControl::new(now, INITIAL_RTT),
             pacer_tokens: 0.0,
             pacer_at: now,
@@ -499,7 +477,7 @@ impl Conn {
         self.keepalive = keepalive_for(&self.cfg, self.idle_timeout);
         self.send.set_initial_limit(peer.initial_limit);
         if let Some(r) = rtt_sample {
-            self.rtt.sample(r);
+            self.rtt.sample(r.max(Duration::from_micros(1)));
         }
         self.cc = RateControl::new(now, self.rtt.srtt);
         self.pacer_tokens = self.burst();
@@ -1020,7 +998,10 @@ impl Conn {
         // A re-requested range came back: a round trip through the writer, which
         // also keeps a reader that writes nothing informed of the path's RTT.
         if let Some(asked) = self.recv.take_answered() {
-            self.rtt.sample(now.saturating_duration_since(asked));
+            self.rtt.sample(
+                now.saturating_duration_since(asked)
+                    .max(Duration::from_micros(1)),
+            );
         }
         // The gaps once per packet, after all its STREAM frames (not once per frame).
         self.recv.settle(now, self.rtt.reorder_delay());
@@ -1129,7 +1110,7 @@ impl Conn {
                     let raw = now.saturating_duration_since(t);
                     let delay = Duration::from_micros(a.ack_delay_us as u64);
                     let rtt = if raw > delay { raw - delay } else { raw };
-                    self.rtt.sample(rtt);
+                    self.rtt.sample(rtt.max(Duration::from_micros(1)));
                     self.cc.on_rtt_sample(now, rtt);
                 }
             }
@@ -1802,7 +1783,7 @@ mod tests {
 
     #[test]
     fn rtt_and_pto() {
-        let mut r = Rtt::new();
+        let mut r = Rtt::new(INITIAL_RTT);
         r.sample(Duration::from_millis(10));
         assert_eq!(r.srtt, Duration::from_millis(10));
         assert!(r.pto() >= Duration::from_millis(30));

@@ -22,6 +22,8 @@ use super::{ConnConfig, ConnId, ConnState, EndpointConfig, Event, Readiness};
 use crate::crypto::{random_bytes, same_addr, TokenKey};
 use crate::retry::{self, HandshakeRate};
 use crate::transmit::Transmit;
+// One spelling per peer, so a path never looks changed because of notation.
+use crate::udp::canonical as canon;
 
 /// Counters for tests, logs and benchmarks.
 #[derive(Debug, Default, Clone)]
@@ -82,18 +84,6 @@ pub struct Endpoint {
     stateless_window: (Instant, u32),
     open_buf: Vec<u8>,
     pub stats: EndpointStats,
-}
-
-/// One spelling per peer: an IPv4-mapped IPv6 address (from a dual-stack socket)
-/// becomes the IPv4 address, so a path never looks changed because of notation.
-fn canon(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => a,
-        },
-        v4 => v4,
-    }
 }
 
 fn closed_err() -> io::Error {

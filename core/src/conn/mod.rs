@@ -12,6 +12,9 @@
 //! - [`noise`]: the Noise `XX` handshake;
 //! - [`stream`]: send and receive buffers;
 //! - `connection`: one connection's state machine (sans-IO);
+//! - `liveness`: keep-alive PINGs and how long a silent peer is waited for;
+//! - `half_open` and `admission`: the server's half-open handshakes and who gets
+//!   RETRYs and Diffie-Hellman work while busy (handshake floods);
 //! - [`Endpoint`]: demultiplexes connections by connection ID, listens and accepts,
 //!   answers statelessly (RETRY, REFUSE, STATELESS_RESET), runs timers (sans-IO);
 //! - [`runtime`]: the one driver over real UDP sockets: the engine thread, the

@@ -430,6 +430,49 @@ enum Target {
 static LISTENERS: Mutex<Vec<(SocketAddr, Target, RawFd)>> = Mutex::new(Vec::new());
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Bytes of one address in an abstract name: family (4 or 6), IPv6 or v4-mapped
+/// address, port (big-endian).
+const ADDR_BYTES: usize = 1 + 16 + 2;
+
+/// An engine-side socket's abstract name carries the connection's peer and local
+/// addresses after a `|`: a worker that accepts it may not be the process whose engine
+/// holds the connection (nginx's master and workers share one listener), and the
+/// pending table that would tell it is that other process's.
+fn name_with_addrs(mut name: Vec<u8>, peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    name.push(b'|');
+    for a in [peer, local] {
+        let (fam, ip) = match a.ip() {
+            IpAddr::V4(v4) => (4u8, v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => (6u8, v6),
+        };
+        name.push(fam);
+        name.extend_from_slice(&ip.octets());
+        name.extend_from_slice(&a.port().to_be_bytes());
+    }
+    name
+}
+
+/// The peer and local addresses in a name made by `name_with_addrs`.
+pub fn addrs_from_name(name: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    let tail = name.len().checked_sub(2 * ADDR_BYTES + 1)?;
+    if name[tail] != b'|' {
+        return None;
+    }
+    let one = |b: &[u8]| -> Option<SocketAddr> {
+        let octets: [u8; 16] = b.get(1..17)?.try_into().ok()?;
+        let v6 = Ipv6Addr::from(octets);
+        let ip = match b[0] {
+            4 => IpAddr::V4(v6.to_ipv4_mapped()?),
+            6 => IpAddr::V6(v6),
+            _ => return None,
+        };
+        let port = u16::from_be_bytes([*b.get(17)?, *b.get(18)?]);
+        Some(SocketAddr::new(ip, port))
+    };
+    let rest = &name[tail + 1..];
+    Some((one(&rest[..ADDR_BYTES])?, one(&rest[ADDR_BYTES..])?))
+}
+
 fn abstract_addr(name: &[u8]) -> (libc::sockaddr_un, socklen_t) {
     // SAFETY: sockaddr_un is plain data.
     let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -651,7 +694,7 @@ fn hand_over(peer: SocketAddr, target: &Target, local: SocketAddr) -> io::Result
     match target {
         Target::Unix(listener_name) => {
             let s = unix_socket()?;
-            let me = unique_name("c");
+            let me = name_with_addrs(unique_name("c"), peer, local);
             let (a, l) = abstract_addr(&me);
             // SAFETY: valid socket and address.
             if unsafe { libc::bind(s.as_raw_fd(), &a as *const _ as *const sockaddr, l) } != 0 {
@@ -784,5 +827,29 @@ fn adopt(addr: SocketAddr, target: &Target, fd: RawFd, claim: OwnedFd) {
         Err(e) => log::error(&format!(
             "cannot take over the RGTP listener on {addr}: {e}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_ride_in_the_abstract_name() {
+        for (p, l) in [
+            ("10.1.2.3:4567", "0.0.0.0:80"),
+            ("[2001:db8::7]:1", "[::1]:65535"),
+        ] {
+            let (p, l): (SocketAddr, SocketAddr) = (p.parse().unwrap(), l.parse().unwrap());
+            let name = name_with_addrs(unique_name("c"), p, l);
+            assert!(
+                name.len() <= 107,
+                "abstract names hold 107 bytes: {}",
+                name.len()
+            );
+            assert_eq!(addrs_from_name(&name), Some((p, l)));
+        }
+        assert_eq!(addrs_from_name(&unique_name("c")), None);
+        assert_eq!(addrs_from_name(b""), None);
     }
 }

@@ -188,7 +188,15 @@ unsafe fn accept_common(
             // SAFETY: st holds `sl` initialised bytes.
             unsafe { sa::read(&st as *const _ as *const sockaddr, sl) }.map(PendingKey::Tcp)
         };
-        let found = key.and_then(|k| registry::take_pending(&k));
+        let found = key.and_then(|k| {
+            registry::take_pending(&k).or_else(|| match &k {
+                // Handed over by another process's engine (a worker accepting what
+                // the master's or a sibling's engine holds): the name says the
+                // addresses, trusted only from a process of our own user.
+                PendingKey::Unix(name) if same_user_peer(nfd) => engine::addrs_from_name(name),
+                _ => None,
+            })
+        });
         match found {
             Some((peer, local)) => {
                 if let Some(ino) = registry::inode(nfd) {
@@ -226,6 +234,27 @@ unsafe fn accept_common(
     });
     guard::set_errno(errno);
     r
+}
+
+/// Whether the process at the other end of the unix socket `fd` runs as our user
+/// (SO_PEERCRED): another user's process could connect to a listener's abstract name
+/// and claim any peer address in its own.
+fn same_user_peer(fd: c_int) -> bool {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as socklen_t;
+    // SAFETY: valid fd and a buffer of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut c_void,
+            &mut len,
+        )
+    };
+    // SAFETY: getuid has no preconditions.
+    r == 0 && cred.uid == unsafe { libc::getuid() }
 }
 
 /// # Safety

@@ -240,7 +240,7 @@ fn nginx_conf(t: &TestDir, www: &Path, port: u16, daemon: bool) -> PathBuf {
             "daemon {}; master_process on; worker_processes 2; user root;\n\
              pid {d}/nginx-{port}.pid; error_log {d}/nginx-error.log info;\n\
              events {{ worker_connections 256; }}\n\
-             http {{ access_log off; sendfile on;\n\
+             http {{ log_format peer '$remote_addr'; access_log {d}/access.log peer; sendfile on;\n\
                client_body_temp_path {d}/tmp-body; proxy_temp_path {d}/tmp-proxy;\n\
                fastcgi_temp_path {d}/tmp-fcgi; uwsgi_temp_path {d}/tmp-uwsgi; scgi_temp_path {d}/tmp-scgi;\n\
                server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
@@ -423,6 +423,14 @@ fn nginx_workers_serve_connections_on_their_own_engines() {
         assert!(f.status.success(), "{}\n{}", f.describe(), tail(&log(&t)));
         assert_eq!(b3sum(&out), want);
     }
+    // Every request was logged with the client's address, also those a worker
+    // accepted from another process's engine (it used to see the unix socket's).
+    let peers = fs::read_to_string(t.join("access.log")).unwrap_or_default();
+    assert_eq!(peers.lines().count(), 12, "access log:\n{peers}");
+    assert!(
+        peers.lines().all(|l| l == "127.0.0.1"),
+        "nginx logged other peer addresses than the client's:\n{peers}"
+    );
     let workers = children_of(master);
     assert!(!workers.is_empty(), "nginx has no workers");
     let busy: Vec<(i32, u64)> = workers

@@ -239,7 +239,7 @@ bx_build() {
   local t0
   t0=$(bx_now)
   bx_log "building rgtp-expose / rgtp-pull (log: $BENCH_DIR/build.log)"
-  (cd "$BX_ROOT" && timeout 900 cargo build --release -p rgtp --bins) >>"$BENCH_DIR/build.log" 2>&1 ||
+  (cd "$BX_ROOT" && timeout 900 cargo build --release -p rgtp-cli) >>"$BENCH_DIR/build.log" 2>&1 ||
     { bx_log "error: cargo build of rgtp failed (see $BENCH_DIR/build.log)"; return 1; }
   if [[ " $BENCH_PARTS " == *" lossy "* || " $BENCH_PARTS " == *" compete "* || " $BENCH_PARTS " == *" shimlossy "* ]]; then
     bx_log "building linkem"

@@ -20,7 +20,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 echo "== building (release): rgtp-expose, rgtp-pull, rgtp-run, librgtp_shim.so"
-cargo build --release -q -p rgtp --bins
+cargo build --release -q -p rgtp-cli
 cargo build --release -q -p rgtp-shim
 BIN=$PWD/target/release
 

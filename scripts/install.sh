@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX=${PREFIX:-/usr/local}
-cargo build --release -p rgtp --bins
+cargo build --release -p rgtp-cli
 cargo build --release -p rgtp-shim
 install -d "$PREFIX/bin" "$PREFIX/lib"
 install -m 0755 target/release/rgtp-expose target/release/rgtp-pull target/release/rgtp-run "$PREFIX/bin/"

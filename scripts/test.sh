@@ -105,7 +105,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build release binaries and librgtp_shim.so"
 # No --bins here: it would apply to rgtp-shim too and skip its cdylib.
-cargo build --release -p rgtp -p rgtp-shim
+cargo build --release -p rgtp-cli -p rgtp-shim
 
 step "cargo test --workspace (unit, simulation, loopback end-to-end)"
 RGTP_BIN_DIR="$ROOT/target/release" cargo test --workspace

@@ -55,6 +55,8 @@ pub mod exit {
     pub const GONE: i32 = 13;
     /// rgtp-pull: the output exists and neither -o nor --force was given.
     pub const EXISTS: i32 = 14;
+    /// rgtp-expose: no key file, and none can be created (e.g. its directory).
+    pub const KEY_CREATE: i32 = 15;
     pub const INTERRUPTED: i32 = 130;
 }
 

@@ -17,17 +17,31 @@ Each FILE is published under its base name. For every file a pull URL is printed
 (a line starting with rgtp://) that pins this exposer's key and the content root;
 the root equals `b3sum FILE`.
 
+Access log (stderr, info level, target rgtp::access; RUST_LOG=warn silences it):
+  INFO rgtp::access: opened peer=ADDR:PORT name=\"NAME\" size=BYTES
+      a puller's handshake (a pull that resumes after an outage or a restart, or
+      whose session expired, handshakes again)
+  INFO rgtp::access: served peer=ADDR bytes=BYTES seconds=SECS
+      an address that was sent data has asked for nothing for 5 s (its pull ended
+      or paused): the bytes sent to it since it was last quiet. Pullers sharing an
+      address share the line. The exposer keeps no state per pull, so this is the
+      closest it knows to a pull's end.
+Colours only when stderr is a terminal (and NO_COLOR is unset).
+
 Exit codes:
   0   stopped cleanly (Ctrl-C / SIGTERM)
   2   bad arguments
   3   a FILE is missing or unreadable
   10  cannot bind the UDP port (in use, or a privileged port without permission)
   11  the key file is malformed or unreadable
+  15  there is no key file and one cannot be created (e.g. the config directory
+      cannot be created)
   1   any other error
 
 Environment:
   RGTP_CONFIG_DIR   where the exposer key lives (default ~/.config/rgtp)
-  RUST_LOG          log filter for stderr, e.g. RUST_LOG=debug";
+  RUST_LOG          log filter for stderr (default warn,rgtp::access=info), e.g.
+                    RUST_LOG=debug";
 
 /// Publish files once; pullers fetch, verify and resume them over UDP.
 #[derive(Parser)]
@@ -102,6 +116,12 @@ fn main() -> ExitCode {
     let key_path = args.key.clone().unwrap_or_else(keys::default_key_path);
     let key = match StaticKey::load_or_create(&key_path) {
         Ok(k) => k,
+        Err(e @ keys::KeyError::Create(..)) => {
+            return fail(
+                15,
+                format!("{e} (for the key; give --key PATH or RGTP_CONFIG_DIR)"),
+            )
+        }
         Err(e) => return fail(11, e),
     };
 
@@ -199,7 +219,10 @@ fn main() -> ExitCode {
     let _ = out.flush();
     drop(out);
 
-    if let Err(e) = driver::serve(&sock, &mut ex, &driver::STOP) {
+    let served = driver::serve(&sock, &mut ex, &driver::STOP);
+    // Whoever was being served when we stopped gets their access-log line now.
+    ex.log_quiet_sources(std::time::Instant::now(), true);
+    if let Err(e) = served {
         return fail(1, format!("socket error: {e}"));
     }
     tracing::info!("stopping: {:?}", ex.stats);
@@ -227,10 +250,14 @@ fn threads() -> usize {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,{}=info", rgtp::exposer::ACCESS_LOG))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Escape codes only for a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 }

@@ -350,3 +350,34 @@ fn help_shows_the_default_port_timeouts_and_json_units() {
         assert!(help.contains(want), "--help lacks {want:?}:\n{help}");
     }
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_binaries() {
+    let dir = TestDir::new("completions");
+    for bin in ["rgtp-pull", "rgtp-expose"] {
+        let mut c = rgtp_command(bin, &dir.puller_cfg());
+        c.args(["--completions", "bash"]);
+        let done = Proc::spawn(c, bin, dir.path(), false).finish(ERROR_DEADLINE);
+        done.assert_success();
+        assert!(
+            done.stdout.contains("complete -F ") && done.stdout.contains(&format!(" {bin}\n")),
+            "{}",
+            done.describe()
+        );
+        let mut c = rgtp_command(bin, &dir.puller_cfg());
+        c.arg("--man");
+        let done = Proc::spawn(c, bin, dir.path(), false).finish(ERROR_DEADLINE);
+        done.assert_success();
+        assert!(
+            done.stdout.starts_with(".ie") || done.stdout.contains(&format!(".TH {bin}")),
+            "{}",
+            done.describe()
+        );
+        assert!(done.stdout.contains("Exit codes"), "{}", done.describe());
+        // Not both at once, and not with a pull.
+        let mut c = rgtp_command(bin, &dir.puller_cfg());
+        c.args(["--man", "--completions", "bash"]);
+        let done = Proc::spawn(c, bin, dir.path(), false).finish(ERROR_DEADLINE);
+        assert_eq!(done.code(), Some(exit::USAGE), "{}", done.describe());
+    }
+}

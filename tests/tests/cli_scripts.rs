@@ -64,3 +64,96 @@ fn install_sh_honours_a_relative_cargo_target_dir() {
         );
     }
 }
+
+/// The names of an ELF64 file's sections.
+fn elf_sections(data: &[u8]) -> Vec<String> {
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&data[..5], b"\x7fELF\x02", "not an ELF64 file");
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let strtab = u64_at(shoff + shstrndx * shentsize + 0x18);
+    (0..shnum)
+        .map(|i| {
+            let start = strtab + u32_at(shoff + i * shentsize);
+            let end = start + data[start..].iter().position(|&b| b == 0).unwrap();
+            String::from_utf8_lossy(&data[start..end]).into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn install_sh_installs_docs_stripped_binaries_and_uninstalls() {
+    let dir = TestDir::new("install-docs");
+    let prefix = dir.join("prefix");
+    let target = target_dir();
+    let target_s = target.to_str().expect("UTF-8");
+    let root = workspace_root();
+    install_sh(&dir, &prefix, target_s, &root, &[]).assert_success();
+
+    // Release binaries carry no debug info, but keep their symbols (backtraces).
+    for (dest, _) in installed() {
+        let data = fs::read(prefix.join(dest)).unwrap();
+        let sections = elf_sections(&data);
+        assert!(
+            !sections.iter().any(|s| s.starts_with(".debug_")),
+            "{dest} has debug sections: {sections:?}"
+        );
+        assert!(
+            sections.iter().any(|s| s == ".symtab" || s == ".dynsym"),
+            "{dest}: {sections:?}"
+        );
+    }
+    let docs = [
+        ("share/man/man1/rgtp-pull.1", ".TH rgtp-pull"),
+        ("share/man/man1/rgtp-expose.1", ".TH rgtp-expose"),
+        (
+            "share/bash-completion/completions/rgtp-pull",
+            "--connect-timeout",
+        ),
+        (
+            "share/bash-completion/completions/rgtp-expose",
+            "--cache-mib",
+        ),
+        ("share/zsh/site-functions/_rgtp-pull", "#compdef rgtp-pull"),
+        (
+            "share/fish/vendor_completions.d/rgtp-expose.fish",
+            "complete -c rgtp-expose",
+        ),
+    ];
+    for (f, want) in docs {
+        let text = fs::read_to_string(prefix.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(text.contains(want), "{f} lacks {want:?}");
+    }
+    // The bash completion is valid bash that registers itself.
+    let mut check = Command::new("bash");
+    check.arg("-c").arg(format!(
+        "source {} && complete -p rgtp-pull",
+        prefix
+            .join("share/bash-completion/completions/rgtp-pull")
+            .display()
+    ));
+    let done = Proc::spawn(check, "bash completion", dir.path(), false).finish(ERROR_DEADLINE);
+    done.assert_success();
+    assert!(done.stdout.contains("rgtp-pull"), "{}", done.describe());
+
+    // --uninstall removes every file it installed, and nothing else.
+    let mine = prefix.join("bin/someone-elses");
+    fs::write(&mine, b"keep me\n").unwrap();
+    install_sh(&dir, &prefix, target_s, &root, &["--uninstall"]).assert_success();
+    for (dest, _) in installed() {
+        assert!(!prefix.join(dest).exists(), "{dest} left behind");
+    }
+    for (f, _) in docs {
+        assert!(!prefix.join(f).exists(), "{f} left behind");
+    }
+    assert!(
+        mine.exists(),
+        "--uninstall removed a file it did not install"
+    );
+    // Twice is fine; a bad argument is not.
+    install_sh(&dir, &prefix, target_s, &root, &["--uninstall"]).assert_success();
+    let done = install_sh(&dir, &prefix, target_s, &root, &["--bogus"]);
+    assert_eq!(done.code(), Some(2), "{}", done.describe());
+}

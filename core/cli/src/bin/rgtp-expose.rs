@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::keys::{self, StaticKey};
 use rgtp::source::FileSource;
@@ -48,7 +48,7 @@ Environment:
 #[command(name = "rgtp-expose", version, after_help = AFTER_HELP)]
 struct Args {
     /// Files to expose.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["completions", "man"])]
     files: Vec<PathBuf>,
     /// UDP port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 443)]
@@ -79,6 +79,13 @@ struct Args {
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    /// and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<rgtp_cli::Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
 }
 
 fn hostname() -> String {
@@ -98,8 +105,13 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    rgtp_cli::init_logging(&format!("warn,{}=info", rgtp::exposer::ACCESS_LOG));
     let args = Args::parse();
+    match rgtp_cli::generated_docs(Args::command(), args.completions, args.man) {
+        Ok(false) => {}
+        Ok(true) => return ExitCode::SUCCESS,
+        Err(e) => return fail(1, format!("cannot write to stdout: {e}")),
+    }
     if args
         .max_datagram
         .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
@@ -247,17 +259,4 @@ fn default_cache_dir() -> PathBuf {
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("warn,{}=info", rgtp::exposer::ACCESS_LOG))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Escape codes only for a terminal: a log file or journal gets plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rgtp::driver::{self, PullEnd};
 use rgtp::keys::{self, KnownExposers, Trust};
 use rgtp::output::{Output, OutputError};
@@ -66,7 +66,8 @@ Environment:
 #[command(name = "rgtp-pull", version, after_help = AFTER_HELP)]
 struct Args {
     /// rgtp:// URL, or HOST[:PORT] (PORT defaults to 443; then NAME is required).
-    source: String,
+    #[arg(required_unless_present_any = ["completions", "man"])]
+    source: Option<String>,
     /// Name of the file on the exposer (with the HOST[:PORT] form).
     name: Option<String>,
     /// Where to write (default: ./NAME). `-` writes the file to stdout (pulled into a
@@ -111,6 +112,13 @@ struct Args {
     /// -o, or -o DIR/): without it such a pull refuses to start (exit 14).
     #[arg(long)]
     force: bool,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    /// and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<rgtp_cli::Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
 }
 
 struct Failure(u8, String);
@@ -120,7 +128,7 @@ fn fail<T>(code: u8, msg: impl std::fmt::Display) -> Result<T, Failure> {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    rgtp_cli::init_logging("warn");
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -135,6 +143,14 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
+    match rgtp_cli::generated_docs(Args::command(), args.completions, args.man) {
+        Ok(false) => {}
+        Ok(true) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rgtp-pull: cannot write to stdout: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let json = args.json;
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,13 +235,16 @@ fn run(args: Args) -> Result<(), Failure> {
     if args.json && args.output.as_deref() == Some(std::path::Path::new("-")) {
         return fail(2, "--json and -o - both write to stdout; give one of them");
     }
-    let lower = args.source.to_ascii_lowercase();
+    let Some(source) = args.source.as_deref() else {
+        return fail(2, "SOURCE is required");
+    };
+    let lower = source.to_ascii_lowercase();
     if !lower.starts_with("rgtp:") && lower.contains("://") {
         return fail(
             2,
             format!(
                 "URL must start with rgtp:// (got {}://...)",
-                &args.source[..lower.find("://").unwrap_or(0)]
+                &source[..lower.find("://").unwrap_or(0)]
             ),
         );
     }
@@ -233,7 +252,7 @@ fn run(args: Args) -> Result<(), Failure> {
         if args.name.is_some() {
             return fail(2, "a URL already names the file; drop the NAME argument");
         }
-        let u: RgtpUrl = match args.source.parse() {
+        let u: RgtpUrl = match source.parse() {
             Ok(u) => u,
             Err(e) => return fail(2, format!("bad URL: {e}")),
         };
@@ -245,7 +264,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 "NAME is required with the HOST[:PORT] form (or give an rgtp:// URL)",
             );
         };
-        match parse_host_port(&args.source, DEFAULT_PORT) {
+        match parse_host_port(source, DEFAULT_PORT) {
             Ok((h, p)) => (h, p, name, None, None),
             Err(e) => return fail(2, format!("bad address: {e}")),
         }
@@ -741,15 +760,4 @@ fn human(b: f64) -> String {
         i += 1;
     }
     format!("{v:.1} {}", U[i])
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Escape codes only for a terminal: a log file gets plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
 }

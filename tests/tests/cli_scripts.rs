@@ -36,6 +36,26 @@ fn installed() -> [(&'static str, &'static str); 4] {
 /// Runs `scripts/install.sh ARGS` with `PREFIX=prefix` and the given target dir, from `cwd`.
 fn install_sh(dir: &TestDir, prefix: &Path, target: &str, cwd: &Path, args: &[&str]) -> Finished {
     let mut cmd = Command::new(workspace_root().join("scripts/install.sh"));
+    // What cargo sets for this test process only: a build script that reads one (ring
+    // reads CARGO_MANIFEST_DIR) would make the release build differ from the one the
+    // user (or scripts/test.sh) ran, and rebuild everything twice.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_ref())
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     cmd.args(args)
         .current_dir(cwd)
         .env("PREFIX", prefix)

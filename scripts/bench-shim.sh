@@ -14,6 +14,9 @@
 # Output: one line per row on stdout; ratios are against the peer in the same run.
 set -euo pipefail
 
+# Cargo resolves a relative CARGO_TARGET_DIR against its working directory: make it
+# absolute now, so every build below and every path derived from it agree.
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -33,7 +36,7 @@ trap cleanup EXIT
 for t in nginx curl wrk openssl; do
   command -v "$t" >/dev/null || { echo "bench-shim: needs $t (apt-get install nginx curl wrk openssl)" >&2; exit 1; }
 done
-cargo build --release -q -p rgtp-shim -p rgtp-examples
+cargo build --release -p rgtp-shim -p rgtp-examples
 
 mkdir -p "$W/www" "$W/cfg"
 head -c $((SIZE_MB << 20)) /dev/urandom >"$W/www/big.bin"

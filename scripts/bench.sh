@@ -44,6 +44,9 @@
 #   BENCH_NO_BUILD=1 (use the binaries as they are)  and bench-peers.sh's variables.
 # Needs root, a Rust toolchain (cargo >= 1.85) and Debian's apt for the rest.
 
+# Cargo resolves a relative CARGO_TARGET_DIR against its working directory: make it
+# absolute now, so every build below and every path derived from it agree.
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
 BX_SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BX_ROOT=$(cd "$BX_SCRIPT_DIR/.." && pwd)
 BENCH_QUICK=${BENCH_QUICK:-0}
@@ -91,10 +94,11 @@ BX_BIG_LABEL="$((BP_BIG_SIZE >> 20)) MiB"
 BX_CMP=compete-256MiB.bin # RGTP side of the competing-flow test (~20 s at half the link)
 BX_CMP_SIZE=$((256 << 20))
 [[ $BENCH_QUICK == 1 ]] && BX_CMP=compete-64MiB.bin BX_CMP_SIZE=$((64 << 20))
-BX_REL=$BX_ROOT/target/release
+BX_REL=${CARGO_TARGET_DIR:-$BX_ROOT/target}/release
 BX_EXPOSE=$BX_REL/rgtp-expose
 BX_PULL=$BX_REL/rgtp-pull
-BX_QUIC_BIN=$BX_SCRIPT_DIR/quic-bench/target/release/quic-bench
+# quic-bench is a workspace of its own: its target dir is CARGO_TARGET_DIR when set.
+BX_QUIC_BIN=${CARGO_TARGET_DIR:-$BX_SCRIPT_DIR/quic-bench/target}/release/quic-bench
 BX_QUIC_STATE=""  # empty = usable; else why not
 BX_PIDS=()        # processes this script started (killed by pid at exit)
 BX_RENDERED=0
@@ -239,7 +243,7 @@ bx_build() {
   local t0
   t0=$(bx_now)
   bx_log "building rgtp-expose / rgtp-pull (log: $BENCH_DIR/build.log)"
-  (cd "$BX_ROOT" && timeout 900 cargo build --release -p rgtp --bins) >>"$BENCH_DIR/build.log" 2>&1 ||
+  (cd "$BX_ROOT" && timeout 900 cargo build --release -p rgtp-cli) >>"$BENCH_DIR/build.log" 2>&1 ||
     { bx_log "error: cargo build of rgtp failed (see $BENCH_DIR/build.log)"; return 1; }
   if [[ " $BENCH_PARTS " == *" lossy "* || " $BENCH_PARTS " == *" compete "* || " $BENCH_PARTS " == *" shimlossy "* ]]; then
     bx_log "building linkem"

@@ -7,6 +7,9 @@
 #      root equals b3sum of both copies.
 # Installs what is missing (b3sum, curl, python3) with apt-get (needs root).
 set -euo pipefail
+# Cargo resolves a relative CARGO_TARGET_DIR against its working directory: make it
+# absolute now, so every build below and every path derived from it agree.
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -19,10 +22,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-echo "== building (release): rgtp-expose, rgtp-pull, rgtp-run, librgtp_shim.so"
-cargo build --release -q -p rgtp --bins
-cargo build --release -q -p rgtp-shim
-BIN=$PWD/target/release
+echo "== building (release): rgtp-expose, rgtp-pull, rgtp-run, librgtp_shim.so (a few minutes the first time)"
+cargo build --release -p rgtp-cli -p rgtp-shim
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 work=$(mktemp -d)
 pids=()

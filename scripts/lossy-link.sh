@@ -25,12 +25,16 @@
 #   lossy-link.sh status               show namespaces, addresses, linkem pid
 #
 # Environment: LINKEM_DIR (state, default /run/rgtp-lossy-link), LINKEM_BIN (default:
-# scripts/linkem/target/release/linkem, built when missing), LINKEM_DURATION.
+# $CARGO_TARGET_DIR/release/linkem, else scripts/linkem/target/release/linkem, built
+# when missing), LINKEM_DURATION.
 set -euo pipefail
+# Cargo resolves a relative CARGO_TARGET_DIR against its working directory: make it
+# absolute now, so every build below and every path derived from it agree.
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LINKEM_DIR=${LINKEM_DIR:-/run/rgtp-lossy-link}
-LINKEM_BIN=${LINKEM_BIN:-$SCRIPT_DIR/linkem/target/release/linkem}
+LINKEM_BIN=${LINKEM_BIN:-${CARGO_TARGET_DIR:-$SCRIPT_DIR/linkem/target}/release/linkem}
 LINKEM_DURATION=${LINKEM_DURATION:-1800}
 NS_A=rgtp-a
 NS_B=rgtp-b
@@ -66,7 +70,7 @@ build_linkem() {
   if [[ ! -x $LINKEM_BIN ]]; then
     log "building linkem"
     command -v cargo >/dev/null || die "cargo not found and $LINKEM_BIN missing"
-    cargo build --release --quiet --manifest-path "$SCRIPT_DIR/linkem/Cargo.toml" >&2 \
+    cargo build --release --manifest-path "$SCRIPT_DIR/linkem/Cargo.toml" >&2 \
       || die "cargo build of linkem failed"
   fi
 }

@@ -14,11 +14,15 @@
 #   5. linkem exits by itself at --duration and on SIGTERM, writing its stats
 # Exit status 0 = all passed.
 set -euo pipefail
+# Cargo resolves a relative CARGO_TARGET_DIR against its working directory: make it
+# absolute now, so every build below and every path derived from it agree.
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LL=$SCRIPT_DIR/lossy-link.sh
 export LINKEM_DIR=${LINKEM_DIR:-/run/rgtp-lossy-link}
-export LINKEM_BIN=${LINKEM_BIN:-$SCRIPT_DIR/linkem/target/release/linkem}
+# linkem is a workspace of its own: its target dir is CARGO_TARGET_DIR when set.
+export LINKEM_BIN=${LINKEM_BIN:-${CARGO_TARGET_DIR:-$SCRIPT_DIR/linkem/target}/release/linkem}
 export LINKEM_DURATION=120 # every link in this test disappears by itself within 2 min
 TMP=$(mktemp -d /tmp/test-linkem.XXXXXX)
 FAILS=0
@@ -103,7 +107,7 @@ conservation() { # pkts_in == delivered + every kind of drop + still pending, pe
 say "0. building linkem and running its unit tests"
 timeout 600 cargo test --release --quiet --manifest-path "$SCRIPT_DIR/linkem/Cargo.toml" >"$TMP/cargo.log" 2>&1 &&
   pass "linkem unit tests" || { cat "$TMP/cargo.log"; fail "linkem unit tests"; }
-timeout 600 cargo build --release --quiet --manifest-path "$SCRIPT_DIR/linkem/Cargo.toml"
+timeout 600 cargo build --release --manifest-path "$SCRIPT_DIR/linkem/Cargo.toml"
 
 # ---------------------------------------------------------------- 1. delay
 say "1. RTT = 2 x delay"

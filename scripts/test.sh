@@ -11,11 +11,18 @@
 #      loopback UDP (tests/tests/cli_loopback.rs)
 #   5. scripts/test-linkem.sh (link-emulator self-test; needs root), when present
 #
+# Builds where CARGO_TARGET_DIR says (default ./target), and tests those binaries.
+#
 # Exit status 0 = everything passed.
 set -euo pipefail
 
+# Cargo resolves a relative CARGO_TARGET_DIR against its working directory: make it
+# absolute now, so every build below and every path derived from it agree.
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# Where cargo puts the binaries: $CARGO_TARGET_DIR when set, else ./target.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 T0=$(date +%s)
 STEP_T0=$T0
@@ -73,6 +80,11 @@ dpkg -s netcat-openbsd >/dev/null 2>&1 || APT+=(netcat-openbsd)
 # ip and tc: the roaming tests' network namespaces (tests/tests/roaming.rs).
 { command -v ip >/dev/null && command -v tc >/dev/null; } || APT+=(iproute2)
 command -v cc >/dev/null || APT+=(build-essential)
+# ping and iperf3: the link emulator's self-test (step 5, as root).
+if [ "$(id -u)" -eq 0 ] && [ -f scripts/test-linkem.sh ]; then
+  command -v ping >/dev/null || APT+=(iputils-ping)
+  command -v iperf3 >/dev/null || APT+=(iperf3)
+fi
 if ! command -v cargo >/dev/null && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   command -v curl >/dev/null || APT+=(curl ca-certificates)
 fi
@@ -105,10 +117,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build release binaries and librgtp_shim.so"
 # No --bins here: it would apply to rgtp-shim too and skip its cdylib.
-cargo build --release -p rgtp -p rgtp-shim
+cargo build --release -p rgtp-cli -p rgtp-shim
 
 step "cargo test --workspace (unit, simulation, loopback end-to-end)"
-RGTP_BIN_DIR="$ROOT/target/release" cargo test --workspace
+RGTP_BIN_DIR="$TARGET/release" cargo test --workspace
 
 if [ -f scripts/test-linkem.sh ]; then
   step "scripts/test-linkem.sh (link emulator self-test)"

@@ -46,6 +46,7 @@ pub fn serve(sock: &UdpSocket, ex: &mut Exposer, stop: &AtomicBool) -> io::Resul
                 break;
             }
         }
+        ex.log_quiet_sources(Instant::now(), false);
     }
     Ok(())
 }

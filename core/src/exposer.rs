@@ -123,7 +123,18 @@ impl Exposure {
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// Bytes sent to this source since it last went quiet, and since when (the access
+    /// log's "served" line, [`Exposer::log_quiet_sources`]).
+    served: u64,
+    served_since: Instant,
 }
+
+/// A source that has asked for nothing this long gets its "served" access-log line.
+pub const QUIET_AFTER: Duration = Duration::from_secs(5);
+
+/// The `tracing` target of the access log: one line per handshake ("opened") and one
+/// per source going quiet after being sent data ("served").
+pub const ACCESS_LOG: &str = "rgtp::access";
 
 /// Bound on the per-source rate table; beyond it the table is cleared (a burst of
 /// sources then starts with full buckets, which only costs precision, never safety,
@@ -143,6 +154,8 @@ pub struct Exposer {
     handshake_rate: HandshakeRate,
     replay: ReplayFilter,
     scratch: Vec<u8>,
+    /// When the access log last looked for quiet sources.
+    last_quiet_scan: Instant,
     pub stats: ExposerStats,
 }
 
@@ -162,6 +175,7 @@ impl Exposer {
             handshake_rate: HandshakeRate::new(now),
             replay: ReplayFilter::new(),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
+            last_quiet_scan: now,
             stats: ExposerStats::default(),
         }
     }
@@ -332,7 +346,53 @@ impl Exposer {
         }
         self.stats.handshakes += 1;
         self.send(Transmit::single(from, pkt));
+        match self
+            .by_name
+            .get(hello.name)
+            .and_then(|id| self.exposures.get(id))
+        {
+            Some(e) if !e.gone => tracing::info!(
+                target: ACCESS_LOG,
+                peer = %from,
+                name = ?e.info.name,
+                size = e.info.size,
+                "opened"
+            ),
+            Some(_) => {
+                tracing::info!(target: ACCESS_LOG, peer = %from, name = ?hello.name, "withdrawn")
+            }
+            None => {
+                tracing::info!(target: ACCESS_LOG, peer = %from, name = ?hello.name, "not found")
+            }
+        }
         true
+    }
+
+    /// Access log: one "served" line for each source that was sent data and has asked
+    /// for nothing for [`QUIET_AFTER`] (a pull finished, paused or gave up), with the
+    /// bytes sent to it since it last went quiet. Cheap to call often: it scans the
+    /// per-source table at most once a second. `flush` reports every source at once
+    /// (at exit).
+    pub fn log_quiet_sources(&mut self, now: Instant, flush: bool) {
+        if !flush && now.saturating_duration_since(self.last_quiet_scan) < Duration::from_secs(1) {
+            return;
+        }
+        self.last_quiet_scan = now;
+        for (ip, b) in self.buckets.iter_mut() {
+            if b.served > 0 && (flush || now.saturating_duration_since(b.last) >= QUIET_AFTER) {
+                tracing::info!(
+                    target: ACCESS_LOG,
+                    peer = %ip,
+                    bytes = b.served,
+                    seconds = format_args!(
+                        "{:.1}",
+                        b.last.saturating_duration_since(b.served_since).as_secs_f64()
+                    ),
+                    "served"
+                );
+                b.served = 0;
+            }
+        }
     }
 
     fn on_request(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
@@ -410,6 +470,7 @@ impl Exposer {
             for index in start..start.saturating_add(count) {
                 if budget == 0 {
                     self.stats.rate_limited += 1;
+                    self.return_budget(from.ip(), granted, 0);
                     return true;
                 }
                 let sent = self.send_chunk(&req.exposure, object, index, mask, max_datagram, from);
@@ -422,25 +483,27 @@ impl Exposer {
                         .encode();
                         self.stats.stale_sent += 1;
                         self.send(Transmit::single(from, pkt));
-                        self.return_budget(from.ip(), budget);
+                        self.return_budget(from.ip(), granted, budget);
                         return true;
                     }
                     None => break,
                 }
             }
         }
-        self.return_budget(from.ip(), budget);
+        self.return_budget(from.ip(), granted, budget);
         true
     }
 
     /// Gives back what a request was granted and did not use: a source is charged for
     /// the bytes sent, not for the per-request cap (else many small requests from one
     /// address, e.g. many pullers behind one NAT, would drain its bucket with nothing
-    /// sent, and their requests would be cut short).
-    fn return_budget(&mut self, ip: IpAddr, unused: usize) {
+    /// sent, and their requests would be cut short). What was used counts toward the
+    /// source's access-log total.
+    fn return_budget(&mut self, ip: IpAddr, granted: usize, unused: usize) {
         if let Some(b) = self.buckets.get_mut(&ip) {
             let burst = (self.config.source_rate as f64).max(self.config.max_request_bytes as f64);
             b.tokens = (b.tokens + unused as f64).min(burst);
+            b.served += granted.saturating_sub(unused) as u64;
         }
     }
 
@@ -457,7 +520,12 @@ impl Exposer {
         let b = self.buckets.entry(ip).or_insert(Bucket {
             tokens: burst,
             last: now,
+            served: 0,
+            served_since: now,
         });
+        if b.served == 0 {
+            b.served_since = now;
+        }
         let dt = now.saturating_duration_since(b.last).as_secs_f64();
         b.last = now;
         b.tokens = (b.tokens + dt * rate).min(burst);

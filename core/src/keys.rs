@@ -44,6 +44,9 @@ pub enum KeyError {
     Io(PathBuf, io::Error),
     /// The file exists but its content is invalid; the message says where and why.
     Malformed(PathBuf, String),
+    /// There was no key, and a new one could not be written: the path is the
+    /// directory that could not be created, or the key file that could not be written.
+    Create(PathBuf, io::Error),
 }
 
 impl fmt::Display for KeyError {
@@ -51,6 +54,7 @@ impl fmt::Display for KeyError {
         match self {
             KeyError::Io(path, e) => write!(f, "{}: {e}", path.display()),
             KeyError::Malformed(path, why) => write!(f, "{}: malformed: {why}", path.display()),
+            KeyError::Create(path, e) => write!(f, "cannot create {}: {e}", path.display()),
         }
     }
 }
@@ -58,7 +62,7 @@ impl fmt::Display for KeyError {
 impl std::error::Error for KeyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            KeyError::Io(_, e) => Some(e),
+            KeyError::Io(_, e) | KeyError::Create(_, e) => Some(e),
             KeyError::Malformed(..) => None,
         }
     }
@@ -99,7 +103,11 @@ impl StaticKey {
     pub fn load_or_create(path: &Path) -> Result<StaticKey, KeyError> {
         match fs::read(path) {
             Ok(data) => return parse_key_file(path, &data),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // No key there (ENOTDIR: a path component is a file, nothing can be there;
+            // creating the directory says so).
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) => {}
             Err(e) => return Err(KeyError::Io(path.to_path_buf(), e)),
         }
         let io_err = |e| KeyError::Io(path.to_path_buf(), e);
@@ -109,7 +117,7 @@ impl StaticKey {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(io_err)?;
+                .map_err(|e| KeyError::Create(dir.to_path_buf(), e))?;
         }
         let key = StaticKey::generate();
         let tmp = temp_sibling(path);
@@ -126,7 +134,7 @@ impl StaticKey {
                 let data = fs::read(path).map_err(io_err)?;
                 parse_key_file(path, &data)
             }
-            Err(e) => Err(io_err(e)),
+            Err(e) => Err(KeyError::Create(path.to_path_buf(), e)),
         }
     }
 }
@@ -621,6 +629,23 @@ mod tests {
             .expect_err("link must not replace");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(StaticKey::load_or_create(&path).expect("load"), theirs);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_key_directory_that_cannot_be_created_is_a_create_error() {
+        let dir = temp_dir("no-dir");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("a-file");
+        fs::write(&file, b"not a directory\n").expect("write");
+        let cfg = file.join("cfg");
+        match StaticKey::load_or_create(&cfg.join("exposer.key")) {
+            Err(e @ KeyError::Create(..)) => {
+                assert!(matches!(&e, KeyError::Create(p, _) if *p == cfg), "{e:?}");
+                assert!(e.to_string().starts_with("cannot create "), "{e}");
+            }
+            other => panic!("expected a create error, got {other:?}"),
+        }
         fs::remove_dir_all(&dir).ok();
     }
 

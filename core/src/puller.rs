@@ -35,8 +35,12 @@ pub struct PullConfig {
     pub expected_root: Option<Hash>,
     /// Chunks already verified by an earlier run.
     pub resume: Option<ResumeState>,
-    /// Give up after this long without hearing from the exposer.
+    /// Give up after this long without hearing from the exposer, once it has answered.
     pub idle_timeout: Duration,
+    /// Give up after this long when the exposer has never answered at all (nothing
+    /// listens, or the address is wrong): a peer that never spoke is not waited for as
+    /// patiently as one that went quiet mid-pull. Capped by `idle_timeout`.
+    pub connect_timeout: Duration,
     /// Hand content chunks to the driver for decryption and verification
     /// ([`PullEvent::Verify`]) so it can run them on another core; it reports back
     /// with [`Puller::chunk_verified`].
@@ -63,6 +67,7 @@ impl PullConfig {
             expected_root: None,
             resume: None,
             idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
             offload_verify: false,
         }
     }
@@ -127,7 +132,8 @@ pub struct ResumeState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullError {
-    /// Nothing heard from the exposer for the idle timeout.
+    /// Nothing heard from the exposer for the idle timeout, or, when it never
+    /// answered, for the connect timeout ([`Puller::answered`] tells which).
     Timeout,
     /// The exposer does not expose that name.
     NotFound,
@@ -333,6 +339,9 @@ pub struct Puller {
     next_send: Instant,
     next_loss_check: Option<Instant>,
     last_rx: Instant,
+    /// Whether the exposer has ever answered (then `idle_timeout` applies, else
+    /// `connect_timeout`).
+    answered: bool,
     seq: u64,
     events: VecDeque<PullEvent>,
     pending_hello: bool,
@@ -384,6 +393,7 @@ impl Puller {
             next_send: now,
             next_loss_check: None,
             last_rx: now,
+            answered: false,
             seq: 0,
             events: VecDeque::new(),
             pending_hello: true,
@@ -489,6 +499,7 @@ impl Puller {
         };
         if ok {
             self.last_rx = now;
+            self.answered = true;
         } else {
             self.stats.dropped += 1;
         }
@@ -919,8 +930,23 @@ impl Puller {
 
     // ---------------------------------------------------------------- timers
 
+    /// Whether the exposer has answered at least once.
+    pub fn answered(&self) -> bool {
+        self.answered
+    }
+
+    /// How long a silence ends the pull: `idle_timeout` once the exposer has answered,
+    /// else the (shorter) `connect_timeout`.
+    fn silence_limit(&self) -> Duration {
+        if self.answered {
+            self.cfg.idle_timeout
+        } else {
+            self.cfg.connect_timeout.min(self.cfg.idle_timeout)
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let idle = self.last_rx + self.cfg.idle_timeout;
+        let idle = self.last_rx + self.silence_limit();
         let t = match &self.phase {
             Phase::Finished => return None,
             Phase::Handshake {
@@ -950,7 +976,7 @@ impl Puller {
         if matches!(self.phase, Phase::Finished) {
             return;
         }
-        if now >= self.last_rx + self.cfg.idle_timeout {
+        if now >= self.last_rx + self.silence_limit() {
             self.fail(PullError::Timeout);
             return;
         }

@@ -4,10 +4,32 @@
 
 use std::alloc::{alloc_zeroed, Layout};
 
+mod sealed {
+    /// Keeps `ZeroBits` closed: only this module's impls exist, so no type outside the
+    /// crate can claim that all-zero bits are a valid value of it.
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u64 {}
+}
+
 /// Integer types whose all-zero bit pattern is the value 0.
-pub trait ZeroBits: Copy {}
-impl ZeroBits for u8 {}
-impl ZeroBits for u64 {}
+///
+/// # Safety
+///
+/// Implementors promise that all-zero bits are a valid value of the type (no references,
+/// no `NonZero*`, no enums without a zero discriminant). The trait is sealed, so the only
+/// implementors are the integers below: a type outside this crate cannot opt in.
+///
+/// ```compile_fail,E0277
+/// #[derive(Clone, Copy)]
+/// struct Ref(&'static u8); // all-zero bits would be a null reference
+/// unsafe impl rgtp::zeroed::ZeroBits for Ref {}
+/// ```
+pub unsafe trait ZeroBits: Copy + sealed::Sealed {}
+// SAFETY: every bit pattern, all-zero included, is a valid u8.
+unsafe impl ZeroBits for u8 {}
+// SAFETY: every bit pattern, all-zero included, is a valid u64.
+unsafe impl ZeroBits for u64 {}
 
 /// `n` zeros, or `None` when the memory cannot be had.
 pub fn try_zeroed<T: ZeroBits>(n: usize) -> Option<Vec<T>> {

@@ -685,7 +685,11 @@ fn unreachable_exposer_times_out() {
         addr: addr(0),
         p: Puller::new(
             PullConfig {
-                idle_timeout: Duration::from_secs(5),
+                // A peer that never answered is given up on after connect_timeout,
+                // however patient the idle timeout (long_blackout_then_completion
+                // shows a peer that answered once gets all of it).
+                idle_timeout: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(5),
                 ..PullConfig::new(to, "file.bin")
             },
             w.net.now,
@@ -697,6 +701,7 @@ fn unreachable_exposer_times_out() {
     let start = w.net.now;
     w.run(Duration::from_secs(30), |_| false);
     assert_eq!(w.pullers[0].result, Some(Err(PullError::Timeout)));
+    assert!(!w.pullers[0].p.answered());
     let took = w.net.now - start;
     assert!(
         took >= Duration::from_secs(5) && took < Duration::from_secs(7),

@@ -197,6 +197,25 @@ fn pinned_key(c: &Config, peer: &SocketAddr) -> Option<[u8; 32]> {
     c.pins.iter().find(|(h, _)| *h == hp).map(|(_, k)| *k)
 }
 
+/// Whether a failed connect to `peer` was the server presenting another key than the
+/// one RGTP_PINS names for it (the connection's `PermissionDenied`, not an OS error).
+fn pin_refused(c: &Config, peer: &SocketAddr, kind: io::ErrorKind, os_error: bool) -> bool {
+    kind == io::ErrorKind::PermissionDenied && !os_error && pinned_key(c, peer).is_some()
+}
+
+/// A pinned server presented another key: a security event, so said on stderr
+/// whatever RGTP_LOG is (as rgtp-pull's key notices are), and the app sees the
+/// connection refused. Never a fallback to TCP: the peer does speak RGTP, and
+/// falling back would skip the very check the pin asks for.
+fn refuse_pin(peer: &SocketAddr) -> c_int {
+    let hp = rgtp::url::format_host_port(&peer.ip().to_string(), peer.port());
+    say(&format!(
+        "rgtp: {hp} presented a key other than the one RGTP_PINS requires for it; \
+         connection refused"
+    ));
+    libc::ECONNREFUSED
+}
+
 pub fn connect_fd(
     fd: c_int,
     family: c_int,
@@ -223,6 +242,9 @@ pub fn connect_fd(
                 }
                 Err(errno) => fail(errno),
             }
+        }
+        Err(err) if pin_refused(c, &peer_v, err.kind(), err.raw_os_error().is_some()) => {
+            fail(refuse_pin(&peer_v))
         }
         Err(err) if c.fallback => {
             log::info(&format!(
@@ -342,6 +364,7 @@ fn connect_nonblocking(
     // A failed connect's SO_ERROR outlives the bridge: the app reads it afterwards.
     let failed = Arc::new(AtomicBool::new(false));
     let failed_at_end = failed.clone();
+    let pinned = pinned_key(c, &peer_v).is_some();
     let opts = BridgeOptions {
         skip,
         connect_deadline: Some(std::time::Instant::now() + c.connect_timeout),
@@ -349,12 +372,12 @@ fn connect_nonblocking(
             None => registry::set_connecting(ino, None),
             Some(kind) => {
                 failed.store(true, Ordering::Relaxed);
-                registry::set_connecting(
-                    ino,
-                    Some(registry::Connecting::Failed(errno_of(&io::Error::from(
-                        kind,
-                    )))),
-                );
+                let errno = if pinned && kind == io::ErrorKind::PermissionDenied {
+                    refuse_pin(&peer_v)
+                } else {
+                    errno_of(&io::Error::from(kind))
+                };
+                registry::set_connecting(ino, Some(registry::Connecting::Failed(errno)));
             }
         })),
         on_end: Some(Box::new(move || {

@@ -3,7 +3,7 @@
 //! The tests drive the real `rgtp-expose` and `rgtp-pull` binaries over loopback UDP.
 //! Binaries are looked up in `$RGTP_BIN_DIR`, else `<workspace>/target/release` when
 //! both are there, else `<workspace>/target/debug` (build them first:
-//! `cargo build --release -p rgtp --bins`).
+//! `cargo build --release -p rgtp-cli`).
 //!
 //! Every process a test starts is owned by a [`Proc`], which kills it (SIGKILL, by pid)
 //! and reaps it when dropped, so a failing test leaves nothing behind. Every wait is
@@ -55,6 +55,8 @@ pub mod exit {
     pub const GONE: i32 = 13;
     /// rgtp-pull: the output exists and neither -o nor --force was given.
     pub const EXISTS: i32 = 14;
+    /// rgtp-expose: no key file, and none can be created (e.g. its directory).
+    pub const KEY_CREATE: i32 = 15;
     pub const INTERRUPTED: i32 = 130;
 }
 
@@ -129,7 +131,7 @@ pub fn bin_dir() -> &'static Path {
         }
         panic!(
             "rgtp-expose/rgtp-pull not found in $RGTP_BIN_DIR, {0}/release or {0}/debug; \
-             build them first: cargo build --release -p rgtp --bins",
+             build them first: cargo build --release -p rgtp-cli",
             target.display()
         );
     })

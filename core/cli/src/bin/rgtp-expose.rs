@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::keys::{self, StaticKey};
 use rgtp::source::FileSource;
@@ -17,24 +17,38 @@ Each FILE is published under its base name. For every file a pull URL is printed
 (a line starting with rgtp://) that pins this exposer's key and the content root;
 the root equals `b3sum FILE`.
 
+Access log (stderr, info level, target rgtp::access; RUST_LOG=warn silences it):
+  INFO rgtp::access: opened peer=ADDR:PORT name=\"NAME\" size=BYTES
+      a puller's handshake (a pull that resumes after an outage or a restart, or
+      whose session expired, handshakes again)
+  INFO rgtp::access: served peer=ADDR bytes=BYTES seconds=SECS
+      an address that was sent data has asked for nothing for 5 s (its pull ended
+      or paused): the bytes sent to it since it was last quiet. Pullers sharing an
+      address share the line. The exposer keeps no state per pull, so this is the
+      closest it knows to a pull's end.
+Colours only when stderr is a terminal (and NO_COLOR is unset).
+
 Exit codes:
   0   stopped cleanly (Ctrl-C / SIGTERM)
   2   bad arguments
   3   a FILE is missing or unreadable
   10  cannot bind the UDP port (in use, or a privileged port without permission)
   11  the key file is malformed or unreadable
+  15  there is no key file and one cannot be created (e.g. the config directory
+      cannot be created)
   1   any other error
 
 Environment:
   RGTP_CONFIG_DIR   where the exposer key lives (default ~/.config/rgtp)
-  RUST_LOG          log filter for stderr, e.g. RUST_LOG=debug";
+  RUST_LOG          log filter for stderr (default warn,rgtp::access=info), e.g.
+                    RUST_LOG=debug";
 
 /// Publish files once; pullers fetch, verify and resume them over UDP.
 #[derive(Parser)]
 #[command(name = "rgtp-expose", version, after_help = AFTER_HELP)]
 struct Args {
     /// Files to expose.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["completions", "man"])]
     files: Vec<PathBuf>,
     /// UDP port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 443)]
@@ -65,6 +79,13 @@ struct Args {
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    /// and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<rgtp_cli::Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
 }
 
 fn hostname() -> String {
@@ -84,8 +105,13 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    rgtp_cli::init_logging(&format!("warn,{}=info", rgtp::exposer::ACCESS_LOG));
     let args = Args::parse();
+    match rgtp_cli::generated_docs(Args::command(), args.completions, args.man) {
+        Ok(false) => {}
+        Ok(true) => return ExitCode::SUCCESS,
+        Err(e) => return fail(1, format!("cannot write to stdout: {e}")),
+    }
     if args
         .max_datagram
         .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
@@ -102,6 +128,12 @@ fn main() -> ExitCode {
     let key_path = args.key.clone().unwrap_or_else(keys::default_key_path);
     let key = match StaticKey::load_or_create(&key_path) {
         Ok(k) => k,
+        Err(e @ keys::KeyError::Create(..)) => {
+            return fail(
+                15,
+                format!("{e} (for the key; give --key PATH or RGTP_CONFIG_DIR)"),
+            )
+        }
         Err(e) => return fail(11, e),
     };
 
@@ -199,7 +231,10 @@ fn main() -> ExitCode {
     let _ = out.flush();
     drop(out);
 
-    if let Err(e) = driver::serve(&sock, &mut ex, &driver::STOP) {
+    let served = driver::serve(&sock, &mut ex, &driver::STOP);
+    // Whoever was being served when we stopped gets their access-log line now.
+    ex.log_quiet_sources(std::time::Instant::now(), true);
+    if let Err(e) = served {
         return fail(1, format!("socket error: {e}"));
     }
     tracing::info!("stopping: {:?}", ex.stats);
@@ -224,13 +259,4 @@ fn default_cache_dir() -> PathBuf {
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use rgtp::driver::{self, PullEnd};
 use rgtp::keys::{self, KnownExposers, Trust};
 use rgtp::output::{Output, OutputError};
@@ -15,30 +15,46 @@ use rgtp::url::{hex, parse_hex32, parse_host_port, RgtpUrl, DEFAULT_PORT};
 use rgtp::{merkle, udp, wire};
 
 const AFTER_HELP: &str = "\
-SOURCE is either a pull URL printed by rgtp-expose (it pins the exposer's key and
-the content root), or HOST[:PORT] followed by NAME. Without a pinned key the
-exposer's key is trusted on first use and remembered in the known-exposers file;
-a later change of that key is refused.
+SOURCE is either a pull URL printed by rgtp-expose (rgtp://HOST[:PORT]/NAME?key=..
+&root=..; it pins the exposer's key and the content root), or HOST[:PORT] followed
+by NAME. PORT defaults to 443. Without a pinned key the exposer's key is trusted on
+first use and remembered in the known-exposers file; a later change of that key is
+refused.
 
 While pulling, OUTPUT.rgtp-part holds the data and OUTPUT.rgtp-state the verified
 set. Interrupt at any time (Ctrl-C, kill -9) and run the same command again: only
 the missing chunks are pulled. On success the part file becomes OUTPUT.
 
+An exposer that never answers is given up on after --connect-timeout (exit 5); one
+that answered and then went quiet (restarting, a network outage) is waited for up
+to --timeout, and the pull carries on where it was.
+
+--json prints one JSON object on stdout, on success and on failure alike:
+  success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
+           throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
+           bytes_received (UDP payload bytes), datagrams_sent, requests,
+           rerequested_fragments, duplicate_fragments, spurious_losses, bad_chunks,
+           handshakes (counts), resumed (bool), missing_bytes_at_start (bytes),
+           output (path, or \"-\" for stdout)
+  failure: exit_code (the exit status below), error (the message also on stderr)
+
 Exit codes:
   0    pulled and verified
   1    internal error
-  2    bad arguments or URL
+  2    bad arguments or URL (e.g. a URL not starting with rgtp://)
   3    cannot create or write the output
   4    disk full (space is reserved before any data; the message says how many
        chunks were saved for a resume)
-  5    exposer unreachable (no answer within --timeout) or host unknown
+  5    exposer unreachable (no answer within --connect-timeout, or silent for
+       --timeout after answering) or host unknown
   6    exposer key mismatch (pinned key differs, or a known key changed)
   7    the exposer has no such name
   8    content mismatch (root differs from the pinned one, or a bad outboard)
   9    the resume state file is corrupt
   12   the offered file is too large to track (memory, or over 2^32 chunks)
   13   the exposer withdrew the file (it changed or became unreadable while exposed)
-  14   the output exists (pulling by name without -o): give -o, or --force
+  14   the output exists (its name came from the exposer: no -o, or -o DIR/):
+       give -o PATH, or --force
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -49,20 +65,28 @@ Environment:
 #[derive(Parser)]
 #[command(name = "rgtp-pull", version, after_help = AFTER_HELP)]
 struct Args {
-    /// rgtp:// URL, or HOST[:PORT] (then NAME is required).
-    source: String,
+    /// rgtp:// URL, or HOST[:PORT] (PORT defaults to 443; then NAME is required).
+    #[arg(required_unless_present_any = ["completions", "man"])]
+    source: Option<String>,
     /// Name of the file on the exposer (with the HOST[:PORT] form).
     name: Option<String>,
-    /// Where to write (default: ./NAME). A character device such as /dev/null
-    /// discards the bytes (no resume).
+    /// Where to write (default: ./NAME). `-` writes the file to stdout (pulled into a
+    /// temporary file in $TMPDIR first; no resume). An existing directory (or a path
+    /// ending in /) receives DIR/NAME. A character device such as /dev/null discards
+    /// the bytes (no resume).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Require this exposer key (64 hex digits).
     #[arg(long)]
     key: Option<String>,
-    /// Give up when the exposer has been silent this many seconds.
-    #[arg(long, default_value_t = 60)]
+    /// Give up when an exposer that has answered is then silent this many seconds
+    /// (the pull resumes by itself if it comes back sooner).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
+    /// Give up when the exposer has not answered at all within this many seconds
+    /// (nothing listens there, or a firewall drops the packets).
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    connect_timeout: u64,
     /// Largest UDP payload to ask for (the exposer may use less). Default: 1200, which
     /// crosses any Internet path, or 65000 when the exposer is on this host (loopback).
     #[arg(long)]
@@ -71,7 +95,8 @@ struct Args {
     /// key is being trusted on first use (a security event), still print.
     #[arg(short, long)]
     quiet: bool,
-    /// Print one JSON object with the transfer's figures at the end.
+    /// Print one JSON object on stdout at the end: the transfer's figures, or the
+    /// error and exit code (fields and units below).
     #[arg(long)]
     json: bool,
     /// Decrypt and verify chunks on a thread of their own (1) or on the receiving
@@ -84,9 +109,16 @@ struct Args {
     #[arg(long)]
     known_exposers: Option<PathBuf>,
     /// Replace an existing file when the output is named after the pulled file (no
-    /// -o): without it such a pull refuses to start (exit 14).
+    /// -o, or -o DIR/): without it such a pull refuses to start (exit 14).
     #[arg(long)]
     force: bool,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    /// and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<rgtp_cli::Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
 }
 
 struct Failure(u8, String);
@@ -96,14 +128,84 @@ fn fail<T>(code: u8, msg: impl std::fmt::Display) -> Result<T, Failure> {
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    let args = Args::parse();
+    rgtp_cli::init_logging("warn");
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // Usage errors (exit 2) keep clap's text on stderr; with --json the
+            // caller also gets its object on stdout.
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let msg = first.strip_prefix("error: ").unwrap_or(first);
+                print_json(&serde_json::json!({ "exit_code": e.exit_code(), "error": msg }));
+            }
+            e.exit()
+        }
+    };
+    match rgtp_cli::generated_docs(Args::command(), args.completions, args.man) {
+        Ok(false) => {}
+        Ok(true) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rgtp-pull: cannot write to stdout: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let json = args.json;
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, msg)) => {
             eprintln!("rgtp-pull: {msg}");
+            if json {
+                print_json(&serde_json::json!({ "exit_code": code, "error": msg }));
+            }
             ExitCode::from(code)
         }
+    }
+}
+
+/// One JSON object and a newline on stdout.
+fn print_json(v: &serde_json::Value) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{v}");
+    let _ = o.flush();
+}
+
+/// Where the pulled bytes go, as the user named it.
+enum Dest {
+    /// A path (file or character device), named by the user.
+    Path(PathBuf),
+    /// A path whose file name is the exposure's (no -o, or -o DIR/).
+    Named(PathBuf),
+    /// stdout (`-o -`), through a file in this private temporary directory.
+    Stdout(TempDir),
+}
+
+/// A private directory under $TMPDIR, removed (with everything in it) on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..16 {
+            let mut r = [0u8; 8];
+            getrandom::getrandom(&mut r).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let p = base.join(format!("rgtp-pull-{}-{}", std::process::id(), hex(&r)));
+            // 0700 and created here (fails if it exists): nobody else can plant files in it.
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no temporary directory")))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -130,12 +232,27 @@ fn run(args: Args) -> Result<(), Failure> {
             ),
         );
     }
-    let (host, port, name, mut pin, root) = if args.source.to_ascii_lowercase().starts_with("rgtp:")
-    {
+    if args.json && args.output.as_deref() == Some(std::path::Path::new("-")) {
+        return fail(2, "--json and -o - both write to stdout; give one of them");
+    }
+    let Some(source) = args.source.as_deref() else {
+        return fail(2, "SOURCE is required");
+    };
+    let lower = source.to_ascii_lowercase();
+    if !lower.starts_with("rgtp:") && lower.contains("://") {
+        return fail(
+            2,
+            format!(
+                "URL must start with rgtp:// (got {}://...)",
+                &source[..lower.find("://").unwrap_or(0)]
+            ),
+        );
+    }
+    let (host, port, name, mut pin, root) = if lower.starts_with("rgtp:") {
         if args.name.is_some() {
             return fail(2, "a URL already names the file; drop the NAME argument");
         }
-        let u: RgtpUrl = match args.source.parse() {
+        let u: RgtpUrl = match source.parse() {
             Ok(u) => u,
             Err(e) => return fail(2, format!("bad URL: {e}")),
         };
@@ -147,7 +264,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 "NAME is required with the HOST[:PORT] form (or give an rgtp:// URL)",
             );
         };
-        match parse_host_port(&args.source, DEFAULT_PORT) {
+        match parse_host_port(source, DEFAULT_PORT) {
             Ok((h, p)) => (h, p, name, None, None),
             Err(e) => return fail(2, format!("bad address: {e}")),
         }
@@ -192,16 +309,40 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let known_key = known.as_ref().and_then(|k| k.get(&host_port).copied());
 
-    let out_path = args.output.clone().unwrap_or_else(|| {
-        PathBuf::from(
-            std::path::Path::new(&name)
-                .file_name()
-                .map_or("download".into(), |n| n.to_owned()),
-        )
-    });
+    // The exposure's own file name, for outputs named after it.
+    let base_name = PathBuf::from(
+        std::path::Path::new(&name)
+            .file_name()
+            .map_or("download".into(), |n| n.to_owned()),
+    );
+    let dest = match &args.output {
+        None => Dest::Named(base_name.clone()),
+        Some(o) if o.as_os_str() == "-" => match TempDir::new() {
+            Ok(t) => Dest::Stdout(t),
+            Err(e) => {
+                return fail(
+                    3,
+                    format!(
+                        "cannot create a temporary directory in {} for -o -: {e}",
+                        std::env::temp_dir().display()
+                    ),
+                )
+            }
+        },
+        Some(o) if o.is_dir() => Dest::Named(o.join(&base_name)),
+        Some(o) if o.as_os_str().to_string_lossy().ends_with('/') => {
+            return fail(3, format!("{}: no such directory", o.display()))
+        }
+        Some(o) => Dest::Path(o.clone()),
+    };
+    let out_path = match &dest {
+        Dest::Path(p) | Dest::Named(p) => p.clone(),
+        Dest::Stdout(t) => t.0.join(&base_name),
+    };
     // A name chosen by the exposer's side (or a URL) must not silently replace a file
-    // here, e.g. ./.bashrc: only an explicit -o or --force may.
-    if args.output.is_none() && !args.force && std::fs::symlink_metadata(&out_path).is_ok() {
+    // here, e.g. ./.bashrc: only an explicit -o PATH or --force may.
+    if matches!(dest, Dest::Named(_)) && !args.force && std::fs::symlink_metadata(&out_path).is_ok()
+    {
         return fail(
             14,
             format!(
@@ -223,6 +364,7 @@ fn run(args: Args) -> Result<(), Failure> {
     cfg.expected_root = root;
     cfg.resume = resume;
     cfg.idle_timeout = Duration::from_secs(args.timeout.max(1));
+    cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     // Decrypt and hash on another core while this one receives.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cfg.offload_verify = args.verify_threads.unwrap_or(u8::from(cores >= 4)) > 0;
@@ -264,6 +406,7 @@ fn run(args: Args) -> Result<(), Failure> {
         name: name.clone(),
         resumed_have,
         progress: !args.quiet && !args.json && std::io::stderr().is_terminal(),
+        started: false,
         start,
         last_progress: start,
         total: 0,
@@ -289,7 +432,11 @@ fn run(args: Args) -> Result<(), Failure> {
             let _ = output.save();
             return fail(
                 130,
-                "interrupted; progress saved, run the same command to resume",
+                if matches!(dest, Dest::Stdout(_)) {
+                    "interrupted (-o - does not resume)"
+                } else {
+                    "interrupted; progress saved, run the same command to resume"
+                },
             );
         }
         PullEnd::Sink(e) => {
@@ -321,9 +468,19 @@ fn run(args: Args) -> Result<(), Failure> {
                     hex(got),
                     known_path.display()
                 ),
+                (PullError::Timeout, _) if !puller.answered() => format!(
+                    "exposer {host_port} unreachable: no answer within {} s (is rgtp-expose \
+                     running there, and is UDP port {port} open?)",
+                    args.connect_timeout.max(1)
+                ),
                 (PullError::Timeout, _) => format!(
-                    "exposer {host_port} unreachable: no answer for {} s",
-                    args.timeout
+                    "exposer {host_port} went quiet: no answer for {} s{}",
+                    args.timeout.max(1),
+                    if matches!(dest, Dest::Stdout(_)) {
+                        ""
+                    } else {
+                        " (progress saved; run the same command to resume)"
+                    }
                 ),
                 (PullError::NotFound, _) => format!("{host_port} exposes no file named {name:?}"),
                 _ => e.to_string(),
@@ -331,36 +488,54 @@ fn run(args: Args) -> Result<(), Failure> {
             return fail(code, msg);
         }
     }
+    let shown_path = match &dest {
+        Dest::Stdout(_) => {
+            copy_to_stdout(&out_path)?;
+            "-".to_string()
+        }
+        _ => out_path.display().to_string(),
+    };
     let s = &puller.stats;
     if args.json {
-        let mut o = std::io::stdout().lock();
-        let _ = writeln!(
-            o,
-            "{{\"bytes\":{total},\"seconds\":{secs:.6},\"throughput\":{:.0},\"datagrams_received\":{},\
-             \"bytes_received\":{},\"datagrams_sent\":{},\"requests\":{},\"rerequested_fragments\":{},\
-             \"duplicate_fragments\":{},\"spurious_losses\":{},\"bad_chunks\":{},\"handshakes\":{},\"resumed\":{resumed},\
-             \"missing_bytes_at_start\":{missing_at_start},\"output\":\"{}\"}}",
-            missing_at_start as f64 / secs.max(1e-9),
-            s.datagrams_in,
-            s.bytes_in,
-            s.datagrams_out,
-            s.requests,
-            s.rerequested_fragments,
-            s.duplicate_fragments,
-            s.spurious_losses,
-            s.bad_chunks,
-            s.handshakes,
-            json_escape(&out_path.display().to_string()),
-        );
+        print_json(&serde_json::json!({
+            "exit_code": 0,
+            "bytes": total,
+            "seconds": secs,
+            "throughput": (missing_at_start as f64 / secs.max(1e-9)).round(),
+            "datagrams_received": s.datagrams_in,
+            "bytes_received": s.bytes_in,
+            "datagrams_sent": s.datagrams_out,
+            "requests": s.requests,
+            "rerequested_fragments": s.rerequested_fragments,
+            "duplicate_fragments": s.duplicate_fragments,
+            "spurious_losses": s.spurious_losses,
+            "bad_chunks": s.bad_chunks,
+            "handshakes": s.handshakes,
+            "resumed": resumed,
+            "missing_bytes_at_start": missing_at_start,
+            "output": shown_path,
+        }));
     } else if !args.quiet {
         eprintln!(
-            "rgtp-pull: {} -> {} ({total} bytes in {secs:.2} s, {}/s)",
+            "rgtp-pull: {} -> {shown_path} ({total} bytes in {secs:.2} s, {}/s)",
             name,
-            out_path.display(),
             human(missing_at_start as f64 / secs.max(1e-9))
         );
     }
     Ok(())
+}
+
+/// `-o -`: the finished file, to stdout.
+fn copy_to_stdout(path: &std::path::Path) -> Result<(), Failure> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail(3, format!("{}: {e}", path.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    match std::io::copy(&mut f, &mut out).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) => fail(3, format!("cannot write to stdout: {e}")),
+    }
 }
 
 /// The verifier thread's answer: the plaintext, or why not.
@@ -386,6 +561,8 @@ struct Handler {
     name: String,
     resumed_have: Option<rgtp::bitset::ChunkSet>,
     progress: bool,
+    /// Whether the exposer's manifest (and so the size) is known.
+    started: bool,
     start: Instant,
     last_progress: Instant,
     total: u64,
@@ -407,6 +584,7 @@ impl driver::PullHandler for Handler {
             } => {
                 self.resumed = resumed;
                 self.total = size;
+                self.started = true;
                 if let Some(k) = self.known.as_mut() {
                     if k.check(&self.host_port, &exposer_key) == Trust::New {
                         if let Err(e) = k.remember(&self.host_port, &exposer_key) {
@@ -456,6 +634,15 @@ impl driver::PullHandler for Handler {
     fn on_tick(&mut self, p: &Puller) -> Result<(), OutputError> {
         if self.progress && self.last_progress.elapsed() >= Duration::from_millis(250) {
             self.last_progress = Instant::now();
+            if !self.started {
+                // Nothing known yet: no bar, no percentage.
+                eprint!(
+                    "\r\x1b[2Kwaiting for {} ... {:.0} s",
+                    self.host_port,
+                    self.start.elapsed().as_secs_f64()
+                );
+                return self.output.tick();
+            }
             draw_progress(
                 self.stored,
                 self.total,
@@ -573,26 +760,4 @@ fn human(b: f64) -> String {
         i += 1;
     }
     format!("{v:.1} {}", U[i])
-}
-
-fn json_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -11,7 +11,7 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use crate::guard::{self, fail};
 use crate::registry::{self, Connecting, Entry, Kind, PendingKey};
-use crate::{engine, real, sockaddr as sa};
+use crate::{emulation, real, sockaddr as sa};
 
 /// The socket's (domain, type) if it is an AF_INET/AF_INET6 stream socket.
 fn inet_stream(fd: c_int) -> Option<c_int> {
@@ -57,7 +57,7 @@ unsafe fn wanted(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<(So
     if guard::inside() {
         return None;
     }
-    let cfg = engine::config()?;
+    let cfg = emulation::config()?;
     // SAFETY: forwarded caller contract.
     let a = unsafe { sa::read(addr, len) }?;
     if !cfg.ports.contains(a.port()) {
@@ -71,7 +71,7 @@ unsafe fn wanted(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<(So
 /// libc `connect` contract.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if !guard::inside() && engine::broken() && inet_stream(fd).is_some() {
+    if !guard::inside() && emulation::broken() && inet_stream(fd).is_some() {
         return fail(libc::EINVAL);
     }
     // connect again on an emulated connection: what TCP says at each stage.
@@ -93,7 +93,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         // SAFETY: caller's contract.
         return unsafe { real::connect(fd, addr, len) };
     };
-    guard::hook(|| engine::connect_fd(fd, family, peer, addr, len))
+    guard::hook(|| emulation::connect_fd(fd, family, peer, addr, len))
 }
 
 /// # Safety
@@ -130,12 +130,12 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 /// libc `listen` contract.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if guard::inside() || engine::config().is_none() || registry::is_empty() {
+    if guard::inside() || emulation::config().is_none() || registry::is_empty() {
         // SAFETY: plain forwarding.
         return unsafe { real::listen(fd, backlog) };
     }
     match registry::lookup_fd(fd) {
-        Some(e) if e.kind == Kind::Bound => guard::hook(|| engine::listen_fd(fd, backlog, e)),
+        Some(e) if e.kind == Kind::Bound => guard::hook(|| emulation::listen_fd(fd, backlog, e)),
         // SAFETY: plain forwarding.
         _ => unsafe { real::listen(fd, backlog) },
     }
@@ -152,7 +152,7 @@ unsafe fn accept_common(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    if guard::inside() || engine::config().is_none() || registry::is_empty() {
+    if guard::inside() || emulation::config().is_none() || registry::is_empty() {
         // SAFETY: plain forwarding.
         return unsafe { real::accept4(fd, addr, len, flags) };
     }
@@ -162,7 +162,7 @@ unsafe fn accept_common(
     };
     // A process that accepts serves the port itself from now on.
     guard::hook(|| {
-        engine::serve_here(listener.local);
+        emulation::serve_here(listener.local);
         0
     });
     // SAFETY: storage for the real peer address.
@@ -193,7 +193,7 @@ unsafe fn accept_common(
                 // Handed over by another process's engine (a worker accepting what
                 // the master's or a sibling's engine holds): the name says the
                 // addresses, trusted only from a process of our own user.
-                PendingKey::Unix(name) if same_user_peer(nfd) => engine::addrs_from_name(name),
+                PendingKey::Unix(name) if same_user_peer(nfd) => emulation::addrs_from_name(name),
                 _ => None,
             })
         });
@@ -454,7 +454,7 @@ pub unsafe extern "C" fn setsockopt(
 #[no_mangle]
 pub unsafe extern "C" fn _exit(code: c_int) -> ! {
     if !guard::inside() {
-        let _ = std::panic::catch_unwind(|| guard::enter(engine::linger_at_exit));
+        let _ = std::panic::catch_unwind(|| guard::enter(emulation::linger_at_exit));
     }
     // SAFETY: terminating as asked.
     unsafe { real::underscore_exit(code) }

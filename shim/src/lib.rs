@@ -5,7 +5,7 @@
 //! only the control calls are interposed (see `hooks`).
 
 mod config;
-mod engine;
+mod emulation;
 mod guard;
 mod hooks;
 mod log;
@@ -20,7 +20,7 @@ fn init() {
     real::resolve_all();
     let _ = std::panic::catch_unwind(|| {
         guard::enter(|| {
-            if let engine::State::On(_) = engine::state() {
+            if let emulation::State::On(_) = emulation::state() {
                 let prev = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {
                     if guard::inside() {

@@ -20,7 +20,7 @@ pub fn init(level: LogLevel, file: Option<&str>) {
         {
             Ok(f) => Some(f),
             Err(e) => {
-                crate::engine::say(&format!(
+                crate::emulation::say(&format!(
                     "rgtp-shim: cannot open RGTP_LOG_FILE {p}: {e}; logging to stderr"
                 ));
                 None

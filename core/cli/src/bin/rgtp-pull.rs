@@ -85,7 +85,7 @@ struct Args {
     timeout: u64,
     /// Give up when the exposer has not answered at all within this many seconds
     /// (nothing listens there, or a firewall drops the packets).
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
     connect_timeout: u64,
     /// Largest UDP payload to ask for (the exposer may use less). Default: 1200, which
     /// crosses any Internet path, or 65000 when the exposer is on this host (loopback).

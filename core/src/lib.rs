@@ -39,6 +39,7 @@ pub mod sealed;
 pub mod sidecar;
 pub mod sim;
 pub mod source;
+pub mod transfer;
 pub mod transmit;
 pub mod udp;
 pub mod url;

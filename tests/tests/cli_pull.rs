@@ -342,7 +342,7 @@ fn help_shows_the_default_port_timeouts_and_json_units() {
     for want in [
         "PORT defaults to 443",
         "--connect-timeout",
-        "[default: 5]",
+        "[default: 10]",
         "[default: 60]",
         "bytes/s",
         "exit_code",

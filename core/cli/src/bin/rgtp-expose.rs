@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use rgtp::exposer::{Exposer, ExposerConfig};
-use rgtp::keys::{self, StaticKey};
-use rgtp::source::FileSource;
-use rgtp::url::{hex, RgtpUrl};
-use rgtp::{driver, merkle, udp, wire};
+use rgtp::keys;
+use rgtp::transfer::{expose_until, ExposeOptions, TransferError};
+use rgtp::url::hex;
+use rgtp::{driver, wire};
 
 const AFTER_HELP: &str = "\
 Each FILE is published under its base name. For every file a pull URL is printed
@@ -88,17 +87,6 @@ struct Args {
     man: bool,
 }
 
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if r != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("rgtp-expose: {msg}");
     ExitCode::from(code)
@@ -125,138 +113,43 @@ fn main() -> ExitCode {
             ),
         );
     }
-    let key_path = args.key.clone().unwrap_or_else(keys::default_key_path);
-    let key = match StaticKey::load_or_create(&key_path) {
-        Ok(k) => k,
-        Err(e @ keys::KeyError::Create(..)) => {
-            return fail(
-                15,
-                format!("{e} (for the key; give --key PATH or RGTP_CONFIG_DIR)"),
-            )
-        }
-        Err(e) => return fail(11, e),
-    };
-
-    // Hash every file before binding, so a printed URL is always servable.
-    let mut files = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    for path in &args.files {
-        let name = match path.file_name().and_then(|n| n.to_str()) {
-            Some(n) => n.to_string(),
-            None => return fail(3, format!("{}: not a file name", path.display())),
-        };
-        if !names.insert(name.clone()) {
-            return fail(
-                2,
-                format!("two files share the name {name}; expose them from separate processes"),
-            );
-        }
-        let src = match FileSource::open(path) {
-            Ok(s) => s,
-            Err(e) => return fail(3, format!("{}: {e}", path.display())),
-        };
-        let cvs = match merkle::cvs_of_file(src.file(), rgtp::source::ChunkSource::size(&src)) {
-            Ok(c) => c,
-            Err(e) => return fail(3, format!("{}: {e}", path.display())),
-        };
-        files.push((name, path.clone(), src, cvs));
-    }
-
-    let bind = SocketAddr::new(args.bind, args.port);
-    let sock = match udp::bind(bind) {
-        Ok(s) => s,
-        Err(e) => {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                " (ports below 1024 need privileges: pick another with --port)"
-            } else {
-                " (choose another with --port)"
-            };
-            return fail(10, format!("cannot bind UDP {bind}: {e}{hint}"));
-        }
-    };
-    let local = match sock.local_addr() {
-        Ok(a) => a,
-        Err(e) => return fail(1, e),
-    };
-    let host = args.advertise.clone().unwrap_or_else(|| {
-        if args.bind.is_unspecified() {
-            hostname()
-        } else {
-            args.bind.to_string()
-        }
-    });
-
-    let mut config = ExposerConfig {
+    let opts = ExposeOptions {
+        bind: SocketAddr::new(args.bind, args.port),
+        advertise: args.advertise.clone(),
+        key_path: args.key.clone(),
+        seal_ahead: !args.no_seal_ahead,
+        cache_dir: args.cache_dir.clone(),
         cache_bytes: args.cache_mib << 20,
-        ..Default::default()
+        max_datagram: args.max_datagram,
     };
-    if let Some(m) = args.max_datagram {
-        // Given explicitly, it caps every path, loopback included.
-        config.max_datagram = m;
-        config.loopback_max_datagram = m;
-    }
-    let mut ex = Exposer::new(config, key.private, std::time::Instant::now());
-    let mut out = std::io::stdout().lock();
-    for (name, path, src, cvs) in files {
-        let size = rgtp::source::ChunkSource::size(&src);
-        let info = ex.add_exposure(&name, Box::new(src), cvs);
-        if !args.no_seal_ahead && size > 0 {
-            let dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
-            if let Err(e) = ex.seal_ahead(&info.id, &dir, threads()) {
-                return fail(
-                    3,
-                    format!(
-                        "cannot seal {} ahead into {}: {e} (or use --no-seal-ahead)",
-                        path.display(),
-                        dir.display()
-                    ),
-                );
-            }
-        }
-        let url = RgtpUrl {
-            host: host.clone(),
-            port: local.port(),
-            name,
-            key: Some(key.public),
-            root: Some(info.root),
-        };
-        let _ = writeln!(out, "{url}");
-        let _ = writeln!(out, "  file: {} ({size} bytes)", path.display());
-        let _ = writeln!(out, "  root: {}", hex(&info.root));
-        let _ = writeln!(out, "  key:  {}", keys::fingerprint(&key.public));
-    }
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();
-    let _ = writeln!(out, "listening on {local}");
-    let _ = out.flush();
-    drop(out);
-
-    let served = driver::serve(&sock, &mut ex, &driver::STOP);
-    // Whoever was being served when we stopped gets their access-log line now.
-    ex.log_quiet_sources(std::time::Instant::now(), true);
-    if let Err(e) = served {
-        return fail(1, format!("socket error: {e}"));
+    let served = expose_until(&args.files, &opts, &driver::STOP, |files, local, key| {
+        let mut out = std::io::stdout().lock();
+        for f in files {
+            let _ = writeln!(out, "{}", f.url);
+            let _ = writeln!(out, "  file: {} ({} bytes)", f.path.display(), f.size);
+            if let Some(root) = &f.url.root {
+                let _ = writeln!(out, "  root: {}", hex(root));
+            }
+            let _ = writeln!(out, "  key:  {}", keys::fingerprint(key));
+        }
+        let _ = writeln!(out, "listening on {local}");
+        let _ = out.flush();
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ TransferError::KeyDir(_)) => fail(
+            e.exit_code(),
+            e.to_string()
+                .replace("give another key path", "give --key PATH"),
+        ),
+        Err(e) => fail(
+            e.exit_code(),
+            e.to_string()
+                .replace("(or seal on demand)", "(or use --no-seal-ahead)")
+                .replace("pick another port", "pick another with --port")
+                .replace("(choose another port)", "(choose another with --port)"),
+        ),
     }
-    tracing::info!("stopping: {:?}", ex.stats);
-    ExitCode::SUCCESS
-}
-
-fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RGTP_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
-        return d.join("rgtp");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("rgtp"),
-        None => std::env::temp_dir().join("rgtp-cache"),
-    }
-}
-
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1,18 +1,16 @@
 //! rgtp-pull: fetch a file over RGTP, verified chunk by chunk, resumable.
 
 use std::io::{IsTerminal, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use rgtp::driver::{self, PullEnd};
-use rgtp::keys::{self, KnownExposers, Trust};
-use rgtp::output::{Output, OutputError};
-use rgtp::puller::{PullConfig, PullError, PullEvent, Puller};
-use rgtp::url::{hex, parse_hex32, parse_host_port, RgtpUrl, DEFAULT_PORT};
-use rgtp::{merkle, udp, wire};
+use rgtp::driver;
+use rgtp::keys;
+use rgtp::transfer::{PullOptions, PullSource, PullUpdate, TransferError};
+use rgtp::url::{hex, parse_hex32};
+use rgtp::wire;
 
 const AFTER_HELP: &str = "\
 SOURCE is either a pull URL printed by rgtp-expose (rgtp://HOST[:PORT]/NAME?key=..
@@ -209,15 +207,6 @@ impl Drop for TempDir {
     }
 }
 
-fn output_failure(e: OutputError) -> Failure {
-    let code = match e {
-        OutputError::Io(..) => 3,
-        OutputError::Full { .. } => 4,
-        OutputError::CorruptState(..) => 9,
-    };
-    Failure(code, e.to_string())
-}
-
 fn run(args: Args) -> Result<(), Failure> {
     if args
         .max_datagram
@@ -238,83 +227,24 @@ fn run(args: Args) -> Result<(), Failure> {
     let Some(source) = args.source.as_deref() else {
         return fail(2, "SOURCE is required");
     };
-    let lower = source.to_ascii_lowercase();
-    if !lower.starts_with("rgtp:") && lower.contains("://") {
-        return fail(
-            2,
-            format!(
-                "URL must start with rgtp:// (got {}://...)",
-                &source[..lower.find("://").unwrap_or(0)]
-            ),
-        );
-    }
-    let (host, port, name, mut pin, root) = if lower.starts_with("rgtp:") {
-        if args.name.is_some() {
-            return fail(2, "a URL already names the file; drop the NAME argument");
-        }
-        let u: RgtpUrl = match source.parse() {
-            Ok(u) => u,
-            Err(e) => return fail(2, format!("bad URL: {e}")),
-        };
-        (u.host, u.port, u.name, u.key, u.root)
-    } else {
-        let Some(name) = args.name.clone() else {
-            return fail(
-                2,
-                "NAME is required with the HOST[:PORT] form (or give an rgtp:// URL)",
-            );
-        };
-        match parse_host_port(source, DEFAULT_PORT) {
-            Ok((h, p)) => (h, p, name, None, None),
-            Err(e) => return fail(2, format!("bad address: {e}")),
-        }
+    let src = PullSource::parse(source, args.name.as_deref()).map_err(failure)?;
+    let mut opts = PullOptions {
+        known_exposers: args.known_exposers.clone(),
+        max_datagram: args.max_datagram.map(|m| m as u16),
+        idle_timeout: Duration::from_secs(args.timeout.max(1)),
+        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+        offload_verify: args.verify_threads.map(|n| n > 0),
+        ..Default::default()
     };
-    if name.is_empty() || name.len() > wire::MAX_NAME_LEN {
-        return fail(
-            2,
-            format!(
-                "the name must be 1 to {} bytes long (this one is {})",
-                wire::MAX_NAME_LEN,
-                name.len()
-            ),
-        );
-    }
     if let Some(k) = &args.key {
         match parse_hex32(k) {
-            Some(k) => pin = Some(k),
+            Some(k) => opts.key = Some(k),
             None => return fail(2, "--key must be 64 hex digits"),
         }
     }
-    let host_port = rgtp::url::format_host_port(&host, port);
-    let remote: SocketAddr = match (host.as_str(), port)
-        .to_socket_addrs()
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        _ => return fail(5, format!("cannot resolve host {host}")),
-    };
-
-    // Trust on first use when nothing pins the key.
-    let known_path = args
-        .known_exposers
-        .clone()
-        .unwrap_or_else(keys::default_known_path);
-    let known = if pin.is_none() {
-        match KnownExposers::load(&known_path) {
-            Ok(k) => Some(k),
-            Err(e) => return fail(6, e),
-        }
-    } else {
-        None
-    };
-    let known_key = known.as_ref().and_then(|k| k.get(&host_port).copied());
 
     // The exposure's own file name, for outputs named after it.
-    let base_name = PathBuf::from(
-        std::path::Path::new(&name)
-            .file_name()
-            .map_or("download".into(), |n| n.to_owned()),
-    );
+    let base_name = src.file_name();
     let dest = match &args.output {
         None => Dest::Named(base_name.clone()),
         Some(o) if o.as_os_str() == "-" => match TempDir::new() {
@@ -351,85 +281,44 @@ fn run(args: Args) -> Result<(), Failure> {
             ),
         );
     }
-    let (output, resume) = Output::open(&out_path).map_err(output_failure)?;
-    let resumed_have = resume.as_ref().map(|r| r.have.clone());
-
-    let mut cfg = PullConfig::new(remote, &name);
-    if let Some(m) = args.max_datagram {
-        // Given explicitly, it holds for every path, loopback included.
-        cfg.max_datagram = m as u16;
-        cfg.loopback_max_datagram = m as u16;
-    }
-    cfg.pinned_key = pin.or(known_key);
-    cfg.expected_root = root;
-    cfg.resume = resume;
-    cfg.idle_timeout = Duration::from_secs(args.timeout.max(1));
-    cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
-    // Decrypt and hash on another core while this one receives.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cfg.offload_verify = args.verify_threads.unwrap_or(u8::from(cores >= 4)) > 0;
-
-    let bind: SocketAddr = if remote.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let sock = match udp::bind(bind) {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("cannot open a UDP socket: {e}")),
-    };
 
     driver::install_stop_handler();
-    let start = Instant::now();
-    let mut puller = Puller::new(cfg, start);
-    let (verify_tx, verify_rx) = std::sync::mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Verified)>();
-    let verifier = std::thread::spawn(move || {
-        for (index, ct, v) in verify_rx {
-            if done_tx.send((index, v.verify(index, ct))).is_err() {
-                break;
+    let progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let host_port = src.host_port();
+    let mut on = |u: PullUpdate| match u {
+        PullUpdate::TrustedOnFirstUse { host_port, key } => {
+            if progress {
+                eprint!("\r\x1b[2K");
             }
+            eprintln!(
+                "rgtp-pull: trusting {host_port} on first use: key {}",
+                keys::fingerprint(&key)
+            );
         }
-    });
-    let part_path = match &output {
-        Output::File(_) => Some(rgtp::output::part_path(&out_path)),
-        Output::Discard => None,
+        PullUpdate::Damaged { chunks } => {
+            eprintln!("rgtp-pull: {chunks} stored chunk(s) no longer match; pulling them again")
+        }
+        // Nothing known yet: no bar, no percentage.
+        PullUpdate::Waiting { elapsed } if progress => eprint!(
+            "\r\x1b[2Kwaiting for {host_port} ... {:.0} s",
+            elapsed.as_secs_f64()
+        ),
+        PullUpdate::Progress {
+            stored,
+            total,
+            missing_at_start,
+            elapsed,
+            srtt,
+        } if progress => draw_progress(stored, total, missing_at_start, elapsed, srtt),
+        _ => {}
     };
-    let mut h = Handler {
-        recheck: None,
-        part_path,
-        verify_tx: Some(verify_tx),
-        done_rx,
-        output,
-        known,
-        host_port: host_port.clone(),
-        name: name.clone(),
-        resumed_have,
-        progress: !args.quiet && !args.json && std::io::stderr().is_terminal(),
-        started: false,
-        start,
-        last_progress: start,
-        total: 0,
-        missing_at_start: 0,
-        stored: 0,
-        resumed: false,
-    };
-    let end = driver::pull(&sock, &mut puller, &driver::STOP, &mut h);
-    h.verify_tx = None;
-    let _ = verifier.join();
-    let progress = h.progress;
-    let (total, missing_at_start, resumed) = (h.total, h.missing_at_start, h.resumed);
-    let mut output = h.output;
+    let result = rgtp::transfer::pull_from(&src, &out_path, &opts, &driver::STOP, &mut on);
     if progress {
         eprint!("\r\x1b[2K");
     }
-    let secs = start.elapsed().as_secs_f64();
-    match end {
-        PullEnd::Done => {
-            output.finish().map_err(output_failure)?;
-        }
-        PullEnd::Interrupted => {
-            let _ = output.save();
+    let report = match result {
+        Ok(r) => r,
+        Err(TransferError::Cancelled(_)) => {
             return fail(
                 130,
                 if matches!(dest, Dest::Stdout(_)) {
@@ -437,57 +326,17 @@ fn run(args: Args) -> Result<(), Failure> {
                 } else {
                     "interrupted; progress saved, run the same command to resume"
                 },
+            )
+        }
+        Err(e @ TransferError::Unreachable(_)) if !matches!(dest, Dest::Stdout(_)) => {
+            let msg = e.to_string().replace(
+                "(progress saved)",
+                "(progress saved; run the same command to resume)",
             );
+            return fail(5, msg);
         }
-        PullEnd::Sink(e) => {
-            let _ = output.save();
-            return Err(output_failure(e));
-        }
-        PullEnd::Io(e) => {
-            let _ = output.save();
-            return fail(1, format!("socket error: {e}"));
-        }
-        PullEnd::Failed(e) => {
-            let _ = output.save();
-            let code = match &e {
-                PullError::Timeout => 5,
-                PullError::KeyMismatch { .. } => 6,
-                PullError::NotFound => 7,
-                PullError::RootMismatch { .. }
-                | PullError::BadOutboard
-                | PullError::BadContent { .. } => 8,
-                PullError::TooLarge { .. } => 12,
-                PullError::Gone => 13,
-                PullError::NameTooLong => 2,
-            };
-            let msg = match (&e, known_key) {
-                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
-                    "the key of {host_port} changed: known {}, now {}; refusing (if the change is \
-                     expected, delete its line in {})",
-                    hex(&old),
-                    hex(got),
-                    known_path.display()
-                ),
-                (PullError::Timeout, _) if !puller.answered() => format!(
-                    "exposer {host_port} unreachable: no answer within {} s (is rgtp-expose \
-                     running there, and is UDP port {port} open?)",
-                    args.connect_timeout.max(1)
-                ),
-                (PullError::Timeout, _) => format!(
-                    "exposer {host_port} went quiet: no answer for {} s{}",
-                    args.timeout.max(1),
-                    if matches!(dest, Dest::Stdout(_)) {
-                        ""
-                    } else {
-                        " (progress saved; run the same command to resume)"
-                    }
-                ),
-                (PullError::NotFound, _) => format!("{host_port} exposes no file named {name:?}"),
-                _ => e.to_string(),
-            };
-            return fail(code, msg);
-        }
-    }
+        Err(e) => return Err(failure(e)),
+    };
     let shown_path = match &dest {
         Dest::Stdout(_) => {
             copy_to_stdout(&out_path)?;
@@ -495,7 +344,8 @@ fn run(args: Args) -> Result<(), Failure> {
         }
         _ => out_path.display().to_string(),
     };
-    let s = &puller.stats;
+    let (total, secs, missing_at_start) = (report.bytes, report.seconds, report.missing_at_start);
+    let s = &report.stats;
     if args.json {
         print_json(&serde_json::json!({
             "exit_code": 0,
@@ -511,18 +361,23 @@ fn run(args: Args) -> Result<(), Failure> {
             "spurious_losses": s.spurious_losses,
             "bad_chunks": s.bad_chunks,
             "handshakes": s.handshakes,
-            "resumed": resumed,
+            "resumed": report.resumed,
             "missing_bytes_at_start": missing_at_start,
             "output": shown_path,
         }));
     } else if !args.quiet {
         eprintln!(
             "rgtp-pull: {} -> {shown_path} ({total} bytes in {secs:.2} s, {}/s)",
-            name,
+            src.name,
             human(missing_at_start as f64 / secs.max(1e-9))
         );
     }
     Ok(())
+}
+
+/// The exit code and message of a library error.
+fn failure(e: TransferError) -> Failure {
+    Failure(e.exit_code(), e.to_string())
 }
 
 /// `-o -`: the finished file, to stdout.
@@ -538,194 +393,8 @@ fn copy_to_stdout(path: &std::path::Path) -> Result<(), Failure> {
     }
 }
 
-/// The verifier thread's answer: the plaintext, or why not.
-type Verified = Result<Vec<u8>, rgtp::puller::BadChunk>;
-/// A sealed chunk for the verifier thread.
-type VerifyJob = (u64, Vec<u8>, std::sync::Arc<rgtp::puller::ChunkVerifier>);
-/// Chunks queued for verification before the pull stops asking for more.
-const VERIFY_QUEUE: usize = 256;
-
-/// Carries a pull's events to the verifier, the output file and the terminal.
-struct Handler {
-    /// A resume's stored chunks to check before the pull may finish.
-    recheck: Option<(
-        std::sync::Arc<rgtp::puller::ChunkVerifier>,
-        rgtp::bitset::ChunkSet,
-    )>,
-    part_path: Option<PathBuf>,
-    verify_tx: Option<std::sync::mpsc::SyncSender<VerifyJob>>,
-    done_rx: std::sync::mpsc::Receiver<(u64, Verified)>,
-    output: Output,
-    known: Option<KnownExposers>,
-    host_port: String,
-    name: String,
-    resumed_have: Option<rgtp::bitset::ChunkSet>,
-    progress: bool,
-    /// Whether the exposer's manifest (and so the size) is known.
-    started: bool,
-    start: Instant,
-    last_progress: Instant,
-    total: u64,
-    missing_at_start: u64,
-    stored: u64,
-    resumed: bool,
-}
-
-impl driver::PullHandler for Handler {
-    type Error = OutputError;
-
-    fn on_event(&mut self, ev: PullEvent) -> Result<(), OutputError> {
-        match ev {
-            PullEvent::Started {
-                exposer_key,
-                size,
-                root,
-                resumed,
-            } => {
-                self.resumed = resumed;
-                self.total = size;
-                self.started = true;
-                if let Some(k) = self.known.as_mut() {
-                    if k.check(&self.host_port, &exposer_key) == Trust::New {
-                        if let Err(e) = k.remember(&self.host_port, &exposer_key) {
-                            tracing::warn!("cannot record the exposer key: {e}");
-                        }
-                        eprintln!(
-                            "rgtp-pull: trusting {} on first use: key {}",
-                            self.host_port,
-                            keys::fingerprint(&exposer_key)
-                        );
-                    }
-                }
-                let have = if resumed {
-                    self.resumed_have.take()
-                } else {
-                    None
-                };
-                let have_bytes = have.as_ref().map_or(0, |h| have_bytes(h, size));
-                self.missing_at_start = size - have_bytes;
-                self.stored = have_bytes;
-                tracing::info!("pulling {}: {size} bytes, root {}", self.name, hex(&root));
-                self.output.start(root, size, have)
-            }
-            PullEvent::Chunk { index, data } => {
-                self.stored += data.len() as u64;
-                self.output.write_chunk(index, data)
-            }
-            PullEvent::Recheck { verifier, stored } => {
-                self.recheck = Some((verifier, stored));
-                Ok(())
-            }
-            PullEvent::Verify {
-                index,
-                ct,
-                verifier,
-            } => {
-                if let Some(tx) = &self.verify_tx {
-                    // Blocks only when the verifier is a full queue behind.
-                    let _ = tx.send((index, ct, verifier));
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn on_tick(&mut self, p: &Puller) -> Result<(), OutputError> {
-        if self.progress && self.last_progress.elapsed() >= Duration::from_millis(250) {
-            self.last_progress = Instant::now();
-            if !self.started {
-                // Nothing known yet: no bar, no percentage.
-                eprint!(
-                    "\r\x1b[2Kwaiting for {} ... {:.0} s",
-                    self.host_port,
-                    self.start.elapsed().as_secs_f64()
-                );
-                return self.output.tick();
-            }
-            draw_progress(
-                self.stored,
-                self.total,
-                self.missing_at_start,
-                self.start,
-                p,
-            );
-        }
-        self.output.tick()
-    }
-
-    fn paused(&self) -> bool {
-        self.output.backlogged()
-    }
-
-    fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
-        if let Some((v, stored)) = self.recheck.take() {
-            self.recheck_stored(p, &v, &stored)?;
-        }
-        while let Ok((index, plain)) = self.done_rx.try_recv() {
-            match plain {
-                Ok(data) => {
-                    p.chunk_verified(index, Ok(data.len()));
-                    self.stored += data.len() as u64;
-                    self.output.write_chunk(index, data)?;
-                }
-                Err(bad) => p.chunk_verified(index, Err(bad)),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Handler {
-    /// Hashes every chunk an earlier run stored (the part file may have been damaged
-    /// since) and has the damaged ones pulled again.
-    fn recheck_stored(
-        &mut self,
-        p: &mut Puller,
-        v: &rgtp::puller::ChunkVerifier,
-        stored: &rgtp::bitset::ChunkSet,
-    ) -> Result<(), OutputError> {
-        use std::os::unix::fs::FileExt;
-        let Some(path) = &self.part_path else {
-            p.recheck_done();
-            return Ok(());
-        };
-        let file =
-            rgtp::output::open_nofollow(path).map_err(|e| OutputError::Io(path.clone(), e))?;
-        let mut buf = Vec::new();
-        let mut damaged = 0u64;
-        for index in stored.iter() {
-            let len = merkle::chunk_len(index, self.total);
-            buf.resize(len, 0);
-            let ok = file
-                .read_exact_at(&mut buf, index * merkle::CHUNK_SIZE as u64)
-                .is_ok()
-                && v.check_plain(index, &buf);
-            if !ok {
-                damaged += 1;
-                p.forget_chunk(index);
-                self.output.forget(index);
-                self.stored = self.stored.saturating_sub(len as u64);
-                self.missing_at_start += len as u64;
-            }
-        }
-        if damaged > 0 {
-            eprintln!("rgtp-pull: {damaged} stored chunk(s) no longer match; pulling them again");
-        }
-        p.recheck_done();
-        Ok(())
-    }
-}
-
-fn have_bytes(have: &rgtp::bitset::ChunkSet, size: u64) -> u64 {
-    (0..have.len())
-        .filter(|&i| have.contains(i))
-        .map(|i| merkle::chunk_len(i, size) as u64)
-        .sum()
-}
-
-fn draw_progress(stored: u64, total: u64, missing: u64, start: Instant, p: &Puller) {
-    let secs = start.elapsed().as_secs_f64().max(1e-3);
+fn draw_progress(stored: u64, total: u64, missing: u64, elapsed: Duration, srtt: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-3);
     let done_now = stored.saturating_sub(total - missing);
     let rate = done_now as f64 / secs;
     let pct = if total == 0 {
@@ -747,7 +416,7 @@ fn draw_progress(stored: u64, total: u64, missing: u64, start: Instant, p: &Pull
         human(stored as f64),
         human(total as f64),
         human(rate),
-        p.rate_control().srtt().as_secs_f64() * 1e3,
+        srtt.as_secs_f64() * 1e3,
     );
 }
 

@@ -1,0 +1,987 @@
+//! Blocking, high-level file transfers: pull an `rgtp://` URL to a path, and expose
+//! files on a UDP port. This is what `rgtp-pull`, `rgtp-expose`, the bindings and
+//! library users call; the sans-IO [`Puller`] and [`Exposer`] and the [`driver`]
+//! underneath stay available for those who drive their own I/O.
+//!
+//! Every error maps to the commands' exit codes ([`TransferError::exit_code`]), so a
+//! program using the library and a script using the commands see the same outcomes.
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicBool;
+//! use rgtp::transfer::{pull, Exposure, ExposeOptions, PullOptions};
+//!
+//! # fn main() -> Result<(), rgtp::transfer::TransferError> {
+//! // Expose a file on an ephemeral port of 127.0.0.1 (served by a thread until closed).
+//! let mut opts = ExposeOptions::default();
+//! opts.bind = "127.0.0.1:0".parse().unwrap();
+//! let exposure = Exposure::start(&["big.iso".into()], &opts)?;
+//! let url = exposure.urls()[0].to_string();
+//!
+//! // Pull it: verified against the root in the URL, resumable if interrupted.
+//! let cancel = AtomicBool::new(false);
+//! let report = pull(&url, "copy.iso".as_ref(), &PullOptions::default(), &cancel, &mut |_| {})?;
+//! println!("{} bytes in {:.2} s", report.bytes, report.seconds);
+//! exposure.close();
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::bitset::ChunkSet;
+use crate::driver::{self, PullEnd, PullHandler};
+use crate::exposer::{Exposer, ExposerConfig};
+use crate::keys::{self, KeyError, KnownExposers, StaticKey, Trust};
+use crate::merkle;
+use crate::output::{self, Output, OutputError};
+use crate::puller::{BadChunk, ChunkVerifier, PullConfig, PullError, PullEvent, PullStats, Puller};
+use crate::source::{ChunkSource, FileSource};
+use crate::udp;
+use crate::url::{hex, parse_host_port, RgtpUrl, DEFAULT_PORT};
+use crate::wire;
+
+/// Why a transfer did not happen or did not finish. `exit_code` gives the code the
+/// commands exit with for it (their `--help` lists them).
+#[derive(Debug)]
+pub enum TransferError {
+    /// Bad input from the caller: a malformed URL or name, conflicting options (2).
+    Usage(String),
+    /// A local file is missing or unreadable, or the output cannot be written (3).
+    File(String),
+    /// The disk filled; what was saved is said (4).
+    DiskFull(String),
+    /// The exposer's host does not resolve, never answered, or went quiet (5).
+    Unreachable(String),
+    /// The exposer's key is not the one pinned or remembered (6).
+    KeyMismatch(String),
+    /// The exposer has no file of that name (7).
+    NotFound(String),
+    /// The content does not match its root (8).
+    Corrupt(String),
+    /// The resume state is damaged (9).
+    CorruptState(String),
+    /// A UDP port cannot be bound (10).
+    Bind(String),
+    /// A key file exists but cannot be used (11).
+    BadKey(String),
+    /// The exposer offers more than this host can hold (12).
+    TooLarge(String),
+    /// The exposure was withdrawn: its file changed or broke (13).
+    Gone(String),
+    /// The key's directory cannot be created (15).
+    KeyDir(String),
+    /// Cancelled through the caller's flag (130, as an interrupted command).
+    Cancelled(String),
+    /// Another I/O failure, e.g. a socket error (1).
+    Io(String),
+}
+
+impl TransferError {
+    /// The exit code `rgtp-pull` / `rgtp-expose` use for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Io(_) => 1,
+            Self::Usage(_) => 2,
+            Self::File(_) => 3,
+            Self::DiskFull(_) => 4,
+            Self::Unreachable(_) => 5,
+            Self::KeyMismatch(_) => 6,
+            Self::NotFound(_) => 7,
+            Self::Corrupt(_) => 8,
+            Self::CorruptState(_) => 9,
+            Self::Bind(_) => 10,
+            Self::BadKey(_) => 11,
+            Self::TooLarge(_) => 12,
+            Self::Gone(_) => 13,
+            Self::KeyDir(_) => 15,
+            Self::Cancelled(_) => 130,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Usage(m)
+            | Self::File(m)
+            | Self::DiskFull(m)
+            | Self::Unreachable(m)
+            | Self::KeyMismatch(m)
+            | Self::NotFound(m)
+            | Self::Corrupt(m)
+            | Self::CorruptState(m)
+            | Self::Bind(m)
+            | Self::BadKey(m)
+            | Self::TooLarge(m)
+            | Self::Gone(m)
+            | Self::KeyDir(m)
+            | Self::Cancelled(m)
+            | Self::Io(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for TransferError {}
+
+impl From<OutputError> for TransferError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Io(..) => Self::File(e.to_string()),
+            OutputError::Full { .. } => Self::DiskFull(e.to_string()),
+            OutputError::CorruptState(..) => Self::CorruptState(e.to_string()),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ pull
+
+/// What to pull: the exposer's address, the file's name there, and what the caller
+/// already knows of it (a pinned key, the expected root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSource {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub key: Option<[u8; 32]>,
+    pub root: Option<[u8; 32]>,
+}
+
+impl PullSource {
+    /// `source` is an `rgtp://` URL (then `name` must be `None`), or `HOST[:PORT]`
+    /// (port 443 by default) with the file's `name`.
+    pub fn parse(source: &str, name: Option<&str>) -> Result<PullSource, TransferError> {
+        let usage = |m: String| Err(TransferError::Usage(m));
+        let lower = source.to_ascii_lowercase();
+        if !lower.starts_with("rgtp:") && lower.contains("://") {
+            let scheme = &source[..lower.find("://").unwrap_or(0)];
+            return usage(format!("URL must start with rgtp:// (got {scheme}://...)"));
+        }
+        let s = if lower.starts_with("rgtp:") {
+            if name.is_some() {
+                return usage("a URL already names the file; drop the NAME argument".into());
+            }
+            let u: RgtpUrl = match source.parse() {
+                Ok(u) => u,
+                Err(e) => return usage(format!("bad URL: {e}")),
+            };
+            PullSource {
+                host: u.host,
+                port: u.port,
+                name: u.name,
+                key: u.key,
+                root: u.root,
+            }
+        } else {
+            let Some(name) = name else {
+                return usage(
+                    "NAME is required with the HOST[:PORT] form (or give an rgtp:// URL)".into(),
+                );
+            };
+            match parse_host_port(source, DEFAULT_PORT) {
+                Ok((host, port)) => PullSource {
+                    host,
+                    port,
+                    name: name.to_string(),
+                    key: None,
+                    root: None,
+                },
+                Err(e) => return usage(format!("bad address: {e}")),
+            }
+        };
+        if s.name.is_empty() || s.name.len() > wire::MAX_NAME_LEN {
+            return usage(format!(
+                "the name must be 1 to {} bytes long (this one is {})",
+                wire::MAX_NAME_LEN,
+                s.name.len()
+            ));
+        }
+        Ok(s)
+    }
+
+    /// `host:port`, bracketed for IPv6: how known exposers are keyed.
+    pub fn host_port(&self) -> String {
+        crate::url::format_host_port(&self.host, self.port)
+    }
+
+    /// The last component of the exposure's name: what an output is called when the
+    /// caller names only a directory.
+    pub fn file_name(&self) -> PathBuf {
+        PathBuf::from(
+            Path::new(&self.name)
+                .file_name()
+                .map_or("download".into(), |n| n.to_owned()),
+        )
+    }
+}
+
+/// How to pull. `Default` is what `rgtp-pull` does without options.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// A key to require of the exposer, over the URL's.
+    pub key: Option<[u8; 32]>,
+    /// Where keys trusted on first use are remembered (`None`: the default file).
+    /// Used only when no key is pinned.
+    pub known_exposers: Option<PathBuf>,
+    /// Largest datagram to ask for, on every path (`None`: 1200, or 65000 on loopback).
+    pub max_datagram: Option<u16>,
+    /// How long an exposer that has answered may stay silent.
+    pub idle_timeout: Duration,
+    /// How long to wait for a first answer.
+    pub connect_timeout: Duration,
+    /// Decrypt and hash on a second thread (`None`: when the host has 4 cores or more).
+    pub offload_verify: Option<bool>,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            key: None,
+            known_exposers: None,
+            max_datagram: None,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            offload_verify: None,
+        }
+    }
+}
+
+/// What a pull tells its caller while it runs.
+#[derive(Debug, Clone)]
+pub enum PullUpdate {
+    /// No answer yet (about four times a second).
+    Waiting { elapsed: Duration },
+    /// The exposer's key was not known and is now remembered.
+    TrustedOnFirstUse { host_port: String, key: [u8; 32] },
+    /// Stored chunks of an earlier run that no longer match and are pulled again.
+    Damaged { chunks: u64 },
+    /// Progress (about four times a second).
+    Progress {
+        /// Bytes stored, including what an earlier run had.
+        stored: u64,
+        /// The file's size.
+        total: u64,
+        /// Bytes this run had to pull when it started.
+        missing_at_start: u64,
+        elapsed: Duration,
+        /// The smoothed round-trip time to the exposer.
+        srtt: Duration,
+    },
+}
+
+/// What a finished pull did.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    /// The file's size.
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Bytes this run pulled (the rest came from an earlier, interrupted run).
+    pub missing_at_start: u64,
+    pub resumed: bool,
+    pub root: [u8; 32],
+    pub exposer_key: [u8; 32],
+    pub stats: PullStats,
+}
+
+/// Pulls `source` (an `rgtp://` URL) into the file `out`, verified chunk by chunk
+/// against the root, resuming what an earlier run left (`out.rgtp-part` and
+/// `out.rgtp-state`). Blocks until done, failed, or `cancel` is set (then the progress
+/// is saved for a resume). `on` hears about progress.
+pub fn pull(
+    source: &str,
+    out: &Path,
+    opts: &PullOptions,
+    cancel: &AtomicBool,
+    on: &mut dyn FnMut(PullUpdate),
+) -> Result<PullReport, TransferError> {
+    pull_from(&PullSource::parse(source, None)?, out, opts, cancel, on)
+}
+
+/// [`pull`] from a parsed source.
+pub fn pull_from(
+    src: &PullSource,
+    out: &Path,
+    opts: &PullOptions,
+    cancel: &AtomicBool,
+    on: &mut dyn FnMut(PullUpdate),
+) -> Result<PullReport, TransferError> {
+    let host_port = src.host_port();
+    let remote: SocketAddr = match (src.host.as_str(), src.port)
+        .to_socket_addrs()
+        .map(|mut a| a.next())
+    {
+        Ok(Some(a)) => a,
+        _ => {
+            return Err(TransferError::Unreachable(format!(
+                "cannot resolve host {}",
+                src.host
+            )))
+        }
+    };
+    let pin = opts.key.or(src.key);
+    // Trust on first use when nothing pins the key.
+    let known_path = opts
+        .known_exposers
+        .clone()
+        .unwrap_or_else(keys::default_known_path);
+    let known = match pin {
+        None => Some(
+            KnownExposers::load(&known_path)
+                .map_err(|e| TransferError::KeyMismatch(e.to_string()))?,
+        ),
+        Some(_) => None,
+    };
+    let known_key = known.as_ref().and_then(|k| k.get(&host_port).copied());
+
+    let (output, resume) = Output::open(out)?;
+    let resumed_have = resume.as_ref().map(|r| r.have.clone());
+    let mut cfg = PullConfig::new(remote, &src.name);
+    if let Some(m) = opts.max_datagram {
+        cfg.max_datagram = m;
+        cfg.loopback_max_datagram = m;
+    }
+    cfg.pinned_key = pin.or(known_key);
+    cfg.expected_root = src.root;
+    cfg.resume = resume;
+    cfg.idle_timeout = opts.idle_timeout;
+    cfg.connect_timeout = opts.connect_timeout;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.offload_verify = opts.offload_verify.unwrap_or(cores >= 4);
+
+    let bind: SocketAddr = if remote.is_ipv4() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+    } else {
+        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)
+    };
+    let sock =
+        udp::bind(bind).map_err(|e| TransferError::Io(format!("cannot open a UDP socket: {e}")))?;
+
+    let start = Instant::now();
+    let mut puller = Puller::new(cfg, start);
+    let (verify_tx, verify_rx) = mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
+    let (done_tx, done_rx) = mpsc::channel::<(u64, Verified)>();
+    let verifier = std::thread::spawn(move || {
+        for (index, ct, v) in verify_rx {
+            if done_tx.send((index, v.verify(index, ct))).is_err() {
+                break;
+            }
+        }
+    });
+    let part_path = match &output {
+        Output::File(_) => Some(output::part_path(out)),
+        Output::Discard => None,
+    };
+    let mut h = Handler {
+        recheck: None,
+        part_path,
+        verify_tx: Some(verify_tx),
+        done_rx,
+        output,
+        known,
+        host_port: host_port.clone(),
+        resumed_have,
+        on,
+        started: false,
+        start,
+        last_update: start,
+        total: 0,
+        missing_at_start: 0,
+        stored: 0,
+        resumed: false,
+        root: [0; 32],
+        exposer_key: [0; 32],
+    };
+    let end = driver::pull(&sock, &mut puller, cancel, &mut h);
+    h.verify_tx = None;
+    let _ = verifier.join();
+    let mut output = h.output;
+    let failed = |output: &mut Output, e: TransferError| {
+        let _ = output.save();
+        Err(e)
+    };
+    match end {
+        PullEnd::Done => output.finish()?,
+        PullEnd::Interrupted => {
+            return failed(
+                &mut output,
+                TransferError::Cancelled("interrupted; progress saved".into()),
+            )
+        }
+        PullEnd::Sink(e) => return failed(&mut output, e.into()),
+        PullEnd::Io(e) => {
+            return failed(&mut output, TransferError::Io(format!("socket error: {e}")))
+        }
+        PullEnd::Failed(e) => {
+            let msg = match (&e, known_key) {
+                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
+                    "the key of {host_port} changed: known {}, now {}; refusing (if the change \
+                     is expected, delete its line in {})",
+                    hex(&old),
+                    hex(got),
+                    known_path.display()
+                ),
+                (PullError::Timeout, _) if !puller.answered() => format!(
+                    "exposer {host_port} unreachable: no answer within {} s (is rgtp-expose \
+                     running there, and is UDP port {} open?)",
+                    opts.connect_timeout.as_secs_f64().round(),
+                    src.port
+                ),
+                (PullError::Timeout, _) => format!(
+                    "exposer {host_port} went quiet: no answer for {} s (progress saved)",
+                    opts.idle_timeout.as_secs_f64().round()
+                ),
+                (PullError::NotFound, _) => {
+                    format!("{host_port} exposes no file named {:?}", src.name)
+                }
+                _ => e.to_string(),
+            };
+            let err = match e {
+                PullError::Timeout => TransferError::Unreachable(msg),
+                PullError::KeyMismatch { .. } => TransferError::KeyMismatch(msg),
+                PullError::NotFound => TransferError::NotFound(msg),
+                PullError::RootMismatch { .. }
+                | PullError::BadOutboard
+                | PullError::BadContent { .. } => TransferError::Corrupt(msg),
+                PullError::TooLarge { .. } => TransferError::TooLarge(msg),
+                PullError::Gone => TransferError::Gone(msg),
+                PullError::NameTooLong => TransferError::Usage(msg),
+            };
+            return failed(&mut output, err);
+        }
+    }
+    Ok(PullReport {
+        bytes: h.total,
+        seconds: start.elapsed().as_secs_f64(),
+        missing_at_start: h.missing_at_start,
+        resumed: h.resumed,
+        root: h.root,
+        exposer_key: h.exposer_key,
+        stats: puller.stats.clone(),
+    })
+}
+
+/// The verifier thread's answer: the plaintext, or why not.
+type Verified = Result<Vec<u8>, BadChunk>;
+/// A sealed chunk for the verifier thread.
+type VerifyJob = (u64, Vec<u8>, Arc<ChunkVerifier>);
+/// Chunks queued for verification before the pull stops asking for more.
+const VERIFY_QUEUE: usize = 256;
+
+/// Carries a pull's events to the verifier, the output file and the caller.
+struct Handler<'a> {
+    /// A resume's stored chunks to check before the pull may finish.
+    recheck: Option<(Arc<ChunkVerifier>, ChunkSet)>,
+    part_path: Option<PathBuf>,
+    verify_tx: Option<mpsc::SyncSender<VerifyJob>>,
+    done_rx: mpsc::Receiver<(u64, Verified)>,
+    output: Output,
+    known: Option<KnownExposers>,
+    host_port: String,
+    resumed_have: Option<ChunkSet>,
+    on: &'a mut dyn FnMut(PullUpdate),
+    /// Whether the exposer's manifest (and so the size) is known.
+    started: bool,
+    start: Instant,
+    last_update: Instant,
+    total: u64,
+    missing_at_start: u64,
+    stored: u64,
+    resumed: bool,
+    root: [u8; 32],
+    exposer_key: [u8; 32],
+}
+
+impl PullHandler for Handler<'_> {
+    type Error = OutputError;
+
+    fn on_event(&mut self, ev: PullEvent) -> Result<(), OutputError> {
+        match ev {
+            PullEvent::Started {
+                exposer_key,
+                size,
+                root,
+                resumed,
+            } => {
+                self.resumed = resumed;
+                self.total = size;
+                self.started = true;
+                self.root = root;
+                self.exposer_key = exposer_key;
+                if let Some(k) = self.known.as_mut() {
+                    if k.check(&self.host_port, &exposer_key) == Trust::New {
+                        if let Err(e) = k.remember(&self.host_port, &exposer_key) {
+                            tracing::warn!("cannot record the exposer key: {e}");
+                        }
+                        (self.on)(PullUpdate::TrustedOnFirstUse {
+                            host_port: self.host_port.clone(),
+                            key: exposer_key,
+                        });
+                    }
+                }
+                let have = if resumed {
+                    self.resumed_have.take()
+                } else {
+                    None
+                };
+                let have_bytes = have.as_ref().map_or(0, |h| bytes_of(h, size));
+                self.missing_at_start = size - have_bytes;
+                self.stored = have_bytes;
+                tracing::info!("pulling {size} bytes, root {}", hex(&root));
+                self.output.start(root, size, have)
+            }
+            PullEvent::Chunk { index, data } => {
+                self.stored += data.len() as u64;
+                self.output.write_chunk(index, data)
+            }
+            PullEvent::Recheck { verifier, stored } => {
+                self.recheck = Some((verifier, stored));
+                Ok(())
+            }
+            PullEvent::Verify {
+                index,
+                ct,
+                verifier,
+            } => {
+                if let Some(tx) = &self.verify_tx {
+                    // Blocks only when the verifier is a full queue behind.
+                    let _ = tx.send((index, ct, verifier));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_tick(&mut self, p: &Puller) -> Result<(), OutputError> {
+        if self.last_update.elapsed() >= Duration::from_millis(250) {
+            self.last_update = Instant::now();
+            let elapsed = self.start.elapsed();
+            (self.on)(if self.started {
+                PullUpdate::Progress {
+                    stored: self.stored,
+                    total: self.total,
+                    missing_at_start: self.missing_at_start,
+                    elapsed,
+                    srtt: p.rate_control().srtt(),
+                }
+            } else {
+                PullUpdate::Waiting { elapsed }
+            });
+        }
+        self.output.tick()
+    }
+
+    fn paused(&self) -> bool {
+        self.output.backlogged()
+    }
+
+    fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
+        if let Some((v, stored)) = self.recheck.take() {
+            self.recheck_stored(p, &v, &stored)?;
+        }
+        while let Ok((index, plain)) = self.done_rx.try_recv() {
+            match plain {
+                Ok(data) => {
+                    p.chunk_verified(index, Ok(data.len()));
+                    self.stored += data.len() as u64;
+                    self.output.write_chunk(index, data)?;
+                }
+                Err(bad) => p.chunk_verified(index, Err(bad)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler<'_> {
+    /// Hashes every chunk an earlier run stored (the part file may have been damaged
+    /// since) and has the damaged ones pulled again.
+    fn recheck_stored(
+        &mut self,
+        p: &mut Puller,
+        v: &ChunkVerifier,
+        stored: &ChunkSet,
+    ) -> Result<(), OutputError> {
+        use std::os::unix::fs::FileExt;
+        let Some(path) = &self.part_path else {
+            p.recheck_done();
+            return Ok(());
+        };
+        let file = output::open_nofollow(path).map_err(|e| OutputError::Io(path.clone(), e))?;
+        let mut buf = Vec::new();
+        let mut damaged = 0u64;
+        for index in stored.iter() {
+            let len = merkle::chunk_len(index, self.total);
+            buf.resize(len, 0);
+            let ok = file
+                .read_exact_at(&mut buf, index * merkle::CHUNK_SIZE as u64)
+                .is_ok()
+                && v.check_plain(index, &buf);
+            if !ok {
+                damaged += 1;
+                p.forget_chunk(index);
+                self.output.forget(index);
+                self.stored = self.stored.saturating_sub(len as u64);
+                self.missing_at_start += len as u64;
+            }
+        }
+        if damaged > 0 {
+            (self.on)(PullUpdate::Damaged { chunks: damaged });
+        }
+        p.recheck_done();
+        Ok(())
+    }
+}
+
+/// Bytes of the chunks in `have` of content `size` bytes long.
+fn bytes_of(have: &ChunkSet, size: u64) -> u64 {
+    have.iter().map(|i| merkle::chunk_len(i, size) as u64).sum()
+}
+
+// ---------------------------------------------------------------------- expose
+
+/// How to expose. `Default` is what `rgtp-expose` does without options, except the
+/// bind address.
+#[derive(Debug, Clone)]
+pub struct ExposeOptions {
+    /// Where to listen (`rgtp-expose` default: `[::]:443`).
+    pub bind: SocketAddr,
+    /// The host name written into the printed URLs (`None`: the bind address, or this
+    /// host's name when the bind address is unspecified).
+    pub advertise: Option<String>,
+    /// The exposer's key file (`None`: the default, created on first use).
+    pub key_path: Option<PathBuf>,
+    /// Seal every chunk at start-up into an unnamed file in `cache_dir` (else on
+    /// demand, through a bounded cache).
+    pub seal_ahead: bool,
+    pub cache_dir: Option<PathBuf>,
+    /// The on-demand cache's size in bytes.
+    pub cache_bytes: usize,
+    /// Largest datagram on every path (`None`: 1200, or 65000 on loopback).
+    pub max_datagram: Option<usize>,
+}
+
+impl Default for ExposeOptions {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
+            advertise: None,
+            key_path: None,
+            seal_ahead: true,
+            cache_dir: None,
+            cache_bytes: ExposerConfig::default().cache_bytes,
+            max_datagram: None,
+        }
+    }
+}
+
+/// One exposed file, as `Exposure::start` set it up.
+#[derive(Debug, Clone)]
+pub struct ExposedFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub url: RgtpUrl,
+}
+
+/// Files being served by a thread until [`Exposure::close`] (or drop).
+pub struct Exposure {
+    files: Vec<ExposedFile>,
+    local: SocketAddr,
+    key: [u8; 32],
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Exposure {
+    /// Hashes every file (so a URL is servable as soon as it is known), binds, seals
+    /// ahead if asked, and starts serving on a thread.
+    pub fn start(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Exposure, TransferError> {
+        let (exposer, sock, files, key) = prepare(paths, opts)?;
+        let local = sock
+            .local_addr()
+            .map_err(|e| TransferError::Io(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rgtp-expose".into())
+            .spawn(move || {
+                let mut ex = exposer;
+                let r = driver::serve(&sock, &mut ex, &flag);
+                ex.log_quiet_sources(Instant::now(), true);
+                r
+            })
+            .map_err(|e| TransferError::Io(format!("cannot start the serving thread: {e}")))?;
+        Ok(Exposure {
+            files,
+            local,
+            key,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The pull URL of each file, in the order given.
+    pub fn urls(&self) -> Vec<&RgtpUrl> {
+        self.files.iter().map(|f| &f.url).collect()
+    }
+
+    /// The exposed files.
+    pub fn files(&self) -> &[ExposedFile] {
+        &self.files
+    }
+
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The exposer's public key (pullers pin it).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// Stops serving and waits for the thread; returns its socket error, if any.
+    pub fn close(mut self) -> io::Result<()> {
+        self.stop_thread()
+    }
+
+    fn stop_thread(&mut self) -> io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the serving thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Exposure {
+    fn drop(&mut self) {
+        let _ = self.stop_thread();
+    }
+}
+
+/// Serves `paths` on the calling thread until `stop` is set, after calling
+/// `ready` with the files and the bound address (e.g. to print the URLs).
+pub fn expose_until(
+    paths: &[PathBuf],
+    opts: &ExposeOptions,
+    stop: &AtomicBool,
+    ready: impl FnOnce(&[ExposedFile], SocketAddr, &[u8; 32]),
+) -> Result<(), TransferError> {
+    let (mut ex, sock, files, key) = prepare(paths, opts)?;
+    let local = sock
+        .local_addr()
+        .map_err(|e| TransferError::Io(e.to_string()))?;
+    ready(&files, local, &key);
+    let served = driver::serve(&sock, &mut ex, stop);
+    // Whoever was being served when we stopped gets their access-log line now.
+    ex.log_quiet_sources(Instant::now(), true);
+    tracing::info!("stopping: {:?}", ex.stats);
+    served.map_err(|e| TransferError::Io(format!("socket error: {e}")))
+}
+
+type Prepared = (Exposer, UdpSocket, Vec<ExposedFile>, [u8; 32]);
+
+fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, TransferError> {
+    if opts
+        .max_datagram
+        .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
+    {
+        return Err(TransferError::Usage(format!(
+            "the largest datagram must be between {} and {}",
+            wire::MIN_MAX_DATAGRAM,
+            wire::MAX_MAX_DATAGRAM
+        )));
+    }
+    let key_path = opts.key_path.clone().unwrap_or_else(keys::default_key_path);
+    let key = StaticKey::load_or_create(&key_path).map_err(|e| match e {
+        e @ KeyError::Create(..) => TransferError::KeyDir(format!(
+            "{e} (for the key; give another key path or RGTP_CONFIG_DIR)"
+        )),
+        e => TransferError::BadKey(e.to_string()),
+    })?;
+    // Hash every file before binding, so a printed URL is always servable.
+    let mut hashed = Vec::new();
+    let mut names = HashSet::new();
+    for path in paths {
+        let name = match path.file_name().and_then(|n| n.to_str()) {
+            Some(n) => n.to_string(),
+            None => {
+                return Err(TransferError::File(format!(
+                    "{}: not a file name",
+                    path.display()
+                )))
+            }
+        };
+        if !names.insert(name.clone()) {
+            return Err(TransferError::Usage(format!(
+                "two files share the name {name}; expose them from separate processes"
+            )));
+        }
+        let file_err = |e: io::Error| TransferError::File(format!("{}: {e}", path.display()));
+        let src = FileSource::open(path).map_err(file_err)?;
+        let cvs = merkle::cvs_of_file(src.file(), src.size()).map_err(file_err)?;
+        hashed.push((name, path.clone(), src, cvs));
+    }
+    let sock = udp::bind(opts.bind).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+            " (ports below 1024 need privileges: pick another port)"
+        } else {
+            " (choose another port)"
+        };
+        TransferError::Bind(format!("cannot bind UDP {}: {e}{hint}", opts.bind))
+    })?;
+    let local = sock
+        .local_addr()
+        .map_err(|e| TransferError::Io(e.to_string()))?;
+    let host = opts.advertise.clone().unwrap_or_else(|| {
+        if opts.bind.ip().is_unspecified() {
+            hostname()
+        } else {
+            opts.bind.ip().to_string()
+        }
+    });
+    let mut config = ExposerConfig {
+        cache_bytes: opts.cache_bytes,
+        ..Default::default()
+    };
+    if let Some(m) = opts.max_datagram {
+        // Given explicitly, it caps every path, loopback included.
+        config.max_datagram = m;
+        config.loopback_max_datagram = m;
+    }
+    let mut ex = Exposer::new(config, key.private, Instant::now());
+    let mut files = Vec::new();
+    for (name, path, src, cvs) in hashed {
+        let size = src.size();
+        let info = ex.add_exposure(&name, Box::new(src), cvs);
+        if opts.seal_ahead && size > 0 {
+            let dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            ex.seal_ahead(&info.id, &dir, threads).map_err(|e| {
+                TransferError::File(format!(
+                    "cannot seal {} ahead into {}: {e} (or seal on demand)",
+                    path.display(),
+                    dir.display()
+                ))
+            })?;
+        }
+        files.push(ExposedFile {
+            path,
+            size,
+            url: RgtpUrl {
+                host: host.clone(),
+                port: local.port(),
+                name,
+                key: Some(key.public),
+                root: Some(info.root),
+            },
+        });
+    }
+    Ok((ex, sock, files, key.public))
+}
+
+/// This host's name, for URLs of an exposure bound to every address.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into our buffer.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(h) if r == 0 && !h.is_empty() => h.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
+/// Where sealed copies go: `$RGTP_CACHE_DIR`, else `$XDG_CACHE_HOME/rgtp`, else
+/// `~/.cache/rgtp`, else a directory under the system's temporary one.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("RGTP_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return d.join("rgtp");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("rgtp"),
+        None => std::env::temp_dir().join("rgtp-cache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_as_the_commands_take_them() {
+        let s = PullSource::parse("example.org:8443", Some("a/b.iso")).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("example.org", 8443));
+        assert_eq!(s.file_name(), PathBuf::from("b.iso"));
+        assert_eq!(
+            PullSource::parse("example.org", Some("x")).unwrap().port,
+            DEFAULT_PORT
+        );
+        for (src, name, want) in [
+            ("http://h/x", None, "URL must start with rgtp://"),
+            ("rgtp://h/x", Some("y"), "drop the NAME"),
+            ("h:1", None, "NAME is required"),
+            ("h:1", Some(""), "1 to 1024 bytes"),
+        ] {
+            let e = PullSource::parse(src, name).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{src}");
+            assert!(e.to_string().contains(want), "{src}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_exposure_serves_a_pull_and_stops() {
+        let dir = std::env::temp_dir().join(format!("rgtp-transfer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let src = dir.join("data.bin");
+        std::fs::write(&src, &data).unwrap();
+        let opts = ExposeOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            key_path: Some(dir.join("exposer.key")),
+            cache_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let ex = Exposure::start(std::slice::from_ref(&src), &opts).unwrap();
+        let url = ex.urls()[0].to_string();
+        let out = dir.join("copy.bin");
+        let cancel = AtomicBool::new(false);
+        let popts = PullOptions {
+            known_exposers: Some(dir.join("known")),
+            ..Default::default()
+        };
+        let report = pull(&url, &out, &popts, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(report.bytes, data.len() as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert_eq!(Some(report.root), ex.urls()[0].root);
+        ex.close().unwrap();
+        // Nothing serves any more: a pull of the same URL is unreachable (exit 5).
+        let quick = PullOptions {
+            connect_timeout: Duration::from_secs(1),
+            ..popts
+        };
+        let e = pull(&url, &dir.join("again.bin"), &quick, &cancel, &mut |_| {}).unwrap_err();
+        assert_eq!(e.exit_code(), 5, "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -15,6 +15,7 @@ use crate::cc::RateControl;
 use crate::crypto::{ContentCipher, RequestSealer, TAG_LEN};
 use crate::handshake::Initiator;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::rng::Rng;
 use crate::transmit::Transmit;
 use crate::wire::{
     self, Data, Hello, Manifest, ManifestBody, Object, PacketType, Request, RequestItem, Retry,
@@ -347,6 +348,8 @@ pub struct Puller {
     early: Vec<(u32, Vec<u8>)>,
     /// In the tail, the items of the last request, to be asked for a second time.
     tail_copy: Option<Vec<RequestItem>>,
+    /// Where every random draw comes from (the Noise ephemeral key).
+    rng: Rng,
     pub stats: PullStats,
 }
 
@@ -355,7 +358,14 @@ fn obj_idx(o: Object) -> usize {
 }
 
 impl Puller {
+    /// A puller drawing its randomness from the OS CSPRNG.
     pub fn new(cfg: PullConfig, now: Instant) -> Self {
+        Self::with_rng(cfg, now, Rng::os())
+    }
+
+    /// A puller drawing all its randomness from `rng`: [`Rng::os`] for real use,
+    /// [`Rng::seeded_for_simulation`] so that a simulated run reproduces from its seed.
+    pub fn with_rng(cfg: PullConfig, now: Instant, rng: Rng) -> Self {
         Self {
             learned_key: cfg.pinned_key,
             phase: Phase::Handshake {
@@ -392,6 +402,7 @@ impl Puller {
             failures: HashMap::new(),
             early: Vec::new(),
             tail_copy: None,
+            rng,
             stats: PullStats::default(),
             cfg,
         }
@@ -1143,9 +1154,13 @@ impl Puller {
                 }
                 self.pending_hello = false;
                 if init.is_none() {
-                    *init = Initiator::start(&self.cfg.name, self.cfg.asked_datagram())
-                        .ok()
-                        .map(Box::new);
+                    *init = Initiator::start_with_rng(
+                        &self.cfg.name,
+                        self.cfg.asked_datagram(),
+                        &mut self.rng,
+                    )
+                    .ok()
+                    .map(Box::new);
                 }
                 let (_, msg1) = init.as_deref()?;
                 *sent_at = Some(now);

@@ -6,7 +6,7 @@
 //! The only per-source state is a bounded table of rate buckets; a fixed-size filter
 //! of REQUESTs already served (`replay`) makes each one good for a single answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,10 +136,14 @@ pub struct Exposer {
     epoch: Instant,
     /// Where every random draw comes from (ids, keys, token nonces, Noise ephemerals).
     rng: Rng,
-    exposures: HashMap<ExposureId, Exposure>,
+    /// Ordered, so that listing exposures does not depend on a hasher's seed.
+    exposures: BTreeMap<ExposureId, Exposure>,
+    /// Looked up only, never iterated: a hash map is fine.
     by_name: HashMap<String, ExposureId>,
     cache: CipherCache,
     transmits: VecDeque<Transmit>,
+    /// Keyed by addresses others choose: a hash map with a random key (HashDoS), never
+    /// iterated, so its order cannot change what is sent.
     buckets: HashMap<IpAddr, Bucket>,
     handshake_rate: HandshakeRate,
     replay: ReplayFilter,
@@ -169,7 +173,7 @@ impl Exposer {
             replay: ReplayFilter::new(&mut rng),
             rng,
             epoch: now,
-            exposures: HashMap::new(),
+            exposures: BTreeMap::new(),
             by_name: HashMap::new(),
             cache,
             transmits: VecDeque::new(),

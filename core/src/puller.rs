@@ -319,6 +319,9 @@ pub struct Puller {
     /// Next chunk never yet requested, per object.
     cursor: [u64; 2],
     retx: VecDeque<(Object, u32, u64)>,
+    /// A hash map for the per-fragment lookups; where its order would show (losses
+    /// found by `check_losses`), the keys are sorted first, so behaviour does not
+    /// depend on the hasher's seed.
     flights: HashMap<(Object, u32), Flight>,
     inflight_bytes: u64,
     /// Highest request order that has delivered data, and when it advanced: anything
@@ -423,9 +426,11 @@ impl Puller {
 
     /// Scheduler state, for traces.
     pub fn debug_state(&self, now: Instant) -> String {
-        let flights: Vec<String> = self
-            .flights
-            .iter()
+        let mut keys: Vec<&(Object, u32)> = self.flights.keys().collect();
+        keys.sort_unstable();
+        let flights: Vec<String> = keys
+            .into_iter()
+            .map(|k| (k, &self.flights[k]))
             .map(|(k, f)| {
                 format!(
                     "{:?}/{} got={:x} out={:x} dl={:?}",
@@ -1040,6 +1045,9 @@ impl Puller {
                 }
             }
         }
+        // In chunk order, not the hash map's: what is asked for again, and in which
+        // order, must not depend on a hasher's seed.
+        lost.sort_unstable_by_key(|&(key, _)| key);
         for ((o, c), mask) in lost {
             let (n, per, ct) = self.geometry(o, c as u64);
             let bytes = outstanding_bytes(mask, n, per, ct);

@@ -59,6 +59,9 @@ pub struct ConnectOptions {
     pub config: Option<ConnConfig>,
 }
 
+// Ordered maps where iteration shows (`conns`); the hash maps are only looked up, never
+// iterated, so their hasher's seed cannot change what is sent. Some are keyed by values
+// peers choose (reset tokens), hence a randomly keyed hasher there.
 pub struct Endpoint {
     cfg: EndpointConfig,
     token_key: TokenKey,

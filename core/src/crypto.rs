@@ -12,11 +12,14 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use crate::rng::Rng;
 use crate::wire::{ExposureId, Object, Reader, Writer};
 
 pub const TAG_LEN: usize = 16;
 
-/// Fills `buf` from the OS CSPRNG.
+/// `N` bytes from the OS CSPRNG, for the I/O side (temporary names and the like). The
+/// sans-IO state machines draw from their own [`Rng`](crate::rng::Rng) instead, so
+/// that a simulated run reproduces from its seed.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // The OS RNG failing is not recoverable and not attacker-controlled.
@@ -150,8 +153,9 @@ pub struct TokenKey {
 }
 
 impl TokenKey {
-    pub fn random() -> Self {
-        Self::from_bytes(&random_bytes::<32>())
+    /// A fresh key drawn from `rng`.
+    pub fn random(rng: &mut Rng) -> Self {
+        Self::from_bytes(&rng.bytes())
     }
     pub fn from_bytes(k: &[u8; 32]) -> Self {
         Self {
@@ -159,8 +163,9 @@ impl TokenKey {
         }
     }
 
-    pub fn seal(&self, c: &TokenClaims) -> Vec<u8> {
-        let nonce: [u8; TOKEN_NONCE_LEN] = random_bytes();
+    /// Seals `c` under a random nonce drawn from `rng` (the owner's random source).
+    pub fn seal(&self, c: &TokenClaims, rng: &mut Rng) -> Vec<u8> {
+        let nonce: [u8; TOKEN_NONCE_LEN] = rng.bytes();
         let ip = match c.addr.ip() {
             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
             IpAddr::V6(v6) => v6,
@@ -254,7 +259,8 @@ mod tests {
 
     #[test]
     fn tokens_bind_address_and_reject_forgery() {
-        let k = TokenKey::random();
+        let rng = &mut Rng::os();
+        let k = TokenKey::random(rng);
         let claims = TokenClaims {
             session: true,
             addr: "127.0.0.1:4000".parse().unwrap(),
@@ -263,19 +269,19 @@ mod tests {
             max_datagram: 1200,
             request_key: [7; 32],
         };
-        let t = k.seal(&claims);
+        let t = k.seal(&claims, rng);
         assert_eq!(t.len(), TOKEN_LEN);
         assert_eq!(k.open(&t), Some(claims.clone()));
         let mut bad = t.clone();
         bad[20] ^= 1;
         assert_eq!(k.open(&bad), None);
-        assert_eq!(TokenKey::random().open(&t), None);
+        assert_eq!(TokenKey::random(rng).open(&t), None);
         assert_eq!(k.open(&t[1..]), None);
         let v6 = TokenClaims {
             addr: "[::1]:5".parse().unwrap(),
             ..claims
         };
-        assert_eq!(k.open(&k.seal(&v6)).unwrap().addr, v6.addr);
+        assert_eq!(k.open(&k.seal(&v6, rng)).unwrap().addr, v6.addr);
     }
 
     #[test]

@@ -6,18 +6,17 @@
 //! The only per-source state is a bounded table of rate buckets; a fixed-size filter
 //! of REQUESTs already served (`replay`) makes each one good for a single answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crypto::{
-    random_bytes, same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey, TAG_LEN,
-};
+use crate::crypto::{same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey, TAG_LEN};
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::replay::{ReplayFilter, Verdict};
 use crate::retry::{self, HandshakeRate};
+use crate::rng::Rng;
 use crate::sealed::SealedStore;
 use crate::source::{ChunkSource, CipherCache};
 use crate::transmit::{Gather, SharedBytes, Transmit};
@@ -146,10 +145,16 @@ pub struct Exposer {
     static_private: [u8; 32],
     token_key: TokenKey,
     epoch: Instant,
-    exposures: HashMap<ExposureId, Exposure>,
+    /// Where every random draw comes from (ids, keys, token nonces, Noise ephemerals).
+    rng: Rng,
+    /// Ordered, so that listing exposures does not depend on a hasher's seed.
+    exposures: BTreeMap<ExposureId, Exposure>,
+    /// Looked up only, never iterated: a hash map is fine.
     by_name: HashMap<String, ExposureId>,
     cache: CipherCache,
     transmits: VecDeque<Transmit>,
+    /// Keyed by addresses others choose: a hash map with a random key (HashDoS), never
+    /// iterated, so its order cannot change what is sent.
     buckets: HashMap<IpAddr, Bucket>,
     handshake_rate: HandshakeRate,
     replay: ReplayFilter,
@@ -160,20 +165,33 @@ pub struct Exposer {
 }
 
 impl Exposer {
+    /// An exposer drawing its randomness from the OS CSPRNG.
     pub fn new(config: ExposerConfig, static_private: [u8; 32], now: Instant) -> Self {
+        Self::with_rng(config, static_private, now, Rng::os())
+    }
+
+    /// An exposer drawing all its randomness from `rng`: [`Rng::os`] for real use,
+    /// [`Rng::seeded_for_simulation`] so that a simulated run reproduces from its seed.
+    pub fn with_rng(
+        config: ExposerConfig,
+        static_private: [u8; 32],
+        now: Instant,
+        mut rng: Rng,
+    ) -> Self {
         let cache = CipherCache::new(config.cache_bytes);
         Self {
             config,
             static_private,
-            token_key: TokenKey::random(),
+            token_key: TokenKey::random(&mut rng),
+            replay: ReplayFilter::new(&mut rng),
+            rng,
             epoch: now,
-            exposures: HashMap::new(),
+            exposures: BTreeMap::new(),
             by_name: HashMap::new(),
             cache,
             transmits: VecDeque::new(),
             buckets: HashMap::new(),
             handshake_rate: HandshakeRate::new(now),
-            replay: ReplayFilter::new(),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             last_quiet_scan: now,
             stats: ExposerStats::default(),
@@ -192,8 +210,8 @@ impl Exposer {
         let chunk_count = merkle::chunk_count(size);
         assert_eq!(cvs.len() as u64, chunk_count, "one CV per chunk");
         let root = merkle::root_from_cvs(&cvs, size);
-        let id: ExposureId = random_bytes();
-        let content_key: [u8; 32] = random_bytes();
+        let id: ExposureId = self.rng.bytes();
+        let content_key: [u8; 32] = self.rng.bytes();
         let info = ExposureInfo {
             id,
             name: name.to_string(),
@@ -285,7 +303,7 @@ impl Exposer {
         let validated = !hello.token.is_empty()
             && retry::cookie_valid(&self.token_key, hello.token, from, now_ms, [0; 16]);
         if !validated && busy {
-            let cookie = retry::seal_cookie(&self.token_key, from, now_ms, [0; 16]);
+            let cookie = retry::seal_cookie(&self.token_key, from, now_ms, [0; 16], &mut self.rng);
             self.stats.retries_sent += 1;
             let pkt = Retry { token: &cookie }.encode();
             debug_assert!(pkt.len() < datagram.len());
@@ -307,15 +325,18 @@ impl Exposer {
             None => Manifest::NotFound,
             Some(e) if e.gone => Manifest::Gone,
             Some(e) => {
-                let request_key: [u8; 32] = random_bytes();
-                let token = self.token_key.seal(&TokenClaims {
-                    session: true,
-                    addr: from,
-                    expires_ms: self.now_ms(now) + self.config.token_lifetime.as_millis() as u64,
-                    exposure: e.info.id,
-                    max_datagram,
-                    request_key,
-                });
+                let request_key: [u8; 32] = self.rng.bytes();
+                let token = self.token_key.seal(
+                    &TokenClaims {
+                        session: true,
+                        addr: from,
+                        expires_ms: now_ms + self.config.token_lifetime.as_millis() as u64,
+                        exposure: e.info.id,
+                        max_datagram,
+                        request_key,
+                    },
+                    &mut self.rng,
+                );
                 Manifest::Found(ManifestBody {
                     exposure: e.info.id,
                     size: e.info.size,
@@ -330,12 +351,13 @@ impl Exposer {
                 })
             }
         };
-        let Ok(msg2) = handshake::respond(
+        let Ok(msg2) = handshake::respond_with_rng(
             &self.static_private,
             hello.name,
             hello.max_datagram,
             hello.noise,
             &manifest.encode(),
+            &mut self.rng,
         ) else {
             return false;
         };

@@ -6,8 +6,14 @@
 //! static key after one round trip, and the manifest (content key, request key, token)
 //! travels encrypted in message 2. The HELLO fields outside Noise (name, datagram size)
 //! are bound into the prologue, so tampering with them fails the handshake.
+//!
+//! Both sides draw their ephemeral key from the caller's [`Rng`] (the OS CSPRNG outside
+//! the simulator) and hand it to snow, whose own generator is then never used: a
+//! simulated handshake reproduces from the simulation's seed.
 
 use snow::{Builder, HandshakeState};
+
+use crate::rng::Rng;
 
 pub const NOISE_PARAMS: &str = "Noise_NX_25519_ChaChaPoly_BLAKE2s";
 /// Largest Noise message (spec limit).
@@ -47,10 +53,25 @@ pub struct Initiator {
 }
 
 impl Initiator {
-    /// Returns the state and Noise message 1.
+    /// Returns the state and Noise message 1, under an ephemeral key from the OS CSPRNG.
     pub fn start(name: &str, max_datagram: u16) -> Result<(Self, Vec<u8>), HandshakeError> {
+        Self::start_with_rng(name, max_datagram, &mut Rng::os())
+    }
+
+    /// Returns the state and Noise message 1, under an ephemeral key drawn from `rng`.
+    pub fn start_with_rng(
+        name: &str,
+        max_datagram: u16,
+        rng: &mut Rng,
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let pro = prologue(name, max_datagram);
-        let mut state = builder().prologue(&pro)?.build_initiator()?;
+        let ephemeral: [u8; 32] = rng.bytes();
+        // snow calls this "for testing only"; a fresh random key is just what it would
+        // generate itself.
+        let mut state = builder()
+            .fixed_ephemeral_key_for_testing_only(&ephemeral)
+            .prologue(&pro)?
+            .build_initiator()?;
         let mut msg = vec![0u8; 64];
         let n = state.write_message(&[], &mut msg)?;
         msg.truncate(n);
@@ -73,7 +94,8 @@ impl Initiator {
     }
 }
 
-/// Exposer side: answers Noise message 1 with message 2 carrying `payload`, statelessly.
+/// Exposer side: answers Noise message 1 with message 2 carrying `payload`, statelessly,
+/// under an ephemeral key from the OS CSPRNG.
 pub fn respond(
     static_private: &[u8; 32],
     name: &str,
@@ -81,9 +103,30 @@ pub fn respond(
     msg1: &[u8],
     payload: &[u8],
 ) -> Result<Vec<u8>, HandshakeError> {
+    respond_with_rng(
+        static_private,
+        name,
+        max_datagram,
+        msg1,
+        payload,
+        &mut Rng::os(),
+    )
+}
+
+/// As [`respond`], under an ephemeral key drawn from `rng`.
+pub fn respond_with_rng(
+    static_private: &[u8; 32],
+    name: &str,
+    max_datagram: u16,
+    msg1: &[u8],
+    payload: &[u8],
+    rng: &mut Rng,
+) -> Result<Vec<u8>, HandshakeError> {
     let pro = prologue(name, max_datagram);
+    let ephemeral: [u8; 32] = rng.bytes();
     let mut state = builder()
         .local_private_key(static_private)?
+        .fixed_ephemeral_key_for_testing_only(&ephemeral)
         .prologue(&pro)?
         .build_responder()?;
     let mut scratch = [0u8; 64];

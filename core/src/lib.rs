@@ -8,7 +8,9 @@
 //! Layering, every module:
 //! - pure pieces: `wire` (pull packets), `url`, `merkle` (chunk tree and proofs),
 //!   `crypto` (chunk AEAD, request MACs, tokens), `bitset` (chunk sets), `rtt`
-//!   (smoothed round-trip time), `transmit` (datagrams to send), `zeroed`;
+//!   (smoothed round-trip time), `transmit` (datagrams to send), `rng` (the random
+//!   source every state machine draws from: the OS CSPRNG, or a seeded stream in
+//!   simulation), `zeroed`;
 //! - sans-IO state machines (no sockets, no clocks of their own): `handshake` (the
 //!   pull's Noise NX), `exposer`, `puller`, `cc` (rate control shared by pulls and
 //!   connections), `replay` (the exposer's filter of REQUESTs served), `retry` (the
@@ -34,6 +36,7 @@ pub mod output;
 pub mod puller;
 pub mod replay;
 pub(crate) mod retry;
+pub mod rng;
 pub mod rtt;
 pub mod sealed;
 pub mod sidecar;

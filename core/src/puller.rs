@@ -15,6 +15,7 @@ use crate::cc::RateControl;
 use crate::crypto::{ContentCipher, RequestSealer, TAG_LEN};
 use crate::handshake::Initiator;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
+use crate::rng::Rng;
 use crate::transmit::Transmit;
 use crate::wire::{
     self, Data, Hello, Manifest, ManifestBody, Object, PacketType, Request, RequestItem, Retry,
@@ -324,6 +325,9 @@ pub struct Puller {
     /// Next chunk never yet requested, per object.
     cursor: [u64; 2],
     retx: VecDeque<(Object, u32, u64)>,
+    /// A hash map for the per-fragment lookups; where its order would show (losses
+    /// found by `check_losses`), the keys are sorted first, so behaviour does not
+    /// depend on the hasher's seed.
     flights: HashMap<(Object, u32), Flight>,
     inflight_bytes: u64,
     /// Highest request order that has delivered data, and when it advanced: anything
@@ -356,6 +360,8 @@ pub struct Puller {
     early: Vec<(u32, Vec<u8>)>,
     /// In the tail, the items of the last request, to be asked for a second time.
     tail_copy: Option<Vec<RequestItem>>,
+    /// Where every random draw comes from (the Noise ephemeral key).
+    rng: Rng,
     pub stats: PullStats,
 }
 
@@ -364,7 +370,14 @@ fn obj_idx(o: Object) -> usize {
 }
 
 impl Puller {
+    /// A puller drawing its randomness from the OS CSPRNG.
     pub fn new(cfg: PullConfig, now: Instant) -> Self {
+        Self::with_rng(cfg, now, Rng::os())
+    }
+
+    /// A puller drawing all its randomness from `rng`: [`Rng::os`] for real use,
+    /// [`Rng::seeded_for_simulation`] so that a simulated run reproduces from its seed.
+    pub fn with_rng(cfg: PullConfig, now: Instant, rng: Rng) -> Self {
         Self {
             learned_key: cfg.pinned_key,
             phase: Phase::Handshake {
@@ -402,6 +415,7 @@ impl Puller {
             failures: HashMap::new(),
             early: Vec::new(),
             tail_copy: None,
+            rng,
             stats: PullStats::default(),
             cfg,
         }
@@ -422,9 +436,11 @@ impl Puller {
 
     /// Scheduler state, for traces.
     pub fn debug_state(&self, now: Instant) -> String {
-        let flights: Vec<String> = self
-            .flights
-            .iter()
+        let mut keys: Vec<&(Object, u32)> = self.flights.keys().collect();
+        keys.sort_unstable();
+        let flights: Vec<String> = keys
+            .into_iter()
+            .map(|k| (k, &self.flights[k]))
             .map(|(k, f)| {
                 format!(
                     "{:?}/{} got={:x} out={:x} dl={:?}",
@@ -1055,6 +1071,9 @@ impl Puller {
                 }
             }
         }
+        // In chunk order, not the hash map's: what is asked for again, and in which
+        // order, must not depend on a hasher's seed.
+        lost.sort_unstable_by_key(|&(key, _)| key);
         for ((o, c), mask) in lost {
             let (n, per, ct) = self.geometry(o, c as u64);
             let bytes = outstanding_bytes(mask, n, per, ct);
@@ -1169,9 +1188,13 @@ impl Puller {
                 }
                 self.pending_hello = false;
                 if init.is_none() {
-                    *init = Initiator::start(&self.cfg.name, self.cfg.asked_datagram())
-                        .ok()
-                        .map(Box::new);
+                    *init = Initiator::start_with_rng(
+                        &self.cfg.name,
+                        self.cfg.asked_datagram(),
+                        &mut self.rng,
+                    )
+                    .ok()
+                    .map(Box::new);
                 }
                 let (_, msg1) = init.as_deref()?;
                 *sent_at = Some(now);

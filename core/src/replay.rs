@@ -13,7 +13,7 @@
 //! new sequence number); it never lets a replay through, since a Bloom filter has no
 //! false negatives and rotation is driven by time alone.
 
-use std::hash::BuildHasher;
+use crate::rng::Rng;
 
 /// How long one generation of the filter records; a REQUEST may be this old (less
 /// `FUTURE_SLACK_MS`) and still be served.
@@ -43,18 +43,21 @@ pub struct ReplayFilter {
     current_since: u64,
     /// Stamps before this cannot be checked (their first use may be forgotten).
     accept_from: u64,
-    /// Keyed per process, so nobody can aim requests at chosen bits.
-    hasher: std::collections::hash_map::RandomState,
+    /// Secret key of the bit positions (drawn from the exposer's random source), so
+    /// nobody can aim requests at chosen bits.
+    key: [u8; 32],
 }
 
 impl Default for ReplayFilter {
+    /// A filter keyed from the OS CSPRNG.
     fn default() -> Self {
-        Self::new()
+        Self::new(&mut Rng::os())
     }
 }
 
 impl ReplayFilter {
-    pub fn new() -> Self {
+    /// An empty filter whose bit positions are keyed by bytes drawn from `rng`.
+    pub fn new(rng: &mut Rng) -> Self {
         let words = 1usize << (BITS_LOG2 - 6);
         Self {
             generations: [vec![0; words], vec![0; words]],
@@ -63,7 +66,7 @@ impl ReplayFilter {
             // Nothing was served before this filter existed (tokens die with the
             // process), so every stamp is checkable at first.
             accept_from: 0,
-            hasher: std::collections::hash_map::RandomState::new(),
+            key: rng.bytes(),
         }
     }
 
@@ -100,9 +103,13 @@ impl ReplayFilter {
     }
 
     fn indices(&self, tag: &[u8]) -> [usize; HASHES as usize] {
-        // Double hashing (Kirsch-Mitzenmacher): two keyed hashes give them all.
-        let h1 = self.hasher.hash_one((0u8, tag));
-        let h2 = self.hasher.hash_one((1u8, tag)) | 1;
+        // Double hashing (Kirsch-Mitzenmacher): two keyed hashes give them all, both
+        // from one keyed BLAKE3 (a PRF, so the positions cannot be predicted).
+        let h = blake3::keyed_hash(&self.key, tag);
+        let h = h.as_bytes();
+        let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+        let h1 = word(0);
+        let h2 = word(8) | 1;
         let mask = (1u64 << BITS_LOG2) - 1;
         let mut out = [0usize; HASHES as usize];
         for (i, o) in out.iter_mut().enumerate() {
@@ -124,7 +131,7 @@ mod tests {
 
     #[test]
     fn served_once() {
-        let mut f = ReplayFilter::new();
+        let mut f = ReplayFilter::default();
         assert_eq!(f.check(10, 10, &tag(1)), Verdict::Fresh);
         assert_eq!(f.check(11, 10, &tag(1)), Verdict::Replay);
         assert_eq!(f.check(11, 10, &tag(2)), Verdict::Fresh);
@@ -134,7 +141,7 @@ mod tests {
     /// Fresh again.
     #[test]
     fn never_fresh_twice_across_rotations() {
-        let mut f = ReplayFilter::new();
+        let mut f = ReplayFilter::default();
         let mut served = Vec::new();
         let mut now = 0u64;
         for n in 0..2_000u64 {
@@ -162,7 +169,7 @@ mod tests {
 
     #[test]
     fn stamps_outside_the_window_are_stale() {
-        let mut f = ReplayFilter::new();
+        let mut f = ReplayFilter::default();
         assert_eq!(f.check(0, 0, &tag(1)), Verdict::Fresh);
         let now = 3 * ROTATE_MS;
         assert_eq!(f.check(now, 0, &tag(2)), Verdict::Stale);
@@ -175,7 +182,7 @@ mod tests {
 
     #[test]
     fn few_false_positives_under_load() {
-        let mut f = ReplayFilter::new();
+        let mut f = ReplayFilter::default();
         let fresh = (0..200_000u64)
             .filter(|&n| f.check(1, 1, &tag(n)) == Verdict::Fresh)
             .count();

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::crypto::{same_addr, TokenClaims, TokenKey};
+use crate::rng::Rng;
 
 /// How long a RETRY cookie validates its address.
 pub const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
@@ -43,15 +44,19 @@ pub(crate) fn seal_cookie(
     addr: SocketAddr,
     now_ms: u64,
     binding: [u8; 16],
+    rng: &mut Rng,
 ) -> Vec<u8> {
-    key.seal(&TokenClaims {
-        session: false,
-        addr,
-        expires_ms: now_ms + RETRY_TOKEN_LIFETIME.as_millis() as u64,
-        exposure: binding,
-        max_datagram: 0,
-        request_key: [0; 32],
-    })
+    key.seal(
+        &TokenClaims {
+            session: false,
+            addr,
+            expires_ms: now_ms + RETRY_TOKEN_LIFETIME.as_millis() as u64,
+            exposure: binding,
+            max_datagram: 0,
+            request_key: [0; 32],
+        },
+        rng,
+    )
 }
 
 /// Whether `token` is a live RETRY cookie this server sealed for `from` and `binding`.
@@ -73,16 +78,17 @@ mod tests {
 
     #[test]
     fn a_cookie_validates_its_address_and_binding_until_it_expires() {
-        let key = TokenKey::random();
+        let rng = &mut Rng::os();
+        let key = TokenKey::random(rng);
         let a: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         let b: SocketAddr = "192.0.2.1:4001".parse().unwrap();
-        let c = seal_cookie(&key, a, 1_000, [7; 16]);
+        let c = seal_cookie(&key, a, 1_000, [7; 16], rng);
         assert!(cookie_valid(&key, &c, a, 1_000, [7; 16]));
         assert!(cookie_valid(&key, &c, a, 11_000, [7; 16]));
         assert!(!cookie_valid(&key, &c, a, 11_001, [7; 16]));
         assert!(!cookie_valid(&key, &c, b, 1_000, [7; 16]));
         assert!(!cookie_valid(&key, &c, a, 1_000, [8; 16]));
-        assert!(!cookie_valid(&TokenKey::random(), &c, a, 1_000, [7; 16]));
+        assert!(!cookie_valid(&TokenKey::random(rng), &c, a, 1_000, [7; 16]));
     }
 
     #[test]

@@ -1,12 +1,23 @@
 //! A deterministic network for testing the sans-IO state machines: a virtual clock and
 //! a seeded link that loses, duplicates, reorders, corrupts and MTU-drops datagrams,
 //! and can black out. Any failure reproduces from its seed.
+//!
+//! That holds because nothing else varies between runs: the link draws from a
+//! [`SimRng`] seeded by the seed, and every state machine a test builds draws its ids,
+//! keys, nonces and Noise ephemerals from a [`machine_rng`](SimNet::machine_rng) stream
+//! derived from the same seed (built with `Exposer::with_rng`, `Puller::with_rng` or
+//! `Endpoint::with_rng`; static keys from [`static_key`](SimNet::static_key)), never
+//! from the OS. The state machines keep no hash-map order that could show in what they
+//! send, and time is only the virtual clock. [`SimNet::record_trace`] records what was
+//! sent, so a test can check that a seed run twice gives the same trace.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::keys::StaticKey;
+use crate::rng::Rng;
 use crate::transmit::Transmit;
 
 /// SplitMix64: tiny, fast, good enough for test randomness, and fully reproducible.
@@ -34,6 +45,19 @@ impl SimRng {
     pub fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.f64() < p
     }
+}
+
+/// Panics, naming the first datagram where they part, unless traces `a` and `b` (from
+/// [`SimNet::trace`]) are the same.
+pub fn assert_same_trace(a: &[u64], b: &[u64], ctx: &str) {
+    if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {
+        panic!(
+            "{ctx}: the runs part at datagram {i} (of {} and {})",
+            a.len(),
+            b.len()
+        );
+    }
+    assert_eq!(a.len(), b.len(), "{ctx}: one run sent more datagrams");
 }
 
 /// What the link does to each datagram.
@@ -105,6 +129,12 @@ pub struct SimNet {
     seq: u64,
     /// When the rate-limited link is next free.
     link_free_at: Instant,
+    /// When the simulation began: trace times are offsets from it.
+    start: Instant,
+    /// One digest per datagram offered to the link, once `record_trace` was called.
+    trace: Option<Vec<u64>>,
+    /// The parent of every state machine's random source.
+    machines: Rng,
     pub stats: LinkStats,
 }
 
@@ -122,7 +152,52 @@ impl SimNet {
             free: Vec::new(),
             seq: 0,
             link_free_at: now,
+            start: now,
+            trace: None,
+            machines: Rng::seeded_for_simulation(seed),
             stats: LinkStats::default(),
+        }
+    }
+
+    /// A random source for one state machine, derived from the simulation's seed: each
+    /// call gives another stream, and a run that asks in the same order gets the same
+    /// streams. Deterministic and so insecure: for simulation only.
+    pub fn machine_rng(&mut self) -> Rng {
+        self.machines.fork()
+    }
+
+    /// A static key derived from the simulation's seed (see `machine_rng`).
+    pub fn static_key(&mut self) -> StaticKey {
+        StaticKey::from_private(self.machines.bytes())
+    }
+
+    /// Starts recording a trace: for every datagram offered to the link from now on,
+    /// a digest of its send time (as an offset from the simulation's start), source,
+    /// destination and bytes. Two runs behave the same exactly when their traces are
+    /// equal, which is how a test checks that a seed reproduces its run.
+    pub fn record_trace(&mut self) {
+        self.trace.get_or_insert_with(Vec::new);
+    }
+
+    /// The trace recorded so far (empty unless `record_trace` was called).
+    pub fn trace(&self) -> &[u64] {
+        self.trace.as_deref().unwrap_or(&[])
+    }
+
+    fn note(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let at = self.now.saturating_duration_since(self.start).as_nanos() as u64;
+        if let Some(trace) = &mut self.trace {
+            let mut h = blake3::Hasher::new();
+            h.update(&at.to_le_bytes());
+            h.update(from.to_string().as_bytes());
+            h.update(b" ");
+            h.update(to.to_string().as_bytes());
+            h.update(b" ");
+            h.update(data);
+            let d = h.finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&d.as_bytes()[..8]);
+            trace.push(u64::from_le_bytes(first));
         }
     }
 
@@ -141,6 +216,9 @@ impl SimNet {
 
     pub fn send_one(&mut self, from: SocketAddr, to: SocketAddr, mut data: Vec<u8>) {
         self.stats.sent += 1;
+        if self.trace.is_some() {
+            self.note(from, to, &data);
+        }
         if data.len() > self.link.mtu {
             self.stats.mtu_drops += 1;
             return;

@@ -10,6 +10,7 @@ use rgtp::conn::noise::ClientHandshake;
 use rgtp::conn::wire::{self as cw, Packet, TransportParams};
 use rgtp::conn::{Endpoint, EndpointConfig};
 use rgtp::keys::StaticKey;
+use rgtp::rng::Rng;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -94,7 +95,8 @@ struct Client {
 
 impl Client {
     fn new(from: SocketAddr, cid: u64) -> Self {
-        let hs = ClientHandshake::start(&StaticKey::generate().private, cid).unwrap();
+        let hs =
+            ClientHandshake::start(&StaticKey::generate().private, cid, &mut Rng::os()).unwrap();
         Self {
             from,
             cid,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rgtp::exposer::{Exposer, ExposerConfig};
-use rgtp::handshake::generate_keypair;
 use rgtp::merkle::{self, CHUNK_SIZE};
 use rgtp::puller::{PullConfig, PullError, PullEvent, Puller};
 use rgtp::sim::{LinkConfig, SimNet, SimRng};
@@ -48,15 +47,21 @@ impl Pair {
         cvs: Vec<[u8; 32]>,
         cfg: impl FnOnce(&mut PullConfig),
     ) -> Self {
-        let net = SimNet::new(1, LinkConfig::default());
-        let (private, _) = generate_keypair();
-        let mut ex = Exposer::new(ExposerConfig::default(), private, net.now);
+        // Keys, ids and nonces from the seed too: a failure reproduces exactly.
+        let mut net = SimNet::new(1, LinkConfig::default());
+        let private = net.static_key().private;
+        let mut ex = Exposer::with_rng(
+            ExposerConfig::default(),
+            private,
+            net.now,
+            net.machine_rng(),
+        );
         let size = source.size() as usize;
         ex.add_exposure("f", source, cvs);
         let mut c = PullConfig::new(addr(EXPOSER), "f");
         c.idle_timeout = Duration::from_secs(20);
         cfg(&mut c);
-        let p = Puller::new(c, net.now);
+        let p = Puller::with_rng(c, net.now, net.machine_rng());
         Pair {
             net,
             ex,

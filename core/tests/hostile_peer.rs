@@ -12,6 +12,7 @@ use rgtp::conn::stream::MAX_OOO_SEGMENTS;
 use rgtp::conn::wire::{self as cw, Frame, Packet, TransportParams, SHORT_HEADER_LEN};
 use rgtp::conn::{ConnConfig, ConnId, Endpoint, EndpointConfig};
 use rgtp::keys::StaticKey;
+use rgtp::rng::Rng;
 
 // ------------------------------------------------------------------ the client
 
@@ -68,7 +69,7 @@ fn init(
     limit: u64,
 ) -> Option<Pending> {
     let key = StaticKey::generate();
-    let mut hs = ClientHandshake::start(&key.private, cid).unwrap();
+    let mut hs = ClientHandshake::start(&key.private, cid, &mut Rng::os()).unwrap();
     let init = Packet::Init {
         src_cid: cid,
         token: &[],
@@ -461,7 +462,8 @@ fn spoofed_inits_fill_at_most_half_the_table() {
                 .map(|(_, d)| d)
         };
     let answer_to = |ep: &mut Endpoint, now: Instant, from: SocketAddr, cid: u64, token: &[u8]| {
-        let hs = ClientHandshake::start(&StaticKey::generate().private, cid).unwrap();
+        let hs =
+            ClientHandshake::start(&StaticKey::generate().private, cid, &mut Rng::os()).unwrap();
         send_init(ep, now, from, cid, token, &hs.msg1)
     };
     let (mut responses, mut retries) = (0, 0);
@@ -482,7 +484,7 @@ fn spoofed_inits_fill_at_most_half_the_table() {
     // the same first Noise message, since a cookie validates one handshake attempt.
     let real = addr("192.0.2.77:5000");
     let now = t0 + ms(300);
-    let hs = ClientHandshake::start(&StaticKey::generate().private, 7).unwrap();
+    let hs = ClientHandshake::start(&StaticKey::generate().private, 7, &mut Rng::os()).unwrap();
     let retry = send_init(&mut ep, now, real, 7, &[], &hs.msg1).expect("a RETRY");
     let Ok(Packet::Retry { token, .. }) = cw::decode(&retry) else {
         panic!("not a RETRY")

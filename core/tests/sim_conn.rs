@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rgtp::conn::{ConnConfig, ConnId, ConnState, ConnectOptions, Endpoint, EndpointConfig, Event};
 use rgtp::keys::StaticKey;
-use rgtp::sim::{LinkConfig, SimNet, SimRng};
+use rgtp::sim::{assert_same_trace, LinkConfig, SimNet, SimRng};
 
 /// Added to every multi-seed test's seeds (`RGTP_SIM_SEED_BASE`), to explore more.
 fn seed_base() -> u64 {
@@ -134,16 +134,25 @@ impl World {
         }
     }
 
-    fn add_node(&mut self, addr: SocketAddr, cfg: ConnConfig, key: StaticKey) -> usize {
+    /// A node with a static key of its own, drawn from the seed.
+    fn add_node(&mut self, addr: SocketAddr, cfg: ConnConfig) -> usize {
+        let key = self.net.static_key();
+        self.add_node_keyed(addr, cfg, key)
+    }
+
+    fn add_node_keyed(&mut self, addr: SocketAddr, cfg: ConnConfig, key: StaticKey) -> usize {
         let mut ec = EndpointConfig::new(key);
         ec.conn = cfg;
         self.add_node_with(addr, ec)
     }
 
+    /// Every node's endpoint draws from a stream of the simulation's seed, so a run
+    /// reproduces from the seed alone.
     fn add_node_with(&mut self, addr: SocketAddr, ec: EndpointConfig) -> usize {
+        let rng = self.net.machine_rng();
         self.nodes.push(Node {
             external: addr,
-            ep: Endpoint::new(ec, self.net.now),
+            ep: Endpoint::with_rng(ec, self.net.now, rng),
             accept_spec: None,
         });
         self.nodes.len() - 1
@@ -410,8 +419,8 @@ fn pair(
     down: usize,
 ) -> (World, usize, usize, Vec<u8>, Vec<u8>) {
     let mut w = World::new(seed, link);
-    let s = w.add_node(server_addr(), conn_cfg(), StaticKey::generate());
-    let c = w.add_node(client_addr(1), conn_cfg(), StaticKey::generate());
+    let s = w.add_node(server_addr(), conn_cfg());
+    let c = w.add_node(client_addr(1), conn_cfg());
     let up_data = data(seed, up);
     let down_data = data(seed + 1, down);
     w.listen(
@@ -527,8 +536,8 @@ fn echo_under_loss_many_seeds() {
         let mut r = SimRng::new(seed + 77);
         let link = hostile_link(&mut r, 0.20);
         let mut w = World::new(seed, link.clone());
-        let s = w.add_node(server_addr(), conn_cfg(), StaticKey::generate());
-        let c = w.add_node(client_addr(2), conn_cfg(), StaticKey::generate());
+        let s = w.add_node(server_addr(), conn_cfg());
+        let c = w.add_node(client_addr(2), conn_cfg());
         w.listen(
             s,
             AppSpec {
@@ -681,8 +690,8 @@ fn path_is_not_hijacked_by_a_replayed_packet() {
 fn half_close_both_ways() {
     for client_first in [true, false] {
         let mut w = World::new(50, LinkConfig::default());
-        let s = w.add_node(server_addr(), conn_cfg(), StaticKey::generate());
-        let c = w.add_node(client_addr(3), conn_cfg(), StaticKey::generate());
+        let s = w.add_node(server_addr(), conn_cfg());
+        let c = w.add_node(client_addr(3), conn_cfg());
         let small = data(1, 1000);
         let big = data(2, 2 << 20);
         let (cs, ss) = if client_first {
@@ -751,8 +760,8 @@ fn reset_fails_peer_reads_and_writes() {
             ..Default::default()
         };
         let mut w = World::new(60 + seed, link);
-        let s = w.add_node(server_addr(), conn_cfg(), StaticKey::generate());
-        let c = w.add_node(client_addr(4), conn_cfg(), StaticKey::generate());
+        let s = w.add_node(server_addr(), conn_cfg());
+        let c = w.add_node(client_addr(4), conn_cfg());
         // The server writes forever (until it fails); the client aborts after 100 KB.
         w.listen(
             s,
@@ -793,8 +802,8 @@ fn reset_fails_peer_reads_and_writes() {
     }
     // The reader side: bytes that arrived before the reset are delivered, then the error.
     let mut w = World::new(70, LinkConfig::default());
-    let s = w.add_node(server_addr(), conn_cfg(), StaticKey::generate());
-    let c = w.add_node(client_addr(5), conn_cfg(), StaticKey::generate());
+    let s = w.add_node(server_addr(), conn_cfg());
+    let c = w.add_node(client_addr(5), conn_cfg());
     w.listen(s, AppSpec::default());
     let ca = w.connect(
         c,
@@ -820,8 +829,8 @@ fn reset_fails_peer_reads_and_writes() {
 #[test]
 fn refused_when_nobody_listens() {
     let mut w = World::new(80, LinkConfig::default());
-    let s = w.add_node(server_addr(), conn_cfg(), StaticKey::generate());
-    let c = w.add_node(client_addr(6), conn_cfg(), StaticKey::generate());
+    let s = w.add_node(server_addr(), conn_cfg());
+    let c = w.add_node(client_addr(6), conn_cfg());
     let start = w.net.now;
     let ca = w.connect(c, server_addr(), AppSpec::default());
     w.run(Duration::from_secs(30), |w| w.apps[ca].closed.is_some());
@@ -870,7 +879,7 @@ fn connect_to_silence_times_out() {
         handshake_timeout: Duration::from_secs(3),
         ..conn_cfg()
     };
-    let c = w.add_node(client_addr(7), cfg, StaticKey::generate());
+    let c = w.add_node(client_addr(7), cfg);
     let start = w.net.now;
     let ca = w.connect(c, "192.0.2.200:1".parse().unwrap(), AppSpec::default());
     w.run(Duration::from_secs(30), |w| w.apps[ca].closed.is_some());
@@ -891,8 +900,8 @@ fn idle_timeout_and_keepalive() {
         ..conn_cfg()
     };
     let mut w = World::new(90, LinkConfig::default());
-    let s = w.add_node(server_addr(), cfg.clone(), StaticKey::generate());
-    let c = w.add_node(client_addr(8), cfg, StaticKey::generate());
+    let s = w.add_node(server_addr(), cfg.clone());
+    let c = w.add_node(client_addr(8), cfg);
     w.listen(s, AppSpec::default());
     let ca = w.connect(
         c,
@@ -942,7 +951,7 @@ fn two_hundred_connections_one_listener() {
         recv_window: 64 * 1024,
         ..conn_cfg()
     };
-    let s = w.add_node(server_addr(), cfg.clone(), StaticKey::generate());
+    let s = w.add_node(server_addr(), cfg.clone());
     w.listen(
         s,
         AppSpec {
@@ -953,7 +962,7 @@ fn two_hundred_connections_one_listener() {
     );
     let mut clients = Vec::new();
     for i in 0..40 {
-        clients.push(w.add_node(client_addr(100 + i), cfg.clone(), StaticKey::generate()));
+        clients.push(w.add_node(client_addr(100 + i), cfg.clone()));
     }
     let mut msgs = Vec::new();
     for i in 0..200usize {
@@ -994,8 +1003,8 @@ fn slow_reader_bounds_memory() {
         ..conn_cfg()
     };
     let mut w = World::new(110, LinkConfig::default());
-    let s = w.add_node(server_addr(), cfg.clone(), StaticKey::generate());
-    let c = w.add_node(client_addr(9), cfg, StaticKey::generate());
+    let s = w.add_node(server_addr(), cfg.clone());
+    let c = w.add_node(client_addr(9), cfg);
     w.listen(
         s,
         AppSpec {
@@ -1054,8 +1063,8 @@ fn close_with_linger() {
         ..Default::default()
     };
     let mut w = World::new(120, link.clone());
-    let s = w.add_node(server_addr(), cfg.clone(), StaticKey::generate());
-    let c = w.add_node(client_addr(10), cfg.clone(), StaticKey::generate());
+    let s = w.add_node(server_addr(), cfg.clone());
+    let c = w.add_node(client_addr(10), cfg.clone());
     w.listen(s, AppSpec::default());
     let msg = data(7, 500_000);
     let ca = w.connect(
@@ -1079,8 +1088,8 @@ fn close_with_linger() {
 
     // Now the link dies right after close: linger expires.
     let mut w = World::new(121, link);
-    let s = w.add_node(server_addr(), cfg.clone(), StaticKey::generate());
-    let c = w.add_node(client_addr(11), cfg, StaticKey::generate());
+    let s = w.add_node(server_addr(), cfg.clone());
+    let c = w.add_node(client_addr(11), cfg);
     w.listen(s, AppSpec::default());
     let ca = w.connect(c, server_addr(), AppSpec::default());
     w.run(Duration::from_secs(5), |w| w.apps.len() == 2);
@@ -1103,11 +1112,11 @@ fn close_with_linger() {
 #[test]
 fn retry_cookie_under_handshake_load() {
     let mut w = World::new(130, LinkConfig::default());
-    let mut ec = EndpointConfig::new(StaticKey::generate());
+    let mut ec = EndpointConfig::new(w.net.static_key());
     ec.retry_threshold = 0;
     ec.conn = conn_cfg();
     let s = w.add_node_with(server_addr(), ec);
-    let c = w.add_node(client_addr(12), conn_cfg(), StaticKey::generate());
+    let c = w.add_node(client_addr(12), conn_cfg());
     w.listen(
         s,
         AppSpec {
@@ -1136,10 +1145,10 @@ fn retry_cookie_under_handshake_load() {
 #[test]
 fn server_key_pinning() {
     let mut w = World::new(140, LinkConfig::default());
-    let server_key = StaticKey::generate();
-    let client_key = StaticKey::generate();
-    let s = w.add_node(server_addr(), conn_cfg(), server_key.clone());
-    let c = w.add_node(client_addr(13), conn_cfg(), client_key.clone());
+    let server_key = w.net.static_key();
+    let client_key = w.net.static_key();
+    let s = w.add_node_keyed(server_addr(), conn_cfg(), server_key.clone());
+    let c = w.add_node_keyed(client_addr(13), conn_cfg(), client_key.clone());
     w.listen(s, AppSpec::default());
     let now = w.net.now;
     let bad = w.nodes[c]
@@ -1181,15 +1190,15 @@ fn server_key_pinning() {
 #[test]
 fn stateless_reset_after_server_restart() {
     let mut w = World::new(150, LinkConfig::default());
-    let key = StaticKey::generate();
-    let s = w.add_node(server_addr(), conn_cfg(), key.clone());
-    let c = w.add_node(client_addr(14), conn_cfg(), StaticKey::generate());
+    let key = w.net.static_key();
+    let s = w.add_node_keyed(server_addr(), conn_cfg(), key.clone());
+    let c = w.add_node(client_addr(14), conn_cfg());
     w.listen(s, AppSpec::default());
     let ca = w.connect(c, server_addr(), AppSpec::default());
     w.run(Duration::from_secs(5), |w| w.apps.len() == 2);
     let mut ec = EndpointConfig::new(key);
     ec.conn = conn_cfg();
-    w.nodes[s].ep = Endpoint::new(ec, w.net.now);
+    w.nodes[s].ep = Endpoint::with_rng(ec, w.net.now, w.net.machine_rng());
     let now = w.net.now;
     let id = w.apps[ca].id;
     w.nodes[c].ep.write(id, b"are you there?").unwrap();
@@ -1275,8 +1284,8 @@ fn long_fat_link(loss: f64) -> LinkConfig {
 /// sender's stats.
 fn conn_goodput(seed: u64, link: LinkConfig, size: usize) -> (f64, rgtp::conn::ConnStats) {
     let mut w = World::new(seed, link);
-    let s = w.add_node(server_addr(), ConnConfig::default(), StaticKey::generate());
-    let c = w.add_node(client_addr(1), ConnConfig::default(), StaticKey::generate());
+    let s = w.add_node(server_addr(), ConnConfig::default());
+    let c = w.add_node(client_addr(1), ConnConfig::default());
     let down = data(seed, size);
     w.listen(
         s,
@@ -1346,4 +1355,39 @@ fn lossy_long_fat_link_goodput() {
             "loss {loss}: {mbps:.1} Mbit/s < {floor} of the link: {st:?}"
         );
     }
+}
+
+/// A lossy exchange with a NAT rebinding (so a path challenge) half-way: the trace of
+/// every datagram sent, as `SimNet::trace` records it.
+fn lossy_conn_trace(seed: u64) -> Vec<u64> {
+    let link = LinkConfig {
+        delay: Duration::from_millis(10),
+        jitter: Duration::from_millis(3),
+        loss: 0.05,
+        duplicate: 0.01,
+        ..Default::default()
+    };
+    let (mut w, ca, sa, up, down) = pair(seed, link, 256 << 10, 256 << 10);
+    w.net.record_trace();
+    w.run(Duration::from_secs(60), |w| {
+        w.apps.len() == 2 && w.apps[sa].got.len() > (64 << 10)
+    });
+    w.nodes[1].external = "203.0.113.9:45000".parse().unwrap();
+    w.run_until_all_closed(Duration::from_secs(120));
+    assert_exchange(&w, ca, sa, &up, &down, &format!("seed {seed}"));
+    assert!(w.net.stats.lost > 0, "seed {seed}: the link lost nothing");
+    let sid = w.apps[sa].id;
+    assert!(w.nodes[0].ep.conn_stats(sid).unwrap().migrations >= 1);
+    w.net.trace().to_vec()
+}
+
+/// Any failure reproduces from its seed: a seed run twice sends the same datagrams,
+/// byte for byte, at the same virtual times (connection ids, Noise ephemerals, path
+/// challenges, tokens and every timer included); another seed does not.
+#[test]
+fn a_seed_reproduces_its_run() {
+    let a = lossy_conn_trace(77);
+    assert!(a.len() > 100, "{} datagrams", a.len());
+    assert_same_trace(&a, &lossy_conn_trace(77), "seed 77 twice");
+    assert_ne!(a, lossy_conn_trace(78), "seeds 77 and 78 ran alike");
 }

@@ -4,20 +4,20 @@
 //! addresses an attacker owns takes a bounded share, and a real client, a source of
 //! its own, is still answered on its first try.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::half_open::Source;
+use crate::rng::Rng;
 
 /// Counters of the RETRY budget sketch (per row).
 const BUCKETS: usize = 4096;
 
 /// RETRYs per second per socket address while busy, counted in a fixed-size sketch
-/// (two rows of counters, indexed by a hash with a per-process secret key, so a
-/// flooder cannot aim its addresses at a victim's counters): no state per source.
+/// (two rows of counters, indexed by a keyed hash whose secret key is drawn from the
+/// endpoint's random source, so a flooder cannot aim its addresses at a victim's
+/// counters): no state per source.
 ///
 /// Keyed by the full address, port included, so a spoofer must guess a client's port
 /// to spend its budget; a flooder that owns an address gets `per_source` RETRYs a
@@ -27,16 +27,32 @@ const BUCKETS: usize = 4096;
 pub(super) struct RetryBudget {
     start: Instant,
     rows: Box<[[u16; BUCKETS]; 2]>,
-    hasher: RandomState,
+    key: [u8; 32],
 }
 
 impl RetryBudget {
-    pub(super) fn new(now: Instant) -> Self {
+    pub(super) fn new(now: Instant, rng: &mut Rng) -> Self {
         Self {
             start: now,
             rows: Box::new([[0; BUCKETS]; 2]),
-            hasher: RandomState::new(),
+            key: rng.bytes(),
         }
+    }
+
+    /// Keyed BLAKE3 of the address and port (a PRF: the counters an address lands on
+    /// cannot be predicted without the key).
+    fn hash(&self, a: SocketAddr) -> u64 {
+        let mut b = [0u8; 19];
+        match a.ip() {
+            IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => {
+                b[..16].copy_from_slice(&v6.octets());
+                b[18] = 6;
+            }
+        }
+        b[16..18].copy_from_slice(&a.port().to_le_bytes());
+        let h = blake3::keyed_hash(&self.key, &b);
+        u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
     }
 
     /// Whether `from` may be sent one more RETRY this second (and counts it).
@@ -47,7 +63,7 @@ impl RetryBudget {
                 row.fill(0);
             }
         }
-        let h = self.hasher.hash_one(from);
+        let h = self.hash(from);
         let a = (h as usize) % BUCKETS;
         let b = ((h >> 32) as usize) % BUCKETS;
         let est = self.rows[0][a].min(self.rows[1][b]);
@@ -163,7 +179,7 @@ mod tests {
     #[test]
     fn retry_budget_caps_each_socket_and_spares_others() {
         let t0 = Instant::now();
-        let mut r = RetryBudget::new(t0);
+        let mut r = RetryBudget::new(t0, &mut Rng::os());
         let flooder: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let sent = (0..10_000).filter(|_| r.allow(t0, flooder, 64)).count();
         assert_eq!(sent, 64);

@@ -17,7 +17,7 @@ use super::wire::{
 };
 use super::{ConnConfig, ConnId, ConnState, Event, Readiness};
 use crate::cc::RateControl;
-use crate::crypto::random_bytes;
+use crate::rng::Rng;
 use crate::rtt::SmoothedRtt;
 use crate::transmit::Transmit;
 use crate::wire::Writer;
@@ -296,6 +296,9 @@ pub(crate) struct Conn {
     write_armed: bool,
     flush_armed: bool,
     events: Vec<Event>,
+    /// Where this connection's random draws come from (its Noise ephemeral key and
+    /// path challenges): forked from its endpoint's.
+    rng: Rng,
     pub stats: ConnStats,
 }
 
@@ -317,6 +320,7 @@ impl Conn {
         cfg: ConnConfig,
         local_params: TransportParams,
         now: Instant,
+        rng: Rng,
     ) -> Self {
         let keepalive = keepalive_for(&cfg, cfg.idle_timeout);
         Self {
@@ -391,6 +395,7 @@ impl Conn {
             write_armed: true,
             flush_armed: false,
             events: Vec::new(),
+            rng,
             stats: ConnStats::default(),
             cfg,
         }
@@ -407,6 +412,7 @@ impl Conn {
         static_private: [u8; 32],
         pinned_key: Option<[u8; 32]>,
         now: Instant,
+        rng: Rng,
     ) -> io::Result<Self> {
         let mut c = Self::base(
             id,
@@ -417,10 +423,11 @@ impl Conn {
             cfg,
             local_params,
             now,
+            rng,
         );
         c.pinned_key = pinned_key;
         c.hs = Some(
-            ClientHandshake::start(&static_private, local_cid)
+            ClientHandshake::start(&static_private, local_cid, &mut c.rng)
                 .map_err(|e| io::Error::other(e.to_string()))?,
         );
         c.init_pending = true;
@@ -439,6 +446,7 @@ impl Conn {
         peer: TransportParams,
         rtt_sample: Option<Duration>,
         now: Instant,
+        rng: Rng,
     ) -> Self {
         let mut c = Self::base(
             id,
@@ -449,6 +457,7 @@ impl Conn {
             cfg,
             local_params,
             now,
+            rng,
         );
         c.install(est, peer, rtt_sample, now);
         // Tell the client at once that its FINISH arrived.
@@ -1154,7 +1163,7 @@ impl Conn {
             _ if newest => {
                 self.path_probe = Some(PathProbe {
                     addr: from,
-                    challenge: random_bytes(),
+                    challenge: self.rng.bytes(),
                     sent_at: None,
                     tries: 0,
                     pending: true,

@@ -19,8 +19,9 @@ use super::half_open::{source_of, HalfOpen, HalfOpens, Source};
 use super::noise::ServerHandshake;
 use super::wire::{self as cw, Packet, TransportParams, RESET_TOKEN_LEN};
 use super::{ConnConfig, ConnId, ConnState, EndpointConfig, Event, Readiness};
-use crate::crypto::{random_bytes, same_addr, TokenKey};
+use crate::crypto::{same_addr, TokenKey};
 use crate::retry::{self, HandshakeRate};
+use crate::rng::Rng;
 use crate::transmit::Transmit;
 // One spelling per peer, so a path never looks changed because of notation.
 use crate::udp::canonical as canon;
@@ -58,10 +59,16 @@ pub struct ConnectOptions {
     pub config: Option<ConnConfig>,
 }
 
+// Ordered maps where iteration shows (`conns`); the hash maps are only looked up, never
+// iterated, so their hasher's seed cannot change what is sent. Some are keyed by values
+// peers choose (reset tokens), hence a randomly keyed hasher there.
 pub struct Endpoint {
     cfg: EndpointConfig,
     token_key: TokenKey,
     epoch: Instant,
+    /// Where every random draw comes from (connection ids, token nonces, Noise
+    /// ephemerals, hash keys; each connection gets a fork for its own).
+    rng: Rng,
     listening: bool,
     conns: BTreeMap<ConnId, Conn>,
     by_cid: HashMap<u64, ConnId>,
@@ -91,17 +98,25 @@ fn closed_err() -> io::Error {
 }
 
 impl Endpoint {
+    /// An endpoint drawing its randomness from the OS CSPRNG.
     pub fn new(cfg: EndpointConfig, now: Instant) -> Self {
+        Self::with_rng(cfg, now, Rng::os())
+    }
+
+    /// An endpoint drawing all its randomness from `rng`: [`Rng::os`] for real use,
+    /// [`Rng::seeded_for_simulation`] so that a simulated run reproduces from its seed.
+    pub fn with_rng(cfg: EndpointConfig, now: Instant, mut rng: Rng) -> Self {
         Self {
             cfg,
-            token_key: TokenKey::random(),
+            token_key: TokenKey::random(&mut rng),
+            retry_budget: RetryBudget::new(now, &mut rng),
+            rng,
             epoch: now,
             listening: false,
             conns: BTreeMap::new(),
             by_cid: HashMap::new(),
             half_open: HalfOpens::default(),
             busy_window: BusyWindow::new(now),
-            retry_budget: RetryBudget::new(now),
             accept_queue: VecDeque::new(),
             reset_tokens: HashMap::new(),
             next_id: 1,
@@ -152,9 +167,9 @@ impl Endpoint {
         t
     }
 
-    fn new_cid(&self) -> u64 {
+    fn new_cid(&mut self) -> u64 {
         loop {
-            let mut c = u64::from_le_bytes(random_bytes());
+            let mut c = self.rng.u64();
             if let Some(tag) = self.cfg.cid_tag {
                 c = (c & 0x0000_ffff_ffff_ffff) | (u64::from(tag) << 48);
             }
@@ -209,6 +224,7 @@ impl Endpoint {
             self.cfg.static_key.private,
             opts.server_key,
             now,
+            self.rng.fork(),
         )?;
         self.conns.insert(id, c);
         self.by_cid.insert(cid, id);
@@ -488,7 +504,8 @@ impl Endpoint {
         client_cid: u64,
         binding: [u8; 16],
     ) {
-        let cookie = retry::seal_cookie(&self.token_key, from, self.now_ms(now), binding);
+        let now_ms = self.now_ms(now);
+        let cookie = retry::seal_cookie(&self.token_key, from, now_ms, binding, &mut self.rng);
         let pkt = Packet::Retry {
             dst_cid: client_cid,
             token: &cookie,
@@ -521,6 +538,7 @@ impl Endpoint {
             client_cid,
             noise,
             &params.encode(),
+            &mut self.rng,
         ) else {
             self.stats.dropped += 1;
             return;
@@ -608,6 +626,7 @@ impl Endpoint {
             peer,
             sample,
             now,
+            self.rng.fork(),
         );
         self.reset_tokens.insert(peer.reset_token, id);
         self.conns.insert(id, c);

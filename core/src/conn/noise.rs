@@ -15,8 +15,8 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use snow::{Builder, HandshakeState};
 
-use crate::crypto::random_bytes;
 use crate::handshake::HandshakeError;
+use crate::rng::Rng;
 
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 const NOISE_MAX: usize = 65535;
@@ -41,10 +41,11 @@ fn key32(k: Option<&[u8]>) -> Result<[u8; 32], HandshakeError> {
 ///
 /// snow restores the hash state but not the cipher state when a message fails to
 /// authenticate, so one damaged or forged RESPONSE would spoil the handshake for the
-/// genuine one. Each side therefore draws its ephemeral key itself (OS CSPRNG) and keeps
-/// it, so the state can be rebuilt exactly as it was before the bad message (snow calls
-/// the builder method for this "for testing only"; a fresh random key per handshake is
-/// just what snow would generate itself).
+/// genuine one. Each side therefore draws its ephemeral key itself (from its endpoint's
+/// [`Rng`], the OS CSPRNG outside the simulator) and keeps it, so the state can be
+/// rebuilt exactly as it was before the bad message (snow calls the builder method for
+/// this "for testing only"; a fresh random key per handshake is just what snow would
+/// generate itself).
 pub struct ClientHandshake {
     state: HandshakeState,
     static_private: [u8; 32],
@@ -176,8 +177,13 @@ fn initiator(
 }
 
 impl ClientHandshake {
-    pub fn start(static_private: &[u8; 32], client_cid: u64) -> Result<Self, HandshakeError> {
-        let ephemeral: [u8; 32] = random_bytes();
+    /// Writes message 1 under a fresh ephemeral key drawn from `rng`.
+    pub fn start(
+        static_private: &[u8; 32],
+        client_cid: u64,
+        rng: &mut Rng,
+    ) -> Result<Self, HandshakeError> {
+        let ephemeral: [u8; 32] = rng.bytes();
         let (state, msg1) = initiator(static_private, client_cid, &ephemeral)?;
         Ok(Self {
             state,
@@ -258,14 +264,16 @@ fn responder(
 }
 
 impl ServerHandshake {
-    /// Reads message 1 and writes message 2 carrying `payload`.
+    /// Reads message 1 and writes message 2 carrying `payload`, under a fresh ephemeral
+    /// key drawn from `rng`.
     pub fn respond(
         static_private: &[u8; 32],
         client_cid: u64,
         msg1: &[u8],
         payload: &[u8],
+        rng: &mut Rng,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let ephemeral: [u8; 32] = random_bytes();
+        let ephemeral: [u8; 32] = rng.bytes();
         let (state, msg2) = responder(static_private, client_cid, &ephemeral, msg1, payload)?;
         Ok((
             Self {
@@ -327,8 +335,9 @@ mod tests {
     #[test]
     fn xx_authenticates_both_and_keys_match() {
         let (c, s) = (StaticKey::generate(), StaticKey::generate());
-        let mut ch = ClientHandshake::start(&c.private, 42).unwrap();
-        let (mut sh, msg2) = ServerHandshake::respond(&s.private, 42, &ch.msg1, b"server").unwrap();
+        let mut ch = ClientHandshake::start(&c.private, 42, &mut Rng::os()).unwrap();
+        let (mut sh, msg2) =
+            ServerHandshake::respond(&s.private, 42, &ch.msg1, b"server", &mut Rng::os()).unwrap();
         // Damaged copies (anywhere) are rejected without spoiling the state.
         for i in 0..msg2.len() {
             let mut bad = msg2.clone();
@@ -411,8 +420,9 @@ mod tests {
     #[test]
     fn prologue_binds_client_cid() {
         let (c, s) = (StaticKey::generate(), StaticKey::generate());
-        let mut ch = ClientHandshake::start(&c.private, 1).unwrap();
-        let (_, msg2) = ServerHandshake::respond(&s.private, 2, &ch.msg1, b"x").unwrap();
+        let mut ch = ClientHandshake::start(&c.private, 1, &mut Rng::os()).unwrap();
+        let (_, msg2) =
+            ServerHandshake::respond(&s.private, 2, &ch.msg1, b"x", &mut Rng::os()).unwrap();
         assert!(ch.read_response(&msg2).is_err());
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::conn::wire::{self as cw, Packet, TransportParams};
 use crate::conn::{ConnState, Endpoint, EndpointConfig};
 use crate::keys::StaticKey;
+use crate::rng::Rng;
 use crate::sidecar::Sidecar;
 use crate::url::{self, RgtpUrl};
 use crate::wire;
@@ -95,16 +96,20 @@ pub fn conn_endpoint(data: &[u8]) {
     }
 }
 
+/// A server and a client whose keys, ids and nonces come from a fixed seed, so that an
+/// input replays exactly as the fuzzer ran it.
 fn endpoints(now: Instant, retry: bool) -> (Endpoint, Endpoint) {
-    let mut sc = EndpointConfig::new(StaticKey::generate());
+    let mut rng = Rng::seeded_for_simulation(0);
+    let mut sc = EndpointConfig::new(StaticKey::from_private(rng.bytes()));
     if retry {
         sc.retry_threshold = 0;
     }
     sc.max_half_open = 8;
     sc.max_half_open_per_source = 4;
-    let mut server = Endpoint::new(sc, now);
+    let mut server = Endpoint::with_rng(sc, now, rng.fork());
     server.set_listening(true);
-    let client = Endpoint::new(EndpointConfig::new(StaticKey::generate()), now);
+    let cc = EndpointConfig::new(StaticKey::from_private(rng.bytes()));
+    let client = Endpoint::with_rng(cc, now, rng.fork());
     (server, client)
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::exposer::{Exposer, ExposerConfig};
 use crate::merkle::{self, CHUNK_SIZE};
 use crate::puller::{PullConfig, PullEvent, Puller};
+use crate::rng::Rng;
 use crate::source::MemSource;
 use crate::wire;
 
@@ -39,7 +40,9 @@ fn exposer(now: Instant, retry_threshold: u32) -> Exposer {
         retry_threshold,
         ..ExposerConfig::default()
     };
-    let mut ex = Exposer::new(cfg, PRIVATE_KEY, now);
+    // Ids, keys and nonces from fixed seeds (here and in the pullers), so that an input
+    // replays exactly as the fuzzer ran it.
+    let mut ex = Exposer::with_rng(cfg, PRIVATE_KEY, now, Rng::seeded_for_simulation(1));
     let data = content();
     let cvs = merkle::cvs_of_bytes(&data);
     ex.add_exposure("f", Box::new(MemSource(data)), cvs);
@@ -98,7 +101,11 @@ fn raw(data: &[u8]) {
     let now = Instant::now();
     decode_everything(data);
     let mut ex = exposer(now, 1000);
-    let mut p = Puller::new(PullConfig::new(EXPOSER_ADDR, "f"), now);
+    let mut p = Puller::with_rng(
+        PullConfig::new(EXPOSER_ADDR, "f"),
+        now,
+        Rng::seeded_for_simulation(2),
+    );
     drain_puller(&mut p, now);
     ex.handle(now, PULLER_ADDR, data);
     p.handle(now, EXPOSER_ADDR, data);
@@ -128,7 +135,7 @@ fn exchange(data: &[u8]) {
     let mut ex = exposer(start, retry_threshold);
     let mut cfg = PullConfig::new(EXPOSER_ADDR, "f");
     cfg.idle_timeout = Duration::from_secs(5);
-    let mut p = Puller::new(cfg, start);
+    let mut p = Puller::with_rng(cfg, start, Rng::seeded_for_simulation(2));
     let mut counter: u16 = 0;
     let mut now = start;
     for _step in 0..3000 {

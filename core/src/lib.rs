@@ -20,7 +20,67 @@
 //! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
 //!   (runs connection endpoints), `source` and `sealed` (reading and sealing exposed
 //!   files), `output` (writing pulled files), `sidecar` (resume state), `keys`
-//!   (static keys, known exposers), `atomic_file`.
+//!   (static keys, known exposers), `atomic_file`;
+//! - the blocking API most users want: [`transfer`] (pull a URL to a path, expose
+//!   files) and, for byte streams, [`RgtpStream`] / [`RgtpListener`].
+//!
+//! Expose a file and pull it (both ends here on loopback):
+//!
+//! ```
+//! use std::sync::atomic::AtomicBool;
+//! use rgtp::{pull, ExposeOptions, Exposure, PullOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = std::env::temp_dir().join(format!("rgtp-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! std::fs::write(dir.join("hello.txt"), b"hello, verified world\n")?;
+//!
+//! let exposure = Exposure::start(
+//!     &[dir.join("hello.txt")],
+//!     &ExposeOptions {
+//!         bind: "127.0.0.1:0".parse()?,
+//!         key_path: Some(dir.join("exposer.key")),
+//!         seal_ahead: false,
+//!         ..Default::default()
+//!     },
+//! )?;
+//! // rgtp://127.0.0.1:PORT/hello.txt?key=...&root=... (the root is `b3sum hello.txt`)
+//! let url = exposure.urls()[0].to_string();
+//!
+//! let opts = PullOptions { known_exposers: Some(dir.join("known")), ..Default::default() };
+//! let report = pull(&url, &dir.join("copy.txt"), &opts, &AtomicBool::new(false), &mut |_| {})?;
+//! assert_eq!(std::fs::read(dir.join("copy.txt"))?, b"hello, verified world\n");
+//! assert_eq!(report.bytes, 22);
+//! exposure.close()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! A connection: a TCP-like byte stream over RGTP, authenticated by the listener's key.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::time::Duration;
+//! use rgtp::{RgtpListener, RgtpStream};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let listener = RgtpListener::bind("127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let server = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let (mut s, _peer) = listener.accept()?;
+//!     let mut line = [0u8; 5];
+//!     s.read_exact(&mut line)?;
+//!     s.write_all(&line)?; // echo
+//!     s.close(Duration::from_secs(5))
+//! });
+//! let mut c = RgtpStream::connect(addr, Duration::from_secs(5))?;
+//! c.write_all(b"ping!")?;
+//! let mut back = [0u8; 5];
+//! c.read_exact(&mut back)?;
+//! assert_eq!(&back, b"ping!");
+//! server.join().unwrap()?;
+//! # Ok(()) }
+//! ```
 
 pub(crate) mod atomic_file;
 pub mod bitset;
@@ -48,6 +108,14 @@ pub mod udp;
 pub mod url;
 pub mod wire;
 pub mod zeroed;
+
+pub use conn::runtime::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
+pub use conn::ConnConfig;
+pub use keys::StaticKey;
+pub use transfer::{
+    pull, ExposeOptions, Exposure, PullOptions, PullReport, PullUpdate, TransferError,
+};
+pub use url::RgtpUrl;
 
 // Fuzz harnesses (cargo-fuzz targets and their proptest drivers), not API.
 #[doc(hidden)]

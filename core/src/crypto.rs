@@ -2,8 +2,9 @@
 //! stateless address-validation tokens, and sealed REQUEST bodies.
 //!
 //! All of it is ChaCha20-Poly1305. Bulk chunks go through `ring`, whose assembly
-//! implementation measured 1.8-2.4 GB/s on 16 KiB chunks here against 1.0-1.2 GB/s for
-//! the RustCrypto crate, which still serves the small messages (tokens, requests). Chunk nonces come from (object, index), which is
+//! implementation is about twice as fast on 16 KiB chunks as the RustCrypto crate
+//! (docs/BENCHMARKS.md), which still serves the small messages (tokens, requests).
+//! Chunk nonces come from (object, index), which is
 //! safe because a content key belongs to one exposure and every (object, index) always
 //! carries the same plaintext; the associated data binds exposure id, object, index and
 //! total length, so a chunk cannot be moved, replayed across exposures or truncated.

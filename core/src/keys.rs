@@ -278,17 +278,29 @@ fn config_dir_from(
     xdg: Option<OsString>,
     home: Option<OsString>,
 ) -> PathBuf {
+    xdg_dir(rgtp, xdg, home, ".config", PathBuf::from(".rgtp"))
+}
+
+/// The one XDG base-directory lookup (config and cache): an explicit `RGTP_*` value,
+/// else `$XDG_*_HOME/rgtp` (absolute only: the spec says relative values are invalid
+/// and must be ignored), else `$HOME/<home_sub>/rgtp`, else `fallback`.
+pub(crate) fn xdg_dir(
+    rgtp: Option<OsString>,
+    xdg: Option<OsString>,
+    home: Option<OsString>,
+    home_sub: &str,
+    fallback: PathBuf,
+) -> PathBuf {
     let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = set(rgtp) {
         return dir;
     }
-    // The XDG spec says relative values are invalid and must be ignored.
     if let Some(xdg) = set(xdg).filter(|p| p.is_absolute()) {
         return xdg.join("rgtp");
     }
     match set(home) {
-        Some(home) => home.join(".config").join("rgtp"),
-        None => PathBuf::from(".rgtp"),
+        Some(home) => home.join(home_sub).join("rgtp"),
+        None => fallback,
     }
 }
 

@@ -908,19 +908,14 @@ fn hostname() -> String {
 /// Where sealed copies go: `$RGTP_CACHE_DIR`, else `$XDG_CACHE_HOME/rgtp`, else
 /// `~/.cache/rgtp`, else a directory under the system's temporary one.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RGTP_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
-        return d.join("rgtp");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("rgtp"),
-        None => std::env::temp_dir().join("rgtp-cache"),
-    }
+    let var = std::env::var_os;
+    keys::xdg_dir(
+        var("RGTP_CACHE_DIR"),
+        var("XDG_CACHE_HOME"),
+        var("HOME"),
+        ".cache",
+        std::env::temp_dir().join("rgtp-cache"),
+    )
 }
 
 #[cfg(test)]

@@ -419,57 +419,47 @@ fn bench(bytes: u64, pings: usize) {
     );
 }
 
+/// Bulk transfer over one RGTP connection, or a benchmark beside TCP.
+#[derive(clap::Parser)]
+#[command(name = "bulk_send")]
+struct Args {
+    /// The receiver to send to (host:port).
+    addr: Option<String>,
+    /// Receive instead, on this address.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Bytes to send.
+    #[arg(long, default_value_t = 256 << 20)]
+    bytes: u64,
+    /// Round trips for --bench's ping-pong.
+    #[arg(long, default_value_t = 20_000)]
+    pings: usize,
+    /// The receiver's public key (64 hex digits) to require.
+    #[arg(long, value_parser = hex_key)]
+    key: Option<[u8; 32]>,
+    /// Benchmark against TCP on loopback (both ends in this process's children).
+    #[arg(long)]
+    bench: bool,
+    /// Internal: the far end of --bench.
+    #[arg(long, hide = true)]
+    bench_peer: bool,
+}
+
+/// A 64-hex-digit key, for clap.
+fn hex_key(s: &str) -> std::result::Result<[u8; 32], String> {
+    parse_hex32(s).ok_or_else(|| "expected 64 hex digits".to_string())
+}
+
 fn main() {
-    let mut addr: Option<String> = None;
-    let mut listen: Option<String> = None;
-    let mut bytes: u64 = 256 << 20;
-    let mut pings = 20_000usize;
-    let mut key = None;
-    let mut do_bench = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .unwrap_or_else(|| fail(format!("{name} needs a value")))
-        };
-        match a.as_str() {
-            "--listen" => listen = Some(val("--listen")),
-            "--bytes" => {
-                bytes = val("--bytes")
-                    .parse()
-                    .unwrap_or_else(|e| fail(format!("--bytes: {e}")))
-            }
-            "--pings" => {
-                pings = val("--pings")
-                    .parse()
-                    .unwrap_or_else(|e| fail(format!("--pings: {e}")))
-            }
-            "--key" => {
-                key = Some(
-                    parse_hex32(&val("--key"))
-                        .unwrap_or_else(|| fail("--key: expected 64 hex digits".into())),
-                )
-            }
-            "--bench" => do_bench = true,
-            "--bench-peer" => {
-                bench_peer();
-                return;
-            }
-            "-h" | "--help" => {
-                eprintln!(
-                    "usage: bulk_send --listen ADDR | bulk_send ADDR [--bytes N] [--key HEX64] | bulk_send --bench [--bytes N] [--pings N]"
-                );
-                return;
-            }
-            _ => addr = Some(a),
-        }
-    }
-    if do_bench {
-        bench(bytes, pings.max(10));
-    } else if let Some(l) = listen {
+    let args = <Args as clap::Parser>::parse();
+    if args.bench_peer {
+        bench_peer();
+    } else if args.bench {
+        bench(args.bytes, args.pings.max(10));
+    } else if let Some(l) = args.listen {
         receiver(&l);
-    } else if let Some(a) = addr {
-        sender(&a, bytes, key);
+    } else if let Some(a) = args.addr {
+        sender(&a, args.bytes, args.key);
     } else {
         fail("give ADDR, --listen ADDR or --bench (see --help)".into());
     }

@@ -20,46 +20,39 @@ fn fail(msg: String) -> ! {
     std::process::exit(1)
 }
 
+/// Echo client: sends messages, checks every byte that comes back, prints round trips.
+#[derive(clap::Parser)]
+#[command(name = "echo_client")]
+struct Args {
+    /// The echo server (host:port).
+    addr: String,
+    /// Messages to send.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 1)]
+    size: usize,
+    /// The server's public key (64 hex digits) to require.
+    #[arg(long, value_parser = hex_key)]
+    key: Option<[u8; 32]>,
+    /// Echo standard input instead, line by line (like nc).
+    #[arg(long)]
+    stdin: bool,
+}
+
+/// A 64-hex-digit key, for clap.
+fn hex_key(s: &str) -> std::result::Result<[u8; 32], String> {
+    parse_hex32(s).ok_or_else(|| "expected 64 hex digits".to_string())
+}
+
 fn main() {
-    let mut addr: Option<String> = None;
-    let mut count = 1000usize;
-    let mut size = 1usize;
-    let mut key = None;
-    let mut stdin = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .unwrap_or_else(|| fail(format!("{name} needs a value")))
-        };
-        match a.as_str() {
-            "--count" => {
-                count = val("--count")
-                    .parse()
-                    .unwrap_or_else(|e| fail(format!("--count: {e}")))
-            }
-            "--size" => {
-                size = val("--size")
-                    .parse()
-                    .unwrap_or_else(|e| fail(format!("--size: {e}")))
-            }
-            "--key" => {
-                key = Some(
-                    parse_hex32(&val("--key"))
-                        .unwrap_or_else(|| fail("--key: expected 64 hex digits".into())),
-                )
-            }
-            "--stdin" => stdin = true,
-            "-h" | "--help" => {
-                eprintln!(
-                    "usage: echo_client ADDR [--count N] [--size BYTES] [--key HEX64] [--stdin]"
-                );
-                return;
-            }
-            _ => addr = Some(a),
-        }
-    }
-    let addr = addr.unwrap_or_else(|| fail("missing ADDR (host:port)".into()));
+    let Args {
+        addr,
+        count,
+        size,
+        key,
+        stdin,
+    } = <Args as clap::Parser>::parse();
     let start = Instant::now();
     let mut s = RgtpStream::connect_with(
         addr.as_str(),

@@ -29,20 +29,20 @@ fn serve(mut s: RgtpStream) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// Echo server over RGTP connections.
+#[derive(clap::Parser)]
+#[command(name = "echo_server")]
+struct Args {
+    /// Address to listen on.
+    #[arg(default_value = "0.0.0.0:4433")]
+    addr: String,
+    /// Static key file (created if missing); default: a new key each run.
+    #[arg(long = "key", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
 fn main() {
-    let mut addr = "0.0.0.0:4433".to_string();
-    let mut key_file: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--key" => key_file = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                eprintln!("usage: echo_server [ADDR] [--key FILE]");
-                return;
-            }
-            _ => addr = a,
-        }
-    }
+    let Args { addr, key_file } = <Args as clap::Parser>::parse();
     let key = match key_file {
         Some(p) => match StaticKey::load_or_create(&p) {
             Ok(k) => k,

@@ -99,8 +99,7 @@ struct Args {
     json: bool,
     /// Decrypt and verify chunks on a thread of their own (1) or on the receiving
     /// thread (0). Default: 1 with four or more cores, else 0 (on two cores the
-    /// hand-off costs more than the thread gains: measured 1129-1255 MB/s inline
-    /// against 778-1066 MB/s offloaded on loopback).
+    /// hand-off costs more than the thread gains).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
     verify_threads: Option<u8>,
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).

@@ -25,7 +25,8 @@
 //! - [`files`]: random files, hashes, byte-exact comparison, part/sidecar files, keys;
 //! - [`expose`] and [`pull`]: starting `rgtp-expose` and running `rgtp-pull`;
 //! - [`relay`]: the UDP relay that slows and interrupts transfers;
-//! - [`net`]: ports and IPv6 loopback;
+//! - [`net`]: ports, and which are bound;
+//! - [`shim_env`]: programs run under the shim, and its log;
 //! - [`wait`]: bounded waits;
 //! - [`disk`]: a small tmpfs that fills up.
 
@@ -39,6 +40,7 @@ pub mod process;
 pub mod programs;
 pub mod pull;
 pub mod relay;
+pub mod shim_env;
 pub mod tempdir;
 pub mod wait;
 
@@ -50,6 +52,7 @@ pub use process::*;
 pub use programs::*;
 pub use pull::*;
 pub use relay::*;
+pub use shim_env::*;
 pub use tempdir::*;
 pub use wait::*;
 

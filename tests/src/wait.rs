@@ -16,3 +16,13 @@ pub fn poll_until<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Op
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Polls `cond` every 20 ms until it holds; fails the test ("timed out waiting for
+/// `what`") if it does not within `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}

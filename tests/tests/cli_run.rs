@@ -4,10 +4,9 @@
 //! falling back to TCP) with a line that says so.
 
 use std::fs;
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rgtp_e2e::*;
 
@@ -23,18 +22,6 @@ fn rgtp_run(t: &TestDir) -> Command {
 
 fn run(t: &TestDir, c: Command, what: &str) -> Finished {
     Proc::spawn(c, what, t.path(), false).finish(Duration::from_secs(120))
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let p = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
 }
 
 #[test]
@@ -182,15 +169,11 @@ fn http_server(t: &TestDir, dir: &Path, port: u16, strict: bool) -> Proc {
         .arg(dir);
     let p = Proc::spawn(c, "python3 http.server", t.path(), false);
     // Up once its RGTP listener's UDP socket is bound.
-    let hex = format!(":{port:04X} ");
-    let end = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string("/proc/net/udp")
-        .unwrap_or_default()
-        .contains(&hex)
-    {
-        assert!(Instant::now() < end, "the server never bound UDP {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("the server to bind UDP {port}"),
+        Duration::from_secs(30),
+        || udp_bound(port),
+    );
     p
 }
 

@@ -11,13 +11,15 @@
 //! `RGTP_SKIP_ROOT_TESTS=1` says to skip it, and then it says so.
 
 use std::fs;
-use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp_e2e::{b3sum, bin_dir, need, write_random_file, Proc, TestDir};
+use rgtp_e2e::{
+    b3sum, bin_dir, free_port, last_lines, need, udp_bound_in, wait_until, write_random_file, Proc,
+    TestDir,
+};
 
 /// Flood sources on the veth interface (the attack used 100).
 const SOURCES: u32 = 100;
@@ -117,33 +119,6 @@ fn rgtp_run() -> PathBuf {
     p
 }
 
-/// A port free for TCP and UDP (a fresh namespace has nothing bound; this only keeps
-/// the choice away from the root namespace's own use, for readable logs).
-fn free_port() -> u16 {
-    let base = 30_000 + (std::process::id() % 1000) as u16 * 7;
-    (base..base + 2000)
-        .find(|&p| {
-            UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
-        })
-        .expect("a free port")
-}
-
-/// Is something bound to UDP `port` in `pid`'s network namespace?
-fn udp_bound_in(pid: u32, port: u16) -> bool {
-    let hex = format!(":{port:04X}");
-    ["udp", "udp6"].iter().any(|f| {
-        fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|a| a.ends_with(&hex))
-            })
-    })
-}
-
 fn shim_env(c: &mut Command, t: &TestDir, who: &str) {
     c.env("RGTP_CONFIG_DIR", t.join(format!("cfg-{who}")))
         .env("RGTP_LOG", "info")
@@ -180,15 +155,15 @@ fn five_curls_get_in_during_a_handshake_flood_from_100_addresses() {
         .arg(&www);
     shim_env(&mut c, &t, "server");
     let mut server = Proc::spawn(c, "python-http-server", t.path(), false);
-    let end = Instant::now() + Duration::from_secs(20);
-    while !udp_bound_in(server.pid(), port) {
-        assert!(server.is_running(), "server exited: {}", server.stderr());
-        assert!(
-            Instant::now() < end,
-            "the server's RGTP listener never came up"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let pid = server.pid();
+    wait_until(
+        "the server's RGTP listener",
+        Duration::from_secs(20),
+        || {
+            assert!(server.is_running(), "server exited: {}", server.stderr());
+            udp_bound_in(pid, port)
+        },
+    );
 
     // The flood: bounded in time and count. Every flood source on the veth
     // interface sends to the server's address there; one loopback socket floods too
@@ -269,16 +244,14 @@ fn five_curls_get_in_during_a_handshake_flood_from_100_addresses() {
         "curls failed, or took more than {CURL_BOUND} s, during the flood:\n{}\n{}\n--- server shim log (tail) ---\n{}",
         report.join("\n"),
         failed.join("\n"),
-        tail(&fs::read_to_string(t.join("shim-server.log")).unwrap_or_default())
+        last_lines(
+            &fs::read_to_string(t.join("shim-server.log")).unwrap_or_default(),
+            30
+        )
     );
     assert!(
         flood_alive,
         "the flood ended before the curls did: the test measured nothing"
     );
     assert!(server.is_running(), "the server died: {}", server.stderr());
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }

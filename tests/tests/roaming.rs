@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp_e2e::{b3sum, need, shim, write_random_file, Proc, TestDir, MIB};
+use rgtp_e2e::{
+    b3sum, last_lines, need, shim, shim_log, shim_settings, socket_table_has, wait_until,
+    write_random_file, Proc, TestDir, MIB, TCP_LISTEN,
+};
 
 const PORT: u16 = 5001;
 const SERVER_IP: &str = "10.77.0.1";
@@ -153,11 +156,7 @@ impl Netns {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let hex = format!(":{PORT:04X}");
-        out.lines().skip(1).any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[1].ends_with(&hex) && (udp || cols[3] == "0A")
-        })
+        socket_table_has(&out, PORT, (!udp).then_some(TCP_LISTEN))
     }
 }
 
@@ -208,22 +207,13 @@ fn transfer(
     disrupt: impl FnOnce(&Netns),
 ) -> Outcome {
     need("nc");
-    let mut env: Vec<(String, String)> = Vec::new();
-    let preload = if shimmed {
-        env.extend(
-            [
-                ("RGTP_PORTS", PORT.to_string()),
-                ("RGTP_FALLBACK", "0".into()),
-                ("RGTP_CONFIG_DIR", t.join("cfg").display().to_string()),
-                ("RGTP_LOG", "debug".into()),
-                ("RGTP_LOG_FILE", t.join("shim.log").display().to_string()),
-                ("RGTP_LINGER_MS", "20000".into()),
-            ]
-            .map(|(k, v)| (k.to_string(), v)),
-        );
-        format!("env LD_PRELOAD={} ", shim().display())
+    let (env, preload) = if shimmed {
+        (
+            shim_settings(t, PORT, true),
+            format!("env LD_PRELOAD={} ", shim().display()),
+        )
     } else {
-        String::new()
+        (Vec::new(), String::new())
     };
     let (server_io, client_io, client_flag) = match dir {
         Dir::Down => (
@@ -247,12 +237,10 @@ fn transfer(
         "nc-server",
         format!("exec {preload}nc -N -l {SERVER_IP} {PORT} {server_io}"),
     );
-    let end = Instant::now() + Duration::from_secs(20);
-    while !net.server_has(shimmed) {
+    wait_until("the nc server to listen", Duration::from_secs(20), || {
         assert!(server.is_running(), "nc server exited: {}", server.stderr());
-        assert!(Instant::now() < end, "nc server never listened");
-        thread::sleep(Duration::from_millis(20));
-    }
+        net.server_has(shimmed)
+    });
     if shimmed {
         assert!(!net.server_has(false), "strict server has a TCP listener");
     }
@@ -323,12 +311,7 @@ fn transfer(
 }
 
 fn log_tail(t: &TestDir) -> String {
-    let s = fs::read_to_string(t.join("shim.log")).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    format!(
-        "--- shim log (tail) ---\n{}",
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    )
+    format!("--- shim log (tail) ---\n{}", last_lines(&shim_log(t), 40))
 }
 
 fn report(what: &str, o: &Outcome) {

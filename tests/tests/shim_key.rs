@@ -8,27 +8,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use rgtp_e2e::{bin_dir, Proc, TestDir};
+use rgtp_e2e::{free_port, need, shim, Proc, TestDir};
 
 /// `python3` that binds and listens on 127.0.0.1:`port` under the shim, then exits 0.
 fn listener(t: &TestDir, port: u16) -> Command {
+    need("python3");
     let mut c = Command::new("python3");
     c.arg("-c")
         .arg(format!(
             "import socket; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); \
              print('listening')"
         ))
-        .env("LD_PRELOAD", bin_dir().join("librgtp_shim.so"))
+        .env("LD_PRELOAD", shim())
         .env("RGTP_PORTS", port.to_string())
         .env("RGTP_FALLBACK", "0")
         .env("RGTP_CONFIG_DIR", t.join("cfg"))
         .env("RGTP_LINGER_MS", "0");
     c
-}
-
-fn port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
 }
 
 #[test]
@@ -37,8 +33,13 @@ fn a_corrupt_shim_key_stops_the_server_loudly() {
     fs::create_dir_all(t.join("cfg")).unwrap();
     let key = t.join("cfg").join("shim.key");
     fs::write(&key, "not a key\n").unwrap();
-    let done = Proc::spawn(listener(&t, port()), "python3 listener", t.path(), true)
-        .finish(Duration::from_secs(60));
+    let done = Proc::spawn(
+        listener(&t, free_port()),
+        "python3 listener",
+        t.path(),
+        false,
+    )
+    .finish(Duration::from_secs(60));
     assert_eq!(done.code(), Some(11), "{}", done.describe());
     let lines: Vec<&str> = done.stderr.lines().collect();
     assert!(
@@ -51,12 +52,22 @@ fn a_corrupt_shim_key_stops_the_server_loudly() {
 
     // A good key that others can read: served, with a one-line warning.
     fs::remove_file(&key).unwrap();
-    let first = Proc::spawn(listener(&t, port()), "python3 listener", t.path(), true)
-        .finish(Duration::from_secs(60));
+    let first = Proc::spawn(
+        listener(&t, free_port()),
+        "python3 listener",
+        t.path(),
+        false,
+    )
+    .finish(Duration::from_secs(60));
     assert!(first.status.success(), "{}", first.describe());
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    let done = Proc::spawn(listener(&t, port()), "python3 listener", t.path(), true)
-        .finish(Duration::from_secs(60));
+    let done = Proc::spawn(
+        listener(&t, free_port()),
+        "python3 listener",
+        t.path(),
+        false,
+    )
+    .finish(Duration::from_secs(60));
     assert!(done.status.success(), "{}", done.describe());
     assert!(done.stderr.contains("chmod 600"), "{}", done.describe());
 }

@@ -7,80 +7,18 @@
 //! (checked with b3sum). The fallback tests check the opposite mixes.
 
 use std::fs;
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rgtp_e2e::{b3sum, need, shim, write_random_file, Proc, TestDir};
-
-/// A port free for both TCP and UDP on 127.0.0.1, below the kernel's ephemeral range
-/// (as servers' ports are), so no other test's client socket can be handed it between
-/// this check and the server's bind.
-fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
-    for _ in 0..2000 {
-        let p = 20_000
-            + (base - 20_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 12_000;
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
-    panic!("no free port");
-}
-
-fn proc_net_has(files: &[&str], port: u16, state: Option<&str>) -> bool {
-    let hex = format!(":{port:04X}");
-    files.iter().any(|f| {
-        fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                cols.len() > 3 && cols[1].ends_with(&hex) && state.is_none_or(|s| cols[3] == s)
-            })
-    })
-}
-
-fn tcp_listening(port: u16) -> bool {
-    proc_net_has(&["/proc/net/tcp", "/proc/net/tcp6"], port, Some("0A"))
-}
-
-fn udp_bound(port: u16) -> bool {
-    proc_net_has(&["/proc/net/udp", "/proc/net/udp6"], port, None)
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `program` with the shim preloaded for `port`.
-fn shimmed(t: &TestDir, program: &str, port: u16, strict: bool) -> Command {
-    let mut c = Command::new(program);
-    c.env("LD_PRELOAD", shim())
-        .env("RGTP_PORTS", port.to_string())
-        .env("RGTP_FALLBACK", if strict { "0" } else { "1" })
-        .env("RGTP_CONFIG_DIR", t.join("cfg"))
-        .env("RGTP_LOG", "debug")
-        .env("RGTP_LOG_FILE", t.join("shim.log"))
-        .env("RGTP_LINGER_MS", "20000");
-    c
-}
+use rgtp_e2e::{
+    b3sum, free_port, last_lines, need, shim, shim_log, shim_settings, shimmed, tcp_listening,
+    udp_bound, wait_until, write_random_file, Proc, TestDir,
+};
 
 fn plain(program: &str) -> Command {
     Command::new(program)
-}
-
-fn log(t: &TestDir) -> String {
-    fs::read_to_string(t.join("shim.log")).unwrap_or_default()
 }
 
 /// Runs a client to completion (bounded) and asserts it succeeded.
@@ -90,14 +28,9 @@ fn run_ok(t: &TestDir, cmd: Command, what: &str) -> String {
         f.status.success(),
         "{what} failed: {}\n--- shim log ---\n{}",
         f.describe(),
-        tail(&log(t))
+        last_lines(&shim_log(t), 40)
     );
     f.stdout
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// A strict server on `port` must be reachable over UDP only.
@@ -166,7 +99,7 @@ fn curl_gets_from_python_http_server_over_rgtp_only() {
     run_ok(&t, c, "curl");
     assert_eq!(b3sum(&out), b3sum(&www.join("big.bin")));
     assert!(
-        log(&t).contains("over RGTP"),
+        shim_log(&t).contains("over RGTP"),
         "the shim log shows no RGTP connect"
     );
     // Without the shim the strict server cannot be reached.
@@ -420,7 +353,12 @@ fn nginx_workers_serve_connections_on_their_own_engines() {
     let batch: Vec<_> = (10..18).map(curl).collect();
     for (p, out) in batch {
         let f = p.finish(Duration::from_secs(120));
-        assert!(f.status.success(), "{}\n{}", f.describe(), tail(&log(&t)));
+        assert!(
+            f.status.success(),
+            "{}\n{}",
+            f.describe(),
+            last_lines(&shim_log(&t), 40)
+        );
         assert_eq!(b3sum(&out), want);
     }
     // Every request was logged with the client's address, also those a worker
@@ -472,17 +410,10 @@ fn nc_listen(t: &TestDir, port: u16, stdin: Option<&Path>, out: Option<&Path>) -
 
 fn nc_client(t: &TestDir, port: u16, extra: &str, stdin: &str, out: &str) -> Command {
     let mut sh = Command::new("sh");
-    sh.env("RGTP_PORTS", port.to_string())
-        .env("RGTP_FALLBACK", "0")
-        .env("RGTP_CONFIG_DIR", t.join("cfg"))
-        .env("RGTP_LOG", "debug")
-        .env("RGTP_LOG_FILE", t.join("shim.log"))
-        .env("RGTP_LINGER_MS", "20000")
-        .arg("-c")
-        .arg(format!(
-            "exec env LD_PRELOAD={} nc {extra} 127.0.0.1 {port} {stdin} {out}",
-            shim().display()
-        ));
+    sh.envs(shim_settings(t, port, true)).arg("-c").arg(format!(
+        "exec env LD_PRELOAD={} nc {extra} 127.0.0.1 {port} {stdin} {out}",
+        shim().display()
+    ));
     sh
 }
 
@@ -568,11 +499,9 @@ fn socat_client_and_forking_server() {
         write_random_file(&data, 2 << 20, &format!("socat{i}"));
         let got = t.join(format!("out{i}.bin"));
         let mut sh = Command::new("sh");
-        sh.env("RGTP_PORTS", port.to_string())
-            .env("RGTP_FALLBACK", "0")
-            .env("RGTP_CONFIG_DIR", t.join("cfg"))
-            .env("RGTP_LOG_FILE", t.join("shim.log"))
-            .env("RGTP_LOG", "debug")
+        // The client closes with the shim's default linger.
+        sh.envs(shim_settings(&t, port, true))
+            .env_remove("RGTP_LINGER_MS")
             .arg("-c")
             .arg(format!(
                 "exec env LD_PRELOAD={} socat -t 30 - TCP:127.0.0.1:{port} <{} >{}",
@@ -691,8 +620,8 @@ fn python_forking_daemon_heirs_take_over_the_listener() {
     let c = sockets_py(&t, port, "client", "daemon");
     let out = run_ok(&t, c, "py-client");
     assert!(out.contains("OK"), "{out}");
-    let took_over = log(&t).matches("took over the RGTP listener").count();
-    assert_eq!(took_over, 1, "{}", log(&t));
+    let took_over = shim_log(&t).matches("took over the RGTP listener").count();
+    assert_eq!(took_over, 1, "{}", shim_log(&t));
 }
 
 #[test]
@@ -734,9 +663,9 @@ fn fallback_plain_client_reaches_shim_server_and_shim_client_reaches_plain_serve
     run_ok(&t, c, "shim-curl-fallback");
     assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
     assert!(
-        log(&t).contains("falling back to TCP"),
+        shim_log(&t).contains("falling back to TCP"),
         "{}",
-        tail(&log(&t))
+        last_lines(&shim_log(&t), 40)
     );
 }
 
@@ -772,7 +701,7 @@ fn programs_on_other_ports_are_untouched() {
         .arg(format!("http://127.0.0.1:{port}/f.bin"));
     run_ok(&t, c, "curl");
     assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
-    assert!(!log(&t).contains("over RGTP"));
+    assert!(!shim_log(&t).contains("over RGTP"));
 }
 
 #[test]

@@ -391,3 +391,17 @@ fn percent_decode(s: &str) -> Result<String, String> {
     }
     String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8"))
 }
+
+/// A test's usual start: a file `name` of `size` random bytes (from `seed`) in the
+/// test's directory, exposed on 127.0.0.1 by an exposer that has printed its URL.
+pub fn expose_random_file(
+    dir: &TestDir,
+    name: &str,
+    size: u64,
+    seed: &str,
+) -> (PathBuf, ExposerProc) {
+    let src = dir.join(name);
+    crate::files::write_random_file(&src, size, seed);
+    let ex = ExposeOpts::new(dir, &[&src]).start(dir);
+    (src, ex)
+}

@@ -114,6 +114,12 @@ impl Relay {
         self.state.rate.store(rate, Ordering::SeqCst);
     }
 
+    /// Lifts the rate cap and thaws: the rest of the transfer goes at loopback speed.
+    pub fn unthrottle(&self) {
+        self.set_rate(0);
+        self.thaw();
+    }
+
     /// `url` with its authority replaced by the relay's address.
     pub fn url(&self, url: &str) -> String {
         let rest = url.strip_prefix("rgtp://").expect("rgtp:// URL");

@@ -18,9 +18,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 fn access_log_names_who_pulled_what_and_how_many_bytes() {
     let dir = TestDir::new("access-log");
     let size = 3 * MIB + 5;
-    let src = dir.join("logged.bin");
-    write_random_file(&src, size, "access-log");
-    let mut ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, mut ex) = expose_random_file(&dir, "logged.bin", size, "access-log");
     let out = dir.join("logged.out");
     PullCmd::url(&dir, &ex.single().url, &out)
         .run(&dir)
@@ -73,9 +71,7 @@ fn access_log_names_who_pulled_what_and_how_many_bytes() {
 #[test]
 fn access_log_on_stop_reports_what_was_served() {
     let dir = TestDir::new("access-stop");
-    let src = dir.join("s.bin");
-    write_random_file(&src, MIB, "access-stop");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "s.bin", MIB, "access-stop");
     PullCmd::url(&dir, &ex.single().url, &dir.join("s.out"))
         .run(&dir)
         .assert_success();

@@ -34,9 +34,7 @@ fn an_overlong_name_is_a_usage_error() {
 #[test]
 fn pull_by_name_does_not_replace_an_existing_file() {
     let dir = TestDir::new("no-clobber");
-    let src = dir.join("data.bin");
-    write_random_file(&src, 2 * MIB, "no clobber");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "data.bin", 2 * MIB, "no clobber");
     let here = dir.join("cwd");
     fs::create_dir_all(&here).unwrap();
     let mine = here.join("data.bin");
@@ -59,9 +57,7 @@ fn pull_by_name_does_not_replace_an_existing_file() {
 #[test]
 fn disk_full_at_start_says_nothing_was_saved() {
     let dir = TestDir::new("full-at-start");
-    let src = dir.join("big.bin");
-    write_random_file(&src, 12 * MIB, "full at start");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "big.bin", 12 * MIB, "full at start");
     let Some(disk) = SmallDisk::mount(&dir.join("small"), 6 * MIB) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here; run as root");
         return;

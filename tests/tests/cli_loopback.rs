@@ -26,16 +26,46 @@ fn assert_no_leftovers(output: &Path) {
     }
 }
 
-/// Pulls `url` into `output` and checks the result against `src` (with --json stats).
-fn pull_url_checked(dir: &TestDir, url: &str, src: &Path, output: &Path) -> Report {
-    let done = PullCmd::url(dir, url, output).arg("--json").run(dir);
+/// Asserts that a pull ended well: exit 0, OUTPUT byte-exact with `src`, and no part or
+/// sidecar file left.
+fn assert_pulled(done: &Finished, src: &Path, output: &Path, what: &str) {
     done.assert_success();
-    assert_same_content(src, output, &format!("pull of {url}"));
+    assert_same_content(src, output, what);
     assert_no_leftovers(output);
+}
+
+/// Runs `cmd` to the end and checks that it pulled `src` into `output`
+/// ([`assert_pulled`]).
+fn pull_checked(dir: &TestDir, cmd: &PullCmd, src: &Path, output: &Path, what: &str) {
+    assert_pulled(&cmd.run(dir), src, output, what);
+}
+
+/// [`assert_pulled`] for a pull run with `--json`, and its report has every field and
+/// the file's size as `bytes`. Returns the report.
+fn assert_pulled_json(done: &Finished, src: &Path, output: &Path, what: &str) -> Report {
+    assert_pulled(done, src, output, what);
     let r = done.json();
     r.assert_fields();
-    assert_eq!(r.u64("bytes"), file_len(src), "--json bytes");
+    assert_eq!(r.u64("bytes"), file_len(src), "{what}: --json bytes");
     r
+}
+
+/// Runs `cmd` with `--json` to the end and checks it pulled `src` into `output`
+/// ([`assert_pulled_json`]).
+fn pull_json_checked(
+    dir: &TestDir,
+    cmd: &PullCmd,
+    src: &Path,
+    output: &Path,
+    what: &str,
+) -> Report {
+    assert_pulled_json(&cmd.clone().arg("--json").run(dir), src, output, what)
+}
+
+/// Pulls `url` into `output` and checks the result against `src` (with --json stats).
+fn pull_url_checked(dir: &TestDir, url: &str, src: &Path, output: &Path) -> Report {
+    let cmd = PullCmd::url(dir, url, output);
+    pull_json_checked(dir, &cmd, src, output, &format!("pull of {url}"))
 }
 
 #[test]
@@ -79,12 +109,14 @@ fn url_pull_is_byte_exact_and_root_matches_b3sum() {
     // Without -o the file lands in ./NAME.
     let cwd = dir.join("cwd");
     fs::create_dir(&cwd).unwrap();
-    PullCmd::new(&dir, [f.url.as_str(), "--quiet"])
-        .current_dir(&cwd)
-        .run(&dir)
-        .assert_success();
-    assert_same_content(&src, &cwd.join("payload.bin"), "pull without -o");
-    assert_no_leftovers(&cwd.join("payload.bin"));
+    let cmd = PullCmd::new(&dir, [f.url.as_str(), "--quiet"]).current_dir(&cwd);
+    pull_checked(
+        &dir,
+        &cmd,
+        &src,
+        &cwd.join("payload.bin"),
+        "pull without -o",
+    );
 }
 
 /// Chunks are decrypted and verified on the receiving thread or on a thread of their
@@ -92,19 +124,20 @@ fn url_pull_is_byte_exact_and_root_matches_b3sum() {
 #[test]
 fn both_verification_placements_are_byte_exact() {
     let dir = TestDir::new("verify-placement");
-    let src = dir.join("v.bin");
-    write_random_file(&src, 8 * MIB, "verify-placement");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "v.bin", 8 * MIB, "verify-placement");
     let url = ex.single().url.clone();
     for threads in ["0", "1"] {
         let out = dir.join(format!("v{threads}.out"));
-        PullCmd::url(&dir, &url, &out)
+        let cmd = PullCmd::url(&dir, &url, &out)
             .arg("--verify-threads")
-            .arg(threads)
-            .run(&dir)
-            .assert_success();
-        assert_same_content(&src, &out, &format!("--verify-threads {threads}"));
-        assert_no_leftovers(&out);
+            .arg(threads);
+        pull_checked(
+            &dir,
+            &cmd,
+            &src,
+            &out,
+            &format!("--verify-threads {threads}"),
+        );
     }
 }
 
@@ -136,10 +169,8 @@ fn several_files_and_names_needing_percent_encoding() {
     }
     // By name, with the raw (decoded) name.
     let out = dir.join("by-name.txt");
-    PullCmd::by_name(&dir, &fa.host_port(), &fa.name, &out)
-        .run(&dir)
-        .assert_success();
-    assert_same_content(&a, &out, "pull by name of a name with spaces");
+    let cmd = PullCmd::by_name(&dir, &fa.host_port(), &fa.name, &out);
+    pull_checked(&dir, &cmd, &a, &out, "pull by name of a name with spaces");
 }
 
 #[test]
@@ -159,10 +190,8 @@ fn pull_by_name_trusts_on_first_use_and_refuses_a_changed_key() {
 
     // First pull by name: trusted on first use and remembered.
     let out1 = dir.join("first.bin");
-    PullCmd::by_name(&dir, &host_port, "tofu.bin", &out1)
-        .run(&dir)
-        .assert_success();
-    assert_same_content(&src, &out1, "first pull by name");
+    let by_name = |out: &Path| PullCmd::by_name(&dir, &host_port, "tofu.bin", out);
+    pull_checked(&dir, &by_name(&out1), &src, &out1, "first pull by name");
     let known_path = dir.puller_cfg().join("known_exposers");
     let known = fs::read_to_string(&known_path)
         .unwrap_or_else(|e| panic!("{} not written: {e}", known_path.display()));
@@ -176,10 +205,8 @@ fn pull_by_name_trusts_on_first_use_and_refuses_a_changed_key() {
 
     // Same key again: accepted.
     let out2 = dir.join("second.bin");
-    PullCmd::by_name(&dir, &host_port, "tofu.bin", &out2)
-        .run(&dir)
-        .assert_success();
-    assert_same_content(&src, &out2, "second pull by name (known key)");
+    let what = "second pull by name (known key)";
+    pull_checked(&dir, &by_name(&out2), &src, &out2, what);
 
     // Same address, different key: refused loudly, nothing written, record unchanged.
     drop(ex_a);
@@ -194,7 +221,7 @@ fn pull_by_name_trusts_on_first_use_and_refuses_a_changed_key() {
     );
     assert_eq!(fb.root, fa.root);
     let out3 = dir.join("third.bin");
-    PullCmd::by_name(&dir, &host_port, "tofu.bin", &out3)
+    by_name(&out3)
         .run(&dir)
         .assert_clean_error(exit::KEY_MISMATCH, &["key"]);
     assert!(!out3.exists(), "refused pull must not create its output");
@@ -215,9 +242,7 @@ fn pull_by_name_trusts_on_first_use_and_refuses_a_changed_key() {
 #[test]
 fn twenty_concurrent_pullers_are_byte_exact() {
     let dir = TestDir::new("concurrent");
-    let src = dir.join("shared.bin");
-    write_random_file(&src, 8 * MIB, "concurrent");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "shared.bin", 8 * MIB, "concurrent");
     let url = ex.single().url.clone();
 
     let pullers: Vec<_> = (0..20)
@@ -233,10 +258,8 @@ fn twenty_concurrent_pullers_are_byte_exact() {
         .map(|(out, p)| (out, p.finish(PULL_DEADLINE)))
         .collect();
     for (out, done) in &results {
-        done.assert_success();
-        assert_same_content(&src, out, &done.what);
-        assert_no_leftovers(out);
-        assert_eq!(done.json().u64("bytes"), 8 * MIB);
+        let r = assert_pulled_json(done, &src, out, &done.what);
+        assert_eq!(r.u64("bytes"), 8 * MIB);
     }
 }
 
@@ -246,9 +269,7 @@ fn twenty_concurrent_pullers_are_byte_exact() {
 fn killed_puller_resumes_and_pulls_only_what_is_missing() {
     let dir = TestDir::new("resume");
     let size = 32 * MIB;
-    let src = dir.join("big.bin");
-    write_random_file(&src, size, "resume");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "big.bin", size, "resume");
     // A narrow link makes the transfer last long enough to be interrupted midway.
     let relay = Relay::start(ex.addr(), SLOW_LINK);
     let url = relay.url(&ex.single().url);
@@ -277,14 +298,8 @@ fn killed_puller_resumes_and_pulls_only_what_is_missing() {
     );
     assert_eq!(state.root.as_slice(), blake3_file(&src).as_bytes());
 
-    relay.set_rate(0);
-    relay.thaw();
-    let done = cmd.clone().arg("--json").run(&dir);
-    done.assert_success();
-    assert_same_content(&src, &out, "resumed pull");
-    assert_no_leftovers(&out);
-    let r = done.json();
-    r.assert_fields();
+    relay.unthrottle();
+    let r = pull_json_checked(&dir, &cmd, &src, &out, "resumed pull");
     assert!(r.bool("resumed"), "second run must report resumed: {:?}", r);
     assert_eq!(
         r.u64("missing_bytes_at_start"),
@@ -317,9 +332,7 @@ fn killed_puller_resumes_and_pulls_only_what_is_missing() {
 fn interrupted_puller_exits_130_and_resumes() {
     let dir = TestDir::new("interrupt");
     let size = 32 * MIB;
-    let src = dir.join("int.bin");
-    write_random_file(&src, size, "interrupt");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "int.bin", size, "interrupt");
     let relay = Relay::start(ex.addr(), SLOW_LINK);
     let out = dir.join("int.out");
     let cmd = PullCmd::url(&dir, &relay.url(&ex.single().url), &out);
@@ -344,11 +357,13 @@ fn interrupted_puller_exits_130_and_resumes() {
         relay.thaw();
     }
     relay.set_rate(0);
-    let done = cmd.clone().arg("--json").run(&dir);
-    done.assert_success();
-    assert_same_content(&src, &out, "pull resumed after SIGTERM and SIGINT");
-    assert_no_leftovers(&out);
-    let r = done.json();
+    let r = pull_json_checked(
+        &dir,
+        &cmd,
+        &src,
+        &out,
+        "pull resumed after SIGTERM and SIGINT",
+    );
     assert!(r.bool("resumed"));
     assert_eq!(r.u64("missing_bytes_at_start"), last_missing);
 }
@@ -373,8 +388,7 @@ fn puller_survives_exposer_restart() {
     freeze_after_progress(&relay, &mut p, &out, size.div_ceil(16 * 1024) * 3 / 10);
     ex.proc.kill9();
     drop(ex);
-    relay.set_rate(0);
-    relay.thaw();
+    relay.unthrottle();
     // The puller keeps asking while nobody answers (well within its 60 s timeout).
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -390,10 +404,8 @@ fn puller_survives_exposer_restart() {
         "same file, key and port must give the same URL"
     );
     let done = p.finish(PULL_DEADLINE);
-    done.assert_success();
-    assert_same_content(&src, &out, "pull across an exposer restart");
-    assert_no_leftovers(&out);
-    assert_eq!(done.json().u64("bytes"), size);
+    let r = assert_pulled_json(&done, &src, &out, "pull across an exposer restart");
+    assert_eq!(r.u64("bytes"), size);
 }
 
 #[test]
@@ -412,10 +424,8 @@ fn pull_over_ipv6_loopback() {
     pull_url_checked(&dir, &f.url, &src, &dir.join("six-url.out"));
 
     let out = dir.join("six-name.out");
-    PullCmd::by_name(&dir, &f.host_port(), "six.bin", &out)
-        .run(&dir)
-        .assert_success();
-    assert_same_content(&src, &out, "pull by name over [::1]");
+    let cmd = PullCmd::by_name(&dir, &f.host_port(), "six.bin", &out);
+    pull_checked(&dir, &cmd, &src, &out, "pull by name over [::1]");
 }
 
 /// The default bind (`::`) is dual-stack: the same exposer serves 127.0.0.1 and [::1].
@@ -624,9 +634,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
 #[test]
 fn unknown_name_exits_7_and_wrong_root_exits_8() {
     let dir = TestDir::new("not-found");
-    let src = dir.join("real.bin");
-    write_random_file(&src, 200_000, "real");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "real.bin", 200_000, "real");
     let f = ex.single().clone();
 
     let out = dir.join("x.out");
@@ -650,9 +658,7 @@ fn unknown_name_exits_7_and_wrong_root_exits_8() {
 #[test]
 fn corrupt_sidecar_exits_9_and_keeps_the_part_file() {
     let dir = TestDir::new("corrupt-sidecar");
-    let src = dir.join("cs.bin");
-    write_random_file(&src, 2 * MIB, "corrupt");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "cs.bin", 2 * MIB, "corrupt");
     let out = dir.join("cs.out");
     fs::write(part_path(&out), vec![0x5a; 64 * 1024]).unwrap();
     fs::write(
@@ -673,9 +679,7 @@ fn corrupt_sidecar_exits_9_and_keeps_the_part_file() {
 #[test]
 fn unwritable_output_exits_3() {
     let dir = TestDir::new("bad-output");
-    let src = dir.join("o.bin");
-    write_random_file(&src, 100_000, "output");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "o.bin", 100_000, "output");
     let out = dir.join("no/such/dir/o.bin");
     PullCmd::url(&dir, &ex.single().url, &out)
         .run(&dir)
@@ -716,13 +720,8 @@ fn resume_state_of_other_content_is_discarded() {
         .key(&key)
         .port(port)
         .start(&dir);
-    relay.set_rate(0);
-    relay.thaw();
-    let done = cmd.clone().arg("--json").run(&dir);
-    done.assert_success();
-    assert_same_content(&new, &out, "pull after the content changed");
-    assert_no_leftovers(&out);
-    let r = done.json();
+    relay.unthrottle();
+    let r = pull_json_checked(&dir, &cmd, &new, &out, "pull after the content changed");
     assert!(!r.bool("resumed"), "other content must not resume: {:?}", r);
     assert_eq!(r.u64("missing_bytes_at_start"), new_size);
 }
@@ -733,9 +732,7 @@ fn resume_state_of_other_content_is_discarded() {
 fn damaged_part_file_never_passes_for_complete() {
     let dir = TestDir::new("damaged-part");
     let size = 24 * MIB;
-    let src = dir.join("d.bin");
-    write_random_file(&src, size, "damaged");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "d.bin", size, "damaged");
     let relay = Relay::start(ex.addr(), SLOW_LINK);
     let out = dir.join("d.out");
     let cmd = PullCmd::url(&dir, &relay.url(&ex.single().url), &out);
@@ -755,8 +752,7 @@ fn damaged_part_file_never_passes_for_complete() {
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[!b[0]], at).unwrap();
     }
-    relay.set_rate(0);
-    relay.thaw();
+    relay.unthrottle();
     let done = cmd.run(&dir);
     if done.status.success() {
         assert_same_content(&src, &out, "resume over a damaged part file");
@@ -777,9 +773,7 @@ fn damaged_part_file_never_passes_for_complete() {
 fn output_to_a_character_device_discards() {
     use std::os::unix::fs::FileTypeExt;
     let dir = TestDir::new("devnull");
-    let src = dir.join("n.bin");
-    write_random_file(&src, 4 * MIB, "null");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "n.bin", 4 * MIB, "null");
     // SAFETY: geteuid has no preconditions.
     let dev = if unsafe { libc::geteuid() } == 0 {
         let p = dir.join("null");
@@ -819,14 +813,10 @@ fn max_datagram_sizes() {
     let url = ex.single().url.clone();
     for m in [512u64, 1200, 9000, 65507] {
         let out = dir.join(format!("m{m}.out"));
-        let done = PullCmd::url(&dir, &url, &out)
-            .arg("--json")
+        let cmd = PullCmd::url(&dir, &url, &out)
             .arg("--max-datagram")
-            .arg(m.to_string())
-            .run(&dir);
-        done.assert_success();
-        assert_same_content(&src, &out, &format!("--max-datagram {m}"));
-        let r = done.json();
+            .arg(m.to_string());
+        let r = pull_json_checked(&dir, &cmd, &src, &out, &format!("--max-datagram {m}"));
         let (dg, bytes) = (r.u64("datagrams_received"), r.u64("bytes_received"));
         assert!(
             bytes <= dg * m,
@@ -860,14 +850,11 @@ fn loopback_pulls_default_to_large_datagrams() {
     write_random_file(&src, 4 * MIB, "datagram-default");
     let bytes_per_datagram = |url: &str, out: &str, args: &[&str]| {
         let out = dir.join(out);
-        let mut cmd = PullCmd::url(&dir, url, &out).arg("--json");
+        let mut cmd = PullCmd::url(&dir, url, &out);
         for a in args {
             cmd = cmd.arg(*a);
         }
-        let done = cmd.run(&dir);
-        done.assert_success();
-        assert_same_content(&src, &out, &format!("pull {args:?}"));
-        let r = done.json();
+        let r = pull_json_checked(&dir, &cmd, &src, &out, &format!("pull {args:?}"));
         r.u64("bytes_received") / r.u64("datagrams_received").max(1)
     };
     let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
@@ -896,9 +883,7 @@ fn loopback_pulls_default_to_large_datagrams() {
 #[test]
 fn key_option_pins_the_exposer_key() {
     let dir = TestDir::new("key-pin");
-    let src = dir.join("p.bin");
-    write_random_file(&src, MIB, "pin");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "p.bin", MIB, "pin");
     let f = ex.single().clone();
     let wrong = "12".repeat(32);
     let out = dir.join("p.out");
@@ -908,12 +893,10 @@ fn key_option_pins_the_exposer_key() {
         .run(&dir)
         .assert_clean_error(exit::KEY_MISMATCH, &[]);
     assert!(!out.exists());
-    PullCmd::by_name(&dir, &f.host_port(), "p.bin", &out)
+    let cmd = PullCmd::by_name(&dir, &f.host_port(), "p.bin", &out)
         .arg("--key")
-        .arg(f.key.as_str())
-        .run(&dir)
-        .assert_success();
-    assert_same_content(&src, &out, "pull with --key");
+        .arg(f.key.as_str());
+    pull_checked(&dir, &cmd, &src, &out, "pull with --key");
 }
 
 /// An exposer that serves bytes not matching its root (the file changed under
@@ -973,8 +956,7 @@ fn content_replaced_mid_pull_never_mixes() {
         .key(&key)
         .port(port)
         .start(&dir);
-    relay.set_rate(0);
-    relay.thaw();
+    relay.unthrottle();
     let done = p.finish(PULL_DEADLINE);
     if done.status.success() {
         assert_same_content(&new, &out, "pull whose content was replaced midway");
@@ -994,9 +976,7 @@ fn content_replaced_mid_pull_never_mixes() {
 fn disk_full_exits_4_and_resumes_after_space_is_freed() {
     let dir = TestDir::new("disk-full");
     let size = 12 * MIB;
-    let src = dir.join("full.bin");
-    write_random_file(&src, size, "disk full");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "full.bin", size, "disk full");
     let Some(disk) = SmallDisk::mount(&dir.join("small"), 6 * MIB) else {
         eprintln!(
             "SKIPPED disk_full test: cannot mount a tmpfs here ({}); run as root",
@@ -1020,11 +1000,13 @@ fn disk_full_exits_4_and_resumes_after_space_is_freed() {
     );
 
     disk.resize(64 * MIB);
-    let done = cmd.clone().arg("--json").run(&dir);
-    done.assert_success();
-    assert_same_content(&src, &out, "pull resumed after the disk was enlarged");
-    assert_no_leftovers(&out);
-    let r = done.json();
+    let r = pull_json_checked(
+        &dir,
+        &cmd,
+        &src,
+        &out,
+        "pull resumed after the disk was enlarged",
+    );
     assert_eq!(r.u64("missing_bytes_at_start"), size - saved);
     assert_eq!(r.bool("resumed"), sidecar.is_some());
     drop(disk);

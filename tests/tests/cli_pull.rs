@@ -60,9 +60,7 @@ fn an_exposer_that_never_answers_fails_in_seconds_with_exit_5() {
 fn an_exposer_that_answered_then_went_quiet_is_waited_for() {
     let dir = TestDir::new("went-quiet");
     let size = 16 * MIB;
-    let src = dir.join("quiet.bin");
-    write_random_file(&src, size, "went-quiet");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "quiet.bin", size, "went-quiet");
     let relay = Relay::start(ex.addr(), 4_000_000);
     let out = dir.join("quiet.out");
     let mut p = PullCmd::url(&dir, &relay.url(&ex.single().url), &out)
@@ -76,8 +74,7 @@ fn an_exposer_that_answered_then_went_quiet_is_waited_for() {
         "the puller gave up on an exposer that had answered: {}",
         p.stderr()
     );
-    relay.set_rate(0);
-    relay.thaw();
+    relay.unthrottle();
     p.finish(PULL_DEADLINE).assert_success();
     assert_same_content(&src, &out, "pull across a 4 s silence");
 }
@@ -228,9 +225,7 @@ fn output_dash_writes_the_file_to_stdout_and_leaves_nothing_behind() {
 #[test]
 fn output_directory_receives_the_exposed_name() {
     let dir = TestDir::new("out-dir");
-    let src = dir.join("in-dir.bin");
-    write_random_file(&src, 3 * MIB, "out-dir");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (src, ex) = expose_random_file(&dir, "in-dir.bin", 3 * MIB, "out-dir");
     let url = ex.single().url.clone();
     let into = dir.join("into");
     fs::create_dir(&into).unwrap();
@@ -319,9 +314,7 @@ fn json_reports_failures_with_the_error_and_exit_code() {
 #[test]
 fn json_on_success_has_exit_code_0() {
     let dir = TestDir::new("json-ok");
-    let src = dir.join("j.bin");
-    write_random_file(&src, MIB, "json-ok");
-    let ex = ExposeOpts::new(&dir, &[&src]).start(&dir);
+    let (_src, ex) = expose_random_file(&dir, "j.bin", MIB, "json-ok");
     let out = dir.join("j.out");
     let done = PullCmd::url(&dir, &ex.single().url, &out)
         .arg("--json")

@@ -13,6 +13,11 @@
 #
 # Builds where CARGO_TARGET_DIR says (default ./target), and tests those binaries.
 #
+# Tests that need root (network namespaces, tmpfs mounts; CI runs as root) fail when
+# not run as root. RGTP_SKIP_ROOT_TESTS=1 skips them instead; every skip prints a
+# line "SKIPPED: TEST: WHY", and the summary at the end counts and lists them (a
+# skipped test is never a silent pass).
+#
 # Exit status 0 = everything passed.
 set -euo pipefail
 
@@ -23,6 +28,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 # Where cargo puts the binaries: $CARGO_TARGET_DIR when set, else ./target.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+
+# Every skipped test appends its SKIPPED line here (tests/src/skip.rs), as does
+# step 5; finish() counts them.
+SKIP_LOG=$(mktemp "${TMPDIR:-/tmp}/rgtp-test-skips.XXXXXX")
+export RGTP_SKIP_LOG=$SKIP_LOG
 
 T0=$(date +%s)
 STEP_T0=$T0
@@ -47,8 +57,15 @@ finish() {
   SUMMARY+=("$(printf '%-44s %4ss' "$CURRENT" $((now - STEP_T0)))")
   printf '\n==== summary\n'
   printf '  %s\n' "${SUMMARY[@]}"
+  local skipped
+  skipped=$(grep -c '^SKIPPED' "$SKIP_LOG" || true)
+  printf '\nskipped: %s\n' "${skipped:-0}"
+  if [ "${skipped:-0}" -gt 0 ]; then
+    sed 's/^/  /' "$SKIP_LOG"
+  fi
+  rm -f "$SKIP_LOG"
   if [ "$rc" -eq 0 ]; then
-    printf '\nALL TESTS PASSED in %ss\n' $((now - T0))
+    printf '\nALL TESTS PASSED in %ss (%s skipped)\n' $((now - T0)) "${skipped:-0}"
   else
     printf '\nFAILED (exit %s) during: %s, after %ss\n' "$rc" "$CURRENT" $((now - T0))
   fi
@@ -127,7 +144,7 @@ if [ -f scripts/test-linkem.sh ]; then
   if [ "$(id -u)" -eq 0 ]; then
     bash scripts/test-linkem.sh
   else
-    echo "SKIPPED: scripts/test-linkem.sh needs root (CI runs as root)"
+    echo "SKIPPED: scripts/test-linkem.sh: needs root (CI runs as root)" | tee -a "$SKIP_LOG"
   fi
 fi
 

@@ -3,19 +3,26 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// A small tmpfs mounted on a directory (root only), unmounted on drop: a disk that
-/// fills up. `None` when mounting is not permitted here.
+/// A small tmpfs mounted on a directory, unmounted on drop: a disk that fills up. Needs
+/// root: a test using it starts with [`require_root!`](crate::require_root).
 pub struct SmallDisk {
     pub path: PathBuf,
 }
 
 impl SmallDisk {
-    pub fn mount(path: &Path, bytes: u64) -> Option<SmallDisk> {
+    /// Mounts it; fails the test if that is not permitted.
+    pub fn mount(path: &Path, bytes: u64) -> SmallDisk {
         fs::create_dir_all(path).expect("create mount point");
         let disk = SmallDisk {
             path: path.to_path_buf(),
         };
-        disk.tmpfs(bytes, 0).then_some(disk)
+        assert!(
+            disk.tmpfs(bytes, 0),
+            "cannot mount a tmpfs on {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        disk
     }
 
     /// Changes the size (keeps the content).

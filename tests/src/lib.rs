@@ -15,7 +15,9 @@
 //! freeze switch) and watch the puller's resume sidecar ([`freeze_after_progress`]).
 //!
 //! Environment knobs: `RGTP_TEST_RUST_LOG` (passed to the binaries as `RUST_LOG`),
-//! `RGTP_KEEP_TMP=1` (keep the temp directory of a failed test).
+//! `RGTP_KEEP_TMP=1` (keep the temp directory of a failed test),
+//! `RGTP_SKIP_ROOT_TESTS=1` (skip, out loud, the tests that need root instead of
+//! failing them) and `RGTP_SKIP_LOG` (a file where skips are listed; see [`skip`]).
 //!
 //! The modules, each re-exported here so tests `use rgtp_e2e::*`:
 //! - [`programs`]: where the binaries and the shim are, `need` for real programs, the
@@ -27,6 +29,7 @@
 //! - [`relay`]: the UDP relay that slows and interrupts transfers;
 //! - [`net`]: ports, and which are bound;
 //! - [`shim_env`]: programs run under the shim, and its log;
+//! - [`skip`]: tests that need root, and skips that show ([`require_root!`]);
 //! - [`wait`]: bounded waits;
 //! - [`disk`]: a small tmpfs that fills up.
 
@@ -41,6 +44,7 @@ pub mod programs;
 pub mod pull;
 pub mod relay;
 pub mod shim_env;
+pub mod skip;
 pub mod tempdir;
 pub mod wait;
 
@@ -53,6 +57,7 @@ pub use programs::*;
 pub use pull::*;
 pub use relay::*;
 pub use shim_env::*;
+pub use skip::*;
 pub use tempdir::*;
 pub use wait::*;
 

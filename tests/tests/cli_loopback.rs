@@ -566,16 +566,16 @@ fn unreachable_exposer_times_out_with_exit_5() {
             .assert_clean_error(exit::TIMEOUT, &[]);
         assert!(!out.exists());
     }
-    // By name too (nothing to trust yet), over IPv6 when the machine has it.
-    if ipv6_loopback_available() {
-        let v6closed = unused_udp_port(IpAddr::V6(Ipv6Addr::LOCALHOST));
-        PullCmd::by_name(&dir, &format!("[::1]:{v6closed}"), "x.bin", &dir.join("u6"))
-            .arg("--timeout")
-            .arg("2")
-            .spawn(&dir)
-            .finish(ERROR_DEADLINE)
-            .assert_clean_error(exit::TIMEOUT, &[]);
-    }
+    // By name too (nothing to trust yet), over IPv6 (as pull_over_ipv6_loopback, this
+    // needs IPv6 loopback: it fails rather than passing without this part).
+    assert!(ipv6_loopback_available(), "this test needs IPv6 loopback");
+    let v6closed = unused_udp_port(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    PullCmd::by_name(&dir, &format!("[::1]:{v6closed}"), "x.bin", &dir.join("u6"))
+        .arg("--timeout")
+        .arg("2")
+        .spawn(&dir)
+        .finish(ERROR_DEADLINE)
+        .assert_clean_error(exit::TIMEOUT, &[]);
     drop(silent);
 }
 
@@ -774,8 +774,7 @@ fn output_to_a_character_device_discards() {
     use std::os::unix::fs::FileTypeExt;
     let dir = TestDir::new("devnull");
     let (_src, ex) = expose_random_file(&dir, "n.bin", 4 * MIB, "null");
-    // SAFETY: geteuid has no preconditions.
-    let dev = if unsafe { libc::geteuid() } == 0 {
+    let dev = if is_root() {
         let p = dir.join("null");
         let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
         // SAFETY: valid C string; creates a char device 1:3 (like /dev/null).
@@ -974,16 +973,11 @@ fn content_replaced_mid_pull_never_mixes() {
 /// same command resumes and ends byte-exact. Needs root (mounts a small tmpfs).
 #[test]
 fn disk_full_exits_4_and_resumes_after_space_is_freed() {
+    require_root!("it mounts a small tmpfs");
     let dir = TestDir::new("disk-full");
     let size = 12 * MIB;
     let (src, ex) = expose_random_file(&dir, "full.bin", size, "disk full");
-    let Some(disk) = SmallDisk::mount(&dir.join("small"), 6 * MIB) else {
-        eprintln!(
-            "SKIPPED disk_full test: cannot mount a tmpfs here ({}); run as root",
-            std::io::Error::last_os_error()
-        );
-        return;
-    };
+    let disk = SmallDisk::mount(&dir.join("small"), 6 * MIB);
     let out = disk.path.join("full.out");
     let cmd = PullCmd::url(&dir, &ex.single().url, &out);
     cmd.run(&dir).assert_clean_error(exit::DISK_FULL, &[]);

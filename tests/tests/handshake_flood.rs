@@ -8,7 +8,7 @@
 //! (`--nocapture`).
 //!
 //! Needs root (network namespaces; CI runs as root). Not root: the test fails, unless
-//! `RGTP_SKIP_ROOT_TESTS=1` says to skip it, and then it says so.
+//! `RGTP_SKIP_ROOT_TESTS=1` says to skip it, and then it says so (`rgtp_e2e::skip`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rgtp_e2e::{
-    b3sum, bin_dir, free_port, last_lines, need, udp_bound_in, wait_until, write_random_file, Proc,
-    TestDir,
+    b3sum, bin_dir, free_port, last_lines, need, require_root, udp_bound_in, wait_until,
+    write_random_file, Proc, TestDir,
 };
 
 /// Flood sources on the veth interface (the issue's attack used 100).
@@ -41,11 +41,6 @@ const CURL_MAX: Duration = Duration::from_secs(15);
 /// the 2 s target. With the old code the curls waited about 10 s (the handshake
 /// timeout, as half-opens expired) or failed.
 const CURL_BOUND: f64 = 5.0;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn run(cmd: &mut Command) {
     let out = cmd
@@ -127,16 +122,7 @@ fn shim_env(c: &mut Command, t: &TestDir, who: &str) {
 
 #[test]
 fn five_curls_get_in_during_a_handshake_flood_from_100_addresses() {
-    if !is_root() {
-        if std::env::var_os("RGTP_SKIP_ROOT_TESTS").is_some_and(|v| v == "1") {
-            println!("SKIPPED: handshake flood test needs root (network namespaces)");
-            return;
-        }
-        panic!(
-            "the handshake flood test needs root (it creates a network namespace; CI runs \
-             as root). Set RGTP_SKIP_ROOT_TESTS=1 to skip it explicitly."
-        );
-    }
+    require_root!("it creates a network namespace");
     need("python3");
     need("curl");
     need("ip");

@@ -5,7 +5,8 @@
 //! test can fail.
 //!
 //! Needs root (network namespaces, veth, tc): CI runs the tests as root. Without it
-//! every test here fails with a message saying so.
+//! every test here fails with a message saying so, unless `RGTP_SKIP_ROOT_TESTS=1`
+//! says to skip them, and then each says so (`rgtp_e2e::skip`).
 
 use std::fs;
 use std::path::Path;
@@ -15,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rgtp_e2e::{
-    b3sum, last_lines, need, shim, shim_log, shim_settings, socket_table_has, wait_until,
-    write_random_file, Proc, TestDir, MIB, TCP_LISTEN,
+    b3sum, last_lines, need, require_root, shim, shim_log, shim_settings, socket_table_has,
+    wait_until, write_random_file, Proc, TestDir, MIB, TCP_LISTEN,
 };
 
 const PORT: u16 = 5001;
@@ -361,18 +362,21 @@ fn address_change(dir: Dir, label: &str) {
 /// the one that must speak up from its new address.
 #[test]
 fn shim_nc_download_survives_client_address_change() {
+    require_root!("it creates network namespaces, veth and tc");
     address_change(Dir::Down, "roam-down");
 }
 
 /// Client to server while the client moves.
 #[test]
 fn shim_nc_upload_survives_client_address_change() {
+    require_root!("it creates network namespaces, veth and tc");
     address_change(Dir::Up, "roam-up");
 }
 
 /// The client's link is down for 30 s mid-transfer, then back.
 #[test]
 fn shim_nc_survives_30s_blackout() {
+    require_root!("it creates network namespaces, veth and tc");
     let t = TestDir::new("roam-blackout");
     let net = Netns::new();
     let data = t.join("data.bin");
@@ -391,6 +395,7 @@ fn shim_nc_survives_30s_blackout() {
 /// address and never finishes. This is what proves the tests above can fail.
 #[test]
 fn plain_tcp_nc_breaks_on_client_address_change() {
+    require_root!("it creates network namespaces, veth and tc");
     let t = TestDir::new("roam-tcp");
     let net = Netns::new();
     let data = t.join("data.bin");

@@ -249,6 +249,24 @@ impl Proc {
     }
 }
 
+/// Waits (bounded by `limit`) for a child that no [`Proc`] owns (one whose stdio the
+/// test wires itself). A hang is a test failure: the child is killed and reaped, and
+/// the test fails naming `what`.
+pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?} (killed)");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

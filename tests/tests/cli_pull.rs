@@ -115,18 +115,7 @@ fn run_on_a_tty(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
         }
         String::from_utf8_lossy(&all).into_owned()
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rgtp-pull on a tty did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut child, limit, "rgtp-pull on a tty");
     (status.code(), reader.join().expect("tty reader"))
 }
 
@@ -165,18 +154,7 @@ fn pull_to(dir: &TestDir, args: &[&str], stdout: &Path, env: &[(&str, &Path)]) -
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn rgtp-pull");
-    let deadline = Instant::now() + PULL_DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rgtp-pull {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(&mut child, PULL_DEADLINE, &format!("rgtp-pull {args:?}"));
     (
         status.code().unwrap_or(-1),
         fs::read_to_string(err).unwrap_or_default(),

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use rgtp_e2e::{free_port, need, shim, Proc, TestDir};
+use rgtp_e2e::{free_port, need, shim, Finished, Proc, TestDir};
 
 /// `python3` that binds and listens on 127.0.0.1:`port` under the shim, then exits 0.
 fn listener(t: &TestDir, port: u16) -> Command {
@@ -27,19 +27,24 @@ fn listener(t: &TestDir, port: u16) -> Command {
     c
 }
 
+/// Runs a [`listener`] on a free port to its end (bounded).
+fn run_listener(t: &TestDir) -> Finished {
+    Proc::spawn(
+        listener(t, free_port()),
+        "python3 listener",
+        t.path(),
+        false,
+    )
+    .finish(Duration::from_secs(60))
+}
+
 #[test]
 fn a_corrupt_shim_key_stops_the_server_loudly() {
     let t = TestDir::new("shim-key");
     fs::create_dir_all(t.join("cfg")).unwrap();
     let key = t.join("cfg").join("shim.key");
     fs::write(&key, "not a key\n").unwrap();
-    let done = Proc::spawn(
-        listener(&t, free_port()),
-        "python3 listener",
-        t.path(),
-        false,
-    )
-    .finish(Duration::from_secs(60));
+    let done = run_listener(&t);
     assert_eq!(done.code(), Some(11), "{}", done.describe());
     let lines: Vec<&str> = done.stderr.lines().collect();
     assert!(
@@ -52,22 +57,10 @@ fn a_corrupt_shim_key_stops_the_server_loudly() {
 
     // A good key that others can read: served, with a one-line warning.
     fs::remove_file(&key).unwrap();
-    let first = Proc::spawn(
-        listener(&t, free_port()),
-        "python3 listener",
-        t.path(),
-        false,
-    )
-    .finish(Duration::from_secs(60));
+    let first = run_listener(&t);
     assert!(first.status.success(), "{}", first.describe());
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    let done = Proc::spawn(
-        listener(&t, free_port()),
-        "python3 listener",
-        t.path(),
-        false,
-    )
-    .finish(Duration::from_secs(60));
+    let done = run_listener(&t);
     assert!(done.status.success(), "{}", done.describe());
     assert!(done.stderr.contains("chmod 600"), "{}", done.describe());
 }

@@ -33,6 +33,31 @@ fn run_ok(t: &TestDir, cmd: Command, what: &str) -> String {
     f.stdout
 }
 
+/// A `www` directory in the test's directory holding `name`: `size` random bytes (from
+/// `seed`). Returns the directory.
+fn www_with(t: &TestDir, name: &str, size: u64, seed: &str) -> PathBuf {
+    let www = t.join("www");
+    fs::create_dir_all(&www).unwrap();
+    write_random_file(&www.join(name), size, seed);
+    www
+}
+
+/// `curl` (`c`: under the shim or not) set to GET http://127.0.0.1:`port`/`name` into
+/// `out`, giving up after `max_time` seconds.
+fn curl_get(mut c: Command, max_time: u32, port: u16, name: &str, out: &Path) -> Command {
+    c.args(["-sS", "--max-time", &max_time.to_string(), "-o"])
+        .arg(out)
+        .arg(format!("http://127.0.0.1:{port}/{name}"));
+    c
+}
+
+/// Runs a client (bounded) that writes `out`, and checks it succeeded and that `out`
+/// holds exactly the bytes of `want`.
+fn fetch_ok(t: &TestDir, c: Command, what: &str, out: &Path, want: &Path) {
+    run_ok(t, c, what);
+    assert_eq!(b3sum(out), b3sum(want), "{what}");
+}
+
 /// A strict server on `port` must be reachable over UDP only.
 fn assert_udp_only(port: u16) {
     assert!(
@@ -85,19 +110,13 @@ fn start_http_server(t: &TestDir, dir: &Path, port: u16, strict: bool, shim_on: 
 fn curl_gets_from_python_http_server_over_rgtp_only() {
     need("curl");
     let t = TestDir::new("shim-curl-py");
-    let www = t.join("www");
-    fs::create_dir_all(&www).unwrap();
-    write_random_file(&www.join("big.bin"), 24 << 20, "curl-py");
+    let www = www_with(&t, "big.bin", 24 << 20, "curl-py");
     let port = free_port();
     let _server = start_http_server(&t, &www, port, true, true);
     assert_udp_only(port);
     let out = t.join("big.out");
-    let mut c = shimmed(&t, "curl", port, true);
-    c.args(["-sS", "--max-time", "100", "-o"])
-        .arg(&out)
-        .arg(format!("http://127.0.0.1:{port}/big.bin"));
-    run_ok(&t, c, "curl");
-    assert_eq!(b3sum(&out), b3sum(&www.join("big.bin")));
+    let c = curl_get(shimmed(&t, "curl", port, true), 100, port, "big.bin", &out);
+    fetch_ok(&t, c, "curl", &out, &www.join("big.bin"));
     assert!(
         shim_log(&t).contains("over RGTP"),
         "the shim log shows no RGTP connect"
@@ -227,23 +246,22 @@ fn nginx_case(daemon: bool) {
     } else {
         "shim-nginx-fg"
     });
-    let www = t.join("www");
-    fs::create_dir_all(&www).unwrap();
-    write_random_file(&www.join("f.bin"), 16 << 20, "nginx");
+    let www = www_with(&t, "f.bin", 16 << 20, "nginx");
     let port = free_port();
     let (_launcher, _guard) = start_nginx(&t, &www, port, daemon);
     assert_udp_only(port);
     for client in ["curl", "wget"] {
         let out = t.join(format!("{client}.out"));
         let mut c = shimmed(&t, client, port, true);
-        if client == "curl" {
-            c.args(["-sS", "--max-time", "100", "-o"]).arg(&out);
+        let c = if client == "curl" {
+            curl_get(c, 100, port, "f.bin", &out)
         } else {
-            c.args(["-q", "--timeout=100", "--tries=1", "-O"]).arg(&out);
-        }
-        c.arg(format!("http://127.0.0.1:{port}/f.bin"));
-        run_ok(&t, c, client);
-        assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")), "{client} via nginx");
+            c.args(["-q", "--timeout=100", "--tries=1", "-O"])
+                .arg(&out)
+                .arg(format!("http://127.0.0.1:{port}/f.bin"));
+            c
+        };
+        fetch_ok(&t, c, client, &out, &www.join("f.bin"));
     }
 }
 
@@ -328,19 +346,14 @@ fn nginx_workers_serve_connections_on_their_own_engines() {
     need("nginx");
     need("curl");
     let t = TestDir::new("shim-nginx-workers");
-    let www = t.join("www");
-    fs::create_dir_all(&www).unwrap();
-    write_random_file(&www.join("f.bin"), 8 << 20, "nginx-workers");
+    let www = www_with(&t, "f.bin", 8 << 20, "nginx-workers");
     let want = b3sum(&www.join("f.bin"));
     let port = free_port();
     let (_nginx, guard) = start_nginx(&t, &www, port, false);
     let master = guard.0;
     let curl = |i: usize| {
         let out = t.join(format!("c{i}.out"));
-        let mut c = shimmed(&t, "curl", port, true);
-        c.args(["-sS", "--max-time", "100", "-o"])
-            .arg(&out)
-            .arg(format!("http://127.0.0.1:{port}/f.bin"));
+        let c = curl_get(shimmed(&t, "curl", port, true), 100, port, "f.bin", &out);
         (Proc::spawn(c, &format!("curl {i}"), t.path(), false), out)
     };
     // Workers join the port when they first accept; then clients are spread.
@@ -417,29 +430,29 @@ fn nc_client(t: &TestDir, port: u16, extra: &str, stdin: &str, out: &str) -> Com
     sh
 }
 
+/// `size` random bytes (from `seed`) from an nc client run with `flags` to an nc
+/// server, both under the shim, strict: the server must get them all, within `limit`.
+fn nc_upload(t: &TestDir, size: u64, seed: &str, flags: &str, limit: Duration) {
+    let data = t.join(format!("{seed}.bin"));
+    write_random_file(&data, size, seed);
+    let port = free_port();
+    let got = t.join(format!("{seed}.got"));
+    let server = nc_listen(t, port, None, Some(&got));
+    assert_udp_only(port);
+    let stdin = format!("<{}", data.display());
+    run_ok(
+        t,
+        nc_client(t, port, flags, &stdin, ">/dev/null"),
+        &format!("nc-client {flags}"),
+    );
+    server.finish(limit);
+    assert_eq!(b3sum(&got), b3sum(&data), "client to server ({flags})");
+}
+
 #[test]
 fn netcat_both_directions() {
     let t = TestDir::new("shim-nc");
-    // client -> server
-    let data = t.join("up.bin");
-    write_random_file(&data, 8 << 20, "nc-up");
-    let port = free_port();
-    let got = t.join("up.got");
-    let server = nc_listen(&t, port, None, Some(&got));
-    assert_udp_only(port);
-    run_ok(
-        &t,
-        nc_client(
-            &t,
-            port,
-            "-N",
-            &format!("<{}", data.display()),
-            ">/dev/null",
-        ),
-        "nc-client-up",
-    );
-    server.finish(Duration::from_secs(60));
-    assert_eq!(b3sum(&got), b3sum(&data), "client to server");
+    nc_upload(&t, 8 << 20, "nc-up", "-N", Duration::from_secs(60));
     // server -> client
     let data2 = t.join("down.bin");
     write_random_file(&data2, 8 << 20, "nc-down");
@@ -458,24 +471,7 @@ fn netcat_both_directions() {
 #[test]
 fn netcat_producer_exiting_at_once_loses_nothing() {
     let t = TestDir::new("shim-nc-q0");
-    let data = t.join("50m.bin");
-    write_random_file(&data, 50 << 20, "nc-q0");
-    let port = free_port();
-    let got = t.join("50m.got");
-    let server = nc_listen(&t, port, None, Some(&got));
-    run_ok(
-        &t,
-        nc_client(
-            &t,
-            port,
-            "-N -q 0",
-            &format!("<{}", data.display()),
-            ">/dev/null",
-        ),
-        "nc-producer",
-    );
-    server.finish(Duration::from_secs(120));
-    assert_eq!(b3sum(&got), b3sum(&data));
+    nc_upload(&t, 50 << 20, "nc-q0", "-N -q 0", Duration::from_secs(120));
 }
 
 #[test]
@@ -628,9 +624,7 @@ fn python_forking_daemon_heirs_take_over_the_listener() {
 fn fallback_plain_client_reaches_shim_server_and_shim_client_reaches_plain_server() {
     need("curl");
     let t = TestDir::new("shim-fallback");
-    let www = t.join("www");
-    fs::create_dir_all(&www).unwrap();
-    write_random_file(&www.join("f.bin"), 4 << 20, "fallback");
+    let www = www_with(&t, "f.bin", 4 << 20, "fallback");
     // A shim-run server with fallback keeps its TCP listener beside RGTP.
     let port = free_port();
     let _server = start_http_server(&t, &www, port, false, true);
@@ -638,30 +632,18 @@ fn fallback_plain_client_reaches_shim_server_and_shim_client_reaches_plain_serve
         tcp_listening(port)
     });
     let out = t.join("plain.out");
-    let mut c = plain("curl");
-    c.args(["-sS", "--max-time", "60", "-o"])
-        .arg(&out)
-        .arg(format!("http://127.0.0.1:{port}/f.bin"));
-    run_ok(&t, c, "plain-curl");
-    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    let c = curl_get(plain("curl"), 60, port, "f.bin", &out);
+    fetch_ok(&t, c, "plain-curl", &out, &www.join("f.bin"));
     // ... and a shim-run client with fallback uses RGTP to it.
     let out = t.join("shim.out");
-    let mut c = shimmed(&t, "curl", port, false);
-    c.args(["-sS", "--max-time", "60", "-o"])
-        .arg(&out)
-        .arg(format!("http://127.0.0.1:{port}/f.bin"));
-    run_ok(&t, c, "shim-curl");
-    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    let c = curl_get(shimmed(&t, "curl", port, false), 60, port, "f.bin", &out);
+    fetch_ok(&t, c, "shim-curl", &out, &www.join("f.bin"));
     // A plain server: the shim-run client falls back to TCP.
     let port2 = free_port();
     let _plain_server = start_http_server(&t, &www, port2, false, false);
     let out = t.join("fallback.out");
-    let mut c = shimmed(&t, "curl", port2, false);
-    c.args(["-sS", "--max-time", "60", "-o"])
-        .arg(&out)
-        .arg(format!("http://127.0.0.1:{port2}/f.bin"));
-    run_ok(&t, c, "shim-curl-fallback");
-    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    let c = curl_get(shimmed(&t, "curl", port2, false), 60, port2, "f.bin", &out);
+    fetch_ok(&t, c, "shim-curl-fallback", &out, &www.join("f.bin"));
     assert!(
         shim_log(&t).contains("falling back to TCP"),
         "{}",
@@ -673,9 +655,7 @@ fn fallback_plain_client_reaches_shim_server_and_shim_client_reaches_plain_serve
 fn programs_on_other_ports_are_untouched() {
     need("curl");
     let t = TestDir::new("shim-untouched");
-    let www = t.join("www");
-    fs::create_dir_all(&www).unwrap();
-    write_random_file(&www.join("f.bin"), 1 << 20, "untouched");
+    let www = www_with(&t, "f.bin", 1 << 20, "untouched");
     let port = free_port();
     let other = free_port();
     // Server and client both preloaded, but for another port: plain TCP, no RGTP.
@@ -695,12 +675,8 @@ fn programs_on_other_ports_are_untouched() {
     });
     assert!(!udp_bound(port));
     let out = t.join("o");
-    let mut c = shimmed(&t, "curl", other, true);
-    c.args(["-sS", "--max-time", "30", "-o"])
-        .arg(&out)
-        .arg(format!("http://127.0.0.1:{port}/f.bin"));
-    run_ok(&t, c, "curl");
-    assert_eq!(b3sum(&out), b3sum(&www.join("f.bin")));
+    let c = curl_get(shimmed(&t, "curl", other, true), 30, port, "f.bin", &out);
+    fetch_ok(&t, c, "curl", &out, &www.join("f.bin"));
     assert!(!shim_log(&t).contains("over RGTP"));
 }
 

@@ -1,5 +1,5 @@
-//! What `rgtp-expose` and `rgtp-pull` share: logging set-up, and the shell
-//! completions and man page generated from their clap definitions.
+//! What `rgtp-expose` and `rgtp-pull` share: logging set-up, option checks, and the
+//! shell completions and man page generated from their clap definitions.
 
 use std::io::{IsTerminal, Write};
 
@@ -39,5 +39,17 @@ pub fn generated_docs(
     match out.write_all(&text).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
         _ => Ok(true),
+    }
+}
+
+/// `--max-datagram`'s range, as one line for the user (clap's own range error spans
+/// several).
+pub fn check_max_datagram(m: Option<usize>) -> Result<(), String> {
+    use rgtp::wire::{MAX_MAX_DATAGRAM, MIN_MAX_DATAGRAM};
+    match m {
+        Some(m) if !(MIN_MAX_DATAGRAM..=MAX_MAX_DATAGRAM).contains(&m) => Err(format!(
+            "--max-datagram must be between {MIN_MAX_DATAGRAM} and {MAX_MAX_DATAGRAM}"
+        )),
+        _ => Ok(()),
     }
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use rgtp::driver;
 use rgtp::keys;
 use rgtp::transfer::{expose_until, ExposeOptions, TransferError};
 use rgtp::url::hex;
-use rgtp::{driver, wire};
 
 const AFTER_HELP: &str = "\
 Each FILE is published under its base name. For every file a pull URL is printed
@@ -100,18 +100,8 @@ fn main() -> ExitCode {
         Ok(true) => return ExitCode::SUCCESS,
         Err(e) => return fail(1, format!("cannot write to stdout: {e}")),
     }
-    if args
-        .max_datagram
-        .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
-    {
-        return fail(
-            2,
-            format!(
-                "--max-datagram must be between {} and {}",
-                wire::MIN_MAX_DATAGRAM,
-                wire::MAX_MAX_DATAGRAM
-            ),
-        );
+    if let Err(e) = rgtp_cli::check_max_datagram(args.max_datagram) {
+        return fail(2, e);
     }
     let opts = ExposeOptions {
         bind: SocketAddr::new(args.bind, args.port),

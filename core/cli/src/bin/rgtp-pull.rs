@@ -10,7 +10,6 @@ use rgtp::driver;
 use rgtp::keys;
 use rgtp::transfer::{PullOptions, PullSource, PullUpdate, TransferError};
 use rgtp::url::{hex, parse_hex32};
-use rgtp::wire;
 
 const AFTER_HELP: &str = "\
 SOURCE is either a pull URL printed by rgtp-expose (rgtp://HOST[:PORT]/NAME?key=..
@@ -207,18 +206,8 @@ impl Drop for TempDir {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
-    if args
-        .max_datagram
-        .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
-    {
-        return fail(
-            2,
-            format!(
-                "--max-datagram must be between {} and {}",
-                wire::MIN_MAX_DATAGRAM,
-                wire::MAX_MAX_DATAGRAM
-            ),
-        );
+    if let Err(e) = rgtp_cli::check_max_datagram(args.max_datagram) {
+        return fail(2, e);
     }
     if args.json && args.output.as_deref() == Some(std::path::Path::new("-")) {
         return fail(2, "--json and -o - both write to stdout; give one of them");

@@ -194,30 +194,6 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends every transmit of `ts`, in order: runs of plain single datagrams (control
-    /// packets, acknowledgements, a flood's RETRYs) go out by `sendmmsg`, up to
-    /// `MMSG_BATCH` a system call; anything else as [`Sender::send`] does. Errors are
-    /// logged per datagram and skipped: the protocol's timers recover what was lost.
-    pub fn send_many(&self, sock: &UdpSocket, ts: &[Transmit]) {
-        let plain = |t: &Transmit| t.gather.is_none() && t.count() == 1;
-        let mut i = 0;
-        while i < ts.len() {
-            if !plain(&ts[i]) {
-                if let Err(e) = self.send(sock, &ts[i]) {
-                    tracing::debug!("send to {}: {e}", ts[i].dest);
-                }
-                i += 1;
-                continue;
-            }
-            let run = ts[i..]
-                .iter()
-                .take(MMSG_BATCH)
-                .take_while(|t| plain(t))
-                .count();
-            i += send_mmsg(sock, &ts[i..i + run]).max(1);
-        }
-    }
-
     /// One sendmsg: the contents (or, gathered, each header and its payload slice in
     /// place) as an iovec list; with `segment`, a UDP_SEGMENT cmsg splits it into
     /// datagrams of `segment_size` (GSO).
@@ -286,79 +262,6 @@ impl Sender {
             }
         })
     }
-}
-
-/// Most datagrams per `sendmmsg`.
-const MMSG_BATCH: usize = 64;
-
-/// One `sendmmsg` of single-datagram transmits, waiting briefly for buffer space.
-/// Returns how many were dealt with: sent, or skipped after an error (at least one
-/// unless `ts` is empty).
-fn send_mmsg(sock: &UdpSocket, ts: &[Transmit]) -> usize {
-    if ts.is_empty() {
-        return 0;
-    }
-    let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-        ts.iter().map(|t| to_sockaddr(&t.dest)).collect();
-    let mut iovs: Vec<libc::iovec> = ts
-        .iter()
-        .map(|t| libc::iovec {
-            iov_base: t.contents.as_ptr() as *mut libc::c_void,
-            iov_len: t.contents.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = addrs
-        .iter_mut()
-        .zip(iovs.iter_mut())
-        .map(|((addr, len), iov)| {
-            // SAFETY: msghdr is plain data; the pointers stored in it (an address and
-            // one iovec) live in `addrs` and `iovs`, which outlive the sendmmsg below.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = addr as *mut _ as *mut libc::c_void;
-            h.msg_namelen = *len;
-            h.msg_iov = iov as *mut libc::iovec;
-            h.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
-        .collect();
-    for _ in 0..50 {
-        // SAFETY: valid fd and `msgs.len()` initialised mmsghdrs whose buffers live
-        // until the call returns.
-        let r = unsafe {
-            libc::sendmmsg(
-                sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                msgs.len() as libc::c_uint,
-                0,
-            )
-        };
-        if r > 0 {
-            return r as usize;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => {
-                wait_fd(
-                    sock.as_raw_fd(),
-                    libc::POLLOUT,
-                    Some(Duration::from_millis(1)),
-                );
-            }
-            io::ErrorKind::Interrupted => {}
-            _ => {
-                // The first datagram failed (e.g. ECONNREFUSED from an earlier ICMP,
-                // or an unroutable destination): skip it, send the rest.
-                if e.raw_os_error() != Some(libc::ECONNREFUSED) {
-                    tracing::debug!("send to {}: {e}", ts[0].dest);
-                }
-                return 1;
-            }
-        }
-    }
-    1
 }
 
 /// Runs a send, waiting up to ~50 ms for buffer space on EAGAIN.

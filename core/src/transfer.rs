@@ -87,49 +87,34 @@ pub enum TransferError {
 impl TransferError {
     /// The exit code `rgtp-pull` / `rgtp-expose` use for this error.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Io(_) => 1,
-            Self::Usage(_) => 2,
-            Self::File(_) => 3,
-            Self::DiskFull(_) => 4,
-            Self::Unreachable(_) => 5,
-            Self::KeyMismatch(_) => 6,
-            Self::NotFound(_) => 7,
-            Self::Corrupt(_) => 8,
-            Self::CorruptState(_) => 9,
-            Self::Bind(_) => 10,
-            Self::BadKey(_) => 11,
-            Self::TooLarge(_) => 12,
-            Self::Gone(_) => 13,
-            Self::KeyDir(_) => 15,
-            Self::Cancelled(_) => 130,
-        }
+        self.parts().0
     }
 
-    fn message(&self) -> &str {
+    /// The exit code and the message, from one match over the variants.
+    fn parts(&self) -> (u8, &str) {
         match self {
-            Self::Usage(m)
-            | Self::File(m)
-            | Self::DiskFull(m)
-            | Self::Unreachable(m)
-            | Self::KeyMismatch(m)
-            | Self::NotFound(m)
-            | Self::Corrupt(m)
-            | Self::CorruptState(m)
-            | Self::Bind(m)
-            | Self::BadKey(m)
-            | Self::TooLarge(m)
-            | Self::Gone(m)
-            | Self::KeyDir(m)
-            | Self::Cancelled(m)
-            | Self::Io(m) => m,
+            Self::Io(m) => (1, m),
+            Self::Usage(m) => (2, m),
+            Self::File(m) => (3, m),
+            Self::DiskFull(m) => (4, m),
+            Self::Unreachable(m) => (5, m),
+            Self::KeyMismatch(m) => (6, m),
+            Self::NotFound(m) => (7, m),
+            Self::Corrupt(m) => (8, m),
+            Self::CorruptState(m) => (9, m),
+            Self::Bind(m) => (10, m),
+            Self::BadKey(m) => (11, m),
+            Self::TooLarge(m) => (12, m),
+            Self::Gone(m) => (13, m),
+            Self::KeyDir(m) => (15, m),
+            Self::Cancelled(m) => (130, m),
         }
     }
 }
 
 impl fmt::Display for TransferError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
+        f.write_str(self.parts().1)
     }
 }
 

@@ -3,6 +3,8 @@
 //! loopback socket, or one that spoofs a real client's address, must not keep a real
 //! client from completing its handshake. Each test failed on the code before the fix.
 
+mod common;
+use common::{addr, drain, listening};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,27 +14,10 @@ use rgtp::conn::{Endpoint, EndpointConfig};
 use rgtp::keys::StaticKey;
 use rgtp::rng::Rng;
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn server(max_half_open: usize, now: Instant) -> Endpoint {
     let mut ec = EndpointConfig::new(StaticKey::generate());
     ec.max_half_open = max_half_open;
-    let mut ep = Endpoint::new(ec, now);
-    ep.set_listening(true);
-    ep
-}
-
-/// Every datagram the endpoint wants to send now, with its destination.
-fn drain(ep: &mut Endpoint, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some(t) = ep.poll_transmit(now) {
-        for d in t.datagrams() {
-            out.push((t.dest, d.to_vec()));
-        }
-    }
-    out
+    listening(ec, now)
 }
 
 /// A flooder: INITs with fresh client IDs and Noise messages (any 32 bytes are an

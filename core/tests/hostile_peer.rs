@@ -4,6 +4,8 @@
 //! handshake from another address, pack a packet with PATH_CHALLENGEs, grant unbounded
 //! credit, send thousands of 1-byte pieces out of order, open handshakes in bulk.
 
+mod common;
+use common::{addr, drain, listening};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,10 +18,6 @@ use rgtp::rng::Rng;
 
 // ------------------------------------------------------------------ the client
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -27,20 +25,7 @@ fn ms(n: u64) -> Duration {
 fn server(cfg: ConnConfig, now: Instant) -> Endpoint {
     let mut ec = EndpointConfig::new(StaticKey::generate());
     ec.conn = cfg;
-    let mut ep = Endpoint::new(ec, now);
-    ep.set_listening(true);
-    ep
-}
-
-/// Every datagram the endpoint wants to send now, with its destination.
-fn drain(ep: &mut Endpoint, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some(t) = ep.poll_transmit(now) {
-        for d in t.datagrams() {
-            out.push((t.dest, d.to_vec()));
-        }
-    }
-    out
+    listening(ec, now)
 }
 
 fn params(cid: u64, initial_limit: u64) -> TransportParams {

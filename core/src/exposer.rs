@@ -11,13 +11,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crypto::{same_addr, ContentCipher, RequestSealer, TokenClaims, TokenKey, TAG_LEN};
+use crate::crypto::{
+    same_addr, Cipher, ContentCipher, RequestSealer, TokenClaims, TokenKey, TAG_LEN,
+};
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::replay::{ReplayFilter, Verdict};
 use crate::retry::{self, HandshakeRate};
 use crate::rng::Rng;
-use crate::sealed::SealedStore;
+use crate::sealed::{self, SealedStore, Sealer};
 use crate::source::{ChunkSource, CipherCache};
 use crate::transmit::{Gather, SharedBytes, Transmit};
 use crate::wire::{
@@ -42,6 +44,9 @@ pub struct ExposerConfig {
     pub max_request_bytes: usize,
     /// Sending rate cap per source IP, bytes per second.
     pub source_rate: u64,
+    /// The chunk cipher chosen for pullers that offer it (others get
+    /// ChaCha20-Poly1305), and the one sealed stores hold.
+    pub cipher: Cipher,
 }
 
 impl Default for ExposerConfig {
@@ -54,6 +59,7 @@ impl Default for ExposerConfig {
             cache_bytes: 64 << 20,
             max_request_bytes: 8 << 20,
             source_rate: 4 << 30,
+            cipher: Cipher::preferred(),
         }
     }
 }
@@ -91,20 +97,27 @@ pub struct ExposureInfo {
 
 struct Exposure {
     info: ExposureInfo,
-    source: Box<dyn ChunkSource>,
+    source: Arc<dyn ChunkSource>,
     content_key: [u8; 32],
-    cipher: ContentCipher,
+    /// The content key under each cipher, in [`Cipher::ALL`]'s order.
+    ciphers: [ContentCipher; 2],
     /// Outboard bytes (chunk CVs), sealed lazily like content.
     outboard: Vec<u8>,
     chunk_count: u64,
-    /// Content sealed ahead of time, when the driver asked for it.
+    /// Content sealed ahead of time (filled in the background), when the driver asked
+    /// for it, and the threads filling it (stopped when the exposure goes).
     sealed: Option<Arc<SealedStore>>,
+    _sealer: Option<Sealer>,
     /// The source failed a read (the file shrank or became unreadable): the exposure
     /// can no longer be served as offered, and pullers are told so.
     gone: bool,
 }
 
 impl Exposure {
+    fn cipher(&self, c: Cipher) -> &ContentCipher {
+        let i = Cipher::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        &self.ciphers[i]
+    }
     fn object_len(&self, object: Object) -> u64 {
         match object {
             Object::Content => self.info.size,
@@ -134,6 +147,10 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// The `tracing` target of the access log: one line per handshake ("opened") and one
 /// per source going quiet after being sent data ("served").
 pub const ACCESS_LOG: &str = "rgtp::access";
+
+/// The `tracing` target of an exposure's set-up lines (hashed or remembered root,
+/// sealing ahead and its end), which operators see by default.
+pub const SETUP_LOG: &str = "rgtp::setup";
 
 /// Bound on the per-source rate table; beyond it the table is cleared (a burst of
 /// sources then starts with full buckets, which only costs precision, never safety,
@@ -219,16 +236,18 @@ impl Exposer {
             root,
         };
         let outboard: Vec<u8> = cvs.iter().flat_map(|c| c.iter().copied()).collect();
+        let ciphers = Cipher::ALL.map(|c| ContentCipher::with(c, &content_key, id, size));
         self.exposures.insert(
             id,
             Exposure {
                 info: info.clone(),
-                source,
-                cipher: ContentCipher::new(&content_key, id, size),
+                source: Arc::from(source),
+                ciphers,
                 content_key,
                 outboard,
                 chunk_count,
                 sealed: None,
+                _sealer: None,
                 gone: false,
             },
         );
@@ -238,27 +257,59 @@ impl Exposer {
         info
     }
 
-    /// Encrypts all of an exposure's content now, into an unnamed file in `dir`, so
-    /// that serving needs no crypto (see `sealed`). A set-up step, done before serving.
+    /// Starts sealing an exposure's content ahead, under the configured cipher, into
+    /// an unnamed file in `dir` holding at most `max_bytes`, on `threads` idle-priority
+    /// threads in the background: serving goes on meanwhile, sealing on demand what
+    /// is not sealed yet. Returns the store (to watch its progress).
     pub fn seal_ahead(
         &mut self,
         id: &ExposureId,
         dir: &std::path::Path,
+        max_bytes: u64,
         threads: usize,
-    ) -> std::io::Result<()> {
-        let Some(e) = self.exposures.get_mut(id) else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such exposure",
-            ));
-        };
-        e.sealed = Some(Arc::new(SealedStore::build(
-            e.source.as_ref(),
-            &e.cipher,
+    ) -> std::io::Result<Arc<SealedStore>> {
+        let size = self.exposure(id)?.info.size;
+        let store = Arc::new(SealedStore::create(
             dir,
+            size,
+            self.config.cipher,
+            max_bytes,
+        )?);
+        self.attach_store(id, store.clone())?;
+        let e = self.exposure(id)?;
+        e._sealer = Some(sealed::seal_in_background(
+            e.info.name.clone(),
+            store.clone(),
+            e.source.clone(),
+            Arc::new(ContentCipher::with(
+                store.cipher(),
+                &e.content_key,
+                e.info.id,
+                e.info.size,
+            )),
             threads,
-        )?));
+        )?);
+        Ok(store)
+    }
+
+    /// Serves an exposure's content from `store` as far as it is filled, sealing the
+    /// rest on demand. [`Exposer::seal_ahead`] fills the store in the background; a
+    /// test fills it itself.
+    pub fn attach_store(
+        &mut self,
+        id: &ExposureId,
+        store: Arc<SealedStore>,
+    ) -> std::io::Result<()> {
+        let e = self.exposure(id)?;
+        e.sealed = Some(store);
+        e._sealer = None;
         Ok(())
+    }
+
+    fn exposure(&mut self, id: &ExposureId) -> std::io::Result<&mut Exposure> {
+        self.exposures
+            .get_mut(id)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such exposure"))
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -317,6 +368,9 @@ impl Exposer {
         };
         let max_datagram =
             (hello.max_datagram as usize).clamp(wire::MIN_MAX_DATAGRAM, limit) as u16;
+        let Ok(offer) = handshake::offer_of(hello.noise) else {
+            return false;
+        };
         let manifest = match self
             .by_name
             .get(hello.name)
@@ -326,6 +380,7 @@ impl Exposer {
             Some(e) if e.gone => Manifest::Gone,
             Some(e) => {
                 let request_key: [u8; 32] = self.rng.bytes();
+                let cipher = Cipher::choose(self.config.cipher, offer);
                 let token = self.token_key.seal(
                     &TokenClaims {
                         session: true,
@@ -334,6 +389,7 @@ impl Exposer {
                         exposure: e.info.id,
                         max_datagram,
                         request_key,
+                        cipher,
                     },
                     &mut self.rng,
                 );
@@ -348,6 +404,7 @@ impl Exposer {
                     token,
                     request_key,
                     clock_ms: self.now_ms(now),
+                    cipher,
                 })
             }
         };
@@ -495,7 +552,14 @@ impl Exposer {
                     self.return_budget(from.ip(), granted, 0);
                     return true;
                 }
-                let sent = self.send_chunk(&req.exposure, object, index, mask, max_datagram, from);
+                let sent = self.send_chunk(
+                    &req.exposure,
+                    object,
+                    index,
+                    mask,
+                    (max_datagram, claims.cipher),
+                    from,
+                );
                 match sent {
                     Some(n) => budget = budget.saturating_sub(n),
                     None if self.exposures.get(&req.exposure).is_some_and(|e| e.gone) => {
@@ -564,7 +628,7 @@ impl Exposer {
         object: Object,
         index: u64,
         mask: u64,
-        max_datagram: usize,
+        (max_datagram, cipher): (usize, Cipher),
         dest: SocketAddr,
     ) -> Option<usize> {
         let e = self.exposures.get(id)?;
@@ -579,9 +643,14 @@ impl Exposer {
         if mask == 0 {
             return Some(0);
         }
-        let key = (*id, object, index as u32);
-        if let (Some(store), Object::Content) = (&e.sealed, object) {
-            let (start, len) = store.chunk_range(index)?;
+        let key = (*id, object, index as u32, cipher);
+        let stored = match (&e.sealed, object) {
+            (Some(store), Object::Content) if store.cipher() == cipher => {
+                store.chunk_range(index).map(|r| (store, r))
+            }
+            _ => None,
+        };
+        if let Some((store, (start, len))) = stored {
             self.stats.sealed_reads += 1;
             let data: Arc<dyn SharedBytes> = store.clone();
             let t = fragments(
@@ -626,7 +695,7 @@ impl Exposer {
                         buf.extend_from_slice(&e.outboard[start..start + len]);
                     }
                 }
-                e.cipher.seal(object, index, &mut buf);
+                e.cipher(cipher).seal(object, index, &mut buf);
                 self.stats.encryptions += 1;
                 let ct = Arc::new(buf.clone());
                 self.scratch = buf;

@@ -18,8 +18,9 @@
 //!   `conn` (connections: wire, Noise XX, streams, endpoint) and `sim` (the
 //!   deterministic network simulator that runs them);
 //! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
-//!   (runs connection endpoints), `source` and `sealed` (reading and sealing exposed
-//!   files), `output` (writing pulled files), `sidecar` (resume state), `keys`
+//!   (runs connection endpoints), `source` and `sealed` (reading exposed files, and
+//!   sealing them ahead in the background), `remembered` (roots of unchanged files
+//!   kept on disk), `output` (writing pulled files), `sidecar` (resume state), `keys`
 //!   (static keys, known exposers), `atomic_file`;
 //! - the blocking API most users want: [`transfer`] (pull a URL to a path, expose
 //!   files) and, for byte streams, [`RgtpStream`] / [`RgtpListener`].
@@ -94,6 +95,7 @@ pub mod keys;
 pub mod merkle;
 pub mod output;
 pub mod puller;
+pub mod remembered;
 pub mod replay;
 pub(crate) mod retry;
 pub mod rng;
@@ -111,6 +113,7 @@ pub mod zeroed;
 
 pub use conn::runtime::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
 pub use conn::ConnConfig;
+pub use crypto::Cipher;
 pub use keys::StaticKey;
 pub use transfer::{
     pull, ExposeOptions, Exposure, PullOptions, PullReport, PullUpdate, TransferError,

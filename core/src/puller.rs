@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::bitset::ChunkSet;
 use crate::cc::RateControl;
-use crate::crypto::{ContentCipher, RequestSealer, TAG_LEN};
+use crate::crypto::{Cipher, CipherSet, ContentCipher, RequestSealer, TAG_LEN};
 use crate::handshake::Initiator;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::rng::Rng;
@@ -46,6 +46,9 @@ pub struct PullConfig {
     /// ([`PullEvent::Verify`]) so it can run them on another core; it reports back
     /// with [`Puller::chunk_verified`].
     pub offload_verify: bool,
+    /// The chunk ciphers offered in the handshake (the exposer picks one; default
+    /// [`Cipher::default_offer`]). ChaCha20-Poly1305 is always added.
+    pub ciphers: CipherSet,
 }
 
 impl PullConfig {
@@ -70,7 +73,13 @@ impl PullConfig {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             offload_verify: false,
+            ciphers: Cipher::default_offer(),
         }
+    }
+
+    /// What the handshake offers: the configured set, with ChaCha20-Poly1305.
+    pub fn offer(&self) -> CipherSet {
+        self.ciphers | Cipher::ChaCha20Poly1305.bit()
     }
 }
 
@@ -156,6 +165,8 @@ pub enum PullError {
     Gone,
     /// The name is longer than `wire::MAX_NAME_LEN` bytes.
     NameTooLong,
+    /// The exposer chose a chunk cipher this puller did not offer.
+    CipherNotOffered { cipher: Cipher },
 }
 
 impl std::fmt::Display for PullError {
@@ -193,6 +204,10 @@ impl std::fmt::Display for PullError {
                 f,
                 "the name is longer than {} bytes",
                 wire::MAX_NAME_LEN
+            ),
+            Self::CipherNotOffered { cipher } => write!(
+                f,
+                "the exposer chose {cipher}, which this puller did not offer (--cipher)"
             ),
         }
     }
@@ -251,6 +266,8 @@ pub struct PullStats {
     pub handshakes: u64,
     pub dropped: u64,
     pub content_bytes: u64,
+    /// The chunk cipher of the last handshake.
+    pub cipher: Option<Cipher>,
 }
 
 struct Session {
@@ -588,6 +605,10 @@ impl Puller {
             }
             Manifest::Found(m) => m,
         };
+        if self.cfg.offer() & m.cipher.bit() == 0 {
+            self.fail(PullError::CipherNotOffered { cipher: m.cipher });
+            return true;
+        }
         if let Some(expected) = self.cfg.expected_root.or(self.root) {
             if expected != m.root {
                 self.fail(PullError::RootMismatch {
@@ -598,6 +619,7 @@ impl Puller {
             }
         }
         self.stats.handshakes += 1;
+        self.stats.cipher = Some(m.cipher);
         if let Some(t) = sent_at {
             self.cc.on_rtt_sample(now, now.saturating_duration_since(t));
         }
@@ -649,7 +671,7 @@ impl Puller {
             });
         }
         self.session = Some(Session {
-            cipher: ContentCipher::new(&m.content_key, m.exposure, m.size),
+            cipher: ContentCipher::with(m.cipher, &m.content_key, m.exposure, m.size),
             sealer: RequestSealer::new(&m.request_key),
             verifier: None,
             welcomed_at: now,
@@ -854,7 +876,12 @@ impl Puller {
         let sess = self.session.as_mut()?;
         if sess.verifier.is_none() {
             sess.verifier = Some(std::sync::Arc::new(ChunkVerifier {
-                cipher: ContentCipher::new(&sess.m.content_key, sess.m.exposure, sess.m.size),
+                cipher: ContentCipher::with(
+                    sess.m.cipher,
+                    &sess.m.content_key,
+                    sess.m.exposure,
+                    sess.m.size,
+                ),
                 cvs,
                 root,
                 size,
@@ -1191,6 +1218,7 @@ impl Puller {
                     *init = Initiator::start_with_rng(
                         &self.cfg.name,
                         self.cfg.asked_datagram(),
+                        self.cfg.offer(),
                         &mut self.rng,
                     )
                     .ok()

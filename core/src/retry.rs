@@ -54,6 +54,7 @@ pub(crate) fn seal_cookie(
             exposure: binding,
             max_datagram: 0,
             request_key: [0; 32],
+            cipher: crate::crypto::Cipher::ChaCha20Poly1305,
         },
         rng,
     )

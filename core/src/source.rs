@@ -7,11 +7,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use crate::crypto::Cipher;
 use crate::merkle::{chunk_len, CHUNK_SIZE};
 use crate::wire::{ExposureId, Object};
 
-/// A sealed chunk is identified by its exposure, object and index.
-pub type CacheKey = (ExposureId, Object, u32);
+/// A sealed chunk is identified by its exposure, object, index and cipher.
+pub type CacheKey = (ExposureId, Object, u32, Cipher);
 
 /// Random access to an exposure's plaintext.
 pub trait ChunkSource: Send + Sync {
@@ -126,11 +127,18 @@ mod tests {
     fn cache_respects_budget() {
         let mut c = CipherCache::new(100);
         for i in 0..10u32 {
-            c.insert(([0; 16], Object::Content, i), Arc::new(vec![0; 30]));
+            c.insert(
+                ([0; 16], Object::Content, i, Cipher::Aes256Gcm),
+                Arc::new(vec![0; 30]),
+            );
             assert!(c.bytes() <= 100);
         }
-        assert!(c.get(([0; 16], Object::Content, 9)).is_some());
-        assert!(c.get(([0; 16], Object::Content, 0)).is_none());
+        assert!(c
+            .get(([0; 16], Object::Content, 9, Cipher::Aes256Gcm))
+            .is_some());
+        assert!(c
+            .get(([0; 16], Object::Content, 0, Cipher::Aes256Gcm))
+            .is_none());
     }
 
     #[test]

@@ -37,12 +37,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::bitset::ChunkSet;
+use crate::crypto::{Cipher, CipherSet};
 use crate::driver::{self, PullEnd, PullHandler};
 use crate::exposer::{Exposer, ExposerConfig};
 use crate::keys::{self, KeyError, KnownExposers, StaticKey, Trust};
 use crate::merkle;
 use crate::output::{self, Output, OutputError};
 use crate::puller::{BadChunk, ChunkVerifier, PullConfig, PullError, PullEvent, PullStats, Puller};
+use crate::remembered;
+use crate::sealed;
 use crate::source::{ChunkSource, FileSource};
 use crate::udp;
 use crate::url::{hex, parse_host_port, RgtpUrl, DEFAULT_PORT};
@@ -78,6 +81,8 @@ pub enum TransferError {
     Gone(String),
     /// The key's directory cannot be created (15).
     KeyDir(String),
+    /// The exposer broke the protocol, e.g. chose a cipher that was not offered (16).
+    Protocol(String),
     /// Cancelled through the caller's flag (130, as an interrupted command).
     Cancelled(String),
     /// Another I/O failure, e.g. a socket error (1).
@@ -107,6 +112,7 @@ impl TransferError {
             Self::TooLarge(m) => (12, m),
             Self::Gone(m) => (13, m),
             Self::KeyDir(m) => (15, m),
+            Self::Protocol(m) => (16, m),
             Self::Cancelled(m) => (130, m),
         }
     }
@@ -227,6 +233,9 @@ pub struct PullOptions {
     pub connect_timeout: Duration,
     /// Decrypt and hash on a second thread (`None`: when the host has 4 cores or more).
     pub offload_verify: Option<bool>,
+    /// The chunk ciphers to offer (`None`: [`Cipher::default_offer`], AES-256-GCM
+    /// where this CPU has AES instructions). ChaCha20-Poly1305 is always offered.
+    pub ciphers: Option<CipherSet>,
 }
 
 impl Default for PullOptions {
@@ -238,6 +247,7 @@ impl Default for PullOptions {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             offload_verify: None,
+            ciphers: None,
         }
     }
 }
@@ -343,6 +353,9 @@ pub fn pull_from(
     cfg.connect_timeout = opts.connect_timeout;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cfg.offload_verify = opts.offload_verify.unwrap_or(cores >= 4);
+    if let Some(c) = opts.ciphers {
+        cfg.ciphers = c;
+    }
 
     let bind: SocketAddr = if remote.is_ipv4() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
@@ -441,6 +454,7 @@ pub fn pull_from(
                 PullError::TooLarge { .. } => TransferError::TooLarge(msg),
                 PullError::Gone => TransferError::Gone(msg),
                 PullError::NameTooLong => TransferError::Usage(msg),
+                PullError::CipherNotOffered { .. } => TransferError::Protocol(msg),
             };
             return failed(&mut output, err);
         }
@@ -647,12 +661,21 @@ pub struct ExposeOptions {
     pub advertise: Option<String>,
     /// The exposer's key file (`None`: the default, created on first use).
     pub key_path: Option<PathBuf>,
-    /// Seal every chunk at start-up into an unnamed file in `cache_dir` (else on
-    /// demand, through a bounded cache).
+    /// Seal chunks ahead, in the background while serving, into an unnamed file in
+    /// `cache_dir` (else only on demand, through the memory cache).
     pub seal_ahead: bool,
+    /// Where sealed copies and remembered roots live (`None`: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
-    /// The on-demand cache's size in bytes.
+    /// Most disk for sealed copies, all files together; chunks past it are sealed on
+    /// demand (`None`: a quarter of the free space in `cache_dir` at start).
+    pub cache_max: Option<u64>,
+    /// The memory cache's size in bytes (chunks sealed on demand).
     pub cache_bytes: usize,
+    /// The chunk cipher for pullers that offer it (`None`: AES-256-GCM where this CPU
+    /// has AES instructions, else ChaCha20-Poly1305).
+    pub cipher: Option<Cipher>,
+    /// Hash every file even when its root is remembered.
+    pub rehash: bool,
     /// Largest datagram on every path (`None`: 1200, or 65000 on loopback).
     pub max_datagram: Option<usize>,
 }
@@ -665,7 +688,10 @@ impl Default for ExposeOptions {
             key_path: None,
             seal_ahead: true,
             cache_dir: None,
+            cache_max: None,
             cache_bytes: ExposerConfig::default().cache_bytes,
+            cipher: None,
+            rehash: false,
             max_datagram: None,
         }
     }
@@ -797,6 +823,7 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         )),
         e => TransferError::BadKey(e.to_string()),
     })?;
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     // Hash every file before binding, so a printed URL is always servable.
     let mut hashed = Vec::new();
     let mut names = HashSet::new();
@@ -817,7 +844,7 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         }
         let file_err = |e: io::Error| TransferError::File(format!("{}: {e}", path.display()));
         let src = FileSource::open(path).map_err(file_err)?;
-        let cvs = merkle::cvs_of_file(src.file(), src.size()).map_err(file_err)?;
+        let cvs = chunk_cvs(&src, path, &cache_dir, opts.rehash).map_err(file_err)?;
         hashed.push((name, path.clone(), src, cvs));
     }
     let sock = udp::bind(opts.bind).map_err(|e| {
@@ -842,6 +869,9 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         cache_bytes: opts.cache_bytes,
         ..Default::default()
     };
+    if let Some(c) = opts.cipher {
+        config.cipher = c;
+    }
     if let Some(m) = opts.max_datagram {
         // Given explicitly, it caps every path, loopback included.
         config.max_datagram = m;
@@ -849,19 +879,36 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     }
     let mut ex = Exposer::new(config, key.private, Instant::now());
     let mut files = Vec::new();
+    // Disk for sealed copies, shared by the files in order.
+    let mut disk_left = match (opts.seal_ahead, opts.cache_max) {
+        (false, _) => 0,
+        (true, Some(max)) => max,
+        (true, None) => sealed::free_space(&cache_dir).map_or(0, |free| free / 4),
+    };
     for (name, path, src, cvs) in hashed {
         let size = src.size();
         let info = ex.add_exposure(&name, Box::new(src), cvs);
-        if opts.seal_ahead && size > 0 {
-            let dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        if opts.seal_ahead && size > 0 && disk_left >= sealed::STRIDE {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            ex.seal_ahead(&info.id, &dir, threads).map_err(|e| {
-                TransferError::File(format!(
-                    "cannot seal {} ahead into {}: {e} (or seal on demand)",
-                    path.display(),
-                    dir.display()
-                ))
-            })?;
+            let store = ex
+                .seal_ahead(&info.id, &cache_dir, disk_left, threads)
+                .map_err(|e| {
+                    TransferError::File(format!(
+                        "cannot seal {} ahead into {}: {e} (or seal on demand)",
+                        path.display(),
+                        cache_dir.display()
+                    ))
+                })?;
+            disk_left -= store.capacity_bytes();
+            let chunks = merkle::chunk_count(size);
+            if store.slots() < chunks {
+                tracing::info!(
+                    target: crate::exposer::SETUP_LOG,
+                    "{name}: sealing {} of {chunks} chunks ahead (the cache's disk bound); \
+                     the rest is sealed on demand",
+                    store.slots()
+                );
+            }
         }
         files.push(ExposedFile {
             path,
@@ -876,6 +923,48 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         });
     }
     Ok((ex, sock, files, key.public))
+}
+
+/// The chunk CVs of `src`: remembered from an earlier exposure of the same unchanged
+/// file, else hashed on every core (and then remembered).
+fn chunk_cvs(
+    src: &FileSource,
+    path: &Path,
+    cache_dir: &Path,
+    rehash: bool,
+) -> io::Result<Vec<merkle::Hash>> {
+    let t0 = Instant::now();
+    let id = remembered::FileIdentity::of(src.file())?;
+    let remember = id.size >= remembered::MIN_SIZE;
+    if remember && !rehash {
+        if let Some(cvs) = remembered::recall(cache_dir, &id) {
+            tracing::info!(
+                target: crate::exposer::SETUP_LOG,
+                "{}: root remembered (file unchanged since it was last hashed)",
+                path.display()
+            );
+            return Ok(cvs);
+        }
+    }
+    let cvs = merkle::cvs_of_file(src.file(), src.size())?;
+    tracing::info!(
+        target: crate::exposer::SETUP_LOG,
+        "{}: hashed {} bytes in {:.2} s",
+        path.display(),
+        src.size(),
+        t0.elapsed().as_secs_f64()
+    );
+    // Only a file that did not change while it was read is remembered.
+    if remember && remembered::FileIdentity::of(src.file()).ok() == Some(id) {
+        if let Err(e) = remembered::remember(cache_dir, &id, &cvs) {
+            tracing::warn!(
+                target: crate::exposer::SETUP_LOG,
+                "cannot remember the root of {}: {e}",
+                path.display()
+            );
+        }
+    }
+    Ok(cvs)
 }
 
 /// This host's name, for URLs of an exposure bound to every address.

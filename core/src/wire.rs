@@ -368,6 +368,8 @@ pub struct ManifestBody {
     /// The exposer's clock (ms) when it wrote this manifest: REQUESTs carry it, advanced
     /// by the puller's own clock, so the exposer can refuse old ones (replays).
     pub clock_ms: u64,
+    /// The chunk cipher the exposer chose from the puller's offer.
+    pub cipher: crate::crypto::Cipher,
 }
 
 impl Manifest {
@@ -391,7 +393,8 @@ impl Manifest {
                     .u16(m.max_datagram)
                     .short_bytes(&m.token)
                     .bytes(&m.request_key)
-                    .u64(m.clock_ms);
+                    .u64(m.clock_ms)
+                    .u8(m.cipher.code());
             }
         }
         w.buf
@@ -413,6 +416,8 @@ impl Manifest {
                     token: r.short_bytes()?.to_vec(),
                     request_key: r.array()?,
                     clock_ms: r.u64()?,
+                    cipher: crate::crypto::Cipher::from_code(r.u8()?)
+                        .ok_or(WireError::BadValue("cipher"))?,
                 };
                 if m.chunk_size as usize != crate::merkle::CHUNK_SIZE {
                     return Err(WireError::BadValue("chunk size"));
@@ -698,9 +703,14 @@ mod tests {
             token: vec![9; 40],
             request_key: [6; 32],
             clock_ms: 123_456,
+            cipher: crate::crypto::Cipher::Aes256Gcm,
         };
         let m = Manifest::Found(body.clone());
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // An unknown cipher code is refused, not guessed.
+        let mut bad = m.encode();
+        *bad.last_mut().unwrap() = 9;
+        assert!(Manifest::decode(&bad).is_err());
         let mut wrong = body;
         wrong.chunk_count += 1;
         assert!(Manifest::decode(&Manifest::Found(wrong).encode()).is_err());

@@ -33,6 +33,7 @@ fn offer(size: u64) -> (Puller, Vec<PullEvent>) {
         token: vec![7; 40],
         request_key: [4; 32],
         clock_ms: 0,
+        cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
     });
     let msg2 = handshake::respond(
         &ex_private,

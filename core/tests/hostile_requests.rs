@@ -20,7 +20,8 @@ fn session(chunks: usize, cfg: ExposerConfig, now: Instant) -> (Exposer, SocketA
     let cvs = merkle::cvs_of_bytes(&data);
     ex.add_exposure("f", Box::new(MemSource(data)), cvs);
     let me: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-    let (init, msg1) = Initiator::start("f", 1200).expect("a HELLO");
+    let (init, msg1) =
+        Initiator::start("f", 1200, rgtp::crypto::Cipher::default_offer()).expect("a HELLO");
     let hello = Hello {
         max_datagram: 1200,
         token: &[],

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rgtp::crypto::Cipher;
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::merkle::{self, CHUNK_SIZE};
 use rgtp::puller::{PullConfig, PullError, PullEvent, Puller, ResumeState};
@@ -396,22 +397,122 @@ fn serving_many_pullers_encrypts_each_chunk_once() {
     assert!(w.ex.stats.cache_hits >= 7 * chunks);
 }
 
+/// Waits (real time, bounded) until background sealing has filled `store`.
+fn wait_sealed(store: &rgtp::sealed::SealedStore) {
+    let t0 = std::time::Instant::now();
+    while store.sealed_chunks() < store.slots() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        store.sealed_chunks(),
+        store.slots(),
+        "sealing did not finish"
+    );
+}
+
+fn sealing_config(cipher: Cipher) -> ExposerConfig {
+    ExposerConfig {
+        cipher,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn sealed_ahead_content_is_served_without_encrypting() {
-    let size = 2 * 1024 * 1024 + 5;
-    let mut w = World::new(20, LinkConfig::default(), size, ExposerConfig::default());
-    let dir = std::env::temp_dir().join("rgtp-sim-sealed");
-    let id = w.exposure;
-    w.ex.seal_ahead(&id, &dir, 2).unwrap();
-    for _ in 0..3 {
-        w.add_puller(|_| {});
+    for cipher in Cipher::ALL {
+        let size = 2 * 1024 * 1024 + 5;
+        let mut w = World::new(20, LinkConfig::default(), size, sealing_config(cipher));
+        let dir = std::env::temp_dir().join("rgtp-sim-sealed");
+        let id = w.exposure;
+        let store = w.ex.seal_ahead(&id, &dir, u64::MAX, 2).unwrap();
+        wait_sealed(&store);
+        for _ in 0..3 {
+            w.add_puller(|c| c.ciphers = cipher.bit());
+        }
+        w.run(Duration::from_secs(60), |_| false);
+        w.assert_all_exact(20);
+        let chunks = merkle::chunk_count(size as u64);
+        // Only the outboard is encrypted while serving; content comes from the store.
+        assert_eq!(
+            w.ex.stats.encryptions,
+            merkle::chunk_count(chunks * 32),
+            "{cipher}"
+        );
+        assert!(w.ex.stats.sealed_reads >= 3 * chunks);
     }
-    w.run(Duration::from_secs(60), |_| false);
-    w.assert_all_exact(20);
+}
+
+#[test]
+fn pullers_arriving_before_during_and_after_sealing_get_every_byte() {
+    for cipher in Cipher::ALL {
+        let size = 3 * 1024 * 1024 + 77;
+        let mut w = World::new(21, LinkConfig::default(), size, sealing_config(cipher));
+        let chunks = merkle::chunk_count(size as u64);
+        let outboard = merkle::chunk_count(chunks * 32);
+        // A first puller starts before anything is sealed...
+        w.add_puller(|_| {});
+        w.run(Duration::from_secs(60), |w| {
+            w.pullers[0].written > size as u64 / 3
+        });
+        let on_demand = w.ex.stats.encryptions;
+        assert!(
+            on_demand > outboard,
+            "{cipher}: the first third was sealed on demand"
+        );
+        // ...sealing starts and ends in the middle of its pull, and a second puller
+        // arrives after it.
+        let dir = std::env::temp_dir().join("rgtp-sim-sealed-midway");
+        let id = w.exposure;
+        let store = w.ex.seal_ahead(&id, &dir, u64::MAX, 2).unwrap();
+        wait_sealed(&store);
+        w.add_puller(|_| {});
+        w.run(Duration::from_secs(60), |_| false);
+        w.assert_all_exact(21);
+        // Nothing was encrypted after the store was full.
+        assert_eq!(w.ex.stats.encryptions, on_demand, "{cipher}");
+        assert!(w.ex.stats.sealed_reads >= chunks, "{cipher}");
+    }
+}
+
+#[test]
+fn the_disk_bound_seals_a_prefix_and_the_rest_on_demand() {
+    let size = 2 * 1024 * 1024;
+    let mut w = World::new(22, LinkConfig::default(), size, ExposerConfig::default());
     let chunks = merkle::chunk_count(size as u64);
-    // Only the outboard is encrypted while serving; content comes from the store.
-    assert_eq!(w.ex.stats.encryptions, merkle::chunk_count(chunks * 32));
-    assert!(w.ex.stats.sealed_reads >= 3 * chunks);
+    let dir = std::env::temp_dir().join("rgtp-sim-sealed-bound");
+    let id = w.exposure;
+    let max = 40 * rgtp::sealed::STRIDE + 7;
+    let store = w.ex.seal_ahead(&id, &dir, max, 2).unwrap();
+    assert_eq!(store.slots(), 40);
+    assert!(store.capacity_bytes() <= max);
+    wait_sealed(&store);
+    w.add_puller(|_| {});
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(22);
+    let outboard = merkle::chunk_count(chunks * 32);
+    assert_eq!(w.ex.stats.encryptions, chunks - 40 + outboard);
+    assert_eq!(w.ex.stats.sealed_reads, 40);
+}
+
+#[test]
+fn a_puller_without_the_stores_cipher_is_served_on_demand() {
+    let size = 1024 * 1024 + 3;
+    let cfg = sealing_config(Cipher::Aes256Gcm);
+    let mut w = World::new(23, LinkConfig::default(), size, cfg);
+    let dir = std::env::temp_dir().join("rgtp-sim-sealed-other");
+    let id = w.exposure;
+    let store = w.ex.seal_ahead(&id, &dir, u64::MAX, 2).unwrap();
+    wait_sealed(&store);
+    let p = w.add_puller(|c| c.ciphers = Cipher::ChaCha20Poly1305.bit());
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(23);
+    assert_eq!(w.pullers[p].p.stats.cipher, Some(Cipher::ChaCha20Poly1305));
+    assert_eq!(w.ex.stats.sealed_reads, 0);
+    let chunks = merkle::chunk_count(size as u64);
+    assert_eq!(
+        w.ex.stats.encryptions,
+        chunks + merkle::chunk_count(chunks * 32)
+    );
 }
 
 #[test]

@@ -85,6 +85,8 @@ pub mod exit {
     pub const EXISTS: i32 = 14;
     /// rgtp-expose: no key file, and none can be created (e.g. its directory).
     pub const KEY_CREATE: i32 = 15;
+    /// rgtp-pull: the exposer broke the protocol (e.g. a cipher that was not offered).
+    pub const PROTOCOL: i32 = 16;
     pub const INTERRUPTED: i32 = 130;
 }
 

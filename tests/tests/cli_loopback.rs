@@ -614,6 +614,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
         token: vec![7; 40],
         request_key: [4; 32],
         clock_ms: 0,
+        cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
     });
     let msg2 = respond(
         &key,

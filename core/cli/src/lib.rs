@@ -53,3 +53,74 @@ pub fn check_max_datagram(m: Option<usize>) -> Result<(), String> {
         _ => Ok(()),
     }
 }
+
+/// `--cipher`: `auto`, or one of [`rgtp::Cipher`]'s names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherChoice {
+    /// What this host does best (AES-256-GCM with AES instructions).
+    Auto,
+    /// This cipher only (and ChaCha20-Poly1305, which every peer implements, for a
+    /// puller's offer).
+    Only(rgtp::Cipher),
+}
+
+impl std::str::FromStr for CipherChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(CipherChoice::Auto);
+        }
+        rgtp::Cipher::parse(s)
+            .map(CipherChoice::Only)
+            .ok_or_else(|| "expected auto, aes-256-gcm or chacha20-poly1305".to_string())
+    }
+}
+
+/// A byte count with an optional binary suffix: `4096`, `512K`, `64M`, `4G`, `1T`
+/// (`KiB`/`MiB`/... and lower case work too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4G, 512M, 0)"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        "t" | "tib" | "tb" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn cipher_choices_parse() {
+        assert_eq!("auto".parse(), Ok(CipherChoice::Auto));
+        assert_eq!(
+            "aes-256-gcm".parse(),
+            Ok(CipherChoice::Only(rgtp::Cipher::Aes256Gcm))
+        );
+        assert!("aes".parse::<CipherChoice>().is_err());
+    }
+}

@@ -25,6 +25,13 @@ Access log (stderr, info level, target rgtp::access; RUST_LOG=warn silences it):
       or paused): the bytes sent to it since it was last quiet. Pullers sharing an
       address share the line. The exposer keeps no state per pull, so this is the
       closest it knows to a pull's end.
+Set-up log (stderr, info level, target rgtp::setup):
+  INFO rgtp::setup: FILE: hashed BYTES bytes in SECS s
+  INFO rgtp::setup: FILE: root remembered (file unchanged since it was last hashed)
+  INFO rgtp::setup: NAME: sealing N of M chunks ahead (the cache's disk bound); ...
+  INFO rgtp::setup: NAME: sealed ahead (N of M chunks, CIPHER cipher) in SECS s
+      The URL is printed as soon as the root is known; sealing runs in the
+      background at idle priority, and chunks not sealed yet are sealed on demand.
 Colours only when stderr is a terminal (and NO_COLOR is unset).
 
 Exit codes:
@@ -39,7 +46,9 @@ Exit codes:
 
 Environment:
   RGTP_CONFIG_DIR   where the exposer key lives (default ~/.config/rgtp)
-  RUST_LOG          log filter for stderr (default warn,rgtp::access=info), e.g.
+  RGTP_CACHE_DIR    where sealed copies and remembered roots live (see --cache-dir)
+  RUST_LOG          log filter for stderr (default
+                    warn,rgtp::access=info,rgtp::setup=info), e.g.
                     RUST_LOG=debug";
 
 /// Publish files once; pullers fetch, verify and resume them over UDP.
@@ -67,14 +76,29 @@ struct Args {
     /// (up to 65507) for speed.
     #[arg(long)]
     max_datagram: Option<usize>,
-    /// Do not encrypt files ahead of serving; encrypt chunks on demand into a memory
-    /// cache instead (no extra disk space, more CPU per pull).
+    /// Do not encrypt files ahead; encrypt chunks on demand into a memory cache only
+    /// (no extra disk space, more CPU per pull). Same as --cache-max 0.
     #[arg(long)]
     no_seal_ahead: bool,
-    /// Where sealed-ahead copies live while serving (unnamed files, gone at exit).
+    /// Most disk for sealed copies, all files together (e.g. 4G, 512M; 0: none).
+    /// Files are sealed in the background while already served; chunks past the
+    /// bound are sealed on demand. Default: a quarter of the free space in the
+    /// cache directory.
+    #[arg(long, value_name = "BYTES", value_parser = rgtp_cli::parse_size)]
+    cache_max: Option<u64>,
+    /// Where sealed copies (unnamed files, gone at exit) and remembered roots live.
     /// Default: $RGTP_CACHE_DIR, else $XDG_CACHE_HOME/rgtp, else ~/.cache/rgtp.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Hash every file even if its root is remembered from an earlier exposure of
+    /// the same unchanged file (same device, inode, size, mtime and ctime).
+    #[arg(long)]
+    rehash: bool,
+    /// Chunk cipher for pullers that offer it: auto (AES-256-GCM where this CPU has
+    /// AES instructions, else ChaCha20-Poly1305), aes-256-gcm or chacha20-poly1305.
+    /// Pullers that do not offer it get ChaCha20-Poly1305.
+    #[arg(long, default_value = "auto", value_name = "CIPHER")]
+    cipher: rgtp_cli::CipherChoice,
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
@@ -93,7 +117,11 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    rgtp_cli::init_logging(&format!("warn,{}=info", rgtp::exposer::ACCESS_LOG));
+    rgtp_cli::init_logging(&format!(
+        "warn,{}=info,{}=info",
+        rgtp::exposer::ACCESS_LOG,
+        rgtp::exposer::SETUP_LOG
+    ));
     let args = Args::parse();
     match rgtp_cli::generated_docs(Args::command(), args.completions, args.man) {
         Ok(false) => {}
@@ -107,10 +135,16 @@ fn main() -> ExitCode {
         bind: SocketAddr::new(args.bind, args.port),
         advertise: args.advertise.clone(),
         key_path: args.key.clone(),
-        seal_ahead: !args.no_seal_ahead,
+        seal_ahead: !args.no_seal_ahead && args.cache_max != Some(0),
         cache_dir: args.cache_dir.clone(),
+        cache_max: args.cache_max,
         cache_bytes: args.cache_mib << 20,
         max_datagram: args.max_datagram,
+        cipher: match args.cipher {
+            rgtp_cli::CipherChoice::Auto => None,
+            rgtp_cli::CipherChoice::Only(c) => Some(c),
+        },
+        rehash: args.rehash,
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();

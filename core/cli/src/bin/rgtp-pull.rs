@@ -32,7 +32,8 @@ to --timeout, and the pull carries on where it was.
            bytes_received (UDP payload bytes), datagrams_sent, requests,
            rerequested_fragments, duplicate_fragments, spurious_losses, bad_chunks,
            handshakes (counts), resumed (bool), missing_bytes_at_start (bytes),
-           output (path, or \"-\" for stdout)
+           cipher (the chunk cipher the exposer chose), output (path, or \"-\"
+           for stdout)
   failure: exit_code (the exit status below), error (the message also on stderr)
 
 Exit codes:
@@ -52,6 +53,7 @@ Exit codes:
   13   the exposer withdrew the file (it changed or became unreadable while exposed)
   14   the output exists (its name came from the exposer: no -o, or -o DIR/):
        give -o PATH, or --force
+  16   the exposer broke the protocol (e.g. chose a cipher that was not offered)
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -101,6 +103,11 @@ struct Args {
     /// hand-off costs more than the thread gains).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
     verify_threads: Option<u8>,
+    /// Chunk ciphers to offer: auto (AES-256-GCM where this CPU has AES instructions,
+    /// and ChaCha20-Poly1305), aes-256-gcm, or chacha20-poly1305 (alone). The
+    /// exposer picks; ChaCha20-Poly1305 is always offered.
+    #[arg(long, default_value = "auto", value_name = "CIPHER")]
+    cipher: rgtp_cli::CipherChoice,
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
@@ -222,6 +229,10 @@ fn run(args: Args) -> Result<(), Failure> {
         idle_timeout: Duration::from_secs(args.timeout.max(1)),
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         offload_verify: args.verify_threads.map(|n| n > 0),
+        ciphers: match args.cipher {
+            rgtp_cli::CipherChoice::Auto => None,
+            rgtp_cli::CipherChoice::Only(c) => Some(c.bit()),
+        },
         ..Default::default()
     };
     if let Some(k) = &args.key {
@@ -351,6 +362,7 @@ fn run(args: Args) -> Result<(), Failure> {
             "handshakes": s.handshakes,
             "resumed": report.resumed,
             "missing_bytes_at_start": missing_at_start,
+            "cipher": s.cipher.map(|c| c.name()),
             "output": shown_path,
         }));
     } else if !args.quiet {

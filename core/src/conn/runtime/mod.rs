@@ -789,7 +789,8 @@ pub fn connect_bridged(
 /// to the fd `hand_over` makes for it (the shim's listeners). The socket may come
 /// from a parent process that exited: datagrams queued meanwhile are still there.
 /// With `opts.shared_port`, the socket is one of a port group (bound with
-/// [`udp::bind_shared`]; see [`group`]) whose members forward each other's packets.
+/// `udp::bind_shared`; see the `group` module) whose members forward each other's
+/// packets.
 pub fn listen_bridged(
     udp: UdpSocket,
     mut opts: ListenerOptions,

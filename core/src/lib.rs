@@ -115,28 +115,25 @@ mod sealed;
 mod zeroed;
 
 // Not API: layers that the workspace's CLI, shim, tests and fuzz targets reach into.
-// Hidden from the docs, with no promise of stability.
+// Hidden from the docs, with no promise of stability; `missing_docs` does not look
+// into hidden modules (crypto, exposer, handshake, merkle, puller, source and wire
+// are documented with issue 21's rewrite).
 #[doc(hidden)]
 pub mod bitset;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod crypto;
 #[doc(hidden)]
 pub mod driver;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod exposer;
 #[doc(hidden)]
 pub mod fuzzing;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod handshake;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod merkle;
 #[doc(hidden)]
 pub mod output;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod puller;
 #[doc(hidden)]
@@ -145,12 +142,10 @@ pub mod rng;
 pub mod sidecar;
 #[doc(hidden)]
 pub mod sim;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod source;
 #[doc(hidden)]
 pub mod udp;
-#[allow(missing_docs)] // documented with issue 21's rewrite
 #[doc(hidden)]
 pub mod wire;
 

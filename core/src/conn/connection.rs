@@ -18,7 +18,7 @@ use super::wire::{
 use super::{ConnConfig, ConnId, ConnState, Event, Readiness};
 use crate::cc::RateControl;
 use crate::rng::Rng;
-use crate::rtt::SmoothedRtt;
+use crate::rtt::{backoff, SmoothedRtt};
 use crate::transmit::Transmit;
 use crate::wire::Writer;
 
@@ -1228,26 +1228,16 @@ impl Conn {
     // --------------------------------------------------------------- timers
 
     fn pto(&self) -> Duration {
-        self.rtt
-            .pto()
-            .checked_mul(1u32 << self.probes.min(10))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        backoff(self.rtt.pto(), self.probes, MAX_BACKOFF)
     }
 
     fn hs_rto(&self) -> Duration {
-        HS_INITIAL_RTO
-            .checked_mul(1u32 << self.hs_attempts.saturating_sub(1).min(8))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        let doublings = self.hs_attempts.saturating_sub(1).min(8);
+        backoff(HS_INITIAL_RTO, doublings, MAX_BACKOFF)
     }
 
     fn finish_rto(&self) -> Duration {
-        self.rtt
-            .pto()
-            .checked_mul(1u32 << self.finish_tries.min(10))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        backoff(self.rtt.pto(), self.finish_tries, MAX_BACKOFF)
     }
 
     fn pto_armed(&self) -> bool {

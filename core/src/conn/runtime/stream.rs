@@ -91,30 +91,43 @@ impl RgtpStream {
             .as_ref()
             .map(|s| s.local)
             .ok_or_else(|| io::Error::other("socket gone"))?;
+        let stream = RgtpStream::registered(engine.clone(), &mut st, i, id, addr, local);
+        engine.after(&mut st, i, false);
+        drop(st);
+        Ok(stream)
+    }
+
+    /// The stream of connection `id` on socket `sock`, with a waiter registered for it.
+    fn registered(
+        engine: Arc<Engine>,
+        st: &mut State,
+        sock: usize,
+        id: ConnId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> RgtpStream {
         let cv = Arc::new(Condvar::new());
         st.waiters.insert(
-            (i, id),
+            (sock, id),
             Waiter {
                 cv: cv.clone(),
                 efd: None,
                 poll_efd: None,
             },
         );
-        engine.after(&mut st, i, false);
-        drop(st);
-        Ok(RgtpStream {
+        RgtpStream {
             engine,
-            sock: i,
+            sock,
             id,
             cv,
             nonblocking: false,
             read_timeout: None,
             write_timeout: None,
             read_shut: false,
-            peer: addr,
+            peer,
             local,
             released: false,
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -635,28 +648,9 @@ impl RgtpListener {
                 .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))?;
             if let Some(id) = s.ep.accept() {
                 let peer = s.ep.peer_addr(id).unwrap_or(self.local);
-                let cv = Arc::new(Condvar::new());
-                st.waiters.insert(
-                    (self.sock, id),
-                    Waiter {
-                        cv: cv.clone(),
-                        efd: None,
-                        poll_efd: None,
-                    },
-                );
-                let stream = RgtpStream {
-                    engine: self.engine.clone(),
-                    sock: self.sock,
-                    id,
-                    cv,
-                    nonblocking: false,
-                    read_timeout: None,
-                    write_timeout: None,
-                    read_shut: false,
-                    peer,
-                    local: self.local,
-                    released: false,
-                };
+                let engine = self.engine.clone();
+                let stream =
+                    RgtpStream::registered(engine, &mut st, self.sock, id, peer, self.local);
                 // Events that arrived before the waiter existed are not lost: the
                 // stream's calls check the state before waiting.
                 return Ok((stream, peer));

@@ -1,16 +1,16 @@
 //! Blocking, high-level file transfers: pull an `rgtp://` URL to a path, and expose
 //! files on a UDP port. This is what `rgtp-pull`, `rgtp-expose`, the bindings and
-//! library users call; the sans-IO [`Puller`] and [`Exposer`] and the [`driver`]
-//! underneath stay available for those who drive their own I/O.
+//! library users call (re-exported at the crate root); the sans-IO [`Puller`] and
+//! [`Exposer`] and the [`driver`] underneath are crate internals.
 //!
 //! Every error maps to the commands' exit codes ([`TransferError::exit_code`]), so a
 //! program using the library and a script using the commands see the same outcomes.
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
-//! use rgtp::transfer::{pull, Exposure, ExposeOptions, PullOptions};
+//! use rgtp::{pull, Exposure, ExposeOptions, PullOptions};
 //!
-//! # fn main() -> Result<(), rgtp::transfer::TransferError> {
+//! # fn main() -> Result<(), rgtp::TransferError> {
 //! // Expose a file on an ephemeral port of 127.0.0.1 (served by a thread until closed).
 //! let mut opts = ExposeOptions::default();
 //! opts.bind = "127.0.0.1:0".parse().unwrap();

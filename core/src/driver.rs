@@ -102,16 +102,8 @@ pub fn pull<H: PullHandler>(
                 Err(e) => return PullEnd::Io(e),
             }
             // Hand verified chunks out as they come so memory stays bounded.
-            while let Some(ev) = p.poll_event() {
-                match ev {
-                    PullEvent::Done => return PullEnd::Done,
-                    PullEvent::Failed(e) => return PullEnd::Failed(e),
-                    ev => {
-                        if let Err(e) = h.on_event(ev) {
-                            return PullEnd::Sink(e);
-                        }
-                    }
-                }
+            if let Some(end) = hand_out_events(p, h) {
+                return end;
             }
         }
         if let Err(e) = h.poll_completions(p) {
@@ -127,16 +119,8 @@ pub fn pull<H: PullHandler>(
                 tracing::debug!("send: {e}");
             }
         }
-        while let Some(ev) = p.poll_event() {
-            match ev {
-                PullEvent::Done => return PullEnd::Done,
-                PullEvent::Failed(e) => return PullEnd::Failed(e),
-                ev => {
-                    if let Err(e) = h.on_event(ev) {
-                        return PullEnd::Sink(e);
-                    }
-                }
-            }
+        if let Some(end) = hand_out_events(p, h) {
+            return end;
         }
         if now.duration_since(last_tick) >= Duration::from_millis(100) {
             last_tick = now;
@@ -159,6 +143,23 @@ pub fn pull<H: PullHandler>(
             }
         }
     }
+}
+
+/// Hands the puller's pending events to `h`; `Some` when the pull ended (done, failed,
+/// or the handler failed).
+fn hand_out_events<H: PullHandler>(p: &mut Puller, h: &mut H) -> Option<PullEnd<H::Error>> {
+    while let Some(ev) = p.poll_event() {
+        match ev {
+            PullEvent::Done => return Some(PullEnd::Done),
+            PullEvent::Failed(e) => return Some(PullEnd::Failed(e)),
+            ev => {
+                if let Err(e) = h.on_event(ev) {
+                    return Some(PullEnd::Sink(e));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Ctrl-C / SIGTERM flag shared by the binaries.

@@ -27,7 +27,9 @@ use crate::url::{format_host_port, hex, parse_hex32, parse_host_port};
 /// An exposer's static X25519 key pair.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StaticKey {
+    /// The X25519 private key: keep it secret (`Debug` never prints it).
     pub private: [u8; 32],
+    /// The X25519 public key: what pullers pin (in URLs, `?key=`).
     pub public: [u8; 32],
 }
 
@@ -41,6 +43,7 @@ impl fmt::Debug for StaticKey {
 /// Why a key or known-exposers file could not be used.
 #[derive(Debug)]
 pub enum KeyError {
+    /// Reading the file failed.
     Io(PathBuf, io::Error),
     /// The file exists but its content is invalid; the message says where and why.
     Malformed(PathBuf, String),
@@ -323,7 +326,10 @@ pub enum Trust {
     New,
     /// A different key is recorded: possible impersonation, or the exposer's key was
     /// replaced.
-    Changed { previous: [u8; 32] },
+    Changed {
+        /// The key recorded before.
+        previous: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,14 @@
 
 use std::time::Duration;
 
+/// `base` doubled `doublings` times (at most ten), and at most `max`: the exponential
+/// backoff of every retransmission and probe timer.
+pub(crate) fn backoff(base: Duration, doublings: u32, max: Duration) -> Duration {
+    base.checked_mul(1u32 << doublings.min(10))
+        .unwrap_or(max)
+        .min(max)
+}
+
 /// Smoothed RTT and its variation. Until the first sample both come from a guess.
 #[derive(Debug, Clone, Copy)]
 pub struct SmoothedRtt {

@@ -1,16 +1,16 @@
 //! Blocking, high-level file transfers: pull an `rgtp://` URL to a path, and expose
 //! files on a UDP port. This is what `rgtp-pull`, `rgtp-expose`, the bindings and
-//! library users call; the sans-IO [`Puller`] and [`Exposer`] and the [`driver`]
-//! underneath stay available for those who drive their own I/O.
+//! library users call (re-exported at the crate root); the sans-IO [`Puller`] and
+//! [`Exposer`] and the [`driver`] underneath are crate internals.
 //!
 //! Every error maps to the commands' exit codes ([`TransferError::exit_code`]), so a
 //! program using the library and a script using the commands see the same outcomes.
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
-//! use rgtp::transfer::{pull, Exposure, ExposeOptions, PullOptions};
+//! use rgtp::{pull, Exposure, ExposeOptions, PullOptions};
 //!
-//! # fn main() -> Result<(), rgtp::transfer::TransferError> {
+//! # fn main() -> Result<(), rgtp::TransferError> {
 //! // Expose a file on an ephemeral port of 127.0.0.1 (served by a thread until closed).
 //! let mut opts = ExposeOptions::default();
 //! opts.bind = "127.0.0.1:0".parse().unwrap();
@@ -142,10 +142,16 @@ impl From<OutputError> for TransferError {
 /// already knows of it (a pinned key, the expected root).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullSource {
+    /// The exposer's DNS name or IP address.
     pub host: String,
+    /// The exposer's UDP port.
     pub port: u16,
+    /// The file's name at the exposer.
     pub name: String,
+    /// The exposer's static public key to require (`None`: trust it on first use
+    /// and remember it in the known-exposers file).
     pub key: Option<[u8; 32]>,
+    /// The file's expected BLAKE3 Merkle root (`b3sum`); `None`: take the exposer's.
     pub root: Option<[u8; 32]>,
 }
 
@@ -256,11 +262,22 @@ impl Default for PullOptions {
 #[derive(Debug, Clone)]
 pub enum PullUpdate {
     /// No answer yet (about four times a second).
-    Waiting { elapsed: Duration },
+    Waiting {
+        /// Time since the pull started.
+        elapsed: Duration,
+    },
     /// The exposer's key was not known and is now remembered.
-    TrustedOnFirstUse { host_port: String, key: [u8; 32] },
+    TrustedOnFirstUse {
+        /// The exposer, as `HOST:PORT`.
+        host_port: String,
+        /// Its static public key.
+        key: [u8; 32],
+    },
     /// Stored chunks of an earlier run that no longer match and are pulled again.
-    Damaged { chunks: u64 },
+    Damaged {
+        /// How many chunks.
+        chunks: u64,
+    },
     /// Progress (about four times a second).
     Progress {
         /// Bytes stored, including what an earlier run had.
@@ -269,6 +286,7 @@ pub enum PullUpdate {
         total: u64,
         /// Bytes this run had to pull when it started.
         missing_at_start: u64,
+        /// Time since the pull started.
         elapsed: Duration,
         /// The smoothed round-trip time to the exposer.
         srtt: Duration,
@@ -280,12 +298,17 @@ pub enum PullUpdate {
 pub struct PullReport {
     /// The file's size.
     pub bytes: u64,
+    /// Wall-clock time of this run, in seconds.
     pub seconds: f64,
     /// Bytes this run pulled (the rest came from an earlier, interrupted run).
     pub missing_at_start: u64,
+    /// Whether this run resumed an interrupted one (kept chunks from it).
     pub resumed: bool,
+    /// The file's verified BLAKE3 Merkle root (equal to `b3sum` of the file).
     pub root: [u8; 32],
+    /// The exposer's static public key.
     pub exposer_key: [u8; 32],
+    /// The puller's counters (datagrams, requests, re-requests, duplicates, bad chunks).
     pub stats: PullStats,
 }
 
@@ -700,8 +723,11 @@ impl Default for ExposeOptions {
 /// One exposed file, as `Exposure::start` set it up.
 #[derive(Debug, Clone)]
 pub struct ExposedFile {
+    /// The file, as given to [`Exposure::start`].
     pub path: PathBuf,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its URL, with key and root: what pullers pull.
     pub url: RgtpUrl,
 }
 

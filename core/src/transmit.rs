@@ -7,6 +7,7 @@ use std::sync::Arc;
 /// Bytes a transmit may point into instead of copying them (a sealed chunk in the
 /// exposer's mapped store or its cache).
 pub trait SharedBytes: Send + Sync {
+    /// The bytes.
     fn bytes(&self) -> &[u8];
 }
 
@@ -22,7 +23,9 @@ impl SharedBytes for Vec<u8> {
 /// once (by the kernel), not twice.
 #[derive(Clone)]
 pub struct Gather {
+    /// The buffer the payloads lie in.
     pub data: Arc<dyn SharedBytes>,
+    /// Length of every datagram's header in [`Transmit::contents`].
     pub header_len: usize,
     /// (offset, length) in `data` of each datagram's payload.
     pub slices: Vec<(usize, usize)>,
@@ -44,13 +47,18 @@ impl std::fmt::Debug for Gather {
 /// wire is the same.
 #[derive(Debug, Clone)]
 pub struct Transmit {
+    /// Where to send.
     pub dest: SocketAddr,
+    /// Length of every datagram but the last (the GSO segment size).
     pub segment_size: usize,
+    /// The datagrams back to back, or with `gather` only their headers.
     pub contents: Vec<u8>,
+    /// Payloads to append to the headers, without copying them.
     pub gather: Option<Gather>,
 }
 
 impl Transmit {
+    /// One datagram.
     pub fn single(dest: SocketAddr, datagram: Vec<u8>) -> Self {
         Self {
             dest,
@@ -88,6 +96,7 @@ impl Transmit {
         }
     }
 
+    /// How many datagrams.
     pub fn count(&self) -> usize {
         match &self.gather {
             None => self.contents.len().div_ceil(self.segment_size.max(1)),
@@ -103,6 +112,7 @@ impl Transmit {
         }
     }
 
+    /// No bytes at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -30,6 +30,7 @@ const SCHEME: &str = "rgtp://";
 pub struct RgtpUrl {
     /// DNS name (lowercase), IPv4 address, or IPv6 address without brackets.
     pub host: String,
+    /// UDP port (443 when the URL names none).
     pub port: u16,
     /// The exposure name, decoded.
     pub name: String,

@@ -412,28 +412,48 @@ fn assert_exchange(w: &World, a: usize, b: usize, ab: &[u8], ba: &[u8], ctx: &st
 
 /// A client–server pair on `link` exchanging `up` bytes and `down` bytes, both
 /// half-closing when done. Returns the world and the two apps.
+/// The nodes of [`client_server`]'s world.
+const SERVER: usize = 0;
+const CLIENT: usize = 1;
+
+/// A world with a server at `server_addr()` that listens, its accepted connections
+/// running `server`, and a client at `client_addr(client)` connected to it, running
+/// `client_spec`; both endpoints with `cfg`. Returns the world and the client's app
+/// (the server's, once accepted, is app 1).
+fn client_server(
+    seed: u64,
+    link: LinkConfig,
+    cfg: ConnConfig,
+    client: usize,
+    server: AppSpec,
+    client_spec: AppSpec,
+) -> (World, usize) {
+    let mut w = World::new(seed, link);
+    let s = w.add_node(server_addr(), cfg.clone());
+    let c = w.add_node(client_addr(client), cfg);
+    w.listen(s, server);
+    let ca = w.connect(c, server_addr(), client_spec);
+    (w, ca)
+}
+
 fn pair(
     seed: u64,
     link: LinkConfig,
     up: usize,
     down: usize,
 ) -> (World, usize, usize, Vec<u8>, Vec<u8>) {
-    let mut w = World::new(seed, link);
-    let s = w.add_node(server_addr(), conn_cfg());
-    let c = w.add_node(client_addr(1), conn_cfg());
     let up_data = data(seed, up);
     let down_data = data(seed + 1, down);
-    w.listen(
-        s,
+    let (w, ca) = client_server(
+        seed,
+        link,
+        conn_cfg(),
+        1,
         AppSpec {
             out: down_data.clone(),
             shutdown: true,
             ..Default::default()
         },
-    );
-    let ca = w.connect(
-        c,
-        server_addr(),
         AppSpec {
             out: up_data.clone(),
             shutdown: true,
@@ -535,21 +555,17 @@ fn echo_under_loss_many_seeds() {
     for seed in seed_base()..seed_base() + 12 {
         let mut r = SimRng::new(seed + 77);
         let link = hostile_link(&mut r, 0.20);
-        let mut w = World::new(seed, link.clone());
-        let s = w.add_node(server_addr(), conn_cfg());
-        let c = w.add_node(client_addr(2), conn_cfg());
-        w.listen(
-            s,
+        let msg = data(seed, 50_000 + r.below(200_000) as usize);
+        let (mut w, ca) = client_server(
+            seed,
+            link.clone(),
+            conn_cfg(),
+            2,
             AppSpec {
                 echo: true,
                 shutdown: true,
                 ..Default::default()
             },
-        );
-        let msg = data(seed, 50_000 + r.below(200_000) as usize);
-        let ca = w.connect(
-            c,
-            server_addr(),
             AppSpec {
                 out: msg.clone(),
                 shutdown: true,
@@ -689,9 +705,6 @@ fn path_is_not_hijacked_by_a_replayed_packet() {
 #[test]
 fn half_close_both_ways() {
     for client_first in [true, false] {
-        let mut w = World::new(50, LinkConfig::default());
-        let s = w.add_node(server_addr(), conn_cfg());
-        let c = w.add_node(client_addr(3), conn_cfg());
         let small = data(1, 1000);
         let big = data(2, 2 << 20);
         let (cs, ss) = if client_first {
@@ -699,16 +712,15 @@ fn half_close_both_ways() {
         } else {
             (big.clone(), small.clone())
         };
-        w.listen(
-            s,
+        let (mut w, ca) = client_server(
+            50,
+            LinkConfig::default(),
+            conn_cfg(),
+            3,
             AppSpec {
                 out: Vec::new(),
                 ..Default::default()
             },
-        );
-        let ca = w.connect(
-            c,
-            server_addr(),
             AppSpec {
                 out: if client_first { cs.clone() } else { Vec::new() },
                 shutdown: client_first,
@@ -759,24 +771,24 @@ fn reset_fails_peer_reads_and_writes() {
             loss: if seed % 2 == 0 { 0.0 } else { 0.1 },
             ..Default::default()
         };
-        let mut w = World::new(60 + seed, link);
-        let s = w.add_node(server_addr(), conn_cfg());
-        let c = w.add_node(client_addr(4), conn_cfg());
         // The server writes forever (until it fails); the client aborts after 100 KB.
-        w.listen(
-            s,
+        let (mut w, ca) = client_server(
+            60 + seed,
+            link,
+            conn_cfg(),
+            4,
             AppSpec {
                 out: data(seed, 64 << 20),
                 ..Default::default()
             },
+            AppSpec::default(),
         );
-        let ca = w.connect(c, server_addr(), AppSpec::default());
         w.run(Duration::from_secs(30), |w| {
             w.apps.len() == 2 && w.apps[ca].got.len() > 100_000
         });
         let now = w.net.now;
         let id = w.apps[ca].id;
-        w.nodes[c].ep.abort(now, id);
+        w.nodes[CLIENT].ep.abort(now, id);
         w.apps[ca].released = true;
         w.run(Duration::from_secs(60), |w| w.apps[1].write_err.is_some());
         let sa = &w.apps[1];
@@ -790,7 +802,7 @@ fn reset_fails_peer_reads_and_writes() {
         let sid = sa.id;
         let mut buf = [0u8; 10];
         assert_eq!(
-            w.nodes[s].ep.read(sid, &mut buf).unwrap_err().kind(),
+            w.nodes[SERVER].ep.read(sid, &mut buf).unwrap_err().kind(),
             ErrorKind::ConnectionReset
         );
         // Fast: about one round trip, not a timeout.
@@ -801,13 +813,12 @@ fn reset_fails_peer_reads_and_writes() {
         );
     }
     // The reader side: bytes that arrived before the reset are delivered, then the error.
-    let mut w = World::new(70, LinkConfig::default());
-    let s = w.add_node(server_addr(), conn_cfg());
-    let c = w.add_node(client_addr(5), conn_cfg());
-    w.listen(s, AppSpec::default());
-    let ca = w.connect(
-        c,
-        server_addr(),
+    let (mut w, ca) = client_server(
+        70,
+        LinkConfig::default(),
+        conn_cfg(),
+        5,
+        AppSpec::default(),
         AppSpec {
             out: data(3, 5000),
             ..Default::default()
@@ -818,7 +829,7 @@ fn reset_fails_peer_reads_and_writes() {
     });
     let now = w.net.now;
     let id = w.apps[ca].id;
-    w.nodes[c].ep.abort(now, id);
+    w.nodes[CLIENT].ep.abort(now, id);
     w.run(Duration::from_secs(10), |w| w.apps[1].read_err.is_some());
     assert_eq!(w.apps[1].read_err, Some(ErrorKind::ConnectionReset));
     assert_eq!(w.apps[1].got, data(3, 5000));
@@ -899,13 +910,12 @@ fn idle_timeout_and_keepalive() {
         idle_timeout: Duration::from_secs(5),
         ..conn_cfg()
     };
-    let mut w = World::new(90, LinkConfig::default());
-    let s = w.add_node(server_addr(), cfg.clone());
-    let c = w.add_node(client_addr(8), cfg);
-    w.listen(s, AppSpec::default());
-    let ca = w.connect(
-        c,
-        server_addr(),
+    let (mut w, ca) = client_server(
+        90,
+        LinkConfig::default(),
+        cfg,
+        8,
+        AppSpec::default(),
         AppSpec {
             out: b"hello".to_vec(),
             ..Default::default()
@@ -923,7 +933,7 @@ fn idle_timeout_and_keepalive() {
     assert!(took <= Duration::from_secs(6), "{took:?}");
     let mut buf = [0u8; 4];
     assert_eq!(
-        w.nodes[c]
+        w.nodes[CLIENT]
             .ep
             .read(w.apps[ca].id, &mut buf)
             .unwrap_err()
@@ -931,7 +941,11 @@ fn idle_timeout_and_keepalive() {
         ErrorKind::TimedOut
     );
     assert_eq!(
-        w.nodes[c].ep.write(w.apps[ca].id, b"x").unwrap_err().kind(),
+        w.nodes[CLIENT]
+            .ep
+            .write(w.apps[ca].id, b"x")
+            .unwrap_err()
+            .kind(),
         ErrorKind::TimedOut
     );
 }
@@ -1002,22 +1016,18 @@ fn slow_reader_bounds_memory() {
         recv_window: window,
         ..conn_cfg()
     };
-    let mut w = World::new(110, LinkConfig::default());
-    let s = w.add_node(server_addr(), cfg.clone());
-    let c = w.add_node(client_addr(9), cfg);
-    w.listen(
-        s,
+    let total = 2 << 20;
+    let msg = data(5, total);
+    let (mut w, ca) = client_server(
+        110,
+        LinkConfig::default(),
+        cfg,
+        9,
         AppSpec {
             read_chunk: Some(4096),
             read_every: Duration::from_millis(10),
             ..Default::default()
         },
-    );
-    let total = 2 << 20;
-    let msg = data(5, total);
-    let ca = w.connect(
-        c,
-        server_addr(),
         AppSpec {
             out: msg.clone(),
             shutdown: true,
@@ -1044,7 +1054,7 @@ fn slow_reader_bounds_memory() {
         "reader buffered {}",
         rd.max_recv_buffered
     );
-    let st = w.nodes[c].ep.conn_stats(wr.id).unwrap();
+    let st = w.nodes[CLIENT].ep.conn_stats(wr.id).unwrap();
     assert!(st.max_send_buffered <= window);
     // Paced by the reader: 2 MiB at 400 KB/s takes about 5 s.
     assert!(w.net.now - w.apps[1].connected_at.unwrap_or(w.net.now) < Duration::from_secs(600));
@@ -1062,14 +1072,13 @@ fn close_with_linger() {
         delay: Duration::from_millis(50),
         ..Default::default()
     };
-    let mut w = World::new(120, link.clone());
-    let s = w.add_node(server_addr(), cfg.clone());
-    let c = w.add_node(client_addr(10), cfg.clone());
-    w.listen(s, AppSpec::default());
     let msg = data(7, 500_000);
-    let ca = w.connect(
-        c,
-        server_addr(),
+    let (mut w, ca) = client_server(
+        120,
+        link.clone(),
+        cfg.clone(),
+        10,
+        AppSpec::default(),
         AppSpec {
             out: msg.clone(),
             close_when_done: true,
@@ -1080,23 +1089,19 @@ fn close_with_linger() {
     assert_eq!(w.apps[ca].closed, Some(None));
     // By then the server has every byte.
     assert!(
-        w.nodes[s].ep.recv_buffered(w.apps[1].id).unwrap() as usize + w.apps[1].got.len()
+        w.nodes[SERVER].ep.recv_buffered(w.apps[1].id).unwrap() as usize + w.apps[1].got.len()
             >= msg.len()
     );
     w.run(Duration::from_secs(10), |w| w.apps[1].eof);
     assert_eq!(w.apps[1].got, msg);
 
     // Now the link dies right after close: linger expires.
-    let mut w = World::new(121, link);
-    let s = w.add_node(server_addr(), cfg.clone());
-    let c = w.add_node(client_addr(11), cfg);
-    w.listen(s, AppSpec::default());
-    let ca = w.connect(c, server_addr(), AppSpec::default());
+    let (mut w, ca) = client_server(121, link, cfg, 11, AppSpec::default(), AppSpec::default());
     w.run(Duration::from_secs(5), |w| w.apps.len() == 2);
     let now = w.net.now;
     let id = w.apps[ca].id;
-    w.nodes[c].ep.write(id, &data(8, 100_000)).unwrap();
-    w.nodes[c].ep.close(now, id);
+    w.nodes[CLIENT].ep.write(id, &data(8, 100_000)).unwrap();
+    w.nodes[CLIENT].ep.close(now, id);
     w.apps[ca].released = true;
     w.net.blackouts.push((now, now + Duration::from_secs(3600)));
     w.run(Duration::from_secs(30), |w| w.apps[ca].closed.is_some());
@@ -1106,7 +1111,6 @@ fn close_with_linger() {
         took >= Duration::from_secs(5) && took < Duration::from_secs(6),
         "{took:?}"
     );
-    let _ = s;
 }
 
 #[test]
@@ -1283,21 +1287,17 @@ fn long_fat_link(loss: f64) -> LinkConfig {
 /// to EOF) over `link` with the default configuration (as the shim uses it), and the
 /// sender's stats.
 fn conn_goodput(seed: u64, link: LinkConfig, size: usize) -> (f64, rgtp::conn::ConnStats) {
-    let mut w = World::new(seed, link);
-    let s = w.add_node(server_addr(), ConnConfig::default());
-    let c = w.add_node(client_addr(1), ConnConfig::default());
     let down = data(seed, size);
-    w.listen(
-        s,
+    let (mut w, ca) = client_server(
+        seed,
+        link,
+        ConnConfig::default(),
+        1,
         AppSpec {
             out: down.clone(),
             shutdown: true,
             ..Default::default()
         },
-    );
-    let ca = w.connect(
-        c,
-        server_addr(),
         AppSpec {
             shutdown: true,
             ..Default::default()
@@ -1313,8 +1313,14 @@ fn conn_goodput(seed: u64, link: LinkConfig, size: usize) -> (f64, rgtp::conn::C
                 "t={:.2} got={} | {}\n    reader: {}",
                 (w.net.now - start).as_secs_f64(),
                 w.apps[ca].got.len(),
-                w.nodes[s].ep.conn_debug(w.apps[1].id).unwrap_or_default(),
-                w.nodes[c].ep.conn_debug(w.apps[ca].id).unwrap_or_default()
+                w.nodes[SERVER]
+                    .ep
+                    .conn_debug(w.apps[1].id)
+                    .unwrap_or_default(),
+                w.nodes[CLIENT]
+                    .ep
+                    .conn_debug(w.apps[ca].id)
+                    .unwrap_or_default()
             );
         }
         w.apps[ca].eof
@@ -1326,7 +1332,10 @@ fn conn_goodput(seed: u64, link: LinkConfig, size: usize) -> (f64, rgtp::conn::C
         "seed {seed}: incomplete after {secs:.1} s"
     );
     assert!(w.apps[ca].got == down, "seed {seed}: bytes differ");
-    let st = w.nodes[s].ep.conn_stats(w.apps[1].id).unwrap_or_default();
+    let st = w.nodes[SERVER]
+        .ep
+        .conn_stats(w.apps[1].id)
+        .unwrap_or_default();
     println!("  link {:?}", w.net.stats);
     (size as f64 * 8.0 / secs / 1e6, st)
 }

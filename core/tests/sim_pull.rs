@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rgtp::bitset::ChunkSet;
 use rgtp::crypto::Cipher;
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::merkle::{self, CHUNK_SIZE};
@@ -77,6 +78,14 @@ impl World {
             .ex
             .add_exposure("file.bin", Box::new(MemSource(self.data.clone())), cvs)
             .id;
+    }
+
+    /// What an earlier run of a pull of this world's file that stored `have` resumes
+    /// from.
+    fn resume_state(&self, have: ChunkSet) -> ResumeState {
+        let size = self.data.len() as u64;
+        let root = merkle::root_from_cvs(&merkle::cvs_of_bytes(&self.data), size);
+        ResumeState { root, size, have }
     }
 
     fn restart_exposer(&mut self, cfg: ExposerConfig) {
@@ -594,16 +603,10 @@ fn resume_pulls_only_what_is_missing() {
     assert!(first.result.is_none());
     let have = first.p.have().clone();
     let missing_bytes = size as u64 - first.written;
-    let root = merkle::root_from_cvs(&merkle::cvs_of_bytes(&w.data), size as u64);
+    let resume = w.resume_state(have);
     // The exposer restarts too: resume is keyed by the root, not the exposure id.
     w.restart_exposer(ExposerConfig::default());
-    w.add_puller(|c| {
-        c.resume = Some(ResumeState {
-            root,
-            size: size as u64,
-            have,
-        })
-    });
+    w.add_puller(|c| c.resume = Some(resume));
     w.pullers[0].out = first.out;
     w.run(Duration::from_secs(60), |_| false);
     w.assert_all_exact(11);
@@ -635,14 +638,8 @@ fn resume_rechecks_stored_chunks() {
     for &i in &damaged {
         first.out[i as usize * CHUNK_SIZE + 7] ^= 0x40;
     }
-    let root = merkle::root_from_cvs(&merkle::cvs_of_bytes(&w.data), size as u64);
-    w.add_puller(|c| {
-        c.resume = Some(ResumeState {
-            root,
-            size: size as u64,
-            have,
-        })
-    });
+    let resume = w.resume_state(have);
+    w.add_puller(|c| c.resume = Some(resume));
     w.pullers[0].out = first.out;
     w.run(Duration::from_secs(60), |_| false);
     w.assert_all_exact(22);
@@ -659,18 +656,14 @@ fn damaged_resumed_chunks_are_asked_for_once_and_survive_an_outage() {
     let chunks = (size / CHUNK_SIZE) as u64;
     let mut w = World::new(23, LinkConfig::default(), size, ExposerConfig::default());
     // A previous run claims every chunk but the first; its part file is zeros there.
-    let mut have = rgtp::bitset::ChunkSet::new(chunks);
+    let mut have = ChunkSet::new(chunks);
     for i in 1..chunks {
         have.insert(i);
     }
-    let root = merkle::root_from_cvs(&merkle::cvs_of_bytes(&w.data), size as u64);
+    let resume = w.resume_state(have);
     w.add_puller(|c| {
         c.idle_timeout = Duration::from_secs(30);
-        c.resume = Some(ResumeState {
-            root,
-            size: size as u64,
-            have,
-        })
+        c.resume = Some(resume);
     });
     // Run until the damaged chunks are being asked for again, then cut the path 1 s.
     w.run(Duration::from_secs(60), |w| {

@@ -18,7 +18,7 @@ use super::wire::{
 use super::{ConnConfig, ConnId, ConnState, Event, Readiness};
 use crate::cc::RateControl;
 use crate::rng::Rng;
-use crate::rtt::SmoothedRtt;
+use crate::rtt::{backoff, SmoothedRtt};
 use crate::transmit::Transmit;
 use crate::wire::Writer;
 
@@ -179,23 +179,37 @@ struct PathProbe {
 /// Counters for tests, logs and benchmarks.
 #[derive(Debug, Default, Clone)]
 pub struct ConnStats {
+    /// Datagrams accepted for this connection.
     pub datagrams_in: u64,
+    /// Bytes of those datagrams (UDP payloads).
     pub bytes_in: u64,
+    /// Datagrams sent.
     pub datagrams_out: u64,
+    /// Bytes sent (UDP payloads).
     pub bytes_out: u64,
+    /// Datagrams ignored: out of phase, from the wrong address, malformed, or replayed.
     pub dropped: u64,
+    /// Stream bytes sent for the first time.
     pub stream_bytes_sent: u64,
+    /// Stream bytes sent again (asked for again, or probes).
     pub stream_bytes_resent: u64,
+    /// Stream bytes received in order, ready for `read`.
     pub stream_bytes_received: u64,
+    /// Ranges the reader asked for again (gaps past their re-request timeout).
     pub wants_sent: u64,
     /// Bytes the peer asked for again (the writer's view of loss).
     pub stream_bytes_lost: u64,
+    /// Probes sent after a silent timeout.
     pub probes: u64,
+    /// Acknowledgements sent.
     pub acks_sent: u64,
+    /// Times the peer's address changed (path migrations followed).
     pub migrations: u64,
+    /// Handshake messages sent again.
     pub handshake_retransmits: u64,
     /// High-water marks of buffered stream bytes (the bounded-memory claim).
     pub max_send_buffered: u64,
+    /// High-water mark of received stream bytes not yet read.
     pub max_recv_buffered: u64,
     /// Pacing credit dropped because the sender came back later than the burst
     /// allowance covers (the driver was late: a loaded host).
@@ -1214,26 +1228,16 @@ impl Conn {
     // --------------------------------------------------------------- timers
 
     fn pto(&self) -> Duration {
-        self.rtt
-            .pto()
-            .checked_mul(1u32 << self.probes.min(10))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        backoff(self.rtt.pto(), self.probes, MAX_BACKOFF)
     }
 
     fn hs_rto(&self) -> Duration {
-        HS_INITIAL_RTO
-            .checked_mul(1u32 << self.hs_attempts.saturating_sub(1).min(8))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        let doublings = self.hs_attempts.saturating_sub(1).min(8);
+        backoff(HS_INITIAL_RTO, doublings, MAX_BACKOFF)
     }
 
     fn finish_rto(&self) -> Duration {
-        self.rtt
-            .pto()
-            .checked_mul(1u32 << self.finish_tries.min(10))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        backoff(self.rtt.pto(), self.finish_tries, MAX_BACKOFF)
     }
 
     fn pto_armed(&self) -> bool {

@@ -29,11 +29,17 @@ use crate::udp::canonical as canon;
 /// Counters for tests, logs and benchmarks.
 #[derive(Debug, Default, Clone)]
 pub struct EndpointStats {
+    /// Datagrams handed to [`Endpoint::handle`].
     pub datagrams_in: u64,
+    /// Bytes of those datagrams.
     pub bytes_in: u64,
+    /// Datagrams the endpoint dropped: malformed, unknown connection ID, or refused.
     pub dropped: u64,
+    /// Server handshakes that got Diffie-Hellman work and a half-open slot.
     pub handshakes_started: u64,
+    /// Server handshakes that finished (connections accepted).
     pub handshakes_completed: u64,
+    /// RETRY cookies sent.
     pub retries_sent: u64,
     /// Half-opens displaced by validated INITs when the table or a source's share was
     /// full.
@@ -44,7 +50,9 @@ pub struct EndpointStats {
     /// INITs without a token dropped, unanswered, because their socket address had
     /// its RETRYs for this second while busy.
     pub retry_budget_drops: u64,
+    /// REFUSE packets sent (INITs while not listening).
     pub refusals_sent: u64,
+    /// STATELESS_RESET packets sent for unknown connection IDs.
     pub stateless_resets_sent: u64,
     /// Bytes sent by the endpoint itself (handshake and stateless replies).
     pub control_bytes_out: u64,
@@ -62,6 +70,11 @@ pub struct ConnectOptions {
 // Ordered maps where iteration shows (`conns`); the hash maps are only looked up, never
 // iterated, so their hasher's seed cannot change what is sent. Some are keyed by values
 // peers choose (reset tokens), hence a randomly keyed hasher there.
+/// Many connections over one UDP socket, sans-IO: the caller feeds it datagrams
+/// ([`handle`](Self::handle)) and timeouts ([`handle_timeout`](Self::handle_timeout)) and
+/// sends what [`poll_transmit`](Self::poll_transmit) returns. Connections are
+/// identified by [`ConnId`]; their changes come out of [`poll_event`](Self::poll_event).
+/// The endpoint has no clock and no socket of its own, so a simulator can run it.
 pub struct Endpoint {
     cfg: EndpointConfig,
     token_key: TokenKey,
@@ -90,6 +103,7 @@ pub struct Endpoint {
     handshake_rate: HandshakeRate,
     stateless_window: (Instant, u32),
     open_buf: Vec<u8>,
+    /// Counters since creation.
     pub stats: EndpointStats,
 }
 
@@ -133,6 +147,7 @@ impl Endpoint {
         }
     }
 
+    /// The settings it was created with.
     pub fn config(&self) -> &EndpointConfig {
         &self.cfg
     }
@@ -147,6 +162,7 @@ impl Endpoint {
         self.listening = on;
     }
 
+    /// Whether incoming connections are accepted (see [`set_listening`](Self::set_listening)).
     pub fn is_listening(&self) -> bool {
         self.listening
     }
@@ -744,6 +760,8 @@ impl Endpoint {
         }
     }
 
+    /// Runs the timers due at `now` (retransmissions, probes, idle and handshake
+    /// timeouts); call it at [`poll_timeout`](Self::poll_timeout)'s instant.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.half_open.expire(now);
         // Collect first: a connection re-armed for `now` waits for the next call.
@@ -799,6 +817,7 @@ impl Endpoint {
         None
     }
 
+    /// The next connection event, oldest first; `None` when there are no more.
     pub fn poll_event(&mut self) -> Option<(ConnId, Event)> {
         self.events.pop_front()
     }
@@ -822,7 +841,10 @@ impl Endpoint {
         r
     }
 
-    /// Reads in place: see [`Conn::read_with`](crate::conn::connection::Conn::read_with).
+    /// Reads in place: hands `take` the readable bytes (a contiguous front part of them);
+    /// it returns how many it used, and that is the result. With nothing readable,
+    /// `take` is not called and the result is as for [`read`](Self::read): `Ok(0)` at
+    /// EOF, the connection's error, or `WouldBlock`.
     pub fn read_with(
         &mut self,
         id: ConnId,
@@ -893,10 +915,12 @@ impl Endpoint {
         }
     }
 
+    /// The connection's coarse state; `None` for an unknown (or forgotten) `id`.
     pub fn state(&self, id: ConnId) -> Option<ConnState> {
         self.conns.get(&id).map(|c| c.state())
     }
 
+    /// What `read` and `write` would do now; `None` for an unknown `id`.
     pub fn readiness(&self, id: ConnId) -> Option<Readiness> {
         self.conns.get(&id).map(|c| c.readiness())
     }
@@ -907,6 +931,7 @@ impl Endpoint {
         self.conns.get_mut(&id).map(|c| c.send_complete())
     }
 
+    /// The peer's current address (it follows migrations); `None` for an unknown `id`.
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
         self.conns.get(&id).map(|c| c.remote)
     }
@@ -916,6 +941,7 @@ impl Endpoint {
         self.conns.get(&id).and_then(|c| c.peer_key)
     }
 
+    /// A copy of the connection's counters; `None` for an unknown `id`.
     pub fn conn_stats(&self, id: ConnId) -> Option<ConnStats> {
         self.conns.get(&id).map(|c| c.stats.clone())
     }
@@ -953,6 +979,7 @@ impl Endpoint {
         self.by_cid.contains_key(&cid) || self.half_open.contains(cid)
     }
 
+    /// Server handshakes waiting for their third message.
     pub fn half_open_count(&self) -> usize {
         self.half_open.len()
     }

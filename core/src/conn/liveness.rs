@@ -32,9 +32,7 @@ pub(crate) struct SilenceProbe {
 
 impl SilenceProbe {
     fn interval(base: Duration, sent: u32, max: Duration) -> Duration {
-        base.checked_mul(1u32 << sent.min(10))
-            .unwrap_or(max)
-            .clamp(MIN_INTERVAL, max.max(MIN_INTERVAL))
+        crate::rtt::backoff(base, sent, max).max(MIN_INTERVAL)
     }
 
     /// A packet from the peer arrived; `data` when it carried stream bytes. Silence is

@@ -26,9 +26,12 @@ mod connection;
 mod endpoint;
 mod half_open;
 mod liveness;
+#[doc(hidden)]
 pub mod noise;
 pub mod runtime;
+#[doc(hidden)]
 pub mod stream;
+#[doc(hidden)]
 pub mod wire;
 
 use std::io;
@@ -42,7 +45,10 @@ use crate::keys::StaticKey;
 
 /// A connection's handle inside one [`Endpoint`]. Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
+pub struct ConnId(
+    /// The endpoint-local number (not a wire connection ID).
+    pub u64,
+);
 
 /// What happened to a connection; drained with [`Endpoint::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +66,10 @@ pub enum Event {
     Writable,
     /// The connection ended: `None` when both directions finished (or, after `close`,
     /// when the peer acknowledged every byte), else why it failed. Sent exactly once.
-    Closed { error: Option<io::ErrorKind> },
+    Closed {
+        /// Why it failed; `None`: it ended gracefully.
+        error: Option<io::ErrorKind>,
+    },
 }
 
 /// Coarse connection state, for queries.
@@ -68,9 +77,11 @@ pub enum Event {
 pub enum ConnState {
     /// Handshake in progress (client side).
     Connecting,
+    /// Established: bytes flow (possibly one direction already finished).
     Connected,
     /// Ended; `error` says why (`None`: gracefully).
     Closed {
+        /// Why it failed; `None`: it ended gracefully.
         error: Option<io::ErrorKind>,
     },
 }
@@ -90,6 +101,7 @@ pub struct Readiness {
     pub read_closed: bool,
     /// The connection has ended.
     pub closed: bool,
+    /// Why it ended, if it failed.
     pub error: Option<io::ErrorKind>,
 }
 
@@ -144,6 +156,7 @@ pub struct EndpointConfig {
     /// This endpoint's Noise static key: a server's long-term identity; for a client a
     /// key generated per process is fine.
     pub static_key: StaticKey,
+    /// Settings for every connection (unless [`ConnectOptions::config`] overrides them).
     pub conn: ConnConfig,
     /// Handshakes per second above which an INIT without a RETRY token is answered with
     /// a RETRY cookie instead of Diffie-Hellman work and state (also whenever half of
@@ -187,6 +200,7 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
+    /// Defaults around `static_key`, with the stateless-reset secret derived from it.
     pub fn new(static_key: StaticKey) -> Self {
         let reset_key = blake3::derive_key("rgtp conn stateless reset v1", &static_key.private);
         Self {

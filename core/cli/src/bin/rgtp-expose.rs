@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use rgtp::driver;
 use rgtp::keys;
-use rgtp::transfer::{expose_until, ExposeOptions, TransferError};
 use rgtp::url::hex;
+use rgtp::{expose_until, ExposeOptions, TransferError};
 
 const AFTER_HELP: &str = "\
 Each FILE is published under its base name. For every file a pull URL is printed

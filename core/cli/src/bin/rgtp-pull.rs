@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use rgtp::driver;
 use rgtp::keys;
-use rgtp::transfer::{PullOptions, PullSource, PullUpdate, TransferError};
 use rgtp::url::{hex, parse_hex32};
+use rgtp::{PullOptions, PullSource, PullUpdate, TransferError};
 
 const AFTER_HELP: &str = "\
 SOURCE is either a pull URL printed by rgtp-expose (rgtp://HOST[:PORT]/NAME?key=..
@@ -311,7 +311,7 @@ fn run(args: Args) -> Result<(), Failure> {
         } if progress => draw_progress(stored, total, missing_at_start, elapsed, srtt),
         _ => {}
     };
-    let result = rgtp::transfer::pull_from(&src, &out_path, &opts, &driver::STOP, &mut on);
+    let result = rgtp::pull_from(&src, &out_path, &opts, &driver::STOP, &mut on);
     if progress {
         eprint!("\r\x1b[2K");
     }

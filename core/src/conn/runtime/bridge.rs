@@ -42,6 +42,7 @@ pub struct BridgeHandle {
 }
 
 impl BridgeHandle {
+    /// Where the bridge's connection is now (connecting, up, or ended).
     pub fn status(&self) -> BridgeStatus {
         *self.shared.status.lock()
     }
@@ -95,7 +96,9 @@ pub struct BridgeOptions {
     pub skip: usize,
     /// A connection still connecting fails with `TimedOut` at this deadline.
     pub connect_deadline: Option<Instant>,
+    /// Called once when the handshake finishes or fails.
     pub on_connect: Option<OnConnect>,
+    /// Called once when the bridge ends.
     pub on_end: Option<OnEnd>,
 }
 

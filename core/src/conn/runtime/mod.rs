@@ -255,6 +255,14 @@ pub fn set_client_config(cfg: ConnConfig) -> io::Result<()> {
     Ok(())
 }
 
+/// Adds `fd` to the engine's epoll set (readable, as `token`) and tells the hooks the
+/// engine now holds it.
+fn watch_readable(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    sys::epoll_add(epfd, fd, libc::EPOLLIN as u32, token)?;
+    hooks().fd_opened(fd);
+    Ok(())
+}
+
 impl Engine {
     fn new() -> io::Result<Self> {
         let epfd = sys::new_epoll()?;
@@ -279,13 +287,7 @@ impl Engine {
         // keepalives, only later.
         let routes = sys::new_route_watch()
             .and_then(|fd| {
-                sys::epoll_add(
-                    epfd.as_raw_fd(),
-                    fd.as_raw_fd(),
-                    libc::EPOLLIN as u32,
-                    TOKEN_ROUTES,
-                )?;
-                hooks().fd_opened(fd.as_raw_fd());
+                watch_readable(epfd.as_raw_fd(), fd.as_raw_fd(), TOKEN_ROUTES)?;
                 Ok(fd)
             })
             .map_err(|e| tracing::debug!("rgtp: no address-change notices: {e}"))
@@ -351,22 +353,10 @@ impl Engine {
                 st.socks.len() - 1
             }
         };
-        sys::epoll_add(
-            self.epfd.as_raw_fd(),
-            fd,
-            libc::EPOLLIN as u32,
-            TOKEN_SOCK | idx as u64,
-        )?;
-        hooks().fd_opened(fd);
+        watch_readable(self.epfd.as_raw_fd(), fd, TOKEN_SOCK | idx as u64)?;
         if let Some(g) = &group {
             let mfd = g.mailbox.as_raw_fd();
-            sys::epoll_add(
-                self.epfd.as_raw_fd(),
-                mfd,
-                libc::EPOLLIN as u32,
-                TOKEN_MAILBOX | idx as u64,
-            )?;
-            hooks().fd_opened(mfd);
+            watch_readable(self.epfd.as_raw_fd(), mfd, TOKEN_MAILBOX | idx as u64)?;
         }
         st.socks[idx] = Some(Sock {
             udp: Arc::new(udp),
@@ -789,7 +779,8 @@ pub fn connect_bridged(
 /// to the fd `hand_over` makes for it (the shim's listeners). The socket may come
 /// from a parent process that exited: datagrams queued meanwhile are still there.
 /// With `opts.shared_port`, the socket is one of a port group (bound with
-/// [`udp::bind_shared`]; see [`group`]) whose members forward each other's packets.
+/// `udp::bind_shared`; see the `group` module) whose members forward each other's
+/// packets.
 pub fn listen_bridged(
     udp: UdpSocket,
     mut opts: ListenerOptions,

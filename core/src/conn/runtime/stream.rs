@@ -60,6 +60,7 @@ impl RgtpStream {
         Self::connect_with(addr, timeout, StreamOptions::default())
     }
 
+    /// [`connect`](Self::connect) with options (e.g. a pinned server key).
     pub fn connect_with(
         addr: impl ToSocketAddrs,
         timeout: Duration,
@@ -90,30 +91,43 @@ impl RgtpStream {
             .as_ref()
             .map(|s| s.local)
             .ok_or_else(|| io::Error::other("socket gone"))?;
+        let stream = RgtpStream::registered(engine.clone(), &mut st, i, id, addr, local);
+        engine.after(&mut st, i, false);
+        drop(st);
+        Ok(stream)
+    }
+
+    /// The stream of connection `id` on socket `sock`, with a waiter registered for it.
+    fn registered(
+        engine: Arc<Engine>,
+        st: &mut State,
+        sock: usize,
+        id: ConnId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> RgtpStream {
         let cv = Arc::new(Condvar::new());
         st.waiters.insert(
-            (i, id),
+            (sock, id),
             Waiter {
                 cv: cv.clone(),
                 efd: None,
                 poll_efd: None,
             },
         );
-        engine.after(&mut st, i, false);
-        drop(st);
-        Ok(RgtpStream {
+        RgtpStream {
             engine,
-            sock: i,
+            sock,
             id,
             cv,
             nonblocking: false,
             read_timeout: None,
             write_timeout: None,
             read_shut: false,
-            peer: addr,
+            peer,
             local,
             released: false,
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -205,18 +219,22 @@ impl RgtpStream {
         }
     }
 
+    /// Non-blocking mode: `read` and `write` return `WouldBlock` instead of waiting.
     pub fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
         self.nonblocking = on;
         Ok(())
     }
+    /// How long a blocking `read` waits before `WouldBlock` (`None`: forever).
     pub fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         self.read_timeout = t;
         Ok(())
     }
+    /// How long a blocking `write` waits before `WouldBlock` (`None`: forever).
     pub fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         self.write_timeout = t;
         Ok(())
     }
+    /// The peer's current address (it follows migrations).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         let mut st = self.lock();
         Ok(self
@@ -428,7 +446,7 @@ impl RgtpStream {
 
     /// Hands the connection to the engine thread, which pumps bytes between it and
     /// `fd` (one end of a socketpair or a TCP connection whose other end the
-    /// application holds) until both directions are closed; see [`super::bridge`].
+    /// application holds) until both directions are closed (the runtime's `bridge` module).
     /// The fd is closed when the bridge ends. Works on a stream that is still
     /// connecting (bytes the application writes meanwhile wait in `fd`).
     pub fn bridge(mut self, fd: OwnedFd) -> io::Result<BridgeHandle> {
@@ -551,10 +569,12 @@ impl std::fmt::Debug for RgtpListener {
 }
 
 impl RgtpListener {
+    /// Listens on `addr` with a new static key and default settings.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<RgtpListener> {
         Self::bind_with(addr, ListenerOptions::default())
     }
 
+    /// Listens on `addr` (port 0: any) with `opts` (e.g. its static key).
     pub fn bind_with(addr: impl ToSocketAddrs, opts: ListenerOptions) -> io::Result<RgtpListener> {
         let addr = resolve(addr)?;
         let engine = engine()?;
@@ -580,6 +600,7 @@ impl RgtpListener {
         })
     }
 
+    /// The bound address (with the port chosen when 0 was asked).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
     }
@@ -589,6 +610,7 @@ impl RgtpListener {
         self.public_key
     }
 
+    /// Non-blocking mode: `accept` returns `WouldBlock` instead of waiting.
     pub fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
         self.nonblocking = on;
         Ok(())
@@ -605,6 +627,8 @@ impl RgtpListener {
         sys::readiness_eventfd(&mut s.accept_efd)
     }
 
+    /// Drains [`readiness_fd`](Self::readiness_fd) (call it before accepting until
+    /// `WouldBlock`).
     pub fn clear_readiness(&self) {
         let st = self.engine.state.lock();
         if let Some(fd) = st.socks[self.sock]
@@ -624,28 +648,9 @@ impl RgtpListener {
                 .ok_or_else(|| io::Error::from(ErrorKind::NotConnected))?;
             if let Some(id) = s.ep.accept() {
                 let peer = s.ep.peer_addr(id).unwrap_or(self.local);
-                let cv = Arc::new(Condvar::new());
-                st.waiters.insert(
-                    (self.sock, id),
-                    Waiter {
-                        cv: cv.clone(),
-                        efd: None,
-                        poll_efd: None,
-                    },
-                );
-                let stream = RgtpStream {
-                    engine: self.engine.clone(),
-                    sock: self.sock,
-                    id,
-                    cv,
-                    nonblocking: false,
-                    read_timeout: None,
-                    write_timeout: None,
-                    read_shut: false,
-                    peer,
-                    local: self.local,
-                    released: false,
-                };
+                let engine = self.engine.clone();
+                let stream =
+                    RgtpStream::registered(engine, &mut st, self.sock, id, peer, self.local);
                 // Events that arrived before the waiter existed are not lost: the
                 // stream's calls check the state before waiting.
                 return Ok((stream, peer));

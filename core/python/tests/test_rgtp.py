@@ -67,6 +67,7 @@ def test_pull_is_byte_exact_and_reports_the_json_fields(data_file, tmp_path):
         assert ex.url.startswith(f"rgtp://127.0.0.1:{ex.port}/data.bin?key={ex.key}")
         assert len(ex.root) == 64 and len(ex.key) == 64
         assert ex.size == data_file.stat().st_size
+        assert ex.path == data_file
         out = tmp_path / "copy.bin"
         stats = rgtp.pull(ex.url, out)
     assert digest(out) == digest(data_file)

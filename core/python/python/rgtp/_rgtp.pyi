@@ -1,5 +1,6 @@
 """Type hints of the native module rgtp._rgtp (PyO3)."""
 
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 __version__: str
@@ -29,7 +30,7 @@ class Exposure:
     def port(self) -> int:
         """The UDP port served."""
     @property
-    def path(self) -> str:
+    def path(self) -> Path:
         """The exposed file's path."""
     @property
     def size(self) -> int:

@@ -292,7 +292,9 @@ def test_the_gil_is_released_during_a_pull(tmp_path):
     during = [s for s in stamps if t0 <= s <= t1]
     assert len(during) > 100, len(during)
     gaps = [b - a for a, b in zip(during, during[1:])]
-    assert max(gaps) < 0.2, max(gaps)
+    # Held through the pull, the GIL would stop this thread for the whole 1.5 s;
+    # released, its longest wait is a scheduling hiccup (0.5 s: room for a loaded CI).
+    assert max(gaps) < 0.5, max(gaps)
 
 
 def test_exceptions_have_one_class_per_exit_code():

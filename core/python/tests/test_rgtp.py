@@ -310,3 +310,16 @@ def test_exceptions_have_one_class_per_exit_code():
     odd = error_for(99, "x")
     assert type(odd) is rgtp.RgtpError and odd.exit_code == 99
     assert rgtp.__version__
+
+
+def test_ctrl_c_stops_a_pull_on_the_main_thread(tmp_path):
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    url = f"rgtp://127.0.0.1:{free_udp_port()}/x?key={ZERO_KEY}"
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        rgtp.pull(url, tmp_path / "x", connect_timeout=10)
+    assert time.monotonic() - t0 < 3

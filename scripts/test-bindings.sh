@@ -52,7 +52,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then apt_install "${need[@]}"; fi
 echo "$(cc --version | head -1); $(python3 --version)"
 
-say "librgtp (cargo build --release -p rgtp-capi)"
+say "librgtp (cargo build --release -p rgtp-cli -p rgtp-shim -p rgtp-capi)"
 # With the packages scripts/test.sh builds, so the features cargo unifies are the same
 # and its build is reused (rgtp-capi alone would rebuild the core).
 cargo build --release -p rgtp-cli -p rgtp-shim -p rgtp-capi

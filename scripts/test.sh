@@ -9,7 +9,9 @@
 #   4. cargo test --workspace: unit and property tests, the deterministic network
 #      simulation, and the end-to-end tests that drive the release binaries over
 #      loopback UDP (tests/tests/cli_loopback.rs)
-#   5. scripts/test-linkem.sh (link-emulator self-test; needs root), when present
+#   5. scripts/test-bindings.sh: the C library and its example, the Python package
+#      (pip-installed into a venv, pytest), the Node and Go examples
+#   6. scripts/test-linkem.sh (link-emulator self-test; needs root), when present
 #
 # Builds where CARGO_TARGET_DIR says (default ./target), and tests those binaries.
 #
@@ -30,7 +32,7 @@ cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 # Every skipped test appends its SKIPPED line here (tests/src/skip.rs), as does
-# step 5; finish() counts them.
+# step 6; finish() counts them.
 SKIP_LOG=$(mktemp "${TMPDIR:-/tmp}/rgtp-test-skips.XXXXXX")
 export RGTP_SKIP_LOG=$SKIP_LOG
 
@@ -97,7 +99,7 @@ dpkg -s netcat-openbsd >/dev/null 2>&1 || APT+=(netcat-openbsd)
 # ip and tc: the roaming tests' network namespaces (tests/tests/roaming.rs).
 { command -v ip >/dev/null && command -v tc >/dev/null; } || APT+=(iproute2)
 command -v cc >/dev/null || APT+=(build-essential)
-# ping and iperf3: the link emulator's self-test (step 5, as root).
+# ping and iperf3: the link emulator's self-test (step 6, as root).
 if [ "$(id -u)" -eq 0 ] && [ -f scripts/test-linkem.sh ]; then
   command -v ping >/dev/null || APT+=(iputils-ping)
   command -v iperf3 >/dev/null || APT+=(iperf3)
@@ -126,18 +128,23 @@ echo "$(cargo --version); $(b3sum --version); $(nproc) cores"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+# The Python package's crate is its own workspace (core/python).
+cargo fmt --manifest-path core/python/Cargo.toml -- --check
 # The fuzz crate is its own workspace (scripts/fuzz.sh runs it; not part of CI).
 rustfmt --check --edition 2021 core/fuzz/fuzz_targets/*.rs
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "build release binaries and librgtp_shim.so"
+step "build release binaries, librgtp_shim.so and librgtp.so"
 # No --bins here: it would apply to rgtp-shim too and skip its cdylib.
-cargo build --release -p rgtp-cli -p rgtp-shim
+cargo build --release -p rgtp-cli -p rgtp-shim -p rgtp-capi
 
 step "cargo test --workspace (unit, simulation, loopback end-to-end)"
 RGTP_BIN_DIR="$TARGET/release" cargo test --workspace
+
+step "scripts/test-bindings.sh (C, Python, Node, Go)"
+bash scripts/test-bindings.sh
 
 if [ -f scripts/test-linkem.sh ]; then
   step "scripts/test-linkem.sh (link emulator self-test)"

@@ -1,0 +1,3 @@
+module rgtp.example/pullexpose
+
+go 1.19

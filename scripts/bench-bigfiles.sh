@@ -41,20 +41,23 @@ calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 now() { date +%s.%N; }
 
 # expose FILE ARGS...: starts rgtp-expose on a free loopback port; sets EX_PID,
-# EX_URL and EX_SECS (start to URL), and its log goes to $W/expose.log.
+# EX_URL and EX_SECS (start to URL); its log goes to $W/expose.log.
 expose() {
-  local f=$1 t0 line
+  local f=$1 t0 i
   shift
-  rm -f "$W/expose.log"
+  rm -f "$W/expose.log" "$W/expose.out"
   t0=$(now)
-  coproc EX { exec "$BIN/rgtp-expose" --port 0 --bind 127.0.0.1 "$@" "$f" 2>"$W/expose.log"; }
-  EX_PID=$EX_PID
+  "$BIN/rgtp-expose" --port 0 --bind 127.0.0.1 "$@" "$f" >"$W/expose.out" 2>"$W/expose.log" &
+  EX_PID=$!
   PIDS+=("$EX_PID")
-  read -r line <&"${EX[0]}"
+  EX_URL=
+  for ((i = 0; i < 60000; i++)); do
+    EX_URL=$(grep -m1 '^rgtp://' "$W/expose.out" 2>/dev/null || true)
+    [[ -n $EX_URL ]] && break
+    kill -0 "$EX_PID" 2>/dev/null || { echo "rgtp-expose failed: $(cat "$W/expose.log")" >&2; exit 1; }
+    sleep 0.002
+  done
   EX_SECS=$(calc "$(now) - $t0" 3)
-  EX_URL=$line
-  # Keep draining stdout so the exposer never blocks on it.
-  cat <&"${EX[0]}" >/dev/null &
 }
 unexpose() { kill "$EX_PID" 2>/dev/null || true; wait "$EX_PID" 2>/dev/null || true; }
 
@@ -141,18 +144,29 @@ echo "during-sealing size=1GiB url_s=$EX_SECS pull_s=$pull_during MBps=$(calc "1
 t0=$(now); "$BIN/rgtp-pull" "$EX_URL" -o /dev/null --quiet; s=$(calc "$(now) - $t0" 3)
 echo "after-sealing size=1GiB pull_s=$s MBps=$(calc "1073741824 / $s / 1e6" 0)"
 
+unexpose
+
+# Sealing on demand only (the old --no-seal-ahead), for the row above.
+expose "$f" --no-seal-ahead
+t0=$(now); "$BIN/rgtp-pull" "$EX_URL" -o /dev/null --quiet; s=$(calc "$(now) - $t0" 3)
+echo "no-seal-ahead size=1GiB pull_s=$s MBps=$(calc "1073741824 / $s / 1e6" 0)"
+unexpose
+
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}'; }
+# Each cipher from an exposer that seals in it, alternated with curl <- nginx HTTPS.
 for cipher in aes-256-gcm chacha20-poly1305; do
+  expose "$f" --cipher "$cipher"
+  sealed_wait "$(now)" >/dev/null
   rg=() cu=()
   for ((r = 0; r < RUNS; r++)); do
     t0=$(now); "$BIN/rgtp-pull" "$EX_URL" -o /dev/null --quiet --cipher "$cipher"; rg+=("$(calc "$(now) - $t0" 3)")
     t0=$(now); curl -sk --tls13-ciphers TLS_AES_256_GCM_SHA384 -o /dev/null "https://127.0.0.1:$port/big.bin"; cu+=("$(calc "$(now) - $t0" 3)")
   done
-  med() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}'; }
   mr=$(med "${rg[@]}") mc=$(med "${cu[@]}")
   echo "loopback size=1GiB cipher=$cipher rgtp_s=${rg[*]} https_s=${cu[*]} rgtp_MBps=$(calc "1073741824 / $mr / 1e6" 0)" \
     "https_MBps=$(calc "1073741824 / $mc / 1e6" 0) speedup_vs_https=$(calc "$mc / $mr")"
+  unexpose
 done
-unexpose
 
 # ---------------------------------------------------------------- 3. huge (sparse)
 if [[ $HUGE -gt 0 ]]; then

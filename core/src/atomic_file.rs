@@ -20,6 +20,10 @@ pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
 /// Creates `path` exclusively (never an existing file, never through a link) with
 /// permission bits `mode`, and writes `data` to it, fsynced.
 pub(crate) fn create_new_synced(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    create_new(path, data, mode, true)
+}
+
+fn create_new(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -27,21 +31,35 @@ pub(crate) fn create_new_synced(path: &Path, data: &[u8], mode: u32) -> io::Resu
         .mode(mode)
         .open(path)?;
     f.write_all(data)?;
-    f.sync_all()
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `data` (permission bits `mode` on a new file): a temporary
 /// sibling, fsync, rename, fsync the directory. On failure the temporary is removed
 /// and `path` is as it was.
 pub(crate) fn replace(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    rename_into_place(path, data, mode, true)?;
+    sync_parent_dir(path)
+}
+
+/// As [`replace`] without the fsyncs, for caches whose readers check what they read:
+/// after a crash the file may be the old one, the new one, or damaged, and a reader
+/// then ignores it. Cheap where the disk is busy (an fsync waits for everything).
+pub(crate) fn replace_unsynced(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    rename_into_place(path, data, mode, false)
+}
+
+fn rename_into_place(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let tmp = temp_sibling(path);
-    let result = create_new_synced(&tmp, data, mode).and_then(|()| fs::rename(&tmp, path));
+    let result = create_new(&tmp, data, mode, sync).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         // Best effort: the error that matters is the original one.
         let _ = fs::remove_file(&tmp);
     }
-    result?;
-    sync_parent_dir(path)
+    result
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a crash.

@@ -98,8 +98,8 @@ pub fn recall(dir: &Path, id: &FileIdentity) -> Option<Vec<Hash>> {
     Some(cvs)
 }
 
-/// Remembers `cvs` as the chunk CVs of the file `id`, atomically, and removes entries
-/// unused for [`MAX_AGE`].
+/// Remembers `cvs` as the chunk CVs of the file `id` (renamed into place, not fsynced:
+/// a damaged entry is ignored), and removes entries unused for [`MAX_AGE`].
 pub fn remember(dir: &Path, id: &FileIdentity, cvs: &[Hash]) -> io::Result<()> {
     let root = merkle::root_from_cvs(cvs, id.size);
     let mut bytes = id.header(&root);
@@ -112,7 +112,7 @@ pub fn remember(dir: &Path, id: &FileIdentity, cvs: &[Hash]) -> io::Result<()> {
         std::fs::create_dir_all(parent)?;
         prune(parent);
     }
-    crate::atomic_file::replace(&path, &bytes, 0o600)
+    crate::atomic_file::replace_unsynced(&path, &bytes, 0o600)
 }
 
 /// Removes entries older than [`MAX_AGE`] (best effort: a failure only leaves them).

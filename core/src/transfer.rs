@@ -744,7 +744,7 @@ impl Exposure {
     /// Hashes every file (so a URL is servable as soon as it is known), binds, seals
     /// ahead if asked, and starts serving on a thread.
     pub fn start(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Exposure, TransferError> {
-        let (exposer, sock, files, key) = prepare(paths, opts)?;
+        let (exposer, sock, files, key, remembering) = prepare(paths, opts)?;
         let local = sock
             .local_addr()
             .map_err(|e| TransferError::Io(e.to_string()))?;
@@ -755,6 +755,7 @@ impl Exposure {
             .spawn(move || {
                 let mut ex = exposer;
                 let r = driver::serve(&sock, &mut ex, &flag);
+                join_all(remembering);
                 ex.log_quiet_sources(Instant::now(), true);
                 r
             })
@@ -817,19 +818,34 @@ pub fn expose_until(
     stop: &AtomicBool,
     ready: impl FnOnce(&[ExposedFile], SocketAddr, &[u8; 32]),
 ) -> Result<(), TransferError> {
-    let (mut ex, sock, files, key) = prepare(paths, opts)?;
+    let (mut ex, sock, files, key, remembering) = prepare(paths, opts)?;
     let local = sock
         .local_addr()
         .map_err(|e| TransferError::Io(e.to_string()))?;
     ready(&files, local, &key);
     let served = driver::serve(&sock, &mut ex, stop);
+    join_all(remembering);
     // Whoever was being served when we stopped gets their access-log line now.
     ex.log_quiet_sources(Instant::now(), true);
     tracing::info!("stopping: {:?}", ex.stats);
     served.map_err(|e| TransferError::Io(format!("socket error: {e}")))
 }
 
-type Prepared = (Exposer, UdpSocket, Vec<ExposedFile>, [u8; 32]);
+/// What `prepare` set up, and the threads still writing remembered roots (joined
+/// when serving ends, so a quick stop does not lose them).
+type Prepared = (
+    Exposer,
+    UdpSocket,
+    Vec<ExposedFile>,
+    [u8; 32],
+    Vec<JoinHandle<()>>,
+);
+
+fn join_all(threads: Vec<JoinHandle<()>>) {
+    for t in threads {
+        let _ = t.join();
+    }
+}
 
 fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, TransferError> {
     if opts
@@ -852,6 +868,7 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     // Hash every file before binding, so a printed URL is always servable.
     let mut hashed = Vec::new();
+    let mut writers = Vec::new();
     let mut names = HashSet::new();
     for path in paths {
         let name = match path.file_name().and_then(|n| n.to_str()) {
@@ -870,7 +887,9 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         }
         let file_err = |e: io::Error| TransferError::File(format!("{}: {e}", path.display()));
         let src = FileSource::open(path).map_err(file_err)?;
-        let cvs = chunk_cvs(&src, path, &cache_dir, opts.rehash).map_err(file_err)?;
+        let (cvs, remembering) =
+            chunk_cvs(&src, path, &cache_dir, opts.rehash).map_err(file_err)?;
+        writers.extend(remembering);
         hashed.push((name, path.clone(), src, cvs));
     }
     let sock = udp::bind(opts.bind).map_err(|e| {
@@ -948,7 +967,7 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
             },
         });
     }
-    Ok((ex, sock, files, key.public))
+    Ok((ex, sock, files, key.public, writers))
 }
 
 /// The chunk CVs of `src`: remembered from an earlier exposure of the same unchanged
@@ -958,7 +977,7 @@ fn chunk_cvs(
     path: &Path,
     cache_dir: &Path,
     rehash: bool,
-) -> io::Result<Vec<merkle::Hash>> {
+) -> io::Result<(Vec<merkle::Hash>, Option<JoinHandle<()>>)> {
     let t0 = Instant::now();
     let id = remembered::FileIdentity::of(src.file())?;
     let remember = id.size >= remembered::MIN_SIZE;
@@ -969,7 +988,7 @@ fn chunk_cvs(
                 "{}: root remembered (file unchanged since it was last hashed)",
                 path.display()
             );
-            return Ok(cvs);
+            return Ok((cvs, None));
         }
     }
     let cvs = merkle::cvs_of_file(src.file(), src.size())?;
@@ -980,17 +999,22 @@ fn chunk_cvs(
         src.size(),
         t0.elapsed().as_secs_f64()
     );
-    // Only a file that did not change while it was read is remembered.
+    // Only a file that did not change while it was read is remembered, off the path
+    // to the URL (writing 0.2 % of the file can wait on a busy disk).
+    let mut writer = None;
     if remember && remembered::FileIdentity::of(src.file()).ok() == Some(id) {
-        if let Err(e) = remembered::remember(cache_dir, &id, &cvs) {
-            tracing::warn!(
-                target: crate::exposer::SETUP_LOG,
-                "cannot remember the root of {}: {e}",
-                path.display()
-            );
-        }
+        let (dir, cvs, path) = (cache_dir.to_path_buf(), cvs.clone(), path.to_path_buf());
+        writer = Some(std::thread::spawn(move || {
+            if let Err(e) = remembered::remember(&dir, &id, &cvs) {
+                tracing::warn!(
+                    target: crate::exposer::SETUP_LOG,
+                    "cannot remember the root of {}: {e}",
+                    path.display()
+                );
+            }
+        }));
     }
-    Ok(cvs)
+    Ok((cvs, writer))
 }
 
 /// This host's name, for URLs of an exposure bound to every address.

@@ -19,7 +19,8 @@
 //! from these docs because the workspace's CLI, shim, tests and fuzz targets reach
 //! into them; they carry no promise of stability):
 //! - pure pieces: `wire` (pull packets), `url`, `merkle` (chunk tree and proofs),
-//!   `crypto` (chunk AEADs and the [`Cipher`] choice, request MACs, tokens), `bitset` (chunk sets), `rtt`
+//!   `crypto` (chunk AEADs and the [`Cipher`] choice, request MACs, tokens), `fec` (repair
+//!   fragments: the erasure code over sealed fragments), `bitset` (chunk sets), `rtt`
 //!   (smoothed round-trip time), `transmit` (datagrams to send), `rng` (the random
 //!   source every state machine draws from: the OS CSPRNG, or a seeded stream in
 //!   simulation), `zeroed`;
@@ -126,6 +127,8 @@ pub mod crypto;
 pub mod driver;
 #[doc(hidden)]
 pub mod exposer;
+#[doc(hidden)]
+pub mod fec;
 #[doc(hidden)]
 pub mod fuzzing;
 #[doc(hidden)]

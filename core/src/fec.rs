@@ -159,6 +159,40 @@ impl Codec {
     }
 }
 
+/// How a puller uses repair fragments (`rgtp-pull --fec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FecMode {
+    /// Never ask for repair fragments: lost fragments are asked for again.
+    Off,
+    /// Ask for repair in proportion to the loss measured: none on a clean path.
+    #[default]
+    Auto,
+    /// `r` repair fragments for every `k` data fragments of a chunk (rounded up),
+    /// whatever the loss.
+    Fixed {
+        /// Data fragments.
+        k: u8,
+        /// Repair fragments per `k` data fragments.
+        r: u8,
+    },
+}
+
+impl FecMode {
+    /// Parses `off`, `auto` or `K:R` (K in 1..=64, R in 0..=64).
+    pub fn parse(s: &str) -> Option<FecMode> {
+        match s {
+            "off" => Some(FecMode::Off),
+            "auto" => Some(FecMode::Auto),
+            _ => {
+                let (k, r) = s.split_once(':')?;
+                let k: u8 = k.parse().ok()?;
+                let r: u8 = r.parse().ok()?;
+                ((1..=64).contains(&k) && r <= 64).then_some(FecMode::Fixed { k, r })
+            }
+        }
+    }
+}
+
 /// The fewest fragments `t` (at least `need`) to send so that, each lost with
 /// probability `loss`, at least `need` arrive with probability `target` or more.
 /// Capped at `need + MAX_REPAIR`.
@@ -284,6 +318,18 @@ mod tests {
         assert!(c.decode(&mut buf, 1176, ((1u64 << 14) - 1) & !1, &[(0, forged)]));
         // Rebuilt, but wrong: the AEAD (tested in the puller) refuses it.
         assert_ne!(buf, ct);
+    }
+
+    #[test]
+    fn fec_modes_parse_strictly() {
+        assert_eq!(FecMode::parse("off"), Some(FecMode::Off));
+        assert_eq!(FecMode::parse("auto"), Some(FecMode::Auto));
+        assert_eq!(FecMode::parse("14:4"), Some(FecMode::Fixed { k: 14, r: 4 }));
+        for bad in [
+            "", "on", "0:4", "65:1", "14:65", "14", "14:", ":4", "14:4:1", "-1:2",
+        ] {
+            assert_eq!(FecMode::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

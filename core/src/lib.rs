@@ -157,6 +157,7 @@ pub mod wire;
 pub use conn::runtime::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
 pub use conn::ConnConfig;
 pub use crypto::Cipher;
+pub use fec::FecMode;
 pub use keys::{KeyError, StaticKey};
 pub use transfer::{
     default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,

@@ -40,6 +40,7 @@ use crate::bitset::ChunkSet;
 use crate::crypto::{Cipher, CipherSet};
 use crate::driver::{self, PullEnd, PullHandler};
 use crate::exposer::{Exposer, ExposerConfig};
+use crate::fec::FecMode;
 use crate::keys::{self, KeyError, KnownExposers, StaticKey, Trust};
 use crate::merkle;
 use crate::output::{self, Output, OutputError};
@@ -242,6 +243,9 @@ pub struct PullOptions {
     /// The chunk ciphers to offer (`None`: [`Cipher::default_offer`], AES-256-GCM
     /// where this CPU has AES instructions). ChaCha20-Poly1305 is always offered.
     pub ciphers: Option<CipherSet>,
+    /// Repair fragments (`rgtp-pull --fec`): [`FecMode::Auto`] by default, which asks
+    /// for none on a clean path.
+    pub fec: FecMode,
 }
 
 impl Default for PullOptions {
@@ -254,6 +258,7 @@ impl Default for PullOptions {
             connect_timeout: Duration::from_secs(10),
             offload_verify: None,
             ciphers: None,
+            fec: FecMode::Auto,
         }
     }
 }
@@ -379,6 +384,7 @@ pub fn pull_from(
     if let Some(c) = opts.ciphers {
         cfg.ciphers = c;
     }
+    cfg.fec = opts.fec;
 
     let bind: SocketAddr = if remote.is_ipv4() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)

@@ -615,6 +615,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
         request_key: [4; 32],
         clock_ms: 0,
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
+        features: None,
     });
     let msg2 = respond(
         &key,

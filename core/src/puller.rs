@@ -402,7 +402,8 @@ pub struct Puller {
     early: Vec<(u32, Vec<u8>)>,
     /// In the tail, the items of the last request, to be asked for a second time.
     tail_copy: Option<Vec<RequestItem>>,
-    /// With repair in use, the REQUEST just sent, to be sent again unchanged: the
+    /// A HELLO after the first, to be sent twice. With repair in use, the REQUEST
+    /// just sent, to be sent again unchanged: the
     /// exposer serves the first copy that arrives and drops the other as a replay
     /// (its filter names a REQUEST by its tag), so a lost REQUEST costs nothing
     /// unless both are lost, and no byte of data is sent twice.
@@ -549,6 +550,7 @@ impl Puller {
             attempts: 0,
         };
         self.pending_hello = true;
+        self.request_copy = None;
         self.session = None;
         // Ciphertext from the old session is useless under a new exposure id and key.
         self.flights.clear();
@@ -729,6 +731,7 @@ impl Puller {
             m,
         });
         self.phase = Phase::Transfer;
+        self.request_copy = None;
         self.cc.start_round(now);
         self.next_send = now;
         self.check_done();
@@ -1420,6 +1423,11 @@ impl Puller {
                 sent_at,
                 attempts,
             } => {
+                if let Some(pkt) = self.request_copy.take() {
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += pkt.len() as u64;
+                    return Some(Transmit::single(self.cfg.remote, pkt));
+                }
                 if !self.pending_hello || now < self.next_send {
                     return None;
                 }
@@ -1450,6 +1458,13 @@ impl Puller {
                 .encode();
                 self.stats.datagrams_out += 1;
                 self.stats.bytes_out += pkt.len() as u64;
+                if *attempts > 1 && self.cfg.fec != FecMode::Off {
+                    // The first HELLO went unanswered: on a path that loses half of
+                    // each way a round trip succeeds one time in four, so send two
+                    // (the same message 1: the exposer's answers are equal, and the
+                    // puller takes the first; each WELCOME is smaller than a HELLO).
+                    self.request_copy = Some(pkt.clone());
+                }
                 Some(Transmit::single(self.cfg.remote, pkt))
             }
             Phase::Transfer => {
@@ -1732,7 +1747,7 @@ impl Puller {
 /// faster with repair), and reordering, which looks like loss, costs no surplus.
 const AUTO_ON: f64 = 0.15;
 const AUTO_OFF: f64 = 0.10;
-const AUTO_TARGET: f64 = 0.85;
+const AUTO_TARGET: f64 = 0.7;
 const RETX_TARGET: f64 = 0.95;
 
 /// Loss the rate control compensates for when repair fragments are in use.

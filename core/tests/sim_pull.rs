@@ -1095,7 +1095,26 @@ fn heavy_loss_pull(
         c.connect_timeout = Duration::from_secs(120);
     });
     let start = w.net.now;
-    w.run(Duration::from_secs(900), |_| false);
+    let mut next_print = start;
+    w.run(Duration::from_secs(900), |w| {
+        if std::env::var_os("RGTP_SIM_TRACE").is_some() && w.net.now >= next_print {
+            next_print = w.net.now + Duration::from_millis(500);
+            let p = &w.pullers[0].p;
+            let cc = p.rate_control();
+            println!(
+                "t={:.2} bw={:.1}Mb win={} infl={} srtt={:?} written={} {}",
+                (w.net.now - start).as_secs_f64(),
+                cc.bandwidth() * 8e-6,
+                cc.window(),
+                p.inflight_bytes(),
+                cc.srtt(),
+                w.pullers[0].written,
+                p.debug_state(w.net.now)
+            );
+            println!("   {:?}", cc);
+        }
+        false
+    });
     w.assert_all_exact(seed);
     let secs = (w.net.now - start).as_secs_f64();
     let mbps = size as f64 * 8.0 / secs / 1e6;

@@ -15,7 +15,8 @@
 #
 # Environment: BENCH_FEC_LOSSES="0 10 30 50"  BENCH_FEC_MIB=64  BENCH_FEC_REPEAT=1
 #   BENCH_FEC_MAX_TIME=120 (s per pull)  BENCH_DELAY_MS=20 (one way)  BENCH_RATE_MBIT=200
-#   BENCH_QUEUE_MS=50  BENCH_SEED=1  BENCH_DIR (scratch, default a new temporary dir)
+#   BENCH_QUEUE_MS=50  BENCH_SEED=1  BENCH_FEC_MODES="auto off" (one mode alone: no
+#   ratio)  BENCH_DIR (scratch, default a new temporary dir)
 #   CARGO_TARGET_DIR (where the binaries are built)
 set -euo pipefail
 if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
@@ -30,6 +31,7 @@ BENCH_DELAY_MS=${BENCH_DELAY_MS:-20}
 BENCH_RATE_MBIT=${BENCH_RATE_MBIT:-200}
 BENCH_QUEUE_MS=${BENCH_QUEUE_MS:-50}
 BENCH_SEED=${BENCH_SEED:-1}
+BENCH_FEC_MODES=${BENCH_FEC_MODES:-"auto off"}
 BENCH_DIR=${BENCH_DIR:-$(mktemp -d /tmp/rgtp-bench-fec.XXXXXX)}
 IP_B=198.18.0.2
 
@@ -95,13 +97,14 @@ for loss in $BENCH_FEC_LOSSES; do
   done
   URL=$(grep -m1 '^rgtp://' "$BENCH_DIR/expose.out") || { log "rgtp-expose did not start: $(tail -1 "$BENCH_DIR/expose.err")"; exit 1; }
   for ((run = 1; run <= BENCH_FEC_REPEAT; run++)); do
-    if ((run % 2)); then order="auto off"; else order="off auto"; fi
+    order=$BENCH_FEC_MODES
+    ((run % 2)) || order=$(echo "$BENCH_FEC_MODES" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}')
     for mode in $order; do pull "$mode" "$loss" "$run"; done
   done
   kill "$EXP_PID" 2>/dev/null; wait "$EXP_PID" 2>/dev/null || true
   EXP_PID=
   "$LINK" down >/dev/null 2>>"$BENCH_DIR/lossy-link.log"
-  a=$(median <"$BENCH_DIR/mbit-$loss-auto")
-  o=$(median <"$BENCH_DIR/mbit-$loss-off")
-  echo "fec-summary loss=$loss rtt_ms=$((2 * BENCH_DELAY_MS)) rate_mbit=$BENCH_RATE_MBIT mib=$BENCH_FEC_MIB auto_mbit=$a off_mbit=$o ratio=$(awk -v a="$a" -v o="$o" 'BEGIN {if (o > 0) printf "%.2f", a / o; else print "inf"}')"
+  a=$(median <"$BENCH_DIR/mbit-$loss-auto" 2>/dev/null || echo NA)
+  o=$(median <"$BENCH_DIR/mbit-$loss-off" 2>/dev/null || echo NA)
+  echo "fec-summary loss=$loss rtt_ms=$((2 * BENCH_DELAY_MS)) rate_mbit=$BENCH_RATE_MBIT mib=$BENCH_FEC_MIB auto_mbit=$a off_mbit=$o ratio=$(awk -v a="$a" -v o="$o" 'BEGIN {if (o == "NA" || a == "NA") print "NA"; else if (o > 0) printf "%.2f", a / o; else print "inf"}')"
 done

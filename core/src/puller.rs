@@ -1747,8 +1747,8 @@ impl Puller {
 /// faster with repair), and reordering, which looks like loss, costs no surplus.
 const AUTO_ON: f64 = 0.15;
 const AUTO_OFF: f64 = 0.10;
-const AUTO_TARGET: f64 = 0.7;
-const RETX_TARGET: f64 = 0.95;
+const AUTO_TARGET: f64 = 0.4;
+const RETX_TARGET: f64 = 0.8;
 
 /// Loss the rate control compensates for when repair fragments are in use.
 const REPAIR_LOSS_CAP: f64 = 0.75;

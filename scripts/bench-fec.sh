@@ -104,7 +104,8 @@ for loss in $BENCH_FEC_LOSSES; do
   kill "$EXP_PID" 2>/dev/null; wait "$EXP_PID" 2>/dev/null || true
   EXP_PID=
   "$LINK" down >/dev/null 2>>"$BENCH_DIR/lossy-link.log"
-  a=$(median <"$BENCH_DIR/mbit-$loss-auto" 2>/dev/null || echo NA)
-  o=$(median <"$BENCH_DIR/mbit-$loss-off" 2>/dev/null || echo NA)
+  a=NA o=NA
+  [[ -f $BENCH_DIR/mbit-$loss-auto ]] && a=$(median <"$BENCH_DIR/mbit-$loss-auto")
+  [[ -f $BENCH_DIR/mbit-$loss-off ]] && o=$(median <"$BENCH_DIR/mbit-$loss-off")
   echo "fec-summary loss=$loss rtt_ms=$((2 * BENCH_DELAY_MS)) rate_mbit=$BENCH_RATE_MBIT mib=$BENCH_FEC_MIB auto_mbit=$a off_mbit=$o ratio=$(awk -v a="$a" -v o="$o" 'BEGIN {if (o == "NA" || a == "NA") print "NA"; else if (o > 0) printf "%.2f", a / o; else print "inf"}')"
 done

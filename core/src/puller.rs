@@ -408,6 +408,8 @@ pub struct Puller {
     /// (its filter names a REQUEST by its tag), so a lost REQUEST costs nothing
     /// unless both are lost, and no byte of data is sent twice.
     request_copy: Option<Vec<u8>>,
+    /// Copies of `request_copy` still to send after this one.
+    copies_left: u8,
     /// Where every random draw comes from (the Noise ephemeral key).
     rng: Rng,
     /// Fragment loss as this puller measures it (decaying counts of fragments found
@@ -472,6 +474,7 @@ impl Puller {
             early: Vec::new(),
             tail_copy: None,
             request_copy: None,
+            copies_left: 0,
             rng,
             est_lost: 0.0,
             est_rx: 0.0,
@@ -1475,6 +1478,10 @@ impl Puller {
                     self.cc.mark_app_limited();
                 }
                 if let Some(pkt) = self.request_copy.take() {
+                    if self.copies_left > 0 {
+                        self.copies_left -= 1;
+                        self.request_copy = Some(pkt.clone());
+                    }
                     self.stats.datagrams_out += 1;
                     self.stats.bytes_out += pkt.len() as u64;
                     return Some(Transmit::single(self.cfg.remote, pkt));
@@ -1735,6 +1742,10 @@ impl Puller {
         self.stats.bytes_out += pkt.len() as u64;
         if self.fec_active() {
             self.request_copy = Some(pkt.clone());
+            // From 20 % loss a REQUEST goes three times: lost 2.7 % of the time at
+            // 30 % and 12.5 % at 50 %, against 9 % and 25 % with two (a lost one
+            // costs a timeout); a REQUEST is ~1 % of the bytes it asks for.
+            self.copies_left = u8::from(self.measured_loss() >= 0.2);
         }
         Some(Transmit::single(self.cfg.remote, pkt))
     }

@@ -116,8 +116,8 @@ mod zeroed;
 
 // Not API: layers that the workspace's CLI, shim, tests and fuzz targets reach into.
 // Hidden from the docs, with no promise of stability; `missing_docs` does not look
-// into hidden modules (crypto, exposer, handshake, merkle, puller, source and wire
-// are documented with issue 21's rewrite).
+// into hidden modules, and several (crypto, exposer, handshake, merkle, puller,
+// source, wire) are not yet documented item by item.
 #[doc(hidden)]
 pub mod bitset;
 #[doc(hidden)]

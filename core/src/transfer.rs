@@ -690,7 +690,8 @@ pub struct ExposeOptions {
     /// Where sealed copies and remembered roots live (`None`: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Most disk for sealed copies, all files together; chunks past it are sealed on
-    /// demand (`None`: a quarter of the free space in `cache_dir` at start).
+    /// demand (`None`: 4 GiB, or a quarter of the free space in `cache_dir` at start
+    /// when that is less).
     pub cache_max: Option<u64>,
     /// The memory cache's size in bytes (chunks sealed on demand).
     pub cache_bytes: usize,
@@ -847,6 +848,11 @@ fn join_all(threads: Vec<JoinHandle<()>>) {
     }
 }
 
+/// The default bound on disk for sealed copies (with a quarter of the free space): a
+/// fixed bound, so an exposure's extra disk does not grow with its size. Chunks past
+/// it are sealed on demand, at about half the sealed serving speed.
+const DEFAULT_CACHE_MAX: u64 = 4 << 30;
+
 fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, TransferError> {
     if opts
         .max_datagram
@@ -928,7 +934,8 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     let mut disk_left = match (opts.seal_ahead, opts.cache_max) {
         (false, _) => 0,
         (true, Some(max)) => max,
-        (true, None) => sealed::free_space(&cache_dir).map_or(0, |free| free / 4),
+        (true, None) => sealed::free_space(&cache_dir)
+            .map_or(0, |free| (free / 4).min(DEFAULT_CACHE_MAX)),
     };
     for (name, path, src, cvs) in hashed {
         let size = src.size();

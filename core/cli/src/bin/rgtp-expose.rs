@@ -82,8 +82,8 @@ struct Args {
     no_seal_ahead: bool,
     /// Most disk for sealed copies, all files together (e.g. 4G, 512M; 0: none).
     /// Files are sealed in the background while already served; chunks past the
-    /// bound are sealed on demand. Default: a quarter of the free space in the
-    /// cache directory.
+    /// bound are sealed on demand. Default: 4G, or a quarter of the free space in
+    /// the cache directory when that is less.
     #[arg(long, value_name = "BYTES", value_parser = rgtp_cli::parse_size)]
     cache_max: Option<u64>,
     /// Where sealed copies (unnamed files, gone at exit) and remembered roots live.

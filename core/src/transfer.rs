@@ -934,8 +934,9 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     let mut disk_left = match (opts.seal_ahead, opts.cache_max) {
         (false, _) => 0,
         (true, Some(max)) => max,
-        (true, None) => sealed::free_space(&cache_dir)
-            .map_or(0, |free| (free / 4).min(DEFAULT_CACHE_MAX)),
+        (true, None) => {
+            sealed::free_space(&cache_dir).map_or(0, |free| (free / 4).min(DEFAULT_CACHE_MAX))
+        }
     };
     for (name, path, src, cvs) in hashed {
         let size = src.size();

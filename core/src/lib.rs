@@ -100,6 +100,8 @@
 // and URLs, and connections (`conn`: the blocking streams, their runtime and the sans-IO
 // endpoint under them).
 pub mod conn;
+#[cfg(feature = "dht")]
+pub mod dht;
 pub mod keys;
 mod transfer;
 pub mod transmit;

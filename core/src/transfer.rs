@@ -872,9 +872,10 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         e => TransferError::BadKey(e.to_string()),
     })?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    // Hash every file before binding, so a printed URL is always servable.
-    let mut hashed = Vec::new();
-    let mut writers = Vec::new();
+    // Open every file, then bind, then hash: a missing file or a taken port fails at
+    // once rather than after minutes of hashing, and the URL (printed after all
+    // three) is always servable.
+    let mut opened = Vec::new();
     let mut names = HashSet::new();
     for path in paths {
         let name = match path.file_name().and_then(|n| n.to_str()) {
@@ -891,12 +892,9 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
                 "two files share the name {name}; expose them from separate processes"
             )));
         }
-        let file_err = |e: io::Error| TransferError::File(format!("{}: {e}", path.display()));
-        let src = FileSource::open(path).map_err(file_err)?;
-        let (cvs, remembering) =
-            chunk_cvs(&src, path, &cache_dir, opts.rehash).map_err(file_err)?;
-        writers.extend(remembering);
-        hashed.push((name, path.clone(), src, cvs));
+        let src = FileSource::open(path)
+            .map_err(|e| TransferError::File(format!("{}: {e}", path.display())))?;
+        opened.push((name, path, src));
     }
     let sock = udp::bind(opts.bind).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::PermissionDenied {
@@ -906,6 +904,14 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         };
         TransferError::Bind(format!("cannot bind UDP {}: {e}{hint}", opts.bind))
     })?;
+    let mut hashed = Vec::new();
+    let mut writers = Vec::new();
+    for (name, path, src) in opened {
+        let (cvs, remembering) = chunk_cvs(&src, path, &cache_dir, opts.rehash)
+            .map_err(|e| TransferError::File(format!("{}: {e}", path.display())))?;
+        writers.extend(remembering);
+        hashed.push((name, path.clone(), src, cvs));
+    }
     let local = sock
         .local_addr()
         .map_err(|e| TransferError::Io(e.to_string()))?;

@@ -47,6 +47,7 @@ use crate::puller::{BadChunk, ChunkVerifier, PullConfig, PullError, PullEvent, P
 use crate::remembered;
 use crate::sealed;
 use crate::source::{ChunkSource, FileSource};
+use crate::swarm::Swarm;
 use crate::udp;
 use crate::url::{hex, parse_host_port, RgtpUrl, DEFAULT_PORT};
 use crate::wire;
@@ -242,6 +243,11 @@ pub struct PullOptions {
     /// The chunk ciphers to offer (`None`: [`Cipher::default_offer`], AES-256-GCM
     /// where this CPU has AES instructions). ChaCha20-Poly1305 is always offered.
     pub ciphers: Option<CipherSet>,
+    /// More sources of the same content (`--from`): `HOST:PORT` (the same name) or
+    /// `rgtp://` URLs of the same root. Chunks are spread over every source and all
+    /// are checked against the main source's root, which must then be known (a URL
+    /// with `root=`).
+    pub from: Vec<String>,
 }
 
 impl Default for PullOptions {
@@ -254,6 +260,7 @@ impl Default for PullOptions {
             connect_timeout: Duration::from_secs(10),
             offload_verify: None,
             ciphers: None,
+            from: Vec::new(),
         }
     }
 }
@@ -308,8 +315,90 @@ pub struct PullReport {
     pub root: [u8; 32],
     /// The exposer's static public key.
     pub exposer_key: [u8; 32],
-    /// The puller's counters (datagrams, requests, re-requests, duplicates, bad chunks).
+    /// The puller's counters (datagrams, requests, re-requests, duplicates, bad
+    /// chunks), added up over the sources.
     pub stats: PullStats,
+    /// Each source, the main one first.
+    pub sources: Vec<SourceReport>,
+}
+
+/// What one source of a pull did.
+#[derive(Debug, Clone)]
+pub struct SourceReport {
+    /// The source, as `HOST:PORT`.
+    pub addr: String,
+    /// Content bytes it delivered first (verified and stored).
+    pub bytes: u64,
+    /// Chunks from it that failed verification.
+    pub bad_chunks: u64,
+    /// Why it was dropped before the end, if it was.
+    pub dropped: Option<String>,
+}
+
+/// One source of a pull, resolved.
+struct SourcePlan {
+    host_port: String,
+    remote: SocketAddr,
+    name: String,
+    key: Option<[u8; 32]>,
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, TransferError> {
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Ok(a),
+        _ => Err(TransferError::Unreachable(format!(
+            "cannot resolve host {host}"
+        ))),
+    }
+}
+
+/// The `--from` sources of a pull of `src` (resolved, checked against its root).
+fn extra_sources(
+    src: &PullSource,
+    main: SocketAddr,
+    from: &[String],
+) -> Result<Vec<SourcePlan>, TransferError> {
+    if from.is_empty() {
+        return Ok(Vec::new());
+    }
+    let usage = |m: String| Err(TransferError::Usage(m));
+    let Some(root) = src.root else {
+        return usage(
+            "--from needs the content root: give an rgtp:// URL with root= (every source              is checked against it)"
+                .into(),
+        );
+    };
+    let mut seen = vec![main];
+    let mut plans = Vec::new();
+    for f in from {
+        let lower = f.to_ascii_lowercase();
+        let (s, by_url) = if lower.starts_with("rgtp:") {
+            (PullSource::parse(f, None)?, true)
+        } else {
+            (PullSource::parse(f, Some(&src.name))?, false)
+        };
+        if by_url && s.root.is_some_and(|r| r != root) {
+            return usage(format!(
+                "--from {f}: that URL names another root (not {})",
+                hex(&root)
+            ));
+        }
+        let remote = resolve(&s.host, s.port)?;
+        if remote.is_ipv4() != main.is_ipv4() {
+            return usage(format!("--from {f}: sources must all be IPv4 or all IPv6"));
+        }
+        if seen.contains(&remote) {
+            return usage(format!("--from {f}: that source is given twice"));
+        }
+        seen.push(remote);
+        plans.push(SourcePlan {
+            host_port: s.host_port(),
+            remote,
+            name: s.name,
+            key: s.key,
+        });
+    }
+    Ok(plans)
 }
 
 /// Pulls `source` (an `rgtp://` URL) into the file `out`, verified chunk by chunk
@@ -335,18 +424,8 @@ pub fn pull_from(
     on: &mut dyn FnMut(PullUpdate),
 ) -> Result<PullReport, TransferError> {
     let host_port = src.host_port();
-    let remote: SocketAddr = match (src.host.as_str(), src.port)
-        .to_socket_addrs()
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        _ => {
-            return Err(TransferError::Unreachable(format!(
-                "cannot resolve host {}",
-                src.host
-            )))
-        }
-    };
+    let remote = resolve(&src.host, src.port)?;
+    let extra = extra_sources(src, remote, &opts.from)?;
     let pin = opts.key.or(src.key);
     // Trust on first use when nothing pins the key.
     let known_path = opts
@@ -389,12 +468,25 @@ pub fn pull_from(
         udp::bind(bind).map_err(|e| TransferError::Io(format!("cannot open a UDP socket: {e}")))?;
 
     let start = Instant::now();
-    let mut puller = Puller::new(cfg, start);
+    let mut names = vec![host_port.clone()];
+    let mut pullers = Vec::new();
+    for plan in &extra {
+        // Each source has its own session; no key is learned on first use from a
+        // --from source (the root is what makes its chunks good).
+        let mut c = cfg.clone();
+        c.remote = plan.remote;
+        c.name = plan.name.clone();
+        c.pinned_key = plan.key;
+        pullers.push(Puller::new(c, start));
+        names.push(plan.host_port.clone());
+    }
+    pullers.insert(0, Puller::new(cfg, start));
+    let mut puller = Swarm::new(pullers);
     let (verify_tx, verify_rx) = mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
-    let (done_tx, done_rx) = mpsc::channel::<(u64, Verified)>();
+    let (done_tx, done_rx) = mpsc::channel::<(usize, u64, Verified)>();
     let verifier = std::thread::spawn(move || {
-        for (index, ct, v) in verify_rx {
-            if done_tx.send((index, v.verify(index, ct))).is_err() {
+        for (source, index, ct, v) in verify_rx {
+            if done_tx.send((source, index, v.verify(index, ct))).is_err() {
                 break;
             }
         }
@@ -444,15 +536,32 @@ pub fn pull_from(
             return failed(&mut output, TransferError::Io(format!("socket error: {e}")))
         }
         PullEnd::Failed(e) => {
+            let which = puller
+                .sources()
+                .iter()
+                .rposition(|s| s.dropped.is_some())
+                .unwrap_or(0);
+            let multi = names.len() > 1;
+            let main_quiet = !puller
+                .sources()
+                .first()
+                .is_some_and(|s| s.puller.answered());
+            let host_port = names.get(which).cloned().unwrap_or_default();
             let msg = match (&e, known_key) {
-                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
+                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() && which == 0 => {
+                    format!(
                     "the key of {host_port} changed: known {}, now {}; refusing (if the change \
                      is expected, delete its line in {})",
                     hex(&old),
                     hex(got),
                     known_path.display()
+                )
+                }
+                (PullError::Timeout, _) if multi => format!(
+                    "no source left: the last, {host_port}, did not answer or went quiet \
+                     (progress saved)"
                 ),
-                (PullError::Timeout, _) if !puller.answered() => format!(
+                (PullError::Timeout, _) if main_quiet => format!(
                     "exposer {host_port} unreachable: no answer within {} s (is rgtp-expose \
                      running there, and is UDP port {} open?)",
                     opts.connect_timeout.as_secs_f64().round(),
@@ -465,6 +574,7 @@ pub fn pull_from(
                 (PullError::NotFound, _) => {
                     format!("{host_port} exposes no file named {:?}", src.name)
                 }
+                _ if multi => format!("no source left: the last, {host_port}: {e}"),
                 _ => e.to_string(),
             };
             let err = match e {
@@ -473,7 +583,8 @@ pub fn pull_from(
                 PullError::NotFound => TransferError::NotFound(msg),
                 PullError::RootMismatch { .. }
                 | PullError::BadOutboard
-                | PullError::BadContent { .. } => TransferError::Corrupt(msg),
+                | PullError::BadContent { .. }
+                | PullError::BadSource { .. } => TransferError::Corrupt(msg),
                 PullError::TooLarge { .. } => TransferError::TooLarge(msg),
                 PullError::Gone => TransferError::Gone(msg),
                 PullError::NameTooLong => TransferError::Usage(msg),
@@ -489,14 +600,25 @@ pub fn pull_from(
         resumed: h.resumed,
         root: h.root,
         exposer_key: h.exposer_key,
-        stats: puller.stats.clone(),
+        stats: puller.stats(),
+        sources: puller
+            .sources()
+            .iter()
+            .zip(&names)
+            .map(|(s, addr)| SourceReport {
+                addr: addr.clone(),
+                bytes: s.bytes(),
+                bad_chunks: s.puller.stats.bad_chunks,
+                dropped: s.dropped.as_ref().map(|e| e.to_string()),
+            })
+            .collect(),
     })
 }
 
 /// The verifier thread's answer: the plaintext, or why not.
 type Verified = Result<Vec<u8>, BadChunk>;
-/// A sealed chunk for the verifier thread.
-type VerifyJob = (u64, Vec<u8>, Arc<ChunkVerifier>);
+/// A sealed chunk (from a source) for the verifier thread.
+type VerifyJob = (usize, u64, Vec<u8>, Arc<ChunkVerifier>);
 /// Chunks queued for verification before the pull stops asking for more.
 const VERIFY_QUEUE: usize = 256;
 
@@ -506,7 +628,7 @@ struct Handler<'a> {
     recheck: Option<(Arc<ChunkVerifier>, ChunkSet)>,
     part_path: Option<PathBuf>,
     verify_tx: Option<mpsc::SyncSender<VerifyJob>>,
-    done_rx: mpsc::Receiver<(u64, Verified)>,
+    done_rx: mpsc::Receiver<(usize, u64, Verified)>,
     output: Output,
     known: Option<KnownExposers>,
     host_port: String,
@@ -527,8 +649,9 @@ struct Handler<'a> {
 impl PullHandler for Handler<'_> {
     type Error = OutputError;
 
-    fn on_event(&mut self, ev: PullEvent) -> Result<(), OutputError> {
+    fn on_event(&mut self, source: usize, ev: PullEvent) -> Result<(), OutputError> {
         match ev {
+            PullEvent::Started { .. } if self.started => Ok(()),
             PullEvent::Started {
                 exposer_key,
                 size,
@@ -540,7 +663,7 @@ impl PullHandler for Handler<'_> {
                 self.started = true;
                 self.root = root;
                 self.exposer_key = exposer_key;
-                if let Some(k) = self.known.as_mut() {
+                if let Some(k) = self.known.as_mut().filter(|_| source == 0) {
                     if k.check(&self.host_port, &exposer_key) == Trust::New {
                         if let Err(e) = k.remember(&self.host_port, &exposer_key) {
                             tracing::warn!("cannot record the exposer key: {e}");
@@ -577,7 +700,7 @@ impl PullHandler for Handler<'_> {
             } => {
                 if let Some(tx) = &self.verify_tx {
                     // Blocks only when the verifier is a full queue behind.
-                    let _ = tx.send((index, ct, verifier));
+                    let _ = tx.send((source, index, ct, verifier));
                 }
                 Ok(())
             }
@@ -585,7 +708,7 @@ impl PullHandler for Handler<'_> {
         }
     }
 
-    fn on_tick(&mut self, p: &Puller) -> Result<(), OutputError> {
+    fn on_tick(&mut self, p: &Swarm) -> Result<(), OutputError> {
         if self.last_update.elapsed() >= Duration::from_millis(250) {
             self.last_update = Instant::now();
             let elapsed = self.start.elapsed();
@@ -595,7 +718,7 @@ impl PullHandler for Handler<'_> {
                     total: self.total,
                     missing_at_start: self.missing_at_start,
                     elapsed,
-                    srtt: p.rate_control().srtt(),
+                    srtt: p.srtt(),
                 }
             } else {
                 PullUpdate::Waiting { elapsed }
@@ -608,18 +731,22 @@ impl PullHandler for Handler<'_> {
         self.output.backlogged()
     }
 
-    fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
+    fn poll_completions(&mut self, p: &mut Swarm) -> Result<(), OutputError> {
         if let Some((v, stored)) = self.recheck.take() {
             self.recheck_stored(p, &v, &stored)?;
         }
-        while let Ok((index, plain)) = self.done_rx.try_recv() {
+        while let Ok((source, index, plain)) = self.done_rx.try_recv() {
             match plain {
                 Ok(data) => {
-                    p.chunk_verified(index, Ok(data.len()));
-                    self.stored += data.len() as u64;
-                    self.output.write_chunk(index, data)?;
+                    // Endgame: the same chunk may come verified from two sources.
+                    if p.chunk_verified(source, index, Ok(data.len()), Instant::now()) {
+                        self.stored += data.len() as u64;
+                        self.output.write_chunk(index, data)?;
+                    }
                 }
-                Err(bad) => p.chunk_verified(index, Err(bad)),
+                Err(bad) => {
+                    p.chunk_verified(source, index, Err(bad), Instant::now());
+                }
             }
         }
         Ok(())
@@ -631,13 +758,13 @@ impl Handler<'_> {
     /// since) and has the damaged ones pulled again.
     fn recheck_stored(
         &mut self,
-        p: &mut Puller,
+        p: &mut Swarm,
         v: &ChunkVerifier,
         stored: &ChunkSet,
     ) -> Result<(), OutputError> {
         use std::os::unix::fs::FileExt;
         let Some(path) = &self.part_path else {
-            p.recheck_done();
+            p.recheck_done(Instant::now());
             return Ok(());
         };
         let file = output::open_nofollow(path).map_err(|e| OutputError::Io(path.clone(), e))?;
@@ -661,7 +788,7 @@ impl Handler<'_> {
         if damaged > 0 {
             (self.on)(PullUpdate::Damaged { chunks: damaged });
         }
-        p.recheck_done();
+        p.recheck_done(Instant::now());
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::exposer::Exposer;
 use crate::puller::{PullError, PullEvent};
+use crate::shaper::Shaper;
 use crate::swarm::Swarm;
 use crate::udp::{Receiver, Sender};
 
@@ -29,22 +30,51 @@ fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {
 }
 
 /// Serves until `stop` is set. Datagrams are handled in batches and the answers sent
-/// right after each batch, so queued ciphertext stays small.
-pub fn serve(sock: &UdpSocket, ex: &mut Exposer, stop: &AtomicBool) -> io::Result<()> {
+/// right after each batch, so queued ciphertext stays small. With a `shaper` (the
+/// `--max-rate` cap), what is sent goes through it, at its rate and in its order.
+pub fn serve(
+    sock: &UdpSocket,
+    ex: &mut Exposer,
+    stop: &AtomicBool,
+    mut shaper: Option<&mut Shaper>,
+) -> io::Result<()> {
     let mut rx = Receiver::default();
     let tx = Sender::default();
+    let send = |t: &crate::transmit::Transmit| {
+        if let Err(e) = tx.send(sock, t) {
+            tracing::debug!("send to {}: {e}", t.dest);
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
-        wait_readable(sock.as_raw_fd(), Duration::from_millis(200));
+        let mut wait = Duration::from_millis(200);
+        if let Some(t) = shaper.as_deref().and_then(Shaper::poll_timeout) {
+            wait = wait.min(t.saturating_duration_since(Instant::now()));
+        }
+        if !wait.is_zero() {
+            wait_readable(sock.as_raw_fd(), wait);
+        }
         for _ in 0..64 {
             let now = Instant::now();
             let n = rx.recv(sock, |from, d| ex.handle(now, from, d))?;
             while let Some(t) = ex.poll_transmit() {
-                if let Err(e) = tx.send(sock, &t) {
-                    tracing::debug!("send to {}: {e}", t.dest);
+                match shaper.as_deref_mut() {
+                    Some(s) => s.push(t),
+                    None => send(&t),
+                }
+            }
+            if let Some(s) = shaper.as_deref_mut() {
+                while let Some(t) = s.poll(now) {
+                    send(&t);
                 }
             }
             if n == 0 {
                 break;
+            }
+        }
+        if let Some(s) = shaper.as_deref_mut() {
+            let now = Instant::now();
+            while let Some(t) = s.poll(now) {
+                send(&t);
             }
         }
         ex.log_quiet_sources(Instant::now(), false);

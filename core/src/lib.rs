@@ -30,6 +30,8 @@
 //!   RETRY cookie and handshake rate, shared by exposers and connection endpoints),
 //!   `conn` (connections: wire, Noise XX, streams, endpoint) and `sim` (the
 //!   deterministic network simulator that runs them);
+//! - `shaper`: the exposer's total send-rate cap, fair between pullers (sans-IO,
+//!   between the exposer and its socket);
 //! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
 //!   (runs connection endpoints), `source` and `sealed` (reading exposed files, and
 //!   sealing them ahead in the background), `remembered` (roots of unchanged files
@@ -141,6 +143,8 @@ pub mod puller;
 pub mod rng;
 #[doc(hidden)]
 pub mod sealed;
+#[doc(hidden)]
+pub mod shaper;
 #[doc(hidden)]
 pub mod sidecar;
 #[doc(hidden)]

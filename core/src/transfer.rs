@@ -46,6 +46,7 @@ use crate::output::{self, Output, OutputError};
 use crate::puller::{BadChunk, ChunkVerifier, PullConfig, PullError, PullEvent, PullStats, Puller};
 use crate::remembered;
 use crate::sealed;
+use crate::shaper::Shaper;
 use crate::source::{ChunkSource, FileSource};
 use crate::swarm::Swarm;
 use crate::udp;
@@ -828,6 +829,9 @@ pub struct ExposeOptions {
     pub rehash: bool,
     /// Largest datagram on every path (`None`: 1200, or 65000 on loopback).
     pub max_datagram: Option<usize>,
+    /// Cap on the total send rate, in bits per second, shared fairly among pullers
+    /// (`None`: no cap).
+    pub max_rate: Option<u64>,
 }
 
 impl Default for ExposeOptions {
@@ -843,6 +847,7 @@ impl Default for ExposeOptions {
             cipher: None,
             rehash: false,
             max_datagram: None,
+            max_rate: None,
         }
     }
 }
@@ -872,6 +877,7 @@ impl Exposure {
     /// ahead if asked, and starts serving on a thread.
     pub fn start(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Exposure, TransferError> {
         let (exposer, sock, files, key, remembering) = prepare(paths, opts)?;
+        let max_rate = opts.max_rate;
         let local = sock
             .local_addr()
             .map_err(|e| TransferError::Io(e.to_string()))?;
@@ -881,7 +887,8 @@ impl Exposure {
             .name("rgtp-expose".into())
             .spawn(move || {
                 let mut ex = exposer;
-                let r = driver::serve(&sock, &mut ex, &flag);
+                let mut shaper = max_rate.map(|r| Shaper::new(r, Instant::now()));
+                let r = driver::serve(&sock, &mut ex, &flag, shaper.as_mut());
                 join_all(remembering);
                 ex.log_quiet_sources(Instant::now(), true);
                 r
@@ -950,7 +957,8 @@ pub fn expose_until(
         .local_addr()
         .map_err(|e| TransferError::Io(e.to_string()))?;
     ready(&files, local, &key);
-    let served = driver::serve(&sock, &mut ex, stop);
+    let mut shaper = opts.max_rate.map(|r| Shaper::new(r, Instant::now()));
+    let served = driver::serve(&sock, &mut ex, stop, shaper.as_mut());
     join_all(remembering);
     // Whoever was being served when we stopped gets their access-log line now.
     ex.log_quiet_sources(Instant::now(), true);
@@ -975,6 +983,11 @@ fn join_all(threads: Vec<JoinHandle<()>>) {
 }
 
 fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, TransferError> {
+    if opts.max_rate == Some(0) {
+        return Err(TransferError::Usage(
+            "the rate cap must be more than 0 bits/s".into(),
+        ));
+    }
     if opts
         .max_datagram
         .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))

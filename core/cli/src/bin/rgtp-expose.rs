@@ -99,6 +99,12 @@ struct Args {
     /// Pullers that do not offer it get ChaCha20-Poly1305.
     #[arg(long, default_value = "auto", value_name = "CIPHER")]
     cipher: rgtp_cli::CipherChoice,
+    /// Cap on the total send rate, in bits per second (e.g. 200M, 1G, 1.5G, or a plain
+    /// number; K, M, G, T are powers of 1000), shared fairly among pullers: each
+    /// puller gets an equal turn, and what one does not use goes to the others.
+    /// Default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = rgtp_cli::parse_rate)]
+    max_rate: Option<u64>,
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
@@ -145,6 +151,7 @@ fn main() -> ExitCode {
             rgtp_cli::CipherChoice::Only(c) => Some(c),
         },
         rehash: args.rehash,
+        max_rate: args.max_rate,
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();

@@ -50,6 +50,8 @@ pub struct Source {
     started: bool,
     /// No endgame look-up before then (the last one found nothing).
     next_steal: Option<Instant>,
+    /// When it last went from no work to some: silence before then is no stall.
+    busy_since: Option<Instant>,
 }
 
 impl Source {
@@ -121,6 +123,7 @@ impl Swarm {
                     pending: 0,
                     started: false,
                     next_steal: None,
+                    busy_since: None,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -246,8 +249,8 @@ impl Swarm {
             if let Some(t) = s.puller.poll_timeout() {
                 at(t);
             }
-            if live > 1 && s.pending > 0 && s.puller.in_transfer() {
-                at(s.puller.last_heard() + stall_limit(&s.puller));
+            if let Some(t) = stall_at(s).filter(|_| live > 1) {
+                at(t);
             }
         }
         next
@@ -270,12 +273,7 @@ impl Swarm {
         }
         for i in 0..self.sources.len() {
             let s = &self.sources[i];
-            if self.live_count() > 1
-                && s.live()
-                && s.pending > 0
-                && s.puller.in_transfer()
-                && now >= s.puller.last_heard() + stall_limit(&s.puller)
-            {
+            if self.live_count() > 1 && s.live() && stall_at(s).is_some_and(|t| now >= t) {
                 tracing::info!("source {} stalled; its chunks go to the others", s.addr());
                 self.drop_source(i, PullError::Timeout, now);
             }
@@ -481,6 +479,17 @@ impl Swarm {
         }
     }
 
+    /// Grants chunk `c` to source `i`.
+    fn give(&mut self, i: usize, c: u64, now: Instant) {
+        let s = &mut self.sources[i];
+        if s.pending == 0 {
+            s.busy_since = Some(now);
+        }
+        s.assigned.insert(c);
+        s.pending += 1;
+        s.puller.grant(c);
+    }
+
     /// How many chunks source `i` should hold: twice what its window carries.
     fn target(&self, i: usize) -> u64 {
         let w = self.sources[i].puller.rate_control().window();
@@ -505,10 +514,7 @@ impl Swarm {
             };
             self.cursor = c + 1;
             self.claimed.insert(c);
-            let s = &mut self.sources[i];
-            s.assigned.insert(c);
-            s.pending += 1;
-            s.puller.grant(c);
+            self.give(i, c, now);
         }
         if self.sources[i].pending >= target {
             return;
@@ -526,10 +532,7 @@ impl Swarm {
             scanned += 1;
             if !self.dup.contains(c) && !self.sources[i].assigned.contains(c) {
                 self.dup.insert(c);
-                let s = &mut self.sources[i];
-                s.assigned.insert(c);
-                s.pending += 1;
-                s.puller.grant(c);
+                self.give(i, c, now);
             }
             next = self.have.first_missing_from(c + 1);
         }
@@ -543,7 +546,15 @@ impl Swarm {
     }
 }
 
-/// How long source `p` may be silent with chunks granted before it is dropped.
-fn stall_limit(p: &Puller) -> Duration {
-    (p.rate_control().srtt() * 8).max(STALL_MIN)
+/// When source `s` counts as stalled if it stays silent: max(3 s, 8 srtt) after it was
+/// last heard from or was given work, whichever is later (`None`: it has no work).
+fn stall_at(s: &Source) -> Option<Instant> {
+    if s.pending == 0 || !s.puller.in_transfer() {
+        return None;
+    }
+    let limit = (s.puller.rate_control().srtt() * 8).max(STALL_MIN);
+    let from = s
+        .busy_since
+        .map_or(s.puller.last_heard(), |b| b.max(s.puller.last_heard()));
+    Some(from + limit)
 }

@@ -314,7 +314,8 @@ pub struct PullReport {
     pub resumed: bool,
     /// The file's verified BLAKE3 Merkle root (equal to `b3sum` of the file).
     pub root: [u8; 32],
-    /// The exposer's static public key.
+    /// The exposer's static public key (of the main source, or with `from` of the
+    /// first source to answer when the main one never did).
     pub exposer_key: [u8; 32],
     /// The puller's counters (datagrams, requests, re-requests, duplicates, bad
     /// chunks), added up over the sources.
@@ -652,18 +653,17 @@ impl PullHandler for Handler<'_> {
 
     fn on_event(&mut self, source: usize, ev: PullEvent) -> Result<(), OutputError> {
         match ev {
-            PullEvent::Started { .. } if self.started => Ok(()),
             PullEvent::Started {
                 exposer_key,
                 size,
                 root,
                 resumed,
             } => {
-                self.resumed = resumed;
-                self.total = size;
-                self.started = true;
-                self.root = root;
-                self.exposer_key = exposer_key;
+                // The main source's key is trusted on first use (when not pinned),
+                // whenever it answers; the output is set up by the first to answer.
+                if source == 0 {
+                    self.exposer_key = exposer_key;
+                }
                 if let Some(k) = self.known.as_mut().filter(|_| source == 0) {
                     if k.check(&self.host_port, &exposer_key) == Trust::New {
                         if let Err(e) = k.remember(&self.host_port, &exposer_key) {
@@ -674,6 +674,16 @@ impl PullHandler for Handler<'_> {
                             key: exposer_key,
                         });
                     }
+                }
+                if self.started {
+                    return Ok(());
+                }
+                self.resumed = resumed;
+                self.total = size;
+                self.started = true;
+                self.root = root;
+                if source != 0 {
+                    self.exposer_key = exposer_key;
                 }
                 let have = if resumed {
                     self.resumed_have.take()

@@ -232,3 +232,28 @@ fn from_needs_the_root_and_the_same_root() {
     assert!(!out.exists());
     drop(src);
 }
+
+/// The main source's key is trusted on first use when its URL pins none (the root
+/// is what checks the chunks); a --from source's key is never remembered.
+#[test]
+fn only_the_main_sources_key_is_trusted_on_first_use() {
+    let dir = TestDir::new("swarm-tofu");
+    let (src, a) = expose_random_file(&dir, "tofu.bin", 2 * MIB, "swarm-tofu");
+    let b = second_exposer(&dir, &src, "b");
+    let unpinned = format!(
+        "rgtp://{}/tofu.bin?root={}",
+        a.single().host_port(),
+        a.single().root
+    );
+    let out = dir.join("tofu.out");
+    let done = PullCmd::url(&dir, &unpinned, &out)
+        .arg("--from")
+        .arg(b.single().host_port())
+        .run(&dir);
+    done.assert_success();
+    assert_same_content(&src, &out, "pull with an unpinned main source");
+    let known = std::fs::read_to_string(dir.puller_cfg().join("known_exposers"))
+        .expect("known_exposers written");
+    assert!(known.contains(&a.single().key), "{known}");
+    assert!(!known.contains(&b.single().key), "{known}");
+}

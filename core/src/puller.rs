@@ -330,9 +330,9 @@ enum Recheck {
 const MAX_CHUNK_FAILURES: u32 = 16;
 
 /// A source of a multi-source pull is dropped after this many chunks that do not open
-/// under its key (plus one per 16 good ones: the path may damage a datagram now and
+/// under its key (plus one per 4 good ones: the path may damage a datagram now and
 /// then, a lying source damages them all).
-const MAX_DAMAGED_FROM_SOURCE: u64 = 3;
+const MAX_DAMAGED_FROM_SOURCE: u64 = 8;
 
 struct Flight {
     buf: Vec<u8>,
@@ -1071,7 +1071,7 @@ impl Puller {
     fn chunk_damaged(&mut self, o: Object, index: u64) {
         self.stats.bad_chunks += 1;
         let delivered = self.stats.content_bytes / CHUNK_SIZE as u64;
-        if self.cfg.scheduled && self.stats.bad_chunks > MAX_DAMAGED_FROM_SOURCE + delivered / 16 {
+        if self.cfg.scheduled && self.stats.bad_chunks > MAX_DAMAGED_FROM_SOURCE + delivered / 4 {
             self.fail(PullError::BadSource { chunk: index });
             return;
         }

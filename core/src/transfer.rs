@@ -338,6 +338,7 @@ pub struct SourceReport {
 }
 
 /// One source of a pull, resolved.
+#[derive(Debug)]
 struct SourcePlan {
     host_port: String,
     remote: SocketAddr,
@@ -346,9 +347,24 @@ struct SourcePlan {
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, TransferError> {
-    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => Ok(a),
-        _ => Err(TransferError::Unreachable(format!(
+    resolve_like(host, port, None)
+}
+
+/// `host`'s first address, of the family of `like` when it has one (a --from source
+/// shares the main source's socket).
+fn resolve_like(
+    host: &str,
+    port: u16,
+    like: Option<SocketAddr>,
+) -> Result<SocketAddr, TransferError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    let same = like.and_then(|l| addrs.iter().find(|a| a.is_ipv4() == l.is_ipv4()));
+    match same.or(addrs.first()) {
+        Some(a) => Ok(*a),
+        None => Err(TransferError::Unreachable(format!(
             "cannot resolve host {host}"
         ))),
     }
@@ -385,7 +401,7 @@ fn extra_sources(
                 hex(&root)
             ));
         }
-        let remote = resolve(&s.host, s.port)?;
+        let remote = resolve_like(&s.host, s.port, Some(main))?;
         if remote.is_ipv4() != main.is_ipv4() {
             return usage(format!("--from {f}: sources must all be IPv4 or all IPv6"));
         }
@@ -1195,6 +1211,43 @@ pub fn default_cache_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_sources_are_checked_against_the_main_source() {
+        let root = "ab".repeat(32);
+        let main_url = format!("rgtp://127.0.0.1:5000/f.bin?root={root}");
+        let src = PullSource::parse(&main_url, None).unwrap();
+        let main: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let from = |f: &[&str]| {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            extra_sources(&src, main, &f)
+        };
+        // HOST:PORT serves the same name; a name resolves in the main's family.
+        let p = from(&[
+            "localhost:5001",
+            &format!("rgtp://127.0.0.2:5002/g.bin?root={root}"),
+        ])
+        .unwrap();
+        assert_eq!(p[0].remote, "127.0.0.1:5001".parse().unwrap());
+        assert_eq!((p[0].name.as_str(), p[1].name.as_str()), ("f.bin", "g.bin"));
+        for (f, want) in [
+            (
+                format!("rgtp://127.0.0.2:5/f.bin?root={}", "cd".repeat(32)),
+                "another root",
+            ),
+            ("127.0.0.1:5000".to_string(), "given twice"),
+            ("[::1]:5001".to_string(), "IPv4 or all IPv6"),
+            ("http://x/y".to_string(), "rgtp://"),
+        ] {
+            let e = from(&[f.as_str()]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{f}: {e}");
+            assert!(e.to_string().contains(want), "{f}: {e}");
+        }
+        // Without the main URL's root there is nothing to check the sources against.
+        let by_name = PullSource::parse("127.0.0.1:5000", Some("f.bin")).unwrap();
+        let e = extra_sources(&by_name, main, &["127.0.0.1:5001".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("root="), "{e}");
+    }
 
     #[test]
     fn sources_parse_as_the_commands_take_them() {

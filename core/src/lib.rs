@@ -24,11 +24,14 @@
 //!   source every state machine draws from: the OS CSPRNG, or a seeded stream in
 //!   simulation), `zeroed`;
 //! - sans-IO state machines (no sockets, no clocks of their own): `handshake` (the
-//!   pull's Noise NX), `exposer`, `puller`, `cc` (rate control shared by pulls and
+//!   pull's Noise NX), `exposer`, `puller`, `swarm` (a pull from several sources of
+//!   one root, a puller per source), `cc` (rate control shared by pulls and
 //!   connections), `replay` (the exposer's filter of REQUESTs served), `retry` (the
 //!   RETRY cookie and handshake rate, shared by exposers and connection endpoints),
 //!   `conn` (connections: wire, Noise XX, streams, endpoint) and `sim` (the
 //!   deterministic network simulator that runs them);
+//! - `shaper`: the exposer's total send-rate cap, fair between pullers (sans-IO,
+//!   between the exposer and its socket);
 //! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
 //!   (runs connection endpoints), `source` and `sealed` (reading exposed files, and
 //!   sealing them ahead in the background), `remembered` (roots of unchanged files
@@ -143,11 +146,15 @@ pub mod rng;
 #[doc(hidden)]
 pub mod sealed;
 #[doc(hidden)]
+pub mod shaper;
+#[doc(hidden)]
 pub mod sidecar;
 #[doc(hidden)]
 pub mod sim;
 #[doc(hidden)]
 pub mod source;
+#[doc(hidden)]
+pub mod swarm;
 #[doc(hidden)]
 pub mod udp;
 #[doc(hidden)]
@@ -159,6 +166,6 @@ pub use crypto::Cipher;
 pub use keys::{KeyError, StaticKey};
 pub use transfer::{
     default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,
-    PullOptions, PullReport, PullSource, PullUpdate, TransferError,
+    PullOptions, PullReport, PullSource, PullUpdate, SourceReport, TransferError,
 };
 pub use url::RgtpUrl;

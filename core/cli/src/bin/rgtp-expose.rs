@@ -109,6 +109,12 @@ struct Args {
     /// Default: the public bootstrap nodes.
     #[arg(long, value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
+    /// Cap on the total send rate, in bits per second (e.g. 200M, 1G, 1.5G, or a plain
+    /// number; K, M, G, T are powers of 1000), shared fairly among pullers: each
+    /// puller gets an equal turn, and what one does not use goes to the others.
+    /// Default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = rgtp_cli::parse_rate)]
+    max_rate: Option<u64>,
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
@@ -196,6 +202,7 @@ fn main() -> ExitCode {
             rgtp_cli::CipherChoice::Only(c) => Some(c),
         },
         rehash: args.rehash,
+        max_rate: args.max_rate,
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();

@@ -36,7 +36,8 @@
 //!   (runs connection endpoints), `source` and `sealed` (reading exposed files, and
 //!   sealing them ahead in the background), `remembered` (roots of unchanged files
 //!   kept on disk), `output` (writing pulled files), `sidecar` (resume state), `keys`
-//!   (static keys, known exposers), `atomic_file`;
+//!   (static keys, known exposers), `atomic_file`, and with the `dht` feature `dht`
+//!   (announcing and finding sources of a root in the Mainline DHT);
 //! - blocking API: `transfer` (pull and expose, re-exported here) and, for byte
 //!   streams, `conn::runtime`;
 //! - `fuzzing`: the fuzz harnesses' entry points.

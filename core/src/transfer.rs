@@ -249,6 +249,9 @@ pub struct PullOptions {
     /// are checked against the main source's root, which must then be known (a URL
     /// with `root=`).
     pub from: Vec<String>,
+    /// Sources discovered rather than given (e.g. in the DHT): used as `from`, but
+    /// one that repeats a source, or of the other address family, is skipped.
+    pub found: Vec<SocketAddr>,
 }
 
 impl Default for PullOptions {
@@ -262,6 +265,7 @@ impl Default for PullOptions {
             offload_verify: None,
             ciphers: None,
             from: Vec::new(),
+            found: Vec::new(),
         }
     }
 }
@@ -375,14 +379,16 @@ fn extra_sources(
     src: &PullSource,
     main: SocketAddr,
     from: &[String],
+    found: &[SocketAddr],
 ) -> Result<Vec<SourcePlan>, TransferError> {
-    if from.is_empty() {
+    if from.is_empty() && found.is_empty() {
         return Ok(Vec::new());
     }
     let usage = |m: String| Err(TransferError::Usage(m));
     let Some(root) = src.root else {
         return usage(
-            "--from needs the content root: give an rgtp:// URL with root= (every source              is checked against it)"
+            "--from and --dht need the content root: give an rgtp:// URL with root= (every \
+             source is checked against it)"
                 .into(),
         );
     };
@@ -416,6 +422,18 @@ fn extra_sources(
             key: s.key,
         });
     }
+    for &remote in found {
+        if remote.is_ipv4() != main.is_ipv4() || seen.contains(&remote) {
+            continue;
+        }
+        seen.push(remote);
+        plans.push(SourcePlan {
+            host_port: remote.to_string(),
+            remote,
+            name: src.name.clone(),
+            key: None,
+        });
+    }
     Ok(plans)
 }
 
@@ -443,7 +461,7 @@ pub fn pull_from(
 ) -> Result<PullReport, TransferError> {
     let host_port = src.host_port();
     let remote = resolve(&src.host, src.port)?;
-    let extra = extra_sources(src, remote, &opts.from)?;
+    let extra = extra_sources(src, remote, &opts.from, &opts.found)?;
     let pin = opts.key.or(src.key);
     // Trust on first use when nothing pins the key.
     let known_path = opts
@@ -1234,7 +1252,7 @@ mod tests {
         let main: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let from = |f: &[&str]| {
             let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
-            extra_sources(&src, main, &f)
+            extra_sources(&src, main, &f, &[])
         };
         // HOST:PORT serves the same name; a name resolves in the main's family.
         let p = from(&[
@@ -1259,8 +1277,34 @@ mod tests {
         }
         // Without the main URL's root there is nothing to check the sources against.
         let by_name = PullSource::parse("127.0.0.1:5000", Some("f.bin")).unwrap();
-        let e = extra_sources(&by_name, main, &["127.0.0.1:5001".to_string()]).unwrap_err();
+        let e = extra_sources(&by_name, main, &["127.0.0.1:5001".to_string()], &[]).unwrap_err();
         assert!(e.to_string().contains("root="), "{e}");
+        let found: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let e = extra_sources(&by_name, main, &[], &[found]).unwrap_err();
+        assert!(e.to_string().contains("root="), "{e}");
+    }
+
+    #[test]
+    fn found_sources_skip_repeats_and_the_other_family() {
+        let root = "ab".repeat(32);
+        let src =
+            PullSource::parse(&format!("rgtp://127.0.0.1:5000/f.bin?root={root}"), None).unwrap();
+        let main: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let found: Vec<SocketAddr> = [
+            "127.0.0.1:5000",
+            "127.0.0.1:5001",
+            "[::1]:5002",
+            "127.0.0.1:5001",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let p = extra_sources(&src, main, &["127.0.0.1:5003".to_string()], &found).unwrap();
+        let got: Vec<String> = p.iter().map(|p| p.remote.to_string()).collect();
+        assert_eq!(got, ["127.0.0.1:5003", "127.0.0.1:5001"]);
+        assert!(p
+            .iter()
+            .all(|p| p.name == "f.bin" && p.key.is_none() || p.remote.port() == 5003));
     }
 
     #[test]

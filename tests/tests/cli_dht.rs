@@ -64,3 +64,65 @@ fn an_unreachable_dht_costs_a_warning_not_the_exposure() {
     ex.assert_running();
     ex.stop_with(libc::SIGTERM);
 }
+
+#[test]
+fn a_pull_finds_another_source_in_the_dht_when_its_exposer_is_gone() {
+    let net = mainline::Testnet::builder(5).build().expect("a local DHT");
+    let dir = TestDir::new("dht-pull");
+    let file = dir.join("data.bin");
+    write_random_file(&file, 2 << 20, "dht-pull");
+    let start = |key: &str| {
+        let mut opts = ExposeOpts::new(&dir, &[&file])
+            .bind(Some("127.0.0.1"))
+            .key(&dir.join(key));
+        opts.extra_args = dht_args(&net.bootstrap);
+        let ex = opts.start(&dir);
+        wait_until(
+            "the exposer's DHT announce",
+            Duration::from_secs(30),
+            || ex.proc.stderr().contains("announced root"),
+        );
+        ex
+    };
+    let a = start("a.key");
+    let b = start("b.key");
+    // The URL names exposer A, which is gone: the pull finds B by the root.
+    let url = a.single().url.clone();
+    a.stop_with(libc::SIGTERM);
+    let out = dir.join("copy.bin");
+    let mut cmd = PullCmd::url(&dir, &url, &out)
+        .arg("--json")
+        .arg("--connect-timeout")
+        .arg("3");
+    for arg in dht_args(&net.bootstrap) {
+        cmd = cmd.arg(arg);
+    }
+    let pulled = cmd.run(&dir);
+    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
+    assert_eq!(std::fs::read(&out).ok(), std::fs::read(&file).ok());
+    let report: serde_json::Value = serde_json::from_str(&pulled.stdout).expect("json");
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    let from_b = report["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["addr"] == b_addr.as_str())
+        .unwrap_or_else(|| panic!("{b_addr} not among the sources: {report}"));
+    assert_eq!(from_b["bytes"], 2 << 20, "{report}");
+    b.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn dht_without_a_root_is_a_usage_error() {
+    let dir = TestDir::new("dht-usage");
+    let out = dir.join("x");
+    let r = PullCmd::new(&dir, ["127.0.0.1:9", "name", "--dht", "-o"])
+        .arg(out.display().to_string())
+        .run(&dir);
+    assert_eq!(r.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--dht needs the content root"),
+        "{}",
+        r.stderr
+    );
+}

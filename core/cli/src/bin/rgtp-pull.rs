@@ -93,6 +93,15 @@ struct Args {
     /// root (repeatable; SOURCE must be a URL with root=).
     #[arg(long, value_name = "SRC")]
     from: Vec<String>,
+    /// Also pull from sources of the root found in the Mainline DHT (exposers started
+    /// with --dht); needs a URL with root=. Nothing found there is trusted: every
+    /// chunk is verified against the root.
+    #[arg(long)]
+    dht: bool,
+    /// DHT nodes to join through (HOST:PORT; repeat the flag for more; implies --dht).
+    /// Default: the public bootstrap nodes.
+    #[arg(long, value_name = "HOST:PORT")]
+    dht_bootstrap: Vec<String>,
     /// Give up when an exposer that has answered is then silent this many seconds
     /// (the pull resumes by itself if it comes back sooner).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
@@ -227,6 +236,27 @@ impl Drop for TempDir {
     }
 }
 
+/// How long a DHT lookup may take before the pull starts with what it found.
+const DHT_LOOKUP: Duration = Duration::from_secs(5);
+
+/// Sources of `root` announced in the DHT (at most 16). A DHT that cannot be joined
+/// costs a warning: the pull goes on with the sources it was given.
+fn dht_sources(root: &[u8; 32], bootstrap: &[String], quiet: bool) -> Vec<std::net::SocketAddr> {
+    match rgtp::dht::Discovery::join(bootstrap) {
+        Ok(d) => {
+            let found = d.lookup(root, 16, DHT_LOOKUP);
+            if !quiet {
+                eprintln!("rgtp-pull: {} source(s) found in the DHT", found.len());
+            }
+            found
+        }
+        Err(e) => {
+            eprintln!("rgtp-pull: warning: cannot join the DHT ({e}); pulling without it");
+            Vec::new()
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), Failure> {
     if let Err(e) = rgtp_cli::check_max_datagram(args.max_datagram) {
         return fail(2, e);
@@ -251,6 +281,15 @@ fn run(args: Args) -> Result<(), Failure> {
         from: args.from.clone(),
         ..Default::default()
     };
+    if args.dht || !args.dht_bootstrap.is_empty() {
+        let Some(root) = src.root else {
+            return fail(
+                2,
+                "--dht needs the content root: give an rgtp:// URL with root=",
+            );
+        };
+        opts.found = dht_sources(&root, &args.dht_bootstrap, args.quiet || args.json);
+    }
     if let Some(k) = &args.key {
         match parse_hex32(k) {
             Some(k) => opts.key = Some(k),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench-bigfiles.sh: big files (issue 21), each row beside its peer in the same run.
 #
-#   1. start-up: for each size in $BENCH_BIG_SIZES (GiB, default "1 4"), a file of
+#   1. start-up: for each size in $BENCH_BIG_SIZES (GiB, default "1 4"; empty: none), a file of
 #      random bytes (warm in the page cache): `b3sum FILE` against the time from
 #      starting `rgtp-expose FILE` to its URL, hashed (--rehash) and remembered; then
 #      the time until the background sealing ends, and the sealed store's disk.
@@ -21,7 +21,7 @@ if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-SIZES=${BENCH_BIG_SIZES:-"1 4"}
+SIZES=${BENCH_BIG_SIZES-"1 4"}
 RUNS=${BENCH_BIG_RUNS:-3}
 HUGE=${BENCH_BIG_HUGE:-0}
 W=$(mktemp -d "${BENCH_BIG_DIR:-/tmp}/rgtp-bench-big.XXXXXX")

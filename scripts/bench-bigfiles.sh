@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # bench-bigfiles.sh: big files (issue 21), each row beside its peer in the same run.
 #
-#   1. start-up: for each size in $BENCH_BIG_SIZES (GiB, default "1 4"), a file of
+#   1. start-up: for each size in $BENCH_BIG_SIZES (GiB, default "1 4"; empty: none), a file of
 #      random bytes (warm in the page cache): `b3sum FILE` against the time from
 #      starting `rgtp-expose FILE` to its URL, hashed (--rehash) and remembered; then
 #      the time until the background sealing ends, and the sealed store's disk.
 #   2. loopback: a 1 GiB pull to /dev/null, rgtp-pull against curl <- nginx HTTPS
 #      (TLS 1.3, AES-256-GCM), alternated, $BENCH_BIG_RUNS runs each, for each chunk
 #      cipher; and one pull started with the URL (during background sealing).
+#      BENCH_BIG_LOOPBACK=0 skips this part.
 #   3. with BENCH_BIG_HUGE=GiB (e.g. 20): a sparse file of that size exposed and
-#      pulled to /dev/null: peak RSS of both sides and the sealed store's disk.
+#      pulled to /dev/null: peak memory of both sides (the exposer's own, and the
+#      store's page cache it maps) and the sealed store's disk.
 #
 # Usage: scripts/bench-bigfiles.sh   (root not needed; nginx, curl, openssl, b3sum)
 # Output: one line per row on stdout; ratios are against the peer in the same run.
@@ -19,7 +21,7 @@ if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-SIZES=${BENCH_BIG_SIZES:-"1 4"}
+SIZES=${BENCH_BIG_SIZES-"1 4"}
 RUNS=${BENCH_BIG_RUNS:-3}
 HUGE=${BENCH_BIG_HUGE:-0}
 W=$(mktemp -d "${BENCH_BIG_DIR:-/tmp}/rgtp-bench-big.XXXXXX")
@@ -115,6 +117,7 @@ for g in $SIZES; do
 done
 
 # ---------------------------------------------------------------- 2. loopback
+if [[ ${BENCH_BIG_LOOPBACK:-1} == 1 ]]; then
 f=$W/big-1G.bin
 [[ -f $f ]] || { head -c $((1 << 30)) /dev/urandom >"$f"; }
 mkdir -p "$W/www" "$W/tmp"
@@ -167,19 +170,40 @@ for cipher in aes-256-gcm chacha20-poly1305; do
     "https_MBps=$(calc "1073741824 / $mc / 1e6" 0) speedup_vs_https=$(calc "$mc / $mr")"
   unexpose
 done
+fi
 
 # ---------------------------------------------------------------- 3. huge (sparse)
 if [[ $HUGE -gt 0 ]]; then
   f=$W/huge.bin
   truncate -s "${HUGE}G" "$f"
+  t0=$(now); b3sum --no-names "$f" >/dev/null; b3_s=$(calc "$(now) - $t0" 3)
   t0=$(now)
   expose "$f" --max-datagram 65000
   url_s=$EX_SECS
+  touch "$W/pulling"
+  # The exposer's resident memory sampled every 0.2 s (bounded: 1 h): RssAnon is
+  # its own memory; RssFile is page cache of the sealed store it maps and sends from,
+  # shared and reclaimable (VmHWM counts both).
+  (
+    a=0 f=0
+    for ((i = 0; i < 18000; i++)); do
+      [[ -e $W/pulling ]] || break
+      read -r ra rf < <(awk '/RssAnon/ {a = $2} /RssFile/ {f = $2} END {print a, f}' "/proc/$EX_PID/status" 2>/dev/null || echo "0 0")
+      ((ra > a)) && a=$ra
+      ((rf > f)) && f=$rf
+      sleep 0.2
+    done
+    echo "$a $f" >"$W/ex.rss"
+  ) &
+  sampler=$!
   /usr/bin/time -f "%M" -o "$W/pull.rss" "$BIN/rgtp-pull" "$EX_URL" -o /dev/null --quiet
   pull_s=$(calc "$(now) - $t0 - $url_s" 1)
+  rm -f "$W/pulling"
+  wait "$sampler"
+  read -r ex_anon ex_file <"$W/ex.rss"
   ex_rss=$(awk '/VmHWM/ {print $2}' "/proc/$EX_PID/status")
   disk=$(store_disk "$EX_PID")
-  echo "huge size=${HUGE}GiB(sparse) url_s=$url_s pull_s=$pull_s exposer_peak_rss_kb=$ex_rss puller_peak_rss_kb=$(cat "$W/pull.rss")" \
-    "store_disk_bytes=$disk outboard_bytes=$(((HUGE << 30) / 16384 * 32))"
+  echo "huge size=${HUGE}GiB(sparse) b3sum_s=$b3_s url_s=$url_s pull_s=$pull_s exposer_peak_anon_kb=$ex_anon exposer_peak_file_kb=$ex_file" \
+    "exposer_vmhwm_kb=$ex_rss puller_peak_rss_kb=$(cat "$W/pull.rss") store_disk_bytes=$disk outboard_bytes=$(((HUGE << 30) / 16384 * 32))"
   unexpose
 fi

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::exposer::Exposer;
-use crate::puller::{PullError, PullEvent, Puller};
+use crate::puller::{PullError, PullEvent};
+use crate::shaper::Shaper;
+use crate::swarm::Swarm;
 use crate::udp::{Receiver, Sender};
 
 /// Waits for readability with microsecond precision (pacing needs better than poll's ms).
@@ -28,22 +30,51 @@ fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {
 }
 
 /// Serves until `stop` is set. Datagrams are handled in batches and the answers sent
-/// right after each batch, so queued ciphertext stays small.
-pub fn serve(sock: &UdpSocket, ex: &mut Exposer, stop: &AtomicBool) -> io::Result<()> {
+/// right after each batch, so queued ciphertext stays small. With a `shaper` (the
+/// `--max-rate` cap), what is sent goes through it, at its rate and in its order.
+pub fn serve(
+    sock: &UdpSocket,
+    ex: &mut Exposer,
+    stop: &AtomicBool,
+    mut shaper: Option<&mut Shaper>,
+) -> io::Result<()> {
     let mut rx = Receiver::default();
     let tx = Sender::default();
+    let send = |t: &crate::transmit::Transmit| {
+        if let Err(e) = tx.send(sock, t) {
+            tracing::debug!("send to {}: {e}", t.dest);
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
-        wait_readable(sock.as_raw_fd(), Duration::from_millis(200));
+        let mut wait = Duration::from_millis(200);
+        if let Some(t) = shaper.as_deref().and_then(Shaper::poll_timeout) {
+            wait = wait.min(t.saturating_duration_since(Instant::now()));
+        }
+        if !wait.is_zero() {
+            wait_readable(sock.as_raw_fd(), wait);
+        }
         for _ in 0..64 {
             let now = Instant::now();
             let n = rx.recv(sock, |from, d| ex.handle(now, from, d))?;
             while let Some(t) = ex.poll_transmit() {
-                if let Err(e) = tx.send(sock, &t) {
-                    tracing::debug!("send to {}: {e}", t.dest);
+                match shaper.as_deref_mut() {
+                    Some(s) => s.push(t),
+                    None => send(&t),
+                }
+            }
+            if let Some(s) = shaper.as_deref_mut() {
+                while let Some(t) = s.poll(now) {
+                    send(&t);
                 }
             }
             if n == 0 {
                 break;
+            }
+        }
+        if let Some(s) = shaper.as_deref_mut() {
+            let now = Instant::now();
+            while let Some(t) = s.poll(now) {
+                send(&t);
             }
         }
         ex.log_quiet_sources(Instant::now(), false);
@@ -65,24 +96,25 @@ pub enum PullEnd<E> {
 /// What a pull's driver hands its events to.
 pub trait PullHandler {
     type Error;
-    /// Every event but Done and Failed (chunks to store, start).
-    fn on_event(&mut self, ev: PullEvent) -> Result<(), Self::Error>;
+    /// Every event but Done and Failed (chunks to store, start), with the index of
+    /// the source it came from.
+    fn on_event(&mut self, source: usize, ev: PullEvent) -> Result<(), Self::Error>;
     /// About every 100 ms: progress and persistence.
-    fn on_tick(&mut self, p: &Puller) -> Result<(), Self::Error>;
+    fn on_tick(&mut self, p: &Swarm) -> Result<(), Self::Error>;
     /// True while the consumer is behind (e.g. the disk): no new requests go out.
     fn paused(&self) -> bool {
         false
     }
     /// Each loop turn: report finished work (offloaded verifications) to the puller.
-    fn poll_completions(&mut self, _p: &mut Puller) -> Result<(), Self::Error> {
+    fn poll_completions(&mut self, _p: &mut Swarm) -> Result<(), Self::Error> {
         Ok(())
     }
 }
 
-/// Runs a pull to its end.
+/// Runs a pull (from one source or several) to its end.
 pub fn pull<H: PullHandler>(
     sock: &UdpSocket,
-    p: &mut Puller,
+    p: &mut Swarm,
     stop: &AtomicBool,
     h: &mut H,
 ) -> PullEnd<H::Error> {
@@ -147,13 +179,13 @@ pub fn pull<H: PullHandler>(
 
 /// Hands the puller's pending events to `h`; `Some` when the pull ended (done, failed,
 /// or the handler failed).
-fn hand_out_events<H: PullHandler>(p: &mut Puller, h: &mut H) -> Option<PullEnd<H::Error>> {
-    while let Some(ev) = p.poll_event() {
+fn hand_out_events<H: PullHandler>(p: &mut Swarm, h: &mut H) -> Option<PullEnd<H::Error>> {
+    while let Some((source, ev)) = p.poll_event() {
         match ev {
             PullEvent::Done => return Some(PullEnd::Done),
             PullEvent::Failed(e) => return Some(PullEnd::Failed(e)),
             ev => {
-                if let Err(e) = h.on_event(ev) {
+                if let Err(e) = h.on_event(source, ev) {
                     return Some(PullEnd::Sink(e));
                 }
             }

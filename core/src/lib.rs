@@ -25,16 +25,20 @@
 //!   source every state machine draws from: the OS CSPRNG, or a seeded stream in
 //!   simulation), `zeroed`;
 //! - sans-IO state machines (no sockets, no clocks of their own): `handshake` (the
-//!   pull's Noise NX), `exposer`, `puller`, `cc` (rate control shared by pulls and
+//!   pull's Noise NX), `exposer`, `puller`, `swarm` (a pull from several sources of
+//!   one root, a puller per source), `cc` (rate control shared by pulls and
 //!   connections), `replay` (the exposer's filter of REQUESTs served), `retry` (the
 //!   RETRY cookie and handshake rate, shared by exposers and connection endpoints),
 //!   `conn` (connections: wire, Noise XX, streams, endpoint) and `sim` (the
 //!   deterministic network simulator that runs them);
+//! - `shaper`: the exposer's total send-rate cap, fair between pullers (sans-IO,
+//!   between the exposer and its socket);
 //! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
 //!   (runs connection endpoints), `source` and `sealed` (reading exposed files, and
 //!   sealing them ahead in the background), `remembered` (roots of unchanged files
 //!   kept on disk), `output` (writing pulled files), `sidecar` (resume state), `keys`
-//!   (static keys, known exposers), `atomic_file`;
+//!   (static keys, known exposers), `atomic_file`, and with the `dht` feature `dht`
+//!   (announcing and finding sources of a root in the Mainline DHT);
 //! - blocking API: `transfer` (pull and expose, re-exported here) and, for byte
 //!   streams, `conn::runtime`;
 //! - `fuzzing`: the fuzz harnesses' entry points.
@@ -101,6 +105,8 @@
 // and URLs, and connections (`conn`: the blocking streams, their runtime and the sans-IO
 // endpoint under them).
 pub mod conn;
+#[cfg(feature = "dht")]
+pub mod dht;
 pub mod keys;
 mod transfer;
 pub mod transmit;
@@ -117,8 +123,8 @@ mod zeroed;
 
 // Not API: layers that the workspace's CLI, shim, tests and fuzz targets reach into.
 // Hidden from the docs, with no promise of stability; `missing_docs` does not look
-// into hidden modules (crypto, exposer, handshake, merkle, puller, source and wire
-// are documented with issue 21's rewrite).
+// into hidden modules, and several (crypto, exposer, handshake, merkle, puller,
+// source, wire) are not yet documented item by item.
 #[doc(hidden)]
 pub mod bitset;
 #[doc(hidden)]
@@ -144,11 +150,15 @@ pub mod rng;
 #[doc(hidden)]
 pub mod sealed;
 #[doc(hidden)]
+pub mod shaper;
+#[doc(hidden)]
 pub mod sidecar;
 #[doc(hidden)]
 pub mod sim;
 #[doc(hidden)]
 pub mod source;
+#[doc(hidden)]
+pub mod swarm;
 #[doc(hidden)]
 pub mod udp;
 #[doc(hidden)]
@@ -161,6 +171,6 @@ pub use fec::FecMode;
 pub use keys::{KeyError, StaticKey};
 pub use transfer::{
     default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,
-    PullOptions, PullReport, PullSource, PullUpdate, TransferError,
+    PullOptions, PullReport, PullSource, PullUpdate, SourceReport, TransferError,
 };
 pub use url::RgtpUrl;

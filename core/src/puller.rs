@@ -53,6 +53,12 @@ pub struct PullConfig {
     /// Repair fragments: off, in proportion to the measured loss (default), or a
     /// fixed ratio.
     pub fec: FecMode,
+    /// One source of a multi-source pull ([`crate::swarm::Swarm`]): content chunks
+    /// are asked for only once granted ([`Puller::grant`]), chunks other sources
+    /// delivered are marked ([`Puller::mark_have`]), and a chunk that fails
+    /// verification fails this source ([`PullError::BadSource`]) instead of being
+    /// asked for again and again.
+    pub scheduled: bool,
 }
 
 impl PullConfig {
@@ -79,6 +85,7 @@ impl PullConfig {
             offload_verify: false,
             ciphers: Cipher::default_offer(),
             fec: FecMode::Auto,
+            scheduled: false,
         }
     }
 
@@ -177,6 +184,9 @@ pub enum PullError {
     NameTooLong,
     /// The exposer chose a chunk cipher this puller did not offer.
     CipherNotOffered { cipher: Cipher },
+    /// One source of a multi-source pull served a chunk that fails verification: its
+    /// bytes do not match the root, or (repeatedly) do not open under its key.
+    BadSource { chunk: u64 },
 }
 
 impl std::fmt::Display for PullError {
@@ -218,6 +228,10 @@ impl std::fmt::Display for PullError {
             Self::CipherNotOffered { cipher } => write!(
                 f,
                 "the exposer chose {cipher}, which this puller did not offer (--cipher)"
+            ),
+            Self::BadSource { chunk } => write!(
+                f,
+                "the source served chunk {chunk} with bytes that fail verification against the root"
             ),
         }
     }
@@ -283,6 +297,29 @@ pub struct PullStats {
     pub surplus_repair: u64,
     /// The chunk cipher of the last handshake.
     pub cipher: Option<Cipher>,
+    /// Sources of a multi-source pull dropped (dead, stalled, or serving chunks that
+    /// fail verification).
+    pub sources_dropped: u64,
+}
+
+impl PullStats {
+    /// Adds `o`'s counters to these (a multi-source pull's totals).
+    pub fn add(&mut self, o: &PullStats) {
+        self.datagrams_in += o.datagrams_in;
+        self.bytes_in += o.bytes_in;
+        self.datagrams_out += o.datagrams_out;
+        self.bytes_out += o.bytes_out;
+        self.requests += o.requests;
+        self.rerequested_fragments += o.rerequested_fragments;
+        self.duplicate_fragments += o.duplicate_fragments;
+        self.spurious_losses += o.spurious_losses;
+        self.bad_chunks += o.bad_chunks;
+        self.handshakes += o.handshakes;
+        self.dropped += o.dropped;
+        self.content_bytes += o.content_bytes;
+        self.cipher = self.cipher.or(o.cipher);
+        self.sources_dropped += o.sources_dropped;
+    }
 }
 
 struct Session {
@@ -308,6 +345,11 @@ enum Recheck {
 
 /// A chunk failing verification this many times in a row is not bad luck.
 const MAX_CHUNK_FAILURES: u32 = 16;
+
+/// A source of a multi-source pull is dropped after this many chunks that do not open
+/// under its key (plus one per 4 good ones: the path may damage a datagram now and
+/// then, a lying source damages them all).
+const MAX_DAMAGED_FROM_SOURCE: u64 = 8;
 
 struct Flight {
     buf: Vec<u8>,
@@ -410,6 +452,9 @@ pub struct Puller {
     request_copy: Option<Vec<u8>>,
     /// Copies of `request_copy` still to send after this one.
     copies_left: u8,
+    /// With `cfg.scheduled`: content chunks granted and not yet asked for, in the
+    /// order granted.
+    grant: VecDeque<u32>,
     /// Where every random draw comes from (the Noise ephemeral key).
     rng: Rng,
     /// Fragment loss as this puller measures it (decaying counts of fragments found
@@ -475,6 +520,7 @@ impl Puller {
             tail_copy: None,
             request_copy: None,
             copies_left: 0,
+            grant: VecDeque::new(),
             rng,
             est_lost: 0.0,
             est_rx: 0.0,
@@ -531,6 +577,67 @@ impl Puller {
         )
     }
 
+    /// Whether the handshake is done and content may be asked for.
+    pub fn in_transfer(&self) -> bool {
+        matches!(self.phase, Phase::Transfer)
+    }
+
+    /// When the exposer was last heard from.
+    pub fn last_heard(&self) -> Instant {
+        self.last_rx
+    }
+
+    /// The exposer this puller pulls from.
+    pub fn remote(&self) -> SocketAddr {
+        self.cfg.remote
+    }
+
+    /// Makes this puller one source of a multi-source pull (see
+    /// [`PullConfig::scheduled`]); before it starts.
+    pub fn set_scheduled(&mut self, on: bool) {
+        self.cfg.scheduled = on;
+    }
+
+    /// With `scheduled`: content chunk `index` may be asked for.
+    pub fn grant(&mut self, index: u64) {
+        if let Ok(c) = u32::try_from(index) {
+            self.grant.push_back(c);
+        }
+    }
+
+    /// Another source delivered (and verified) chunk `index`: it is not asked for
+    /// here any more, and a request out for it is forgotten (its bytes, if they still
+    /// come, count as duplicates).
+    pub fn mark_have(&mut self, index: u64) {
+        if index >= self.have.len() || !self.have.insert(index) {
+            return;
+        }
+        self.failures.remove(&index);
+        let key = (Object::Content, index as u32);
+        if let Some(fl) = self.flights.remove(&key) {
+            let (n, per, ct) = self.geometry(Object::Content, index);
+            self.inflight_bytes =
+                self.inflight_bytes
+                    .saturating_sub(outstanding_bytes(fl.outstanding, n, per, ct));
+            self.cc.set_inflight(self.inflight_bytes);
+        }
+    }
+
+    /// Makes the verified set `have` (the same length), as [`Self::mark_have`] does
+    /// for each chunk it adds: a source that joins late learns what the others did.
+    pub fn set_have(&mut self, have: &ChunkSet) {
+        if have.len() != self.have.len() {
+            return;
+        }
+        for i in 0..have.len() {
+            if have.contains(i) {
+                self.mark_have(i);
+            } else {
+                self.have.remove(i);
+            }
+        }
+    }
+
     /// Bytes requested and neither delivered nor declared lost.
     pub fn inflight_bytes(&self) -> u64 {
         self.inflight_bytes
@@ -555,6 +662,22 @@ impl Puller {
         self.pending_hello = true;
         self.request_copy = None;
         self.session = None;
+        if self.cfg.scheduled {
+            // Granted chunks asked for under the old session are granted still.
+            let mut back: Vec<u32> = self
+                .flights
+                .keys()
+                .copied()
+                .chain(self.retx.iter().map(|&(o, c, _)| (o, c)))
+                .filter(|&(o, c)| o == Object::Content && !self.have.contains(c as u64))
+                .map(|(_, c)| c)
+                .collect();
+            back.sort_unstable();
+            back.dedup();
+            for c in back.into_iter().rev() {
+                self.grant.push_front(c);
+            }
+        }
         // Ciphertext from the old session is useless under a new exposure id and key.
         self.flights.clear();
         self.retx.clear();
@@ -851,10 +974,18 @@ impl Puller {
                 let rtt = now.saturating_duration_since(fl.sent_at);
                 self.cc.on_rtt_sample(now, rtt);
             }
-            if fl.buf.len() != ct_len {
-                fl.buf.resize(ct_len, 0);
+            let start = f * per;
+            if fl.buf.len() == start {
+                // In order (a whole chunk in one datagram on loopback): append,
+                // without zeroing the buffer first.
+                fl.buf.reserve_exact(ct_len - start);
+                fl.buf.extend_from_slice(p.payload);
+            } else {
+                if fl.buf.len() != ct_len {
+                    fl.buf.resize(ct_len, 0);
+                }
+                fl.buf[start..start + p.payload.len()].copy_from_slice(p.payload);
             }
-            fl.buf[f * per..f * per + p.payload.len()].copy_from_slice(p.payload);
             fl.got |= bit;
             fl.last_rx = Some(now);
             gap_below = fl.outstanding & bit != 0 && fl.outstanding & (bit - 1) != 0;
@@ -1016,8 +1147,7 @@ impl Puller {
         }
         let Some(sess) = &self.session else { return };
         if !sess.cipher.open(o, index, &mut buf) {
-            self.stats.bad_chunks += 1;
-            self.retx.push_back((o, chunk, u64::MAX));
+            self.chunk_damaged(o, index);
             return;
         }
         match o {
@@ -1108,11 +1238,7 @@ impl Puller {
                 }
                 self.check_done();
             }
-            Err(BadChunk::Damaged) => {
-                self.stats.bad_chunks += 1;
-                self.retx
-                    .push_back((Object::Content, index as u32, u64::MAX));
-            }
+            Err(BadChunk::Damaged) => self.chunk_damaged(Object::Content, index),
             Err(BadChunk::Mismatch) => self.chunk_failed(index),
         }
     }
@@ -1138,7 +1264,8 @@ impl Puller {
 
     /// A resumed chunk turned out damaged: pull it again.
     pub fn forget_chunk(&mut self, index: u64) {
-        if self.have.remove(index) {
+        // A scheduled source asks for it only when granted again.
+        if self.have.remove(index) && !self.cfg.scheduled {
             self.retx
                 .push_back((Object::Content, index as u32, u64::MAX));
         }
@@ -1152,9 +1279,27 @@ impl Puller {
         }
     }
 
+    /// Counts a chunk that does not open under the session's key and asks for it
+    /// again; a scheduled source that keeps sending such chunks is failed.
+    fn chunk_damaged(&mut self, o: Object, index: u64) {
+        self.stats.bad_chunks += 1;
+        let delivered = self.stats.content_bytes / CHUNK_SIZE as u64;
+        if self.cfg.scheduled && self.stats.bad_chunks > MAX_DAMAGED_FROM_SOURCE + delivered / 4 {
+            self.fail(PullError::BadSource { chunk: index });
+            return;
+        }
+        self.retx.push_back((o, index as u32, u64::MAX));
+    }
+
     /// Counts a chunk that failed verification; fails the pull when it keeps failing.
     fn chunk_failed(&mut self, index: u64) {
         self.stats.bad_chunks += 1;
+        if self.cfg.scheduled {
+            // It opened under this source's key and is not the root's: the source
+            // lies (or its file changed). Other sources take its chunks.
+            self.fail(PullError::BadSource { chunk: index });
+            return;
+        }
         let n = self.failures.entry(index).or_insert(0);
         *n += 1;
         if *n >= MAX_CHUNK_FAILURES {
@@ -1413,6 +1558,12 @@ impl Puller {
             // Content waiting for the outboard is held in memory: bounded.
             return false;
         }
+        if self.cfg.scheduled && o == Object::Content {
+            return self
+                .grant
+                .iter()
+                .any(|&c| !self.have.contains(c as u64) && !self.flights.contains_key(&(o, c)));
+        }
         let set = self.object_set(o);
         set.first_missing_from(self.cursor[obj_idx(o)]).is_some()
     }
@@ -1634,6 +1785,42 @@ impl Puller {
                 continue;
             }
             let o = self.current_object();
+            if self.cfg.scheduled && o == Object::Content {
+                // Only what was granted, in runs of consecutive chunks.
+                while let Some(&c) = self.grant.front() {
+                    if self.have.contains(c as u64) || self.flights.contains_key(&(o, c)) {
+                        self.grant.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                let Some(&first) = self.grant.front() else {
+                    break;
+                };
+                if self.flights.contains_key(&(o, first)) {
+                    break;
+                }
+                let (start, mut end) = (first as u64, first as u64);
+                let mut run_bytes = 0u64;
+                while let Some(&c) = self.grant.front() {
+                    if c as u64 != end
+                        || bytes + run_bytes >= quantum
+                        || self.have.contains(end)
+                        || self.flights.contains_key(&(o, c))
+                    {
+                        break;
+                    }
+                    self.grant.pop_front();
+                    let (_, _, ct) = self.geometry(o, end);
+                    run_bytes += ct as u64;
+                    end += 1;
+                }
+                // (Granted runs of a multi-source pull ask no repair yet.)
+                items.push(self.start_run(o, start, end, 0, now, rto));
+                bytes += run_bytes;
+                self.inflight_bytes += run_bytes;
+                continue;
+            }
             let set = self.object_set(o);
             let Some(start) = set.first_missing_from(self.cursor[obj_idx(o)]) else {
                 break;
@@ -1666,49 +1853,10 @@ impl Puller {
             if end == start {
                 break;
             }
-            for c in start..end {
-                self.next_order += 1;
-                let (n, _, _) = self.geometry(o, c);
-                let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-                self.flights.insert(
-                    (o, c as u32),
-                    Flight {
-                        buf: Vec::new(),
-                        got: 0,
-                        need: all,
-                        outstanding: all,
-                        sent_at: now,
-                        deadline: now + rto,
-                        rerequested: false,
-                        order: self.next_order,
-                        last_rx: None,
-                        fresh: 0,
-                        reo_lost: 0,
-                        rgot: 0,
-                        repair: Vec::new(),
-                        routstanding: bits(repair),
-                        rfresh: 0,
-                        rnext: repair as u8,
-                    },
-                );
-            }
+            items.push(self.start_run(o, start, end, repair, now, rto));
             self.cursor[obj_idx(o)] = end;
             bytes += run_bytes;
             self.inflight_bytes += run_bytes;
-            items.push(if repair == 0 {
-                RequestItem::Range {
-                    object: o,
-                    start: start as u32,
-                    count: (end - start) as u32,
-                }
-            } else {
-                RequestItem::RangeRepair {
-                    object: o,
-                    start: start as u32,
-                    count: (end - start) as u32,
-                    repair: repair as u8,
-                }
-            });
         }
         if items.is_empty() {
             return None;
@@ -1723,6 +1871,59 @@ impl Puller {
             self.tail_copy = Some(items.clone());
         }
         self.seal_request(now, &items)
+    }
+
+    /// Flights for the first request of chunks `start..end` of `o`, and the item
+    /// asking for them.
+    fn start_run(
+        &mut self,
+        o: Object,
+        start: u64,
+        end: u64,
+        repair: usize,
+        now: Instant,
+        rto: Duration,
+    ) -> RequestItem {
+        for c in start..end {
+            self.next_order += 1;
+            let (n, _, _) = self.geometry(o, c);
+            let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            self.flights.insert(
+                (o, c as u32),
+                Flight {
+                    buf: Vec::new(),
+                    got: 0,
+                    need: all,
+                    outstanding: all,
+                    sent_at: now,
+                    deadline: now + rto,
+                    rerequested: false,
+                    order: self.next_order,
+                    last_rx: None,
+                    fresh: 0,
+                    reo_lost: 0,
+                    rgot: 0,
+                    repair: Vec::new(),
+                    routstanding: bits(repair),
+                    rfresh: 0,
+                    rnext: repair as u8,
+                },
+            );
+        }
+        if repair == 0 {
+            RequestItem::Range {
+                object: o,
+                start: start as u32,
+                count: (end - start) as u32,
+            }
+        } else {
+            RequestItem::RangeRepair {
+                object: o,
+                start: start as u32,
+                count: (end - start) as u32,
+                repair: repair as u8,
+            }
+        }
     }
 
     /// A REQUEST datagram carrying `items` under the next sequence number.

@@ -135,6 +135,8 @@ pub struct SimNet {
     trace: Option<Vec<u64>>,
     /// The parent of every state machine's random source.
     machines: Rng,
+    /// Senders with an uplink of their own: (address, bytes per second, when free).
+    uplinks: Vec<(SocketAddr, u64, Instant)>,
     pub stats: LinkStats,
 }
 
@@ -155,6 +157,7 @@ impl SimNet {
             start: now,
             trace: None,
             machines: Rng::seeded_for_simulation(seed),
+            uplinks: Vec::new(),
             stats: LinkStats::default(),
         }
     }
@@ -164,6 +167,14 @@ impl SimNet {
     /// streams. Deterministic and so insecure: for simulation only.
     pub fn machine_rng(&mut self) -> Rng {
         self.machines.fork()
+    }
+
+    /// Gives `from` an uplink of its own at `rate` bytes per second (before the shared
+    /// link; what exceeds the link's `queue_bytes` of backlog is dropped), e.g. a slow
+    /// source among fast ones.
+    pub fn limit_sender(&mut self, from: SocketAddr, rate: u64) {
+        self.uplinks.retain(|u| u.0 != from);
+        self.uplinks.push((from, rate.max(1), self.now));
     }
 
     /// A static key derived from the simulation's seed (see `machine_rng`).
@@ -232,8 +243,18 @@ impl SimNet {
             return;
         }
         let mut depart = self.now;
+        if let Some(u) = self.uplinks.iter_mut().find(|u| u.0 == from) {
+            let start = u.2.max(self.now);
+            let backlog = start.saturating_duration_since(self.now).as_secs_f64() * u.1 as f64;
+            if backlog as usize + data.len() > self.link.queue_bytes {
+                self.stats.queue_drops += 1;
+                return;
+            }
+            u.2 = start + Duration::from_secs_f64(data.len() as f64 / u.1 as f64);
+            depart = u.2;
+        }
         if self.link.rate > 0 {
-            let start = self.link_free_at.max(self.now);
+            let start = self.link_free_at.max(depart);
             let backlog =
                 start.saturating_duration_since(self.now).as_secs_f64() * self.link.rate as f64;
             if backlog as usize + data.len() > self.link.queue_bytes {

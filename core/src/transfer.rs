@@ -47,7 +47,9 @@ use crate::output::{self, Output, OutputError};
 use crate::puller::{BadChunk, ChunkVerifier, PullConfig, PullError, PullEvent, PullStats, Puller};
 use crate::remembered;
 use crate::sealed;
+use crate::shaper::Shaper;
 use crate::source::{ChunkSource, FileSource};
+use crate::swarm::Swarm;
 use crate::udp;
 use crate::url::{hex, parse_host_port, RgtpUrl, DEFAULT_PORT};
 use crate::wire;
@@ -246,6 +248,14 @@ pub struct PullOptions {
     /// Repair fragments (`rgtp-pull --fec`): [`FecMode::Auto`] by default, which asks
     /// for none on a clean path.
     pub fec: FecMode,
+    /// More sources of the same content (`--from`): `HOST:PORT` (the same name) or
+    /// `rgtp://` URLs of the same root. Chunks are spread over every source and all
+    /// are checked against the main source's root, which must then be known (a URL
+    /// with `root=`).
+    pub from: Vec<String>,
+    /// Sources discovered rather than given (e.g. in the DHT): used as `from`, but
+    /// one that repeats a source, or of the other address family, is skipped.
+    pub found: Vec<SocketAddr>,
 }
 
 impl Default for PullOptions {
@@ -259,6 +269,8 @@ impl Default for PullOptions {
             offload_verify: None,
             ciphers: None,
             fec: FecMode::Auto,
+            from: Vec::new(),
+            found: Vec::new(),
         }
     }
 }
@@ -311,10 +323,123 @@ pub struct PullReport {
     pub resumed: bool,
     /// The file's verified BLAKE3 Merkle root (equal to `b3sum` of the file).
     pub root: [u8; 32],
-    /// The exposer's static public key.
+    /// The exposer's static public key (of the main source, or with `from` of the
+    /// first source to answer when the main one never did).
     pub exposer_key: [u8; 32],
-    /// The puller's counters (datagrams, requests, re-requests, duplicates, bad chunks).
+    /// The puller's counters (datagrams, requests, re-requests, duplicates, bad
+    /// chunks), added up over the sources.
     pub stats: PullStats,
+    /// Each source, the main one first.
+    pub sources: Vec<SourceReport>,
+}
+
+/// What one source of a pull did.
+#[derive(Debug, Clone)]
+pub struct SourceReport {
+    /// The source, as `HOST:PORT`.
+    pub addr: String,
+    /// Content bytes it delivered first (verified and stored).
+    pub bytes: u64,
+    /// Chunks from it that failed verification.
+    pub bad_chunks: u64,
+    /// Why it was dropped before the end, if it was.
+    pub dropped: Option<String>,
+}
+
+/// One source of a pull, resolved.
+#[derive(Debug)]
+struct SourcePlan {
+    host_port: String,
+    remote: SocketAddr,
+    name: String,
+    key: Option<[u8; 32]>,
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, TransferError> {
+    resolve_like(host, port, None)
+}
+
+/// `host`'s first address, of the family of `like` when it has one (a --from source
+/// shares the main source's socket).
+fn resolve_like(
+    host: &str,
+    port: u16,
+    like: Option<SocketAddr>,
+) -> Result<SocketAddr, TransferError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    let same = like.and_then(|l| addrs.iter().find(|a| a.is_ipv4() == l.is_ipv4()));
+    match same.or(addrs.first()) {
+        Some(a) => Ok(*a),
+        None => Err(TransferError::Unreachable(format!(
+            "cannot resolve host {host}"
+        ))),
+    }
+}
+
+/// The `--from` sources of a pull of `src` (resolved, checked against its root).
+fn extra_sources(
+    src: &PullSource,
+    main: SocketAddr,
+    from: &[String],
+    found: &[SocketAddr],
+) -> Result<Vec<SourcePlan>, TransferError> {
+    if from.is_empty() && found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let usage = |m: String| Err(TransferError::Usage(m));
+    let Some(root) = src.root else {
+        return usage(
+            "--from and --dht need the content root: give an rgtp:// URL with root= (every \
+             source is checked against it)"
+                .into(),
+        );
+    };
+    let mut seen = vec![main];
+    let mut plans = Vec::new();
+    for f in from {
+        let lower = f.to_ascii_lowercase();
+        let (s, by_url) = if lower.starts_with("rgtp:") {
+            (PullSource::parse(f, None)?, true)
+        } else {
+            (PullSource::parse(f, Some(&src.name))?, false)
+        };
+        if by_url && s.root.is_some_and(|r| r != root) {
+            return usage(format!(
+                "--from {f}: that URL names another root (not {})",
+                hex(&root)
+            ));
+        }
+        let remote = resolve_like(&s.host, s.port, Some(main))?;
+        if remote.is_ipv4() != main.is_ipv4() {
+            return usage(format!("--from {f}: sources must all be IPv4 or all IPv6"));
+        }
+        if seen.contains(&remote) {
+            return usage(format!("--from {f}: that source is given twice"));
+        }
+        seen.push(remote);
+        plans.push(SourcePlan {
+            host_port: s.host_port(),
+            remote,
+            name: s.name,
+            key: s.key,
+        });
+    }
+    for &remote in found {
+        if remote.is_ipv4() != main.is_ipv4() || seen.contains(&remote) {
+            continue;
+        }
+        seen.push(remote);
+        plans.push(SourcePlan {
+            host_port: remote.to_string(),
+            remote,
+            name: src.name.clone(),
+            key: None,
+        });
+    }
+    Ok(plans)
 }
 
 /// Pulls `source` (an `rgtp://` URL) into the file `out`, verified chunk by chunk
@@ -340,18 +465,8 @@ pub fn pull_from(
     on: &mut dyn FnMut(PullUpdate),
 ) -> Result<PullReport, TransferError> {
     let host_port = src.host_port();
-    let remote: SocketAddr = match (src.host.as_str(), src.port)
-        .to_socket_addrs()
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        _ => {
-            return Err(TransferError::Unreachable(format!(
-                "cannot resolve host {}",
-                src.host
-            )))
-        }
-    };
+    let remote = resolve(&src.host, src.port)?;
+    let extra = extra_sources(src, remote, &opts.from, &opts.found)?;
     let pin = opts.key.or(src.key);
     // Trust on first use when nothing pins the key.
     let known_path = opts
@@ -395,12 +510,25 @@ pub fn pull_from(
         udp::bind(bind).map_err(|e| TransferError::Io(format!("cannot open a UDP socket: {e}")))?;
 
     let start = Instant::now();
-    let mut puller = Puller::new(cfg, start);
+    let mut names = vec![host_port.clone()];
+    let mut pullers = Vec::new();
+    for plan in &extra {
+        // Each source has its own session; no key is learned on first use from a
+        // --from source (the root is what makes its chunks good).
+        let mut c = cfg.clone();
+        c.remote = plan.remote;
+        c.name = plan.name.clone();
+        c.pinned_key = plan.key;
+        pullers.push(Puller::new(c, start));
+        names.push(plan.host_port.clone());
+    }
+    pullers.insert(0, Puller::new(cfg, start));
+    let mut puller = Swarm::new(pullers);
     let (verify_tx, verify_rx) = mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
-    let (done_tx, done_rx) = mpsc::channel::<(u64, Verified)>();
+    let (done_tx, done_rx) = mpsc::channel::<(usize, u64, Verified)>();
     let verifier = std::thread::spawn(move || {
-        for (index, ct, v) in verify_rx {
-            if done_tx.send((index, v.verify(index, ct))).is_err() {
+        for (source, index, ct, v) in verify_rx {
+            if done_tx.send((source, index, v.verify(index, ct))).is_err() {
                 break;
             }
         }
@@ -450,15 +578,32 @@ pub fn pull_from(
             return failed(&mut output, TransferError::Io(format!("socket error: {e}")))
         }
         PullEnd::Failed(e) => {
+            let which = puller
+                .sources()
+                .iter()
+                .rposition(|s| s.dropped.is_some())
+                .unwrap_or(0);
+            let multi = names.len() > 1;
+            let main_quiet = !puller
+                .sources()
+                .first()
+                .is_some_and(|s| s.puller.answered());
+            let host_port = names.get(which).cloned().unwrap_or_default();
             let msg = match (&e, known_key) {
-                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() => format!(
+                (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() && which == 0 => {
+                    format!(
                     "the key of {host_port} changed: known {}, now {}; refusing (if the change \
                      is expected, delete its line in {})",
                     hex(&old),
                     hex(got),
                     known_path.display()
+                )
+                }
+                (PullError::Timeout, _) if multi => format!(
+                    "no source left: the last, {host_port}, did not answer or went quiet \
+                     (progress saved)"
                 ),
-                (PullError::Timeout, _) if !puller.answered() => format!(
+                (PullError::Timeout, _) if main_quiet => format!(
                     "exposer {host_port} unreachable: no answer within {} s (is rgtp-expose \
                      running there, and is UDP port {} open?)",
                     opts.connect_timeout.as_secs_f64().round(),
@@ -471,6 +616,7 @@ pub fn pull_from(
                 (PullError::NotFound, _) => {
                     format!("{host_port} exposes no file named {:?}", src.name)
                 }
+                _ if multi => format!("no source left: the last, {host_port}: {e}"),
                 _ => e.to_string(),
             };
             let err = match e {
@@ -479,7 +625,8 @@ pub fn pull_from(
                 PullError::NotFound => TransferError::NotFound(msg),
                 PullError::RootMismatch { .. }
                 | PullError::BadOutboard
-                | PullError::BadContent { .. } => TransferError::Corrupt(msg),
+                | PullError::BadContent { .. }
+                | PullError::BadSource { .. } => TransferError::Corrupt(msg),
                 PullError::TooLarge { .. } => TransferError::TooLarge(msg),
                 PullError::Gone => TransferError::Gone(msg),
                 PullError::NameTooLong => TransferError::Usage(msg),
@@ -495,14 +642,25 @@ pub fn pull_from(
         resumed: h.resumed,
         root: h.root,
         exposer_key: h.exposer_key,
-        stats: puller.stats.clone(),
+        stats: puller.stats(),
+        sources: puller
+            .sources()
+            .iter()
+            .zip(&names)
+            .map(|(s, addr)| SourceReport {
+                addr: addr.clone(),
+                bytes: s.bytes(),
+                bad_chunks: s.puller.stats.bad_chunks,
+                dropped: s.dropped.as_ref().map(|e| e.to_string()),
+            })
+            .collect(),
     })
 }
 
 /// The verifier thread's answer: the plaintext, or why not.
 type Verified = Result<Vec<u8>, BadChunk>;
-/// A sealed chunk for the verifier thread.
-type VerifyJob = (u64, Vec<u8>, Arc<ChunkVerifier>);
+/// A sealed chunk (from a source) for the verifier thread.
+type VerifyJob = (usize, u64, Vec<u8>, Arc<ChunkVerifier>);
 /// Chunks queued for verification before the pull stops asking for more.
 const VERIFY_QUEUE: usize = 256;
 
@@ -512,7 +670,7 @@ struct Handler<'a> {
     recheck: Option<(Arc<ChunkVerifier>, ChunkSet)>,
     part_path: Option<PathBuf>,
     verify_tx: Option<mpsc::SyncSender<VerifyJob>>,
-    done_rx: mpsc::Receiver<(u64, Verified)>,
+    done_rx: mpsc::Receiver<(usize, u64, Verified)>,
     output: Output,
     known: Option<KnownExposers>,
     host_port: String,
@@ -533,7 +691,7 @@ struct Handler<'a> {
 impl PullHandler for Handler<'_> {
     type Error = OutputError;
 
-    fn on_event(&mut self, ev: PullEvent) -> Result<(), OutputError> {
+    fn on_event(&mut self, source: usize, ev: PullEvent) -> Result<(), OutputError> {
         match ev {
             PullEvent::Started {
                 exposer_key,
@@ -541,12 +699,12 @@ impl PullHandler for Handler<'_> {
                 root,
                 resumed,
             } => {
-                self.resumed = resumed;
-                self.total = size;
-                self.started = true;
-                self.root = root;
-                self.exposer_key = exposer_key;
-                if let Some(k) = self.known.as_mut() {
+                // The main source's key is trusted on first use (when not pinned),
+                // whenever it answers; the output is set up by the first to answer.
+                if source == 0 {
+                    self.exposer_key = exposer_key;
+                }
+                if let Some(k) = self.known.as_mut().filter(|_| source == 0) {
                     if k.check(&self.host_port, &exposer_key) == Trust::New {
                         if let Err(e) = k.remember(&self.host_port, &exposer_key) {
                             tracing::warn!("cannot record the exposer key: {e}");
@@ -556,6 +714,16 @@ impl PullHandler for Handler<'_> {
                             key: exposer_key,
                         });
                     }
+                }
+                if self.started {
+                    return Ok(());
+                }
+                self.resumed = resumed;
+                self.total = size;
+                self.started = true;
+                self.root = root;
+                if source != 0 {
+                    self.exposer_key = exposer_key;
                 }
                 let have = if resumed {
                     self.resumed_have.take()
@@ -583,7 +751,7 @@ impl PullHandler for Handler<'_> {
             } => {
                 if let Some(tx) = &self.verify_tx {
                     // Blocks only when the verifier is a full queue behind.
-                    let _ = tx.send((index, ct, verifier));
+                    let _ = tx.send((source, index, ct, verifier));
                 }
                 Ok(())
             }
@@ -591,7 +759,7 @@ impl PullHandler for Handler<'_> {
         }
     }
 
-    fn on_tick(&mut self, p: &Puller) -> Result<(), OutputError> {
+    fn on_tick(&mut self, p: &Swarm) -> Result<(), OutputError> {
         if self.last_update.elapsed() >= Duration::from_millis(250) {
             self.last_update = Instant::now();
             let elapsed = self.start.elapsed();
@@ -601,7 +769,7 @@ impl PullHandler for Handler<'_> {
                     total: self.total,
                     missing_at_start: self.missing_at_start,
                     elapsed,
-                    srtt: p.rate_control().srtt(),
+                    srtt: p.srtt(),
                 }
             } else {
                 PullUpdate::Waiting { elapsed }
@@ -614,18 +782,22 @@ impl PullHandler for Handler<'_> {
         self.output.backlogged()
     }
 
-    fn poll_completions(&mut self, p: &mut Puller) -> Result<(), OutputError> {
+    fn poll_completions(&mut self, p: &mut Swarm) -> Result<(), OutputError> {
         if let Some((v, stored)) = self.recheck.take() {
             self.recheck_stored(p, &v, &stored)?;
         }
-        while let Ok((index, plain)) = self.done_rx.try_recv() {
+        while let Ok((source, index, plain)) = self.done_rx.try_recv() {
             match plain {
                 Ok(data) => {
-                    p.chunk_verified(index, Ok(data.len()));
-                    self.stored += data.len() as u64;
-                    self.output.write_chunk(index, data)?;
+                    // Endgame: the same chunk may come verified from two sources.
+                    if p.chunk_verified(source, index, Ok(data.len()), Instant::now()) {
+                        self.stored += data.len() as u64;
+                        self.output.write_chunk(index, data)?;
+                    }
                 }
-                Err(bad) => p.chunk_verified(index, Err(bad)),
+                Err(bad) => {
+                    p.chunk_verified(source, index, Err(bad), Instant::now());
+                }
             }
         }
         Ok(())
@@ -637,13 +809,13 @@ impl Handler<'_> {
     /// since) and has the damaged ones pulled again.
     fn recheck_stored(
         &mut self,
-        p: &mut Puller,
+        p: &mut Swarm,
         v: &ChunkVerifier,
         stored: &ChunkSet,
     ) -> Result<(), OutputError> {
         use std::os::unix::fs::FileExt;
         let Some(path) = &self.part_path else {
-            p.recheck_done();
+            p.recheck_done(Instant::now());
             return Ok(());
         };
         let file = output::open_nofollow(path).map_err(|e| OutputError::Io(path.clone(), e))?;
@@ -667,7 +839,7 @@ impl Handler<'_> {
         if damaged > 0 {
             (self.on)(PullUpdate::Damaged { chunks: damaged });
         }
-        p.recheck_done();
+        p.recheck_done(Instant::now());
         Ok(())
     }
 }
@@ -696,7 +868,8 @@ pub struct ExposeOptions {
     /// Where sealed copies and remembered roots live (`None`: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Most disk for sealed copies, all files together; chunks past it are sealed on
-    /// demand (`None`: a quarter of the free space in `cache_dir` at start).
+    /// demand (`None`: 4 GiB, or a quarter of the free space in `cache_dir` at start
+    /// when that is less).
     pub cache_max: Option<u64>,
     /// The memory cache's size in bytes (chunks sealed on demand).
     pub cache_bytes: usize,
@@ -707,6 +880,9 @@ pub struct ExposeOptions {
     pub rehash: bool,
     /// Largest datagram on every path (`None`: 1200, or 65000 on loopback).
     pub max_datagram: Option<usize>,
+    /// Cap on the total send rate, in bits per second, shared fairly among pullers
+    /// (`None`: no cap).
+    pub max_rate: Option<u64>,
 }
 
 impl Default for ExposeOptions {
@@ -722,6 +898,7 @@ impl Default for ExposeOptions {
             cipher: None,
             rehash: false,
             max_datagram: None,
+            max_rate: None,
         }
     }
 }
@@ -751,6 +928,7 @@ impl Exposure {
     /// ahead if asked, and starts serving on a thread.
     pub fn start(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Exposure, TransferError> {
         let (exposer, sock, files, key, remembering) = prepare(paths, opts)?;
+        let max_rate = opts.max_rate;
         let local = sock
             .local_addr()
             .map_err(|e| TransferError::Io(e.to_string()))?;
@@ -760,7 +938,8 @@ impl Exposure {
             .name("rgtp-expose".into())
             .spawn(move || {
                 let mut ex = exposer;
-                let r = driver::serve(&sock, &mut ex, &flag);
+                let mut shaper = max_rate.map(|r| Shaper::new(r, Instant::now()));
+                let r = driver::serve(&sock, &mut ex, &flag, shaper.as_mut());
                 join_all(remembering);
                 ex.log_quiet_sources(Instant::now(), true);
                 r
@@ -829,7 +1008,8 @@ pub fn expose_until(
         .local_addr()
         .map_err(|e| TransferError::Io(e.to_string()))?;
     ready(&files, local, &key);
-    let served = driver::serve(&sock, &mut ex, stop);
+    let mut shaper = opts.max_rate.map(|r| Shaper::new(r, Instant::now()));
+    let served = driver::serve(&sock, &mut ex, stop, shaper.as_mut());
     join_all(remembering);
     // Whoever was being served when we stopped gets their access-log line now.
     ex.log_quiet_sources(Instant::now(), true);
@@ -853,7 +1033,17 @@ fn join_all(threads: Vec<JoinHandle<()>>) {
     }
 }
 
+/// The default bound on disk for sealed copies (with a quarter of the free space): a
+/// fixed bound, so an exposure's extra disk does not grow with its size. Chunks past
+/// it are sealed on demand, at about half the sealed serving speed.
+const DEFAULT_CACHE_MAX: u64 = 4 << 30;
+
 fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, TransferError> {
+    if opts.max_rate == Some(0) {
+        return Err(TransferError::Usage(
+            "the rate cap must be more than 0 bits/s".into(),
+        ));
+    }
     if opts
         .max_datagram
         .is_some_and(|m| !(wire::MIN_MAX_DATAGRAM..=wire::MAX_MAX_DATAGRAM).contains(&m))
@@ -872,9 +1062,10 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         e => TransferError::BadKey(e.to_string()),
     })?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    // Hash every file before binding, so a printed URL is always servable.
-    let mut hashed = Vec::new();
-    let mut writers = Vec::new();
+    // Open every file, then bind, then hash: a missing file or a taken port fails at
+    // once rather than after minutes of hashing, and the URL (printed after all
+    // three) is always servable.
+    let mut opened = Vec::new();
     let mut names = HashSet::new();
     for path in paths {
         let name = match path.file_name().and_then(|n| n.to_str()) {
@@ -891,12 +1082,9 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
                 "two files share the name {name}; expose them from separate processes"
             )));
         }
-        let file_err = |e: io::Error| TransferError::File(format!("{}: {e}", path.display()));
-        let src = FileSource::open(path).map_err(file_err)?;
-        let (cvs, remembering) =
-            chunk_cvs(&src, path, &cache_dir, opts.rehash).map_err(file_err)?;
-        writers.extend(remembering);
-        hashed.push((name, path.clone(), src, cvs));
+        let src = FileSource::open(path)
+            .map_err(|e| TransferError::File(format!("{}: {e}", path.display())))?;
+        opened.push((name, path, src));
     }
     let sock = udp::bind(opts.bind).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::PermissionDenied {
@@ -906,6 +1094,14 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         };
         TransferError::Bind(format!("cannot bind UDP {}: {e}{hint}", opts.bind))
     })?;
+    let mut hashed = Vec::new();
+    let mut writers = Vec::new();
+    for (name, path, src) in opened {
+        let (cvs, remembering) = chunk_cvs(&src, path, &cache_dir, opts.rehash)
+            .map_err(|e| TransferError::File(format!("{}: {e}", path.display())))?;
+        writers.extend(remembering);
+        hashed.push((name, path.clone(), src, cvs));
+    }
     let local = sock
         .local_addr()
         .map_err(|e| TransferError::Io(e.to_string()))?;
@@ -934,7 +1130,9 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     let mut disk_left = match (opts.seal_ahead, opts.cache_max) {
         (false, _) => 0,
         (true, Some(max)) => max,
-        (true, None) => sealed::free_space(&cache_dir).map_or(0, |free| free / 4),
+        (true, None) => {
+            sealed::free_space(&cache_dir).map_or(0, |free| (free / 4).min(DEFAULT_CACHE_MAX))
+        }
     };
     for (name, path, src, cvs) in hashed {
         let size = src.size();
@@ -1051,6 +1249,69 @@ pub fn default_cache_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_sources_are_checked_against_the_main_source() {
+        let root = "ab".repeat(32);
+        let main_url = format!("rgtp://127.0.0.1:5000/f.bin?root={root}");
+        let src = PullSource::parse(&main_url, None).unwrap();
+        let main: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let from = |f: &[&str]| {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            extra_sources(&src, main, &f, &[])
+        };
+        // HOST:PORT serves the same name; a name resolves in the main's family.
+        let p = from(&[
+            "localhost:5001",
+            &format!("rgtp://127.0.0.2:5002/g.bin?root={root}"),
+        ])
+        .unwrap();
+        assert_eq!(p[0].remote, "127.0.0.1:5001".parse().unwrap());
+        assert_eq!((p[0].name.as_str(), p[1].name.as_str()), ("f.bin", "g.bin"));
+        for (f, want) in [
+            (
+                format!("rgtp://127.0.0.2:5/f.bin?root={}", "cd".repeat(32)),
+                "another root",
+            ),
+            ("127.0.0.1:5000".to_string(), "given twice"),
+            ("[::1]:5001".to_string(), "IPv4 or all IPv6"),
+            ("http://x/y".to_string(), "rgtp://"),
+        ] {
+            let e = from(&[f.as_str()]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{f}: {e}");
+            assert!(e.to_string().contains(want), "{f}: {e}");
+        }
+        // Without the main URL's root there is nothing to check the sources against.
+        let by_name = PullSource::parse("127.0.0.1:5000", Some("f.bin")).unwrap();
+        let e = extra_sources(&by_name, main, &["127.0.0.1:5001".to_string()], &[]).unwrap_err();
+        assert!(e.to_string().contains("root="), "{e}");
+        let found: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let e = extra_sources(&by_name, main, &[], &[found]).unwrap_err();
+        assert!(e.to_string().contains("root="), "{e}");
+    }
+
+    #[test]
+    fn found_sources_skip_repeats_and_the_other_family() {
+        let root = "ab".repeat(32);
+        let src =
+            PullSource::parse(&format!("rgtp://127.0.0.1:5000/f.bin?root={root}"), None).unwrap();
+        let main: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let found: Vec<SocketAddr> = [
+            "127.0.0.1:5000",
+            "127.0.0.1:5001",
+            "[::1]:5002",
+            "127.0.0.1:5001",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let p = extra_sources(&src, main, &["127.0.0.1:5003".to_string()], &found).unwrap();
+        let got: Vec<String> = p.iter().map(|p| p.remote.to_string()).collect();
+        assert_eq!(got, ["127.0.0.1:5003", "127.0.0.1:5001"]);
+        assert!(p
+            .iter()
+            .all(|p| p.name == "f.bin" && p.key.is_none() || p.remote.port() == 5003));
+    }
 
     #[test]
     fn sources_parse_as_the_commands_take_them() {

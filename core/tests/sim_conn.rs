@@ -1113,6 +1113,59 @@ fn close_with_linger() {
     );
 }
 
+/// The first end to close, having read everything, waits for the other's FIN (TCP's
+/// FIN_WAIT_2): both closes end cleanly, whichever comes first and however late the
+/// second. A peer that writes after the other closed is reset: nobody will read it.
+#[test]
+fn close_waits_for_the_peers_close_and_resets_only_a_writer() {
+    let link = LinkConfig {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    };
+    for writes_after in [false, true] {
+        let msg = data(12, 50_000);
+        let (mut w, ca) = client_server(
+            122,
+            link.clone(),
+            conn_cfg(),
+            14,
+            AppSpec {
+                out: msg.clone(),
+                close_when_done: true,
+                ..Default::default()
+            },
+            AppSpec::default(),
+        );
+        w.run(Duration::from_secs(10), |w| w.apps[ca].eof);
+        assert_eq!(w.apps[ca].got, msg);
+        let sa = (0..w.apps.len()).find(|&i| i != ca).expect("server app");
+        // The server's close is done; the client takes its time.
+        w.run(Duration::from_secs(1), |_| false);
+        assert_eq!(
+            w.apps[sa].closed, None,
+            "the server waits for the client's FIN"
+        );
+        let (now, id) = (w.net.now, w.apps[ca].id);
+        if writes_after {
+            w.nodes[CLIENT].ep.write(id, &data(13, 1000)).unwrap();
+            w.run(Duration::from_secs(5), |w| w.apps[ca].closed.is_some());
+            assert_eq!(
+                w.apps[ca].closed,
+                Some(Some(ErrorKind::ConnectionReset)),
+                "a write after the peer's close is reset"
+            );
+        } else {
+            w.nodes[CLIENT].ep.close(now, id);
+            w.apps[ca].released = true;
+            w.run(Duration::from_secs(5), |w| {
+                w.apps[ca].closed.is_some() && w.apps[sa].closed.is_some()
+            });
+            assert_eq!(w.apps[ca].closed, Some(None), "client");
+            assert_eq!(w.apps[sa].closed, Some(None), "server");
+        }
+    }
+}
+
 #[test]
 fn retry_cookie_under_handshake_load() {
     let mut w = World::new(130, LinkConfig::default());

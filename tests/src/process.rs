@@ -172,6 +172,11 @@ impl Proc {
             .unwrap_or_default()
     }
 
+    /// What the process has written to stdout so far (when not piped).
+    pub fn stdout(&self) -> String {
+        self.stdout_file()
+    }
+
     fn stdout_file(&self) -> String {
         self.stdout_path
             .as_ref()

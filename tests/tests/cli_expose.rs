@@ -103,3 +103,39 @@ fn a_config_dir_that_cannot_be_created_is_reported_as_such() {
     done.assert_clean_error(exit::KEY_CREATE, &["cannot create", "blocker/rgtp"]);
     assert!(!done.stderr.contains("malformed"), "{}", done.describe());
 }
+
+/// `--max-rate` takes bits per second strictly (a bad value is a usage error, exit
+/// 2), and a capped exposer still serves two pulls at once, byte-exact. (That the
+/// cap holds, and is shared fairly, is checked in the simulator, in virtual time:
+/// core/tests/sim_rate_cap.rs.)
+#[test]
+fn max_rate_is_parsed_strictly_and_a_capped_exposer_serves_exact_copies() {
+    let dir = TestDir::new("max-rate");
+    let src = dir.join("capped.bin");
+    write_random_file(&src, 6 * MIB, "max-rate");
+    let capped = |rate: &str| {
+        let mut o = ExposeOpts::new(&dir, &[&src]);
+        o.extra_args = vec![format!("--max-rate={rate}")];
+        o
+    };
+    for bad in ["0", "fast", "1.5", "-1M", "2X", "1e9"] {
+        let done = capped(bad).run_expect_exit(&dir);
+        assert_eq!(
+            done.code(),
+            Some(exit::USAGE),
+            "--max-rate {bad}: {}",
+            done.describe()
+        );
+        assert!(done.stderr.contains("--max-rate"), "{bad}: {}", done.stderr);
+    }
+    let ex = capped("400M").start(&dir);
+    let outs = [dir.join("a.out"), dir.join("b.out")];
+    let pulls: Vec<Proc> = outs
+        .iter()
+        .map(|o| PullCmd::url(&dir, &ex.single().url, o).spawn(&dir))
+        .collect();
+    for (p, o) in pulls.into_iter().zip(&outs) {
+        p.finish(PULL_DEADLINE).assert_success();
+        assert_same_content(&src, o, "pull from a capped exposer");
+    }
+}

@@ -26,6 +26,7 @@
  *   12 RGTP_E_TOO_LARGE     the offered file is too large to track
  *   13 RGTP_E_GONE          the exposer withdrew the file
  *   15 RGTP_E_KEY_DIR       the key's directory cannot be created
+ *   16 RGTP_E_PROTOCOL      the exposer broke the protocol (e.g. an unoffered cipher)
  *  130 RGTP_E_CANCELLED     cancelled (cancel handle or callback); progress saved
  *   -1 RGTP_E_NULL          a required pointer is NULL
  *   -2 RGTP_E_UTF8          a string that must be UTF-8 is not
@@ -105,6 +106,9 @@
 
 // The key's directory cannot be created (15).
 #define RGTP_E_KEY_DIR 15
+
+// The exposer broke the protocol, e.g. chose a chunk cipher that was not offered (16).
+#define RGTP_E_PROTOCOL 16
 
 // Cancelled through a cancel handle or the progress callback; progress is saved (130).
 #define RGTP_E_CANCELLED 130

@@ -55,6 +55,8 @@ pub const RGTP_E_TOO_LARGE: c_int = 12;
 pub const RGTP_E_GONE: c_int = 13;
 /// The key's directory cannot be created (15).
 pub const RGTP_E_KEY_DIR: c_int = 15;
+/// The exposer broke the protocol, e.g. chose a chunk cipher that was not offered (16).
+pub const RGTP_E_PROTOCOL: c_int = 16;
 /// Cancelled through a cancel handle or the progress callback; progress is saved (130).
 pub const RGTP_E_CANCELLED: c_int = 130;
 /// A required pointer argument is NULL (this layer only).
@@ -237,6 +239,7 @@ pub extern "C" fn rgtp_status_name(code: c_int) -> *const c_char {
         RGTP_E_TOO_LARGE => "RGTP_E_TOO_LARGE\0",
         RGTP_E_GONE => "RGTP_E_GONE\0",
         RGTP_E_KEY_DIR => "RGTP_E_KEY_DIR\0",
+        RGTP_E_PROTOCOL => "RGTP_E_PROTOCOL\0",
         RGTP_E_CANCELLED => "RGTP_E_CANCELLED\0",
         RGTP_E_NULL => "RGTP_E_NULL\0",
         RGTP_E_UTF8 => "RGTP_E_UTF8\0",

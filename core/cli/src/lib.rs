@@ -97,9 +97,89 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `--max-rate`: bits per second, a plain number or with K, M, G or T (powers of
+/// 1000, as link speeds are given), e.g. `200M`, `1G`, `1.5G`, `250000`. An optional
+/// `bit/s` or `bps` after the unit is accepted; anything else, zero, or more than
+/// 2^64 - 1 is an error.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a rate in bits/s (e.g. 200M, 1G, 1.5G, 250000)");
+    let t = s.trim();
+    let t = t
+        .strip_suffix("bit/s")
+        .or_else(|| t.strip_suffix("bps"))
+        .unwrap_or(t);
+    let end = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "m" | "M" => 1_000_000,
+        "g" | "G" => 1_000_000_000,
+        "t" | "T" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if whole.is_empty() || (num.contains('.') && frac.is_empty()) || frac.contains('.') {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let mut rate = whole
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if !frac.is_empty() {
+        // Decimals only as far as the unit has digits for (1.5K = 1500).
+        if frac.len() as u32 > scale.ilog10() {
+            return Err(format!("{s:?}: too many decimals for its unit"));
+        }
+        let f: u64 = frac.parse().map_err(|_| bad())?;
+        let f = f * 10u64.pow(scale.ilog10() - frac.len() as u32);
+        rate = rate
+            .checked_add(f)
+            .ok_or_else(|| format!("{s:?} is too large"))?;
+    }
+    if rate == 0 {
+        return Err(format!("{s:?}: the rate must be more than 0"));
+    }
+    Ok(rate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse_strictly_in_bits_per_second() {
+        assert_eq!(parse_rate("200M"), Ok(200_000_000));
+        assert_eq!(parse_rate("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("250000"), Ok(250_000));
+        assert_eq!(parse_rate("64k"), Ok(64_000));
+        assert_eq!(parse_rate("100Mbit/s"), Ok(100_000_000));
+        assert_eq!(parse_rate("10Mbps"), Ok(10_000_000));
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "M",
+            "-5M",
+            "1.5",
+            "1.M",
+            ".5G",
+            "1..5G",
+            "2X",
+            "1 G",
+            "1MB",
+            "1.0001K",
+            "99999999999T",
+            "200M ",
+            "1e9",
+        ] {
+            let trimmed_ok = bad == "200M ";
+            assert_eq!(parse_rate(bad).is_err(), !trimmed_ok, "{bad:?}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

@@ -303,12 +303,12 @@ def test_exceptions_have_one_class_per_exit_code():
     from rgtp._errors import error_for
 
     seen = {}
-    for code in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 130]:
+    for code in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 130]:
         e = error_for(code, "m")
         assert e.exit_code == code and str(e) == "m"
         assert type(e) is not rgtp.RgtpError
         seen[type(e)] = code
-    assert len(seen) == 15
+    assert len(seen) == 16
     odd = error_for(99, "x")
     assert type(odd) is rgtp.RgtpError and odd.exit_code == 99
     assert rgtp.__version__

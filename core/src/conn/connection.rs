@@ -815,14 +815,23 @@ impl Conn {
         let sent_all = self.send.is_shutdown() && self.send.all_acked();
         if sent_all && self.recv.complete() {
             self.terminate(now, None, true);
-        } else if sent_all && self.released {
-            // Closed by the application and the peer has every byte; it may still be
-            // writing, which we will never read: tell it (its writes fail).
-            self.reset_pending = Some(1);
-            self.reset_copies = 0;
-            self.aborted = true;
-            self.terminate(now, None, true);
+        } else if sent_all && self.released && self.recv.discarded() > 0 {
+            // Closed by the application with bytes it never read, or the peer wrote
+            // after the close: nobody will read what it writes, so tell it (its
+            // writes fail), as TCP's RST does. A peer that wrote nothing more is given
+            // until the linger deadline to close its side (TCP's FIN_WAIT_2), so both
+            // ends closing at once end gracefully.
+            self.end_released(now);
         }
+    }
+
+    /// Ends a connection the application released once the peer has every byte: the
+    /// peer gets RESET code 1 (its further writes fail; what it got stays readable).
+    fn end_released(&mut self, now: Instant) {
+        self.reset_pending = Some(1);
+        self.reset_copies = 0;
+        self.aborted = true;
+        self.terminate(now, None, true);
     }
 
     // --------------------------------------------------------------- receiving
@@ -1343,7 +1352,12 @@ impl Conn {
                     return;
                 }
                 if self.linger_deadline.is_some_and(|l| now >= l) {
-                    self.reset(now, 0, ErrorKind::TimedOut);
+                    if self.send.is_shutdown() && self.send.all_acked() {
+                        // The peer has every byte but never closed its side.
+                        self.end_released(now);
+                    } else {
+                        self.reset(now, 0, ErrorKind::TimedOut);
+                    }
                     return;
                 }
                 if now >= self.last_tx + self.keepalive {

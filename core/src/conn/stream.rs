@@ -410,6 +410,8 @@ pub struct RecvStream {
     gaps_stale: bool,
     /// The application is gone: acknowledge and drop whatever arrives.
     discard: bool,
+    /// Bytes dropped unread since `discard` was set (unread then, or arrived after).
+    discarded: u64,
     /// When the gap that the latest data filled (in part) had been asked for, if it
     /// had been asked for exactly once: that data is most likely the answer, so the
     /// time since is a round trip through the writer (see `take_answered`).
@@ -432,6 +434,7 @@ impl RecvStream {
             gaps: Vec::new(),
             gaps_stale: false,
             discard: false,
+            discarded: 0,
             answered: None,
         }
     }
@@ -465,9 +468,16 @@ impl RecvStream {
         self.complete() && self.ready.is_empty()
     }
 
+    /// Bytes dropped unread: those unread at [`RecvStream::set_discard`] and those
+    /// that arrived after it.
+    pub fn discarded(&self) -> u64 {
+        self.discarded
+    }
+
     /// Drops unread bytes and everything that arrives later (still acknowledged).
     pub fn set_discard(&mut self) {
         self.discard = true;
+        self.discarded += self.ready.len() as u64;
         self.consumed += self.ready.len() as u64;
         self.ready.clear();
         self.grow_limit();
@@ -652,6 +662,7 @@ impl RecvStream {
             self.ready.extend(data);
         } else {
             self.consumed += data.len() as u64;
+            self.discarded += data.len() as u64;
         }
         self.acked += data.len() as u64;
         if self.discard {

@@ -30,6 +30,7 @@ Set-up log (stderr, info level, target rgtp::setup):
   INFO rgtp::setup: FILE: root remembered (file unchanged since it was last hashed)
   INFO rgtp::setup: NAME: sealing N of M chunks ahead (the cache's disk bound); ...
   INFO rgtp::setup: NAME: sealed ahead (N of M chunks, CIPHER cipher) in SECS s
+  INFO rgtp::setup: announced root HEX at port PORT in the DHT   (with --dht)
       The URL is printed as soon as the root is known; sealing runs in the
       background at idle priority, and chunks not sealed yet are sealed on demand.
 Colours only when stderr is a terminal (and NO_COLOR is unset).
@@ -82,8 +83,8 @@ struct Args {
     no_seal_ahead: bool,
     /// Most disk for sealed copies, all files together (e.g. 4G, 512M; 0: none).
     /// Files are sealed in the background while already served; chunks past the
-    /// bound are sealed on demand. Default: a quarter of the free space in the
-    /// cache directory.
+    /// bound are sealed on demand. Default: 4G, or a quarter of the free space in
+    /// the cache directory when that is less.
     #[arg(long, value_name = "BYTES", value_parser = rgtp_cli::parse_size)]
     cache_max: Option<u64>,
     /// Where sealed copies (unnamed files, gone at exit) and remembered roots live.
@@ -99,6 +100,21 @@ struct Args {
     /// Pullers that do not offer it get ChaCha20-Poly1305.
     #[arg(long, default_value = "auto", value_name = "CIPHER")]
     cipher: rgtp_cli::CipherChoice,
+    /// Announce each file's root in the Mainline DHT (BitTorrent's), so that
+    /// `rgtp-pull --dht` finds this exposer by the root alone; again every 15 minutes.
+    /// The DHT learns this host's address and port, and a key derived from each root.
+    #[arg(long)]
+    dht: bool,
+    /// DHT nodes to join through (HOST:PORT; repeat the flag for more; implies --dht).
+    /// Default: the public bootstrap nodes.
+    #[arg(long, value_name = "HOST:PORT")]
+    dht_bootstrap: Vec<String>,
+    /// Cap on the total send rate, in bits per second (e.g. 200M, 1G, 1.5G, or a plain
+    /// number; K, M, G, T are powers of 1000), shared fairly among pullers: each
+    /// puller gets an equal turn, and what one does not use goes to the others.
+    /// Default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = rgtp_cli::parse_rate)]
+    max_rate: Option<u64>,
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
@@ -109,6 +125,47 @@ struct Args {
     /// Print the man page (roff) and exit.
     #[arg(long, exclusive = true)]
     man: bool,
+}
+
+/// Announces `roots` at `port` in the DHT now and every [`rgtp::dht::ANNOUNCE_EVERY`]
+/// until the exposer stops. A DHT that cannot be reached costs a warning, not the
+/// exposure: pullers with the URL still reach it.
+fn announce_in_background(roots: Vec<[u8; 32]>, port: u16, bootstrap: Vec<String>) {
+    let run = move || {
+        let dht = match rgtp::dht::Discovery::join(&bootstrap) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(target: rgtp::exposer::SETUP_LOG, "cannot join the DHT: {e}");
+                return;
+            }
+        };
+        loop {
+            for root in &roots {
+                match dht.announce(root, port) {
+                    Ok(()) => tracing::info!(
+                        target: rgtp::exposer::SETUP_LOG,
+                        "announced root {} at port {port} in the DHT",
+                        hex(root)
+                    ),
+                    Err(e) => tracing::warn!(
+                        target: rgtp::exposer::SETUP_LOG,
+                        "cannot announce root {} in the DHT: {e}",
+                        hex(root)
+                    ),
+                }
+            }
+            let next = std::time::Instant::now() + rgtp::dht::ANNOUNCE_EVERY;
+            while std::time::Instant::now() < next {
+                if driver::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("dht".into()).spawn(run) {
+        tracing::warn!(target: rgtp::exposer::SETUP_LOG, "cannot start the DHT thread: {e}");
+    }
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -145,10 +202,16 @@ fn main() -> ExitCode {
             rgtp_cli::CipherChoice::Only(c) => Some(c),
         },
         rehash: args.rehash,
+        max_rate: args.max_rate,
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();
+    let dht = args.dht || !args.dht_bootstrap.is_empty();
     let served = expose_until(&args.files, &opts, &driver::STOP, |files, local, key| {
+        if dht {
+            let roots: Vec<_> = files.iter().filter_map(|f| f.url.root).collect();
+            announce_in_background(roots, local.port(), args.dht_bootstrap.clone());
+        }
         let mut out = std::io::stdout().lock();
         for f in files {
             let _ = writeln!(out, "{}", f.url);

@@ -26,6 +26,14 @@ An exposer that never answers is given up on after --connect-timeout (exit 5); o
 that answered and then went quiet (restarting, a network outage) is waited for up
 to --timeout, and the pull carries on where it was.
 
+--from SRC (repeatable) adds sources of the same content: HOST:PORT (serving the
+same NAME) or an rgtp:// URL of the same root. SOURCE must then be a URL with
+root=: every chunk from every source is verified against it, so no source is
+trusted. Each source has its own session and rate control, and gets chunks in
+proportion to what it delivers; a source that fails, stalls or serves a chunk that
+fails verification is dropped and its chunks go to the others. The pull fails only
+when no source is left. A resume may use any mix of sources.
+
 --json prints one JSON object on stdout, on success and on failure alike:
   success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
            throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
@@ -34,7 +42,9 @@ to --timeout, and the pull carries on where it was.
            (rebuilt from repair fragments), duplicate_fragments, spurious_losses, bad_chunks,
            handshakes (counts), resumed (bool), missing_bytes_at_start (bytes),
            cipher (the chunk cipher the exposer chose), output (path, or \"-\"
-           for stdout)
+           for stdout), sources_dropped (count), sources (one object per source,
+           SOURCE first: addr (HOST:PORT), bytes (content bytes it delivered),
+           bad_chunks (count), dropped (why it was dropped, or null))
   failure: exit_code (the exit status below), error (the message also on stderr)
 
 Exit codes:
@@ -48,7 +58,8 @@ Exit codes:
        --timeout after answering) or host unknown
   6    exposer key mismatch (pinned key differs, or a known key changed)
   7    the exposer has no such name
-  8    content mismatch (root differs from the pinned one, or a bad outboard)
+  8    content mismatch (root differs from the pinned one, or a bad outboard; with
+       --from: the last source left served chunks failing verification)
   9    the resume state file is corrupt
   12   the offered file is too large to track (memory, or over 2^32 chunks)
   13   the exposer withdrew the file (it changed or became unreadable while exposed)
@@ -79,6 +90,19 @@ struct Args {
     /// Require this exposer key (64 hex digits).
     #[arg(long)]
     key: Option<String>,
+    /// Another source of the same content: HOST:PORT or an rgtp:// URL of the same
+    /// root (repeatable; SOURCE must be a URL with root=).
+    #[arg(long, value_name = "SRC")]
+    from: Vec<String>,
+    /// Also pull from sources of the root found in the Mainline DHT (exposers started
+    /// with --dht); needs a URL with root=. Nothing found there is trusted: every
+    /// chunk is verified against the root.
+    #[arg(long)]
+    dht: bool,
+    /// DHT nodes to join through (HOST:PORT; repeat the flag for more; implies --dht).
+    /// Default: the public bootstrap nodes.
+    #[arg(long, value_name = "HOST:PORT")]
+    dht_bootstrap: Vec<String>,
     /// Give up when an exposer that has answered is then silent this many seconds
     /// (the pull resumes by itself if it comes back sooner).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
@@ -220,6 +244,27 @@ impl Drop for TempDir {
     }
 }
 
+/// How long a DHT lookup may take before the pull starts with what it found.
+const DHT_LOOKUP: Duration = Duration::from_secs(5);
+
+/// Sources of `root` announced in the DHT (at most 16). A DHT that cannot be joined
+/// costs a warning: the pull goes on with the sources it was given.
+fn dht_sources(root: &[u8; 32], bootstrap: &[String], quiet: bool) -> Vec<std::net::SocketAddr> {
+    match rgtp::dht::Discovery::join(bootstrap) {
+        Ok(d) => {
+            let found = d.lookup(root, 16, DHT_LOOKUP);
+            if !quiet {
+                eprintln!("rgtp-pull: {} source(s) found in the DHT", found.len());
+            }
+            found
+        }
+        Err(e) => {
+            eprintln!("rgtp-pull: warning: cannot join the DHT ({e}); pulling without it");
+            Vec::new()
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), Failure> {
     if let Err(e) = rgtp_cli::check_max_datagram(args.max_datagram) {
         return fail(2, e);
@@ -242,8 +287,18 @@ fn run(args: Args) -> Result<(), Failure> {
             rgtp_cli::CipherChoice::Only(c) => Some(c.bit()),
         },
         fec: args.fec,
+        from: args.from.clone(),
         ..Default::default()
     };
+    if args.dht || !args.dht_bootstrap.is_empty() {
+        let Some(root) = src.root else {
+            return fail(
+                2,
+                "--dht needs the content root: give an rgtp:// URL with root=",
+            );
+        };
+        opts.found = dht_sources(&root, &args.dht_bootstrap, args.quiet || args.json);
+    }
     if let Some(k) = &args.key {
         match parse_hex32(k) {
             Some(k) => opts.key = Some(k),
@@ -375,6 +430,13 @@ fn run(args: Args) -> Result<(), Failure> {
             "missing_bytes_at_start": missing_at_start,
             "cipher": s.cipher.map(|c| c.name()),
             "output": shown_path,
+            "sources_dropped": s.sources_dropped,
+            "sources": report.sources.iter().map(|src| serde_json::json!({
+                "addr": src.addr,
+                "bytes": src.bytes,
+                "bad_chunks": src.bad_chunks,
+                "dropped": src.dropped,
+            })).collect::<Vec<_>>(),
         }));
     } else if !args.quiet {
         eprintln!(
@@ -382,6 +444,15 @@ fn run(args: Args) -> Result<(), Failure> {
             src.name,
             human(missing_at_start as f64 / secs.max(1e-9))
         );
+        if report.sources.len() > 1 {
+            for src in &report.sources {
+                let dropped = src
+                    .dropped
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" (dropped: {d})"));
+                eprintln!("  from {}: {} bytes{dropped}", src.addr, src.bytes);
+            }
+        }
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ from ._errors import (
     Gone,
     InternalError,
     KeyDirError,
+    ProtocolError,
     KeyMismatch,
     NotFound,
     RgtpError,
@@ -63,6 +64,7 @@ __all__ = [
     "TooLarge",
     "Gone",
     "KeyDirError",
+    "ProtocolError",
     "Cancelled",
 ]
 

@@ -20,6 +20,7 @@ __all__ = [
     "TooLarge",
     "Gone",
     "KeyDirError",
+    "ProtocolError",
     "Cancelled",
     "error_for",
 ]
@@ -121,6 +122,13 @@ class KeyDirError(RgtpError):
     exit_code = 15
 
 
+class ProtocolError(RgtpError):
+    """The exposer broke the protocol, e.g. chose a chunk cipher that was not
+    offered (16)."""
+
+    exit_code = 16
+
+
 class Cancelled(RgtpError):
     """The pull was cancelled (a CancelToken, or asyncio cancellation); its
     progress is saved and the same pull resumes it (130)."""
@@ -145,6 +153,7 @@ _BY_CODE: Dict[int, Type[RgtpError]] = {
         TooLarge,
         Gone,
         KeyDirError,
+        ProtocolError,
         Cancelled,
     )
 }

@@ -1,0 +1,128 @@
+//! Finding an exposer by its root alone: a Mainline DHT of five nodes on loopback
+//! (started by the test), the real rgtp-expose announcing into it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rgtp_e2e::*;
+
+fn dht_args(bootstrap: &[String]) -> Vec<String> {
+    bootstrap
+        .iter()
+        .flat_map(|b| ["--dht-bootstrap".to_string(), b.clone()])
+        .collect()
+}
+
+#[test]
+fn an_exposer_announces_its_root_and_a_lookup_finds_it() {
+    let net = mainline::Testnet::builder(5).build().expect("a local DHT");
+    let dir = TestDir::new("dht-announce");
+    let file = dir.join("data.bin");
+    write_random_file(&file, 1 << 20, "dht-announce");
+    let mut opts = ExposeOpts::new(&dir, &[&file]).bind(Some("127.0.0.1"));
+    opts.extra_args = dht_args(&net.bootstrap);
+    let ex = opts.start(&dir);
+    wait_until(
+        "the exposer's DHT announce",
+        Duration::from_secs(30),
+        || ex.proc.stderr().contains("in the DHT"),
+    );
+    let log = ex.proc.stderr();
+    assert!(log.contains("announced root"), "{log}");
+
+    let root = rgtp::url::parse_hex32(&ex.single().root).expect("root in hex");
+    let found = rgtp::dht::Discovery::join(&net.bootstrap)
+        .expect("join the local DHT")
+        .lookup(&root, 10, Duration::from_secs(10));
+    let me = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ex.port);
+    assert!(found.contains(&me), "{me} not among {found:?}");
+    ex.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn an_unreachable_dht_costs_a_warning_not_the_exposure() {
+    let dir = TestDir::new("dht-unreachable");
+    let file = dir.join("data.bin");
+    write_random_file(&file, 256 << 10, "dht-unreachable");
+    // A port nothing listens on: every DHT query goes unanswered.
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dead = nobody.local_addr().expect("addr").to_string();
+    drop(nobody);
+    let mut opts = ExposeOpts::new(&dir, &[&file]).bind(Some("127.0.0.1"));
+    opts.extra_args = dht_args(&[dead]);
+    let mut ex = opts.start(&dir);
+    // Served all the same.
+    let out = dir.join("copy.bin");
+    let pulled = PullCmd::url(&dir, &ex.single().url, &out).run(&dir);
+    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
+    assert_eq!(std::fs::read(&out).ok(), std::fs::read(&file).ok());
+    wait_until(
+        "the failed announce's warning",
+        Duration::from_secs(60),
+        || ex.proc.stderr().contains("cannot announce"),
+    );
+    ex.assert_running();
+    ex.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn a_pull_finds_another_source_in_the_dht_when_its_exposer_is_gone() {
+    let net = mainline::Testnet::builder(5).build().expect("a local DHT");
+    let dir = TestDir::new("dht-pull");
+    let file = dir.join("data.bin");
+    write_random_file(&file, 2 << 20, "dht-pull");
+    let start = |key: &str| {
+        let mut opts = ExposeOpts::new(&dir, &[&file])
+            .bind(Some("127.0.0.1"))
+            .key(&dir.join(key));
+        opts.extra_args = dht_args(&net.bootstrap);
+        let ex = opts.start(&dir);
+        wait_until(
+            "the exposer's DHT announce",
+            Duration::from_secs(30),
+            || ex.proc.stderr().contains("announced root"),
+        );
+        ex
+    };
+    let a = start("a.key");
+    let b = start("b.key");
+    // The URL names exposer A, which is gone: the pull finds B by the root.
+    let url = a.single().url.clone();
+    a.stop_with(libc::SIGTERM);
+    let out = dir.join("copy.bin");
+    let mut cmd = PullCmd::url(&dir, &url, &out)
+        .arg("--json")
+        .arg("--connect-timeout")
+        .arg("3");
+    for arg in dht_args(&net.bootstrap) {
+        cmd = cmd.arg(arg);
+    }
+    let pulled = cmd.run(&dir);
+    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
+    assert_eq!(std::fs::read(&out).ok(), std::fs::read(&file).ok());
+    let report: serde_json::Value = serde_json::from_str(&pulled.stdout).expect("json");
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    let from_b = report["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["addr"] == b_addr.as_str())
+        .unwrap_or_else(|| panic!("{b_addr} not among the sources: {report}"));
+    assert_eq!(from_b["bytes"], 2 << 20, "{report}");
+    b.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn dht_without_a_root_is_a_usage_error() {
+    let dir = TestDir::new("dht-usage");
+    let out = dir.join("x");
+    let r = PullCmd::new(&dir, ["127.0.0.1:9", "name", "--dht", "-o"])
+        .arg(out.display().to_string())
+        .run(&dir);
+    assert_eq!(r.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--dht needs the content root"),
+        "{}",
+        r.stderr
+    );
+}

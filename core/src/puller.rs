@@ -317,6 +317,9 @@ impl PullStats {
         self.handshakes += o.handshakes;
         self.dropped += o.dropped;
         self.content_bytes += o.content_bytes;
+        self.repair_fragments += o.repair_fragments;
+        self.chunks_repaired += o.chunks_repaired;
+        self.surplus_repair += o.surplus_repair;
         self.cipher = self.cipher.or(o.cipher);
         self.sources_dropped += o.sources_dropped;
     }
@@ -2012,4 +2015,33 @@ fn outstanding_bytes(mask: u64, n: usize, per: usize, ct_len: usize) -> u64 {
 fn hello_rto(attempts: u32, answered: bool) -> Duration {
     let cap = if answered { 3 } else { 2 };
     Duration::from_millis(250 << attempts.saturating_sub(1).min(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A multi-source pull's totals carry the repair counters too (`--json` reads them).
+    #[test]
+    fn stats_totals_include_repair() {
+        let one = PullStats {
+            repair_fragments: 3,
+            chunks_repaired: 2,
+            surplus_repair: 1,
+            rerequested_fragments: 5,
+            ..Default::default()
+        };
+        let mut t = PullStats::default();
+        t.add(&one);
+        t.add(&one);
+        assert_eq!(
+            (
+                t.repair_fragments,
+                t.chunks_repaired,
+                t.surplus_repair,
+                t.rerequested_fragments
+            ),
+            (6, 4, 2, 10)
+        );
+    }
 }

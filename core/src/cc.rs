@@ -103,6 +103,9 @@ pub struct RateControl {
     round_lost: u64,
     /// Smoothed fraction of requested bytes that were lost.
     loss: f64,
+    /// Largest loss the path rate compensates for (`path_rate`): 30 %, or more for a
+    /// pull whose repair fragments make heavy loss worth crossing.
+    loss_cap: f64,
     full_bw: f64,
     full_bw_rounds: u32,
     cycle_idx: usize,
@@ -176,6 +179,7 @@ impl RateControl {
             round_delivered: 0,
             round_lost: 0,
             loss: 0.0,
+            loss_cap: 0.3,
             full_bw: 0.0,
             full_bw_rounds: 0,
             cycle_idx: 0,
@@ -254,13 +258,22 @@ impl RateControl {
 
     /// The rate at which data must be *asked for* so that `btl_bw` arrives: delivery
     /// over the fraction that survives. Only while no queue stands (the RTT is near its
-    /// minimum), so the loss is the path's and not congestion's; bounded at 30 %.
+    /// minimum), so the loss is the path's and not congestion's; bounded at 30 %
+    /// (`set_loss_cap`).
     fn path_rate(&self) -> f64 {
         if self.queue_free() {
-            self.btl_bw / (1.0 - self.loss.min(0.3))
+            self.btl_bw / (1.0 - self.loss.min(self.loss_cap))
         } else {
             self.btl_bw
         }
+    }
+
+    /// Compensates random loss up to `cap` (default 0.3, at most 0.75). A pull with
+    /// repair fragments raises it: each fragment that arrives is of use, so asking
+    /// for twice what arrives at 50 % loss moves data, where without repair the
+    /// re-requests it takes would be lost as often. Still only while no queue stands.
+    pub fn set_loss_cap(&mut self, cap: f64) {
+        self.loss_cap = cap.clamp(0.0, 0.75);
     }
 
     /// The puller had room to ask for more but nothing to ask for.

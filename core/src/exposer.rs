@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::crypto::{
     same_addr, Cipher, ContentCipher, RequestSealer, TokenClaims, TokenKey, TAG_LEN,
 };
+use crate::fec;
 use crate::handshake;
 use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::replay::{ReplayFilter, Verdict};
@@ -84,7 +85,17 @@ pub struct ExposerStats {
     pub replays: u64,
     /// REQUESTs stamped outside the replay filter's window, answered STALE.
     pub stale_stamps: u64,
+    /// Chunks whose repair fragments were computed (once per chunk and datagram size,
+    /// while cached), and repair fragments sent.
+    pub repair_encodes: u64,
+    pub repair_fragments_out: u64,
 }
+
+/// Most bytes one GSO send of repair fragments carries (the kernel's limit is 64 KiB).
+const GSO_BYTES: usize = 60_000;
+
+/// A chunk's repair fragments depend on its sealing and on the fragment size.
+type RepairKey = (ExposureId, Object, u32, Cipher, u16);
 
 /// Public facts about an exposure, for printing URLs.
 #[derive(Debug, Clone)]
@@ -169,6 +180,11 @@ pub struct Exposer {
     /// Looked up only, never iterated: a hash map is fine.
     by_name: HashMap<String, ExposureId>,
     cache: CipherCache,
+    /// Repair fragments of sealed chunks, by chunk, cipher and datagram size (the
+    /// fragment geometry). Computed on the first request that asks for them, from the
+    /// sealed bytes, and shared by every puller of that geometry.
+    repair: CipherCache<RepairKey>,
+    codec: fec::Codec,
     transmits: VecDeque<Transmit>,
     /// Keyed by addresses others choose: a hash map with a random key (HashDoS), never
     /// iterated, so its order cannot change what is sent.
@@ -196,6 +212,7 @@ impl Exposer {
         mut rng: Rng,
     ) -> Self {
         let cache = CipherCache::new(config.cache_bytes);
+        let repair = CipherCache::new(config.cache_bytes / 2);
         Self {
             config,
             static_private,
@@ -206,6 +223,8 @@ impl Exposer {
             exposures: BTreeMap::new(),
             by_name: HashMap::new(),
             cache,
+            repair,
+            codec: fec::Codec::new(),
             transmits: VecDeque::new(),
             buckets: HashMap::new(),
             handshake_rate: HandshakeRate::new(now),
@@ -405,6 +424,8 @@ impl Exposer {
                     request_key,
                     clock_ms: self.now_ms(now),
                     cipher,
+                    // Said only to pullers that asked (older ones parse no such byte).
+                    features: (offer & wire::OFFER_REPAIR != 0).then_some(wire::FEATURE_REPAIR),
                 })
             }
         };
@@ -534,17 +555,29 @@ impl Exposer {
         let mut budget = granted;
         let max_datagram = claims.max_datagram as usize;
         for item in items {
-            let (object, start, count, mask) = match item {
+            let (object, start, count, mask, repair) = match item {
                 RequestItem::Range {
                     object,
                     start,
                     count,
-                } => (object, start as u64, count as u64, u64::MAX),
+                } => (object, start as u64, count as u64, u64::MAX, (0, 0)),
                 RequestItem::Fragments {
                     object,
                     chunk,
                     mask,
-                } => (object, chunk as u64, 1, mask),
+                } => (object, chunk as u64, 1, mask, (0, 0)),
+                RequestItem::RangeRepair {
+                    object,
+                    start,
+                    count,
+                    repair,
+                } => (object, start as u64, count as u64, u64::MAX, (0, repair)),
+                RequestItem::Repair {
+                    object,
+                    chunk,
+                    first,
+                    count,
+                } => (object, chunk as u64, 1, 0, (first, count)),
             };
             for index in start..start.saturating_add(count) {
                 if budget == 0 {
@@ -554,9 +587,9 @@ impl Exposer {
                 }
                 let sent = self.send_chunk(
                     &req.exposure,
-                    object,
-                    index,
+                    (object, index),
                     mask,
+                    repair,
                     (max_datagram, claims.cipher),
                     from,
                 );
@@ -620,14 +653,15 @@ impl Exposer {
         grant as usize
     }
 
-    /// Sends the fragments of one chunk selected by `mask`. Returns the bytes queued,
-    /// or `None` if the chunk does not exist.
+    /// Sends the fragments of one chunk selected by `mask`, then its repair fragments
+    /// `first .. first + count` (`repair`). Returns the bytes queued, or `None` if the
+    /// chunk does not exist.
     fn send_chunk(
         &mut self,
         id: &ExposureId,
-        object: Object,
-        index: u64,
+        (object, index): (Object, u64),
         mask: u64,
+        (first, count): (u8, u8),
         (max_datagram, cipher): (usize, Cipher),
         dest: SocketAddr,
     ) -> Option<usize> {
@@ -638,11 +672,70 @@ impl Exposer {
         // Only fragments the chunk has: a mask naming none of them must not cost a
         // read and a seal that no byte sent (and so no budget) pays for.
         let ct_len = merkle::chunk_len(index, e.object_len(object)) + TAG_LEN;
-        let (frags, _) = wire::fragmentation(ct_len, max_datagram);
+        let (frags, per) = wire::fragmentation(ct_len, max_datagram);
         let mask = mask & (u64::MAX >> 64u32.saturating_sub(frags as u32));
-        if mask == 0 {
+        // Repair indices past 64 are refused by the decoder; clamp anyway.
+        let count = count.min((fec::MAX_REPAIR as u8).saturating_sub(first));
+        if mask == 0 && count == 0 {
             return Some(0);
         }
+        let (data, start, len) = self.sealed_chunk(id, object, index, cipher)?;
+        let mut sent = 0;
+        if mask != 0 {
+            let t = fragments(
+                id,
+                (object, index),
+                mask,
+                max_datagram,
+                dest,
+                data.clone(),
+                start,
+                len,
+            );
+            sent += queue(&mut self.transmits, &mut self.stats, t);
+        }
+        if count > 0 {
+            let want = first as usize + count as usize;
+            let key = (*id, object, index as u32, cipher, max_datagram as u16);
+            let s = fec::shard_len(len, per);
+            let rep = match self.repair.get(key) {
+                Some(r) if r.len() >= want * s => r,
+                _ => {
+                    // Rows do not depend on how many are computed: compute a few more
+                    // than asked, so the next request for this chunk finds them.
+                    let r = want.next_multiple_of(8).min(fec::MAX_REPAIR);
+                    let ct = &data.bytes()[start..start + len];
+                    let rep = Arc::new(self.codec.encode(ct, per, r)?);
+                    self.stats.repair_encodes += 1;
+                    self.repair.insert(key, rep.clone());
+                    rep
+                }
+            };
+            // One GSO send carries at most 64 KiB: a few datagrams per transmit.
+            let per_send = (GSO_BYTES / (DATA_HEADER_LEN + s)).clamp(1, 64) as u8;
+            let mut i = first;
+            while i < first + count {
+                let n = per_send.min(first + count - i);
+                let t = repair_fragments(id, (object, index), (i, n), s, dest, rep.clone());
+                sent += queue(&mut self.transmits, &mut self.stats, t);
+                i += n;
+            }
+            self.stats.repair_fragments_out += count as u64;
+        }
+        Some(sent)
+    }
+
+    /// The sealed bytes of a chunk: `(bytes, start, len)`, from the sealed-ahead store
+    /// or the cache, or sealed now (and cached). `None` when the source failed a read
+    /// (the exposure is then gone).
+    fn sealed_chunk(
+        &mut self,
+        id: &ExposureId,
+        object: Object,
+        index: u64,
+        cipher: Cipher,
+    ) -> Option<(Arc<dyn SharedBytes>, usize, usize)> {
+        let e = self.exposures.get(id)?;
         let key = (*id, object, index as u32, cipher);
         let stored = match (&e.sealed, object) {
             (Some(store), Object::Content) if store.cipher() == cipher => {
@@ -653,18 +746,7 @@ impl Exposer {
         if let Some((store, (start, len))) = stored {
             self.stats.sealed_reads += 1;
             let data: Arc<dyn SharedBytes> = store.clone();
-            let t = fragments(
-                id,
-                object,
-                index,
-                mask,
-                max_datagram,
-                dest,
-                data,
-                start,
-                len,
-            );
-            return Some(queue(&mut self.transmits, &mut self.stats, t));
+            return Some((data, start, len));
         }
         let ct = match self.cache.get(key) {
             Some(ct) => {
@@ -704,8 +786,7 @@ impl Exposer {
             }
         };
         let len = ct.len();
-        let t = fragments(id, object, index, mask, max_datagram, dest, ct, 0, len);
-        Some(queue(&mut self.transmits, &mut self.stats, t))
+        Some((ct, 0, len))
     }
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {
@@ -728,8 +809,7 @@ fn queue(out: &mut VecDeque<Transmit>, stats: &mut ExposerStats, t: Option<Trans
 #[allow(clippy::too_many_arguments)]
 fn fragments(
     id: &ExposureId,
-    object: Object,
-    index: u64,
+    (object, index): (Object, u64),
     mask: u64,
     max_datagram: usize,
     dest: SocketAddr,
@@ -753,6 +833,47 @@ fn fragments(
     (!slices.is_empty()).then_some(Transmit {
         dest,
         segment_size: DATA_HEADER_LEN + per,
+        contents: headers,
+        gather: Some(Gather {
+            data,
+            header_len: DATA_HEADER_LEN,
+            slices,
+        }),
+    })
+}
+
+/// Repair fragments `first .. first + count` (each `shard` bytes, in `rep`) of a chunk,
+/// as one GSO-shaped transmit pointing into `rep`.
+fn repair_fragments(
+    id: &ExposureId,
+    (object, index): (Object, u64),
+    (first, count): (u8, u8),
+    shard: usize,
+    dest: SocketAddr,
+    rep: Arc<Vec<u8>>,
+) -> Option<Transmit> {
+    let mut headers = Vec::with_capacity(count as usize * DATA_HEADER_LEN);
+    let mut slices = Vec::with_capacity(count as usize);
+    for i in first..first.saturating_add(count) {
+        let off = i as usize * shard;
+        if off + shard > rep.len() {
+            break;
+        }
+        let at = headers.len();
+        headers.resize(at + DATA_HEADER_LEN, 0);
+        Data::write_header(
+            &mut headers[at..],
+            id,
+            object,
+            index as u32,
+            fec::REPAIR_BASE + i,
+        );
+        slices.push((off, shard));
+    }
+    let data: Arc<dyn SharedBytes> = rep;
+    (!slices.is_empty()).then_some(Transmit {
+        dest,
+        segment_size: DATA_HEADER_LEN + shard,
         contents: headers,
         gather: Some(Gather {
             data,

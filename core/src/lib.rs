@@ -19,7 +19,8 @@
 //! from these docs because the workspace's CLI, shim, tests and fuzz targets reach
 //! into them; they carry no promise of stability):
 //! - pure pieces: `wire` (pull packets), `url`, `merkle` (chunk tree and proofs),
-//!   `crypto` (chunk AEADs and the [`Cipher`] choice, request MACs, tokens), `bitset` (chunk sets), `rtt`
+//!   `crypto` (chunk AEADs and the [`Cipher`] choice, request MACs, tokens), `fec` (repair
+//!   fragments: the erasure code over sealed fragments), `bitset` (chunk sets), `rtt`
 //!   (smoothed round-trip time), `transmit` (datagrams to send), `rng` (the random
 //!   source every state machine draws from: the OS CSPRNG, or a seeded stream in
 //!   simulation), `zeroed`;
@@ -133,6 +134,8 @@ pub mod driver;
 #[doc(hidden)]
 pub mod exposer;
 #[doc(hidden)]
+pub mod fec;
+#[doc(hidden)]
 pub mod fuzzing;
 #[doc(hidden)]
 pub mod handshake;
@@ -164,6 +167,7 @@ pub mod wire;
 pub use conn::runtime::{ListenerOptions, RgtpListener, RgtpStream, StreamOptions};
 pub use conn::ConnConfig;
 pub use crypto::Cipher;
+pub use fec::FecMode;
 pub use keys::{KeyError, StaticKey};
 pub use transfer::{
     default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,

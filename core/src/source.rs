@@ -81,14 +81,15 @@ impl ChunkSource for MemSource {
 
 /// Sealed chunks kept for reuse, evicted first-in first-out beyond a byte budget.
 /// FIFO is enough here: pullers of one file sweep it in order, so recency and age agree.
-pub struct CipherCache {
-    map: HashMap<CacheKey, Arc<Vec<u8>>>,
-    order: VecDeque<CacheKey>,
+/// (Repair fragments are kept in one too, keyed also by datagram size.)
+pub struct CipherCache<K = CacheKey> {
+    map: HashMap<K, Arc<Vec<u8>>>,
+    order: VecDeque<K>,
     bytes: usize,
     budget: usize,
 }
 
-impl CipherCache {
+impl<K: Copy + Eq + std::hash::Hash> CipherCache<K> {
     pub fn new(budget: usize) -> Self {
         Self {
             map: HashMap::new(),
@@ -97,13 +98,15 @@ impl CipherCache {
             budget,
         }
     }
-    pub fn get(&self, key: CacheKey) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, key: K) -> Option<Arc<Vec<u8>>> {
         self.map.get(&key).cloned()
     }
-    pub fn insert(&mut self, key: CacheKey, v: Arc<Vec<u8>>) {
+    pub fn insert(&mut self, key: K, v: Arc<Vec<u8>>) {
         self.bytes += v.len();
-        if self.map.insert(key, v).is_none() {
-            self.order.push_back(key);
+        match self.map.insert(key, v) {
+            None => self.order.push_back(key),
+            // Replaced (a larger set of repair fragments): the old bytes are gone.
+            Some(old) => self.bytes -= old.len(),
         }
         while self.bytes > self.budget {
             let Some(old) = self.order.pop_front() else {

@@ -40,6 +40,7 @@ use crate::bitset::ChunkSet;
 use crate::crypto::{Cipher, CipherSet};
 use crate::driver::{self, PullEnd, PullHandler};
 use crate::exposer::{Exposer, ExposerConfig};
+use crate::fec::FecMode;
 use crate::keys::{self, KeyError, KnownExposers, StaticKey, Trust};
 use crate::merkle;
 use crate::output::{self, Output, OutputError};
@@ -244,6 +245,9 @@ pub struct PullOptions {
     /// The chunk ciphers to offer (`None`: [`Cipher::default_offer`], AES-256-GCM
     /// where this CPU has AES instructions). ChaCha20-Poly1305 is always offered.
     pub ciphers: Option<CipherSet>,
+    /// Repair fragments (`rgtp-pull --fec`): [`FecMode::Auto`] by default, which asks
+    /// for none on a clean path.
+    pub fec: FecMode,
     /// More sources of the same content (`--from`): `HOST:PORT` (the same name) or
     /// `rgtp://` URLs of the same root. Chunks are spread over every source and all
     /// are checked against the main source's root, which must then be known (a URL
@@ -264,6 +268,7 @@ impl Default for PullOptions {
             connect_timeout: Duration::from_secs(10),
             offload_verify: None,
             ciphers: None,
+            fec: FecMode::Auto,
             from: Vec::new(),
             found: Vec::new(),
         }
@@ -494,6 +499,7 @@ pub fn pull_from(
     if let Some(c) = opts.ciphers {
         cfg.ciphers = c;
     }
+    cfg.fec = opts.fec;
 
     let bind: SocketAddr = if remote.is_ipv4() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)

@@ -156,6 +156,10 @@ impl<'a> Reader<'a> {
         self.pos = self.buf.len();
         s
     }
+    /// Bytes not read yet.
+    pub fn rest_len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
     pub fn position(&self) -> usize {
         self.pos
     }
@@ -370,6 +374,10 @@ pub struct ManifestBody {
     pub clock_ms: u64,
     /// The chunk cipher the exposer chose from the puller's offer.
     pub cipher: crate::crypto::Cipher,
+    /// What the exposer serves beyond version 1's base ([`FEATURE_REPAIR`]): present
+    /// (a trailing byte) only toward a puller whose offer had [`OFFER_REPAIR`], so
+    /// pullers that predate it get the manifest they parse.
+    pub features: Option<u8>,
 }
 
 impl Manifest {
@@ -395,6 +403,9 @@ impl Manifest {
                     .bytes(&m.request_key)
                     .u64(m.clock_ms)
                     .u8(m.cipher.code());
+                if let Some(f) = m.features {
+                    w.u8(f);
+                }
             }
         }
         w.buf
@@ -418,6 +429,11 @@ impl Manifest {
                     clock_ms: r.u64()?,
                     cipher: crate::crypto::Cipher::from_code(r.u8()?)
                         .ok_or(WireError::BadValue("cipher"))?,
+                    features: if r.rest_len() == 1 {
+                        Some(r.u8()?)
+                    } else {
+                        None
+                    },
                 };
                 if m.chunk_size as usize != crate::merkle::CHUNK_SIZE {
                     return Err(WireError::BadValue("chunk size"));
@@ -452,7 +468,34 @@ pub enum RequestItem {
         chunk: u32,
         mask: u64,
     },
+    /// Every fragment of chunks `start .. start + count`, each chunk followed by its
+    /// repair fragments `0 .. repair` (fragment numbers 64 and up). `repair` in 1..=64.
+    RangeRepair {
+        object: Object,
+        start: u32,
+        count: u32,
+        repair: u8,
+    },
+    /// Repair fragments `first .. first + count` of one chunk (`count` ≥ 1,
+    /// `first + count` ≤ 64).
+    Repair {
+        object: Object,
+        chunk: u32,
+        first: u8,
+        count: u8,
+    },
 }
+
+/// Bit of the HELLO's cipher offer (Noise message 1's payload) by which a puller says
+/// it takes repair fragments; exposers before repair fragments ignore it.
+pub const OFFER_REPAIR: u8 = 0x80;
+
+/// Bit of the manifest's `features` byte: this exposer serves repair fragments.
+pub const FEATURE_REPAIR: u8 = 0x01;
+
+/// Request item tag bits: one chunk (else a range), repair fragments.
+const TAG_ONE: u8 = 0x80;
+const TAG_REPAIR: u8 = 0x40;
 
 impl RequestItem {
     pub const RANGE_LEN: usize = 10;
@@ -477,7 +520,29 @@ pub fn encode_items(items: &[RequestItem]) -> Vec<u8> {
                 chunk,
                 mask,
             } => {
-                w.u8(0x80 | object as u8).u32(chunk).u64(mask);
+                w.u8(TAG_ONE | object as u8).u32(chunk).u64(mask);
+            }
+            RequestItem::RangeRepair {
+                object,
+                start,
+                count,
+                repair,
+            } => {
+                w.u8(TAG_REPAIR | object as u8)
+                    .u32(start)
+                    .u32(count)
+                    .u8(repair);
+            }
+            RequestItem::Repair {
+                object,
+                chunk,
+                first,
+                count,
+            } => {
+                w.u8(TAG_ONE | TAG_REPAIR | object as u8)
+                    .u32(chunk)
+                    .u8(first)
+                    .u8(count);
             }
         }
     }
@@ -494,8 +559,38 @@ pub fn decode_items(d: &[u8]) -> Result<Vec<RequestItem>, WireError> {
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
         let tag = r.u8()?;
-        let object = Object::from_u8(tag & 0x7f).ok_or(WireError::BadValue("object"))?;
-        let item = if tag & 0x80 == 0 {
+        let object =
+            Object::from_u8(tag & !(TAG_ONE | TAG_REPAIR)).ok_or(WireError::BadValue("object"))?;
+        let item = if tag & (TAG_ONE | TAG_REPAIR) == TAG_REPAIR {
+            let start = r.u32()?;
+            let count = r.u32()?;
+            let repair = r.u8()?;
+            if count == 0 {
+                return Err(WireError::BadValue("range count"));
+            }
+            if repair == 0 || repair as usize > crate::fec::MAX_REPAIR {
+                return Err(WireError::BadValue("repair count"));
+            }
+            RequestItem::RangeRepair {
+                object,
+                start,
+                count,
+                repair,
+            }
+        } else if tag & TAG_REPAIR != 0 {
+            let chunk = r.u32()?;
+            let first = r.u8()?;
+            let count = r.u8()?;
+            if count == 0 || first as usize + count as usize > crate::fec::MAX_REPAIR {
+                return Err(WireError::BadValue("repair range"));
+            }
+            RequestItem::Repair {
+                object,
+                chunk,
+                first,
+                count,
+            }
+        } else if tag & TAG_ONE == 0 {
             let start = r.u32()?;
             let count = r.u32()?;
             if count == 0 {
@@ -612,7 +707,8 @@ impl<'a> Data<'a> {
         let chunk = r.u32()?;
         let fragment = r.u8()?;
         let payload = r.rest();
-        if payload.is_empty() || fragment >= 64 {
+        if payload.is_empty() || fragment as usize >= crate::fec::MAX_DATA + crate::fec::MAX_REPAIR
+        {
             return Err(WireError::BadValue("fragment"));
         }
         Ok(Data {
@@ -685,9 +781,84 @@ mod tests {
                 chunk: 3,
                 mask: 0b1010,
             },
+            RequestItem::RangeRepair {
+                object: Object::Content,
+                start: 7,
+                count: 2,
+                repair: 64,
+            },
+            RequestItem::Repair {
+                object: Object::Content,
+                chunk: 8,
+                first: 60,
+                count: 4,
+            },
         ];
         assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
         assert!(decode_items(&encode_items(&[])).is_err());
+    }
+
+    #[test]
+    fn malformed_repair_items_are_refused() {
+        let one = |it: RequestItem| encode_items(&[it]);
+        let o = Object::Content;
+        // No repair, more than 64, or past fragment number 127: the body is dropped.
+        for bad in [
+            one(RequestItem::RangeRepair {
+                object: o,
+                start: 1,
+                count: 1,
+                repair: 0,
+            }),
+            one(RequestItem::RangeRepair {
+                object: o,
+                start: 1,
+                count: 1,
+                repair: 65,
+            }),
+            one(RequestItem::RangeRepair {
+                object: o,
+                start: 1,
+                count: 0,
+                repair: 3,
+            }),
+            one(RequestItem::Repair {
+                object: o,
+                chunk: 1,
+                first: 0,
+                count: 0,
+            }),
+            one(RequestItem::Repair {
+                object: o,
+                chunk: 1,
+                first: 60,
+                count: 5,
+            }),
+            one(RequestItem::Repair {
+                object: o,
+                chunk: 1,
+                first: 255,
+                count: 255,
+            }),
+        ] {
+            assert!(decode_items(&bad).is_err(), "{bad:?}");
+        }
+        // Truncated, or with a byte to spare: refused.
+        let good = one(RequestItem::Repair {
+            object: o,
+            chunk: 1,
+            first: 2,
+            count: 3,
+        });
+        assert!(decode_items(&good).is_ok());
+        assert!(decode_items(&good[..good.len() - 1]).is_err());
+        let mut long = good.clone();
+        long.push(0);
+        assert!(decode_items(&long).is_err());
+        // An unknown object under the repair tag.
+        let mut obj = good;
+        obj[2] = 0x40 | 0x05;
+        assert!(decode_items(&obj).is_err());
     }
 
     #[test]
@@ -704,9 +875,19 @@ mod tests {
             request_key: [6; 32],
             clock_ms: 123_456,
             cipher: crate::crypto::Cipher::Aes256Gcm,
+            features: None,
         };
         let m = Manifest::Found(body.clone());
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // The features byte: present only when sent; two trailing bytes are refused.
+        let mut with = body.clone();
+        with.features = Some(FEATURE_REPAIR);
+        let enc = Manifest::Found(with.clone()).encode();
+        assert_eq!(enc.len(), m.encode().len() + 1);
+        assert_eq!(Manifest::decode(&enc).unwrap(), Manifest::Found(with));
+        let mut two = enc.clone();
+        two.push(0);
+        assert!(Manifest::decode(&two).is_err());
         // An unknown cipher code is refused, not guessed.
         let mut bad = m.encode();
         *bad.last_mut().unwrap() = 9;
@@ -733,6 +914,11 @@ mod tests {
         assert_eq!((p.object, p.chunk, p.fragment), (Object::Outboard, 77, 3));
         assert_eq!(p.payload, &[0xAB; 10]);
         assert!(Data::decode(&d[..DATA_HEADER_LEN]).is_err());
+        // Repair fragments are 64..128; 128 and beyond are refused.
+        d[23] = 127;
+        assert_eq!(Data::decode(&d).unwrap().fragment, 127);
+        d[23] = 128;
+        assert!(Data::decode(&d).is_err());
     }
 
     fn decode_any(d: &[u8]) {
@@ -762,11 +948,18 @@ mod tests {
         }
 
         #[test]
-        fn items_round_trip_prop(raw in proptest::collection::vec((any::<bool>(), 0u8..2, any::<u32>(), 1u64..), 1..50)) {
-            let items: Vec<RequestItem> = raw.iter().map(|&(range, o, a, b)| {
+        fn items_round_trip_prop(raw in proptest::collection::vec((0u8..4, 0u8..2, any::<u32>(), 1u64..), 1..50)) {
+            let items: Vec<RequestItem> = raw.iter().map(|&(kind, o, a, b)| {
                 let object = Object::from_u8(o).unwrap();
-                if range { RequestItem::Range { object, start: a, count: (b as u32).max(1) } }
-                else { RequestItem::Fragments { object, chunk: a, mask: b } }
+                match kind {
+                    0 => RequestItem::Range { object, start: a, count: (b as u32).max(1) },
+                    1 => RequestItem::Fragments { object, chunk: a, mask: b },
+                    2 => RequestItem::RangeRepair { object, start: a, count: (b as u32).max(1), repair: (b % 64) as u8 + 1 },
+                    _ => {
+                        let first = (b % 64) as u8;
+                        RequestItem::Repair { object, chunk: a, first, count: ((b >> 8) % (64 - first as u64)) as u8 + 1 }
+                    }
+                }
             }).collect();
             prop_assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
         }

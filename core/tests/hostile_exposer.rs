@@ -34,6 +34,7 @@ fn offer(size: u64) -> (Puller, Vec<PullEvent>) {
         request_key: [4; 32],
         clock_ms: 0,
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
+        features: None,
     });
     let msg2 = handshake::respond(
         &ex_private,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rgtp::bitset::ChunkSet;
 use rgtp::crypto::Cipher;
 use rgtp::exposer::{Exposer, ExposerConfig};
+use rgtp::fec::FecMode;
 use rgtp::merkle::{self, CHUNK_SIZE};
 use rgtp::puller::{PullConfig, PullError, PullEvent, Puller, ResumeState};
 use rgtp::sim::{assert_same_trace, LinkConfig, SimNet, SimRng};
@@ -36,6 +37,9 @@ struct PullerSlot {
     result: Option<Result<(), PullError>>,
 }
 
+/// Rewrites a datagram in place.
+type Tamper = Box<dyn FnMut(&mut Vec<u8>)>;
+
 struct World {
     net: SimNet,
     ex: Exposer,
@@ -47,6 +51,8 @@ struct World {
     /// Pullers share one IP address (different ports), as behind a NAT.
     one_ip: bool,
     exposure: [u8; 16],
+    /// Rewrites each datagram the exposer sends (an attacker on the path).
+    tamper: Option<Tamper>,
 }
 
 impl World {
@@ -67,6 +73,7 @@ impl World {
             next_addr: 0,
             one_ip: false,
             exposure: [0; 16],
+            tamper: None,
         };
         w.expose();
         w
@@ -185,7 +192,16 @@ impl World {
                 }
             }
             while let Some(t) = self.ex.poll_transmit() {
-                self.net.send(self.ex_addr, &t);
+                match &mut self.tamper {
+                    Some(f) => {
+                        for d in t.datagrams() {
+                            let mut d = d.to_vec();
+                            f(&mut d);
+                            self.net.send_one(self.ex_addr, t.dest, d);
+                        }
+                    }
+                    None => self.net.send(self.ex_addr, &t),
+                }
             }
             let mut next = self.net.next_arrival();
             for s in &self.pullers {
@@ -1057,4 +1073,150 @@ fn a_seed_reproduces_its_run() {
     assert!(a.len() > 100, "{} datagrams", a.len());
     assert_same_trace(&a, &lossy_pull_trace(77), "seed 77 twice");
     assert_ne!(a, lossy_pull_trace(78), "seeds 77 and 78 ran alike");
+}
+
+/// One pull of `size` bytes over the long fat path with `loss` both ways, repair
+/// fragments as `fec` says: every byte checked; the puller's and exposer's counters.
+fn heavy_loss_pull(
+    seed: u64,
+    loss: f64,
+    size: usize,
+    fec: FecMode,
+) -> (rgtp::puller::PullStats, rgtp::exposer::ExposerStats, f64) {
+    let mut w = World::new(
+        seed,
+        long_fat_link(loss, Duration::ZERO),
+        size,
+        ExposerConfig::default(),
+    );
+    w.add_puller(|c| {
+        c.fec = fec;
+        // At 50 % each way a HELLO and its WELCOME both cross one time in four.
+        c.connect_timeout = Duration::from_secs(120);
+    });
+    let start = w.net.now;
+    let mut next_print = start;
+    w.run(Duration::from_secs(900), |w| {
+        if std::env::var_os("RGTP_SIM_TRACE").is_some() && w.net.now >= next_print {
+            next_print = w.net.now + Duration::from_millis(500);
+            let p = &w.pullers[0].p;
+            let cc = p.rate_control();
+            println!(
+                "t={:.2} bw={:.1}Mb win={} infl={} srtt={:?} written={} {}",
+                (w.net.now - start).as_secs_f64(),
+                cc.bandwidth() * 8e-6,
+                cc.window(),
+                p.inflight_bytes(),
+                cc.srtt(),
+                w.pullers[0].written,
+                p.debug_state(w.net.now)
+            );
+            println!("   {:?}", cc);
+        }
+        false
+    });
+    w.assert_all_exact(seed);
+    let secs = (w.net.now - start).as_secs_f64();
+    let mbps = size as f64 * 8.0 / secs / 1e6;
+    (w.pullers[0].p.stats.clone(), w.ex.stats.clone(), mbps)
+}
+
+/// Heavy loss on both directions (30 % and 50 %): byte-exact with repair fragments
+/// (`--fec auto`, the default) and without (`--fec off`), and repair cuts what is
+/// asked for again (counts, not times).
+#[test]
+fn heavy_loss_repair_fragments_cut_rerequests() {
+    for (seed, loss) in [(41u64, 0.3), (42, 0.5)] {
+        // RGTP_SIM_HEAVY_MIB: a longer pull, to look at rates (printed).
+        let size = std::env::var("RGTP_SIM_HEAVY_MIB")
+            .ok()
+            .and_then(|m| m.parse::<usize>().ok())
+            .map_or(4 << 20, |m| m << 20);
+        let (off, ex_off, mbps_off) = heavy_loss_pull(seed, loss, size, FecMode::Off);
+        let (auto, ex_auto, mbps_auto) = heavy_loss_pull(seed, loss, size, FecMode::Auto);
+        println!(
+            "loss {loss}: off {mbps_off:.1} Mbit/s, {} asked again; auto {mbps_auto:.1} Mbit/s, \
+             {} asked again, {} chunks rebuilt, {} repair in, {} surplus",
+            off.rerequested_fragments,
+            auto.rerequested_fragments,
+            auto.chunks_repaired,
+            auto.repair_fragments,
+            auto.surplus_repair
+        );
+        assert_eq!(off.repair_fragments, 0);
+        assert_eq!(ex_off.repair_fragments_out, 0);
+        assert!(auto.chunks_repaired > 100, "loss {loss}: {auto:?}");
+        // Repair is computed once per chunk (and then again only for more of it).
+        let chunks = size.div_ceil(CHUNK_SIZE) as u64 + 1;
+        assert!(ex_auto.repair_encodes <= 3 * chunks, "{ex_auto:?}");
+        assert!(
+            auto.rerequested_fragments * 2 < off.rerequested_fragments,
+            "loss {loss}: repair did not cut re-requests: auto {auto:?} off {off:?}"
+        );
+    }
+}
+
+/// A clean path asks for no repair at all with `--fec auto`.
+#[test]
+fn clean_path_asks_for_no_repair() {
+    let (st, ex, _) = heavy_loss_pull(43, 0.0, 4 << 20, FecMode::Auto);
+    assert_eq!(st.repair_fragments, 0, "{st:?}");
+    assert_eq!(ex.repair_fragments_out, 0, "{ex:?}");
+    assert_eq!(ex.repair_encodes, 0, "{ex:?}");
+}
+
+/// A forged repair fragment fails the chunk's AEAD, as a forged data fragment does:
+/// the chunk is asked for again, counts toward no failure, and the pull ends
+/// byte-exact. Chunk 5 loses five data fragments on the way and its repair fragments
+/// are altered the first time they are sent.
+#[test]
+fn a_forged_repair_fragment_fails_the_chunk_and_is_asked_again() {
+    let mut w = World::new(44, LinkConfig::default(), 1 << 20, ExposerConfig::default());
+    let is_chunk5 =
+        |d: &[u8]| d.len() > 24 && d[1] == 6 && d[18] == 0 && d[19..23] == 5u32.to_le_bytes();
+    let mut dropped = 0;
+    w.net.keep = Some(Box::new(move |d: &[u8]| {
+        if is_chunk5(d) && d[23] < 5 && dropped < 5 {
+            dropped += 1;
+            return false;
+        }
+        true
+    }));
+    let mut forged = 0;
+    w.tamper = Some(Box::new(move |d: &mut Vec<u8>| {
+        if is_chunk5(d) && d[23] >= 64 && forged < 14 {
+            forged += 1;
+            d[30] ^= 0x55;
+        }
+    }));
+    w.add_puller(|c| c.fec = FecMode::Fixed { k: 14, r: 14 });
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(44);
+    let st = &w.pullers[0].p.stats;
+    assert_eq!(st.bad_chunks, 1, "{st:?}");
+    assert!(st.chunks_repaired >= 1, "{st:?}");
+}
+
+/// Repair fragments are computed once per chunk, from the sealed bytes, and shared:
+/// eight pullers asking 4 repair fragments per 14 cost one encryption and one repair
+/// computation per chunk.
+#[test]
+fn repair_fragments_are_computed_once_for_many_pullers() {
+    let size = 2 * 1024 * 1024;
+    let mut w = World::new(10, LinkConfig::default(), size, ExposerConfig::default());
+    for _ in 0..8 {
+        w.add_puller(|c| c.fec = FecMode::Fixed { k: 14, r: 4 });
+    }
+    w.run(Duration::from_secs(60), |_| false);
+    w.assert_all_exact(10);
+    let chunks = merkle::chunk_count(size as u64);
+    let outboard_chunks = merkle::chunk_count(chunks * 32);
+    assert_eq!(w.ex.stats.encryptions, chunks + outboard_chunks);
+    assert_eq!(w.ex.stats.repair_encodes, chunks + outboard_chunks);
+    // Every puller got its 4 per chunk (14 fragments at 1200-byte datagrams).
+    assert!(
+        w.ex.stats.repair_fragments_out >= 8 * 4 * chunks,
+        "{:?}",
+        w.ex.stats
+    );
 }

@@ -313,6 +313,7 @@ fn an_exposer_choosing_a_cipher_not_offered_is_refused() {
         request_key: [4; 32],
         clock_ms: 0,
         cipher: Cipher::Aes256Gcm,
+        features: None,
     });
     let msg2 = respond(
         &key,

@@ -615,6 +615,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
         request_key: [4; 32],
         clock_ms: 0,
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
+        features: None,
     });
     let msg2 = respond(
         &key,
@@ -1005,4 +1006,44 @@ fn disk_full_exits_4_and_resumes_after_space_is_freed() {
     assert_eq!(r.u64("missing_bytes_at_start"), size - saved);
     assert_eq!(r.bool("resumed"), sidecar.is_some());
     drop(disk);
+}
+
+/// `--fec K:R` asks repair fragments with every chunk whatever the loss: over loopback
+/// (one 65000-byte datagram per chunk, so each repair fragment is a copy of 16 KiB and
+/// two go in one GSO send) and at 1200-byte datagrams (14 data fragments, 5 repair),
+/// the pull is byte-exact; a malformed `--fec` is a usage error.
+#[test]
+fn fixed_repair_ratio_pulls_are_byte_exact() {
+    let dir = TestDir::new("fec-fixed");
+    let (src, ex) = expose_random_file(&dir, "f.bin", 4 * MIB, "fec-fixed");
+    let url = ex.single().url.clone();
+    for (i, args) in [
+        vec!["--fec", "1:2"],
+        vec!["--fec", "3:1", "--max-datagram", "1200"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.join(format!("f{i}.out"));
+        let mut cmd = PullCmd::url(&dir, &url, &out);
+        for a in &args {
+            cmd = cmd.arg(*a);
+        }
+        pull_json_checked(&dir, &cmd, &src, &out, &format!("{args:?}"));
+    }
+    for bad in ["on", "0:3", "14:65", "14"] {
+        let out = dir.join("never");
+        let done = PullCmd::url(&dir, &url, &out)
+            .arg("--fec")
+            .arg(bad)
+            .spawn(&dir)
+            .finish(ERROR_DEADLINE);
+        assert_eq!(
+            done.code(),
+            Some(exit::USAGE),
+            "--fec {bad}: {}",
+            done.describe()
+        );
+        assert!(!out.exists());
+    }
 }

@@ -38,7 +38,8 @@ when no source is left. A resume may use any mix of sources.
   success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
            throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
            bytes_received (UDP payload bytes), datagrams_sent, requests,
-           rerequested_fragments, duplicate_fragments, spurious_losses, bad_chunks,
+           rerequested_fragments, repair_fragments (received), chunks_repaired
+           (rebuilt from repair fragments), duplicate_fragments, spurious_losses, bad_chunks,
            handshakes (counts), resumed (bool), missing_bytes_at_start (bytes),
            cipher (the chunk cipher the exposer chose), output (path, or \"-\"
            for stdout), sources_dropped (count), sources (one object per source,
@@ -132,6 +133,13 @@ struct Args {
     /// exposer picks; ChaCha20-Poly1305 is always offered.
     #[arg(long, default_value = "auto", value_name = "CIPHER")]
     cipher: rgtp_cli::CipherChoice,
+    /// Repair fragments (forward error correction): auto (asks for repair in
+    /// proportion to the loss it measures: none on a clean path), off (lost
+    /// fragments are only asked for again), or K:R (R repair fragments for every K
+    /// data fragments of a chunk, whatever the loss). Exposers that predate repair
+    /// fragments are pulled from as with off.
+    #[arg(long, default_value = "auto", value_name = "MODE", value_parser = parse_fec)]
+    fec: rgtp::FecMode,
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
@@ -278,6 +286,7 @@ fn run(args: Args) -> Result<(), Failure> {
             rgtp_cli::CipherChoice::Auto => None,
             rgtp_cli::CipherChoice::Only(c) => Some(c.bit()),
         },
+        fec: args.fec,
         from: args.from.clone(),
         ..Default::default()
     };
@@ -411,6 +420,8 @@ fn run(args: Args) -> Result<(), Failure> {
             "datagrams_sent": s.datagrams_out,
             "requests": s.requests,
             "rerequested_fragments": s.rerequested_fragments,
+            "repair_fragments": s.repair_fragments,
+            "chunks_repaired": s.chunks_repaired,
             "duplicate_fragments": s.duplicate_fragments,
             "spurious_losses": s.spurious_losses,
             "bad_chunks": s.bad_chunks,
@@ -500,4 +511,9 @@ fn human(b: f64) -> String {
         i += 1;
     }
     format!("{v:.1} {}", U[i])
+}
+
+/// `--fec`: off, auto or K:R.
+fn parse_fec(s: &str) -> Result<rgtp::FecMode, String> {
+    rgtp::FecMode::parse(s).ok_or_else(|| "expected off, auto or K:R (K 1..=64, R 0..=64)".into())
 }

@@ -1804,22 +1804,27 @@ impl Puller {
                     break;
                 }
                 let (start, mut end) = (first as u64, first as u64);
+                // As much repair as the first chunk of the run needs, as below.
+                let repair = self.repair_for(self.geometry(o, start).0);
                 let mut run_bytes = 0u64;
                 while let Some(&c) = self.grant.front() {
+                    let (n, per, ct) = self.geometry(o, end);
                     if c as u64 != end
                         || bytes + run_bytes >= quantum
                         || self.have.contains(end)
                         || self.flights.contains_key(&(o, c))
+                        || self.repair_for(n) != repair
                     {
                         break;
                     }
                     self.grant.pop_front();
-                    let (_, _, ct) = self.geometry(o, end);
-                    run_bytes += ct as u64;
+                    run_bytes += (ct + repair * fec::shard_len(ct, per)) as u64;
                     end += 1;
                 }
-                // (Granted runs of a multi-source pull ask no repair yet.)
-                items.push(self.start_run(o, start, end, 0, now, rto));
+                if end == start {
+                    break;
+                }
+                items.push(self.start_run(o, start, end, repair, now, rto));
                 bytes += run_bytes;
                 self.inflight_bytes += run_bytes;
                 continue;

@@ -219,7 +219,7 @@ row_rgtp_no_share() {
   t0=$(now)
   for ((i = 0; i < N; i++)); do
     RGTP_CONFIG_DIR=$dir/p$i timeout "$ROW_TIMEOUT" ip netns exec "$NS_P" \
-      "$BIN/rgtp-pull" -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.log" 2>&1 &
+      "$BIN/rgtp-pull" --json -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.json" 2>"$dir/p$i.log" &
     pullers+=($!)
     PIDS+=($!)
   done
@@ -239,7 +239,27 @@ row_rgtp_no_share() {
     fi
   done
   echo "$(calc "($tx1 - $tx0) / $BYTES") $(calc "$last - $t0" 2) $exact"
+  pull_stats "$dir"/p*.json >&2
   rm -rf "$dir"
+}
+
+# pull_stats JSON...: one line, to stderr: what the pullers' --json reports, summed.
+pull_stats() {
+  python3 - "$BYTES" "$@" <<'PY'
+import json, sys
+size, n, tot = int(sys.argv[1]), 0, {}
+for f in sys.argv[2:]:
+    try:
+        r = json.load(open(f))
+    except (OSError, ValueError):
+        continue
+    n += 1
+    for k in ("bytes_received", "datagrams_received", "rerequested_fragments", "duplicate_fragments", "spurious_losses"):
+        tot[k] = tot.get(k, 0) + r.get(k, 0)
+print(f"#   {n} pullers' --json, summed: received {tot.get('bytes_received', 0) / size:.2f}x the file "
+      f"in {tot.get('datagrams_received', 0)} datagrams; rerequested_fragments {tot.get('rerequested_fragments', 0)}, "
+      f"duplicate_fragments {tot.get('duplicate_fragments', 0)}, spurious_losses {tot.get('spurious_losses', 0)}")
+PY
 }
 
 # ===== SLOT: RGTP with --share (issue 17, part 2) ====================================

@@ -151,7 +151,11 @@ chmod +x "$W/done-hook.sh"
 ARIA=(aria2c --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --file-allocation=none
   --summary-interval=0 --console-log-level=warn --auto-save-interval=0)
 
-# row_bittorrent: prints "egress_x all_done_s byte_exact".
+# Each row runs in this shell (not in a $(...) subshell: its pids must reach PIDS and
+# its waits must yield to the traps) and leaves "egress_x all_done_s byte_exact" in RES.
+RES=
+
+# row_bittorrent: sets RES.
 row_bittorrent() {
   local dir=$W/bt t0 tx0 tx1 i done_ok last p exact=yes
   rm -rf "$dir"
@@ -194,11 +198,11 @@ row_bittorrent() {
   for ((i = 0; i < N; i++)); do
     cmp -s "$SRC" "$dir/l$i/file.bin" || exact=no
   done
-  echo "$(calc "($tx1 - $tx0) / $BYTES") $(calc "${last:-$t0} - $t0" 2) $exact"
+  RES="$(calc "($tx1 - $tx0) / $BYTES") $(calc "${last:-$t0} - $t0" 2) $exact"
   rm -rf "$dir"
 }
 
-# row_rgtp_no_share: prints "egress_x all_done_s byte_exact".
+# row_rgtp_no_share: sets RES.
 row_rgtp_no_share() {
   local dir=$W/rgtp t0 tx0 tx1 i url last exact=yes
   rm -rf "$dir"
@@ -238,12 +242,12 @@ row_rgtp_no_share() {
       exact=no
     fi
   done
-  echo "$(calc "($tx1 - $tx0) / $BYTES") $(calc "$last - $t0" 2) $exact"
-  pull_stats "$dir"/p*.json >&2
+  RES="$(calc "($tx1 - $tx0) / $BYTES") $(calc "$last - $t0" 2) $exact"
+  pull_stats "$dir"/p*.json
   rm -rf "$dir"
 }
 
-# pull_stats JSON...: one line, to stderr: what the pullers' --json reports, summed.
+# pull_stats JSON...: one line: what the pullers' --json reports, summed.
 pull_stats() {
   python3 - "$BYTES" "$@" <<'PY'
 import json, sys
@@ -265,7 +269,8 @@ PY
 # ===== SLOT: RGTP with --share (issue 17, part 2) ====================================
 # To be filled in when `rgtp-pull --share` exists: the same as row_rgtp_no_share, with
 # every puller started as `rgtp-pull --share --seed SECS ...` and stopped (by pid) once
-# all are done; print "egress_x all_done_s byte_exact" like the other rows.
+# all are done; set RES to "egress_x all_done_s byte_exact" like the other rows.
+# Until then it fails, and the row says so.
 row_rgtp_share() {
   return 1
 }
@@ -280,13 +285,15 @@ row() { # NAME "egress_x all_done_s byte_exact" BT_EGRESS BT_DONE
 
 for ((run = 1; run <= RUNS; run++)); do
   echo "run $run (load $(cut -d' ' -f1-3 /proc/loadavg))"
-  bt=$(row_bittorrent)
+  row_bittorrent
+  bt=$RES
   read -r bt_e bt_d _ <<<"$bt"
   [[ $bt_d == 0.00 ]] && bt_d=0.01
   row bittorrent "$bt" "$bt_e" "$bt_d"
-  row rgtp-no-share "$(row_rgtp_no_share)" "$bt_e" "$bt_d"
-  if share=$(row_rgtp_share); then
-    row rgtp-share "$share" "$bt_e" "$bt_d"
+  row_rgtp_no_share
+  row rgtp-no-share "$RES" "$bt_e" "$bt_d"
+  if row_rgtp_share; then
+    row rgtp-share "$RES" "$bt_e" "$bt_d"
   else
     echo "rgtp-share     share: not built yet"
   fi

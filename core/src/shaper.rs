@@ -17,6 +17,9 @@ use crate::transmit::Transmit;
 /// Bytes a destination may send per round-robin turn (more than any one transmit).
 const QUANTUM: u64 = 128 * 1024;
 
+/// Bytes a destination may always have waiting, however many share the cap.
+const MIN_FLOW_QUEUE: u64 = 64 * 1024;
+
 /// Most destinations with something waiting; a transmit to another is dropped.
 const MAX_FLOWS: usize = 4096;
 
@@ -43,7 +46,9 @@ pub struct Shaper {
     burst: f64,
     tokens: f64,
     last: Instant,
-    /// Most bytes waiting per destination.
+    /// Most bytes waiting, all destinations together: each destination with
+    /// something waiting may hold its part of it (`flow_limit` / their number, at
+    /// least [`MIN_FLOW_QUEUE`]), so each queue drains in about 50 ms at its fair share.
     flow_limit: u64,
     flows: HashMap<SocketAddr, Flow>,
     /// Destinations with something waiting, in turn order.
@@ -106,11 +111,16 @@ impl Shaper {
             );
             self.ring.push_back(dest);
         }
+        let nflows = self.flows.len();
         let Some(flow) = self.flows.get_mut(&dest) else {
             return;
         };
         // Always room for one, whatever its size.
-        if flow.bytes > 0 && flow.bytes + size > self.flow_limit {
+        // A destination's part of the queue, not the whole: with ten pullers sharing
+        // the cap, a queue of 50 ms of the whole rate waits 500 ms at a tenth of it,
+        // past the pullers' loss timer, and they ask again for what is only late.
+        let limit = (self.flow_limit / nflows.max(1) as u64).max(MIN_FLOW_QUEUE);
+        if flow.bytes > 0 && flow.bytes + size > limit {
             self.stats.dropped += 1;
             return;
         }
@@ -258,5 +268,30 @@ mod tests {
         assert!(s.queued_bytes() <= s.flow_limit);
         assert!(s.stats.dropped > 0);
         assert!(s.poll_timeout().is_some());
+    }
+
+    #[test]
+    fn destinations_sharing_the_cap_share_the_queue_too() {
+        let t0 = Instant::now();
+        // 200 Mbit/s: flow_limit is 50 ms of it, 1.25 MB.
+        let mut s = Shaper::new(200_000_000, t0);
+        let dests: Vec<String> = (1..=10).map(|i| format!("10.0.0.{i}:1")).collect();
+        for _ in 0..2000 {
+            for d in &dests {
+                s.push(t(d, 1200));
+            }
+        }
+        let part = s.flow_limit / 10;
+        for d in &dests {
+            let dest: SocketAddr = d.parse().unwrap();
+            let waiting = s.flows.get(&dest).map_or(0, |f| f.bytes);
+            // Each holds about its tenth (at 20 Mbit/s: 50 ms), not the whole 1.25 MB.
+            assert!(waiting <= part.max(MIN_FLOW_QUEUE), "{d} holds {waiting}");
+            assert!(
+                waiting + 1200 > part.max(MIN_FLOW_QUEUE) / 2,
+                "{d} holds {waiting}"
+            );
+        }
+        assert!(s.queued_bytes() <= s.flow_limit + 10 * 1200);
     }
 }

@@ -122,6 +122,8 @@ struct World {
     /// Every DATA the sharer sent: (chunk, fragment, payload).
     from_sharer: Vec<(u32, u8, Vec<u8>)>,
     missing_seen: u64,
+    /// The smallest REQUEST the sharer got.
+    smallest_request: usize,
     /// A's puller is off the network (its sharer serves on): it holds what it holds.
     a_frozen: bool,
 }
@@ -173,6 +175,7 @@ impl World {
             from_sharer: Vec::new(),
             missing_seen: 0,
             a_frozen: false,
+            smallest_request: usize::MAX,
         }
     }
 
@@ -208,6 +211,9 @@ impl World {
                 if d.to == addr(ORIGIN) {
                     self.origin.handle(now, d.from, &d.data);
                 } else if d.to == addr(SHARER) {
+                    if wire::peek_type(&d.data) == Ok(PacketType::Request) {
+                        self.smallest_request = self.smallest_request.min(d.data.len());
+                    }
                     self.sharer.handle(now, d.from, &d.data);
                 } else if d.to == self.a.addr && !self.a_frozen {
                     self.a.sw.handle(now, d.from, &d.data);
@@ -221,6 +227,13 @@ impl World {
                         }
                         if wire::peek_type(&d.data) == Ok(PacketType::Missing) {
                             assert!(Missing::decode(&d.data).is_ok());
+                            // No amplification: never more than any REQUEST.
+                            assert!(
+                                d.data.len() <= self.smallest_request,
+                                "a {}-byte MISSING, a {}-byte REQUEST",
+                                d.data.len(),
+                                self.smallest_request
+                            );
                             self.missing_seen += 1;
                         }
                     }
@@ -363,4 +376,103 @@ fn a_sharer_still_pulling_refuses_what_it_lacks_and_the_origin_serves_it() {
         let cipher = b.sw.stats().cipher.unwrap();
         w.assert_sealing_is_the_origins(cipher);
     }
+}
+
+#[test]
+fn a_puller_of_a_sharer_alone_waits_out_what_it_lacks() {
+    for seed in [1, 3] {
+        let size = 2 << 20;
+        let mut w = World::new(seed, size);
+        w.run(Duration::from_secs(60), |w| w.shared);
+        assert!(w.shared && !w.a.done, "seed {seed}");
+        // B has the sharer alone, which lacks most chunks while A holds still.
+        let mut b = Node::new(&mut w.net, addr(PULLER_B), &[addr(SHARER)], w.root, size);
+        let now = w.net.now;
+        b.step(&mut w.net, now);
+        w.b = Some(b);
+        w.a_frozen = true;
+        w.run(Duration::from_secs(2), |_| false);
+        assert!(
+            w.sharer.stats.missing_sent > 0,
+            "seed {seed}: nothing refused"
+        );
+        assert!(
+            !w.b.as_ref().unwrap().done,
+            "seed {seed}: B done without A's chunks"
+        );
+        w.a_frozen = false;
+        w.run(Duration::from_secs(120), |w| {
+            w.a.done && w.b.as_ref().is_some_and(|b| b.done)
+        });
+        let b = w.b.as_ref().unwrap();
+        assert!(
+            b.done,
+            "seed {seed}: B did not finish once A had everything"
+        );
+        assert!(*b.out.lock().unwrap() == *w.data, "seed {seed}: B differs");
+        assert_eq!(b.sw.stats().sources_dropped, 0);
+    }
+}
+
+#[test]
+fn a_missing_for_another_exposure_or_malformed_is_dropped() {
+    let size = 16 << 20;
+    let mut w = World::new(1, size);
+    w.run(Duration::from_secs(60), |w| w.shared);
+    let mut b = Node::new(
+        &mut w.net,
+        addr(PULLER_B),
+        &[addr(ORIGIN), addr(SHARER)],
+        w.root,
+        size,
+    );
+    let now = w.net.now;
+    b.step(&mut w.net, now);
+    w.b = Some(b);
+    // Both sessions up, the pull well short of its end.
+    w.run(Duration::from_secs(10), |w| {
+        w.b.as_ref().is_some_and(|b| {
+            b.sw.sources()
+                .iter()
+                .all(|s| s.puller.relay_keys().is_some())
+        })
+    });
+    let b = w.b.as_mut().unwrap();
+    assert!(!b.done);
+    let before = b.sw.stats();
+    let id = w.origin.exposures().next().unwrap().id;
+    let mut other = id;
+    other[0] ^= 1;
+    let now = w.net.now;
+    // Another exposure's id: dropped. Truncated and trailing-byte copies: dropped.
+    let wrong = Missing {
+        exposure: other,
+        runs: vec![(0, 64)],
+    }
+    .encode();
+    b.sw.handle(now, addr(SHARER), &wrong);
+    let good = Missing {
+        exposure: id,
+        runs: vec![(0, 64)],
+    }
+    .encode();
+    b.sw.handle(now, addr(SHARER), &good[..good.len() - 1]);
+    let mut long = good.clone();
+    long.push(0);
+    b.sw.handle(now, addr(SHARER), &long);
+    let after = b.sw.stats();
+    assert_eq!(after.missing, before.missing, "a bad MISSING was taken");
+    assert_eq!(after.dropped, before.dropped + 3);
+    // A well-formed one for the session is taken (and costs the sharer its grants
+    // only, not the pull).
+    b.sw.handle(now, addr(SHARER), &good);
+    assert_eq!(b.sw.stats().missing, before.missing + 1);
+    w.run(Duration::from_secs(120), |w| {
+        w.a.done && w.b.as_ref().is_some_and(|b| b.done)
+    });
+    let b = w.b.as_ref().unwrap();
+    assert!(
+        b.done && *b.out.lock().unwrap() == *w.data,
+        "B did not end exact"
+    );
 }

@@ -24,7 +24,7 @@ use crate::sealed::{self, SealedStore, Sealer};
 use crate::source::{ChunkSource, CipherCache};
 use crate::transmit::{Gather, SharedBytes, Transmit};
 use crate::wire::{
-    self, Data, ExposureId, Hello, Manifest, ManifestBody, Object, PacketType, Request,
+    self, Data, ExposureId, Hello, Manifest, ManifestBody, Missing, Object, PacketType, Request,
     RequestItem, Retry, Stale, Welcome, DATA_HEADER_LEN,
 };
 
@@ -89,6 +89,10 @@ pub struct ExposerStats {
     /// while cached), and repair fragments sent.
     pub repair_encodes: u64,
     pub repair_fragments_out: u64,
+    /// MISSING answers sent (a sharer asked for chunks it does not hold).
+    pub missing_sent: u64,
+    /// Chunks named in them.
+    pub missing_chunks: u64,
 }
 
 /// Most bytes one GSO send of repair fragments carries (the kernel's limit is 64 KiB).
@@ -242,12 +246,41 @@ impl Exposer {
         source: Box<dyn ChunkSource>,
         cvs: Vec<Hash>,
     ) -> ExposureInfo {
+        let id: ExposureId = self.rng.bytes();
+        let content_key: [u8; 32] = self.rng.bytes();
+        self.insert_exposure(name, source, cvs, id, content_key)
+    }
+
+    /// Publishes, under `name`, a relay of another exposer's exposure (a sharer):
+    /// the exposure id `id` and content key `content_key` are the origin's, learned
+    /// in an authenticated session with it, so a chunk sealed here is byte-identical
+    /// to the origin's sealing of it (sealing is deterministic given key, id, cipher,
+    /// object and index) and pullers may take chunks from both alike. `source` is
+    /// usually partial ([`crate::source::PartialSource`]): a request for a chunk it
+    /// does not hold is answered with MISSING.
+    pub fn add_relayed_exposure(
+        &mut self,
+        name: &str,
+        source: Box<dyn ChunkSource>,
+        cvs: Vec<Hash>,
+        id: ExposureId,
+        content_key: [u8; 32],
+    ) -> ExposureInfo {
+        self.insert_exposure(name, source, cvs, id, content_key)
+    }
+
+    fn insert_exposure(
+        &mut self,
+        name: &str,
+        source: Box<dyn ChunkSource>,
+        cvs: Vec<Hash>,
+        id: ExposureId,
+        content_key: [u8; 32],
+    ) -> ExposureInfo {
         let size = source.size();
         let chunk_count = merkle::chunk_count(size);
         assert_eq!(cvs.len() as u64, chunk_count, "one CV per chunk");
         let root = merkle::root_from_cvs(&cvs, size);
-        let id: ExposureId = self.rng.bytes();
-        let content_key: [u8; 32] = self.rng.bytes();
         let info = ExposureInfo {
             id,
             name: name.to_string(),
@@ -271,7 +304,9 @@ impl Exposer {
             },
         );
         if let Some(old) = self.by_name.insert(name.to_string(), id) {
-            self.exposures.remove(&old);
+            if old != id {
+                self.exposures.remove(&old);
+            }
         }
         info
     }
@@ -554,6 +589,8 @@ impl Exposer {
         let granted = self.take_budget(now, from.ip());
         let mut budget = granted;
         let max_datagram = claims.max_datagram as usize;
+        // Chunks a sharer lacks, answered in one MISSING no larger than the request.
+        let mut missing = MissingRuns::new(datagram.len());
         for item in items {
             let (object, start, count, mask, repair) = match item {
                 RequestItem::Range {
@@ -580,9 +617,24 @@ impl Exposer {
                 } => (object, chunk as u64, 1, 0, (first, count)),
             };
             for index in start..start.saturating_add(count) {
+                if object == Object::Content && missing.checked < MAX_MISSING_CHECKS {
+                    match self.exposures.get(&req.exposure) {
+                        Some(e) if index < e.chunk_count && !e.source.has(index) => {
+                            missing.checked += 1;
+                            missing.add(index);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                } else if object == Object::Content {
+                    // Enough looked at for one request (a run of chunks not held
+                    // costs no budget, so it is bounded here instead).
+                    break;
+                }
                 if budget == 0 {
                     self.stats.rate_limited += 1;
                     self.return_budget(from.ip(), granted, 0);
+                    self.send_missing(from, req.exposure, missing);
                     return true;
                 }
                 let sent = self.send_chunk(
@@ -610,7 +662,26 @@ impl Exposer {
             }
         }
         self.return_budget(from.ip(), granted, budget);
+        self.send_missing(from, req.exposure, missing);
         true
+    }
+
+    /// Answers the chunks of a request this (sharing) exposure does not hold.
+    fn send_missing(&mut self, to: SocketAddr, exposure: ExposureId, m: MissingRuns) {
+        if m.runs.is_empty() {
+            return;
+        }
+        self.stats.missing_sent += 1;
+        self.stats.missing_chunks += m.checked;
+        let pkt = Missing {
+            exposure,
+            runs: m.runs,
+        }
+        .encode();
+        // Never more than the request: no amplification, whoever asked.
+        if pkt.len() <= m.limit_len {
+            self.send(Transmit::single(to, pkt));
+        }
     }
 
     /// Gives back what a request was granted and did not use: a source is charged for
@@ -791,6 +862,48 @@ impl Exposer {
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {
         self.exposures.values().map(|e| &e.info)
+    }
+}
+
+/// Most chunks not held that one request has looked up.
+const MAX_MISSING_CHECKS: u64 = 4096;
+
+/// The runs of one MISSING answer, within the request's size.
+struct MissingRuns {
+    runs: Vec<(u32, u32)>,
+    /// Chunks found not held.
+    checked: u64,
+    /// Most runs that keep the answer no larger than the request.
+    max_runs: usize,
+    limit_len: usize,
+}
+
+impl MissingRuns {
+    fn new(request_len: usize) -> Self {
+        let max_runs =
+            (request_len.saturating_sub(Missing::encoded_len(0)) / 8).min(wire::MAX_MISSING_RUNS);
+        Self {
+            runs: Vec::new(),
+            checked: 0,
+            max_runs,
+            limit_len: request_len,
+        }
+    }
+    fn add(&mut self, index: u64) {
+        let Ok(i) = u32::try_from(index) else {
+            return;
+        };
+        if let Some((start, count)) = self.runs.last_mut() {
+            if start.checked_add(*count) == Some(i) {
+                *count += 1;
+                return;
+            }
+        }
+        // Past the room: those chunks go unanswered (the puller's loss recovery asks
+        // again, and gets the next MISSING).
+        if self.runs.len() < self.max_runs {
+            self.runs.push((i, 1));
+        }
     }
 }
 

@@ -171,6 +171,7 @@ pub use fec::FecMode;
 pub use keys::{KeyError, StaticKey};
 pub use transfer::{
     default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,
-    PullOptions, PullReport, PullSource, PullUpdate, SourceReport, TransferError,
+    PullOptions, PullReport, PullSource, PullUpdate, ShareOptions, ShareReport, SourceReport,
+    TransferError,
 };
 pub use url::RgtpUrl;

@@ -138,6 +138,9 @@ pub struct FileOutput {
     worker: Option<std::thread::JoinHandle<Result<PartFile, OutputError>>>,
     queued: Arc<AtomicUsize>,
     stored: u64,
+    /// The part file and the chunks written to it this run (once started): what a
+    /// sharer serves.
+    share: Option<(File, crate::source::SharedHave)>,
 }
 
 enum Msg {
@@ -158,6 +161,8 @@ pub struct PartFile {
     size: u64,
     dirty: bool,
     last_persist: Instant,
+    /// Chunks written this run, marked once their bytes are in the file.
+    written: Option<crate::source::SharedHave>,
 }
 
 impl Output {
@@ -225,11 +230,13 @@ impl Output {
                     size: 0,
                     dirty: false,
                     last_persist: Instant::now(),
+                    written: None,
                 }),
                 tx: None,
                 worker: None,
                 queued: Arc::new(AtomicUsize::new(0)),
                 stored: 0,
+                share: None,
             })),
             resume,
         ))
@@ -265,6 +272,11 @@ impl Output {
         file.set_len(size)
             .and_then(|()| reserve(&file, size))
             .map_err(|e| p.annotate(io_err(&p.part_path, e)))?;
+        let written = crate::source::shared_have(total);
+        if let Ok(f) = file.try_clone() {
+            o.share = Some((f, written.clone()));
+            p.written = Some(written);
+        }
         p.file = Some(file);
         p.have = resumed.unwrap_or_else(|| ChunkSet::new(total));
         p.dirty = true;
@@ -295,6 +307,15 @@ impl Output {
             }
         }));
         Ok(())
+    }
+
+    /// The part file and the set of chunks this run wrote to it (growing), once the
+    /// output is started: a sharer's source. Chunks an earlier run left are not in
+    /// it (they are rechecked first).
+    pub fn shared_part(&self) -> Option<(File, crate::source::SharedHave)> {
+        let Output::File(o) = self else { return None };
+        let (f, have) = o.share.as_ref()?;
+        Some((f.try_clone().ok()?, have.clone()))
     }
 
     pub fn write_chunk(&mut self, index: u64, data: Vec<u8>) -> Result<(), OutputError> {
@@ -419,6 +440,9 @@ impl PartFile {
         file.write_all_at(data, index * CHUNK_SIZE as u64)
             .map_err(|e| self.annotate(io_err(&self.part_path, e)))?;
         self.have.insert(index);
+        if let Some(w) = &self.written {
+            w.lock().insert(index);
+        }
         self.dirty = true;
         Ok(())
     }

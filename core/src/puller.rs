@@ -19,8 +19,8 @@ use crate::merkle::{self, Hash, CHUNK_SIZE};
 use crate::rng::Rng;
 use crate::transmit::Transmit;
 use crate::wire::{
-    self, Data, Hello, Manifest, ManifestBody, Object, PacketType, Request, RequestItem, Retry,
-    Stale, Welcome,
+    self, Data, ExposureId, Hello, Manifest, ManifestBody, Missing, Object, PacketType, Request,
+    RequestItem, Retry, Stale, Welcome,
 };
 
 #[derive(Debug, Clone)]
@@ -268,6 +268,11 @@ pub enum PullEvent {
         verifier: std::sync::Arc<ChunkVerifier>,
         stored: ChunkSet,
     },
+    /// Scheduled: the source said it does not hold content chunk `index` (a sharer);
+    /// it is no longer asked for here.
+    Missing {
+        index: u64,
+    },
     Done,
     Failed(PullError),
 }
@@ -300,6 +305,8 @@ pub struct PullStats {
     /// Sources of a multi-source pull dropped (dead, stalled, or serving chunks that
     /// fail verification).
     pub sources_dropped: u64,
+    /// MISSING answers received (a sharer lacked chunks asked for).
+    pub missing: u64,
 }
 
 impl PullStats {
@@ -322,6 +329,7 @@ impl PullStats {
         self.surplus_repair += o.surplus_repair;
         self.cipher = self.cipher.or(o.cipher);
         self.sources_dropped += o.sources_dropped;
+        self.missing += o.missing;
     }
 }
 
@@ -702,6 +710,7 @@ impl Puller {
             Ok(PacketType::Welcome) => self.on_welcome(now, datagram),
             Ok(PacketType::Retry) => self.on_retry(datagram),
             Ok(PacketType::Stale) => self.on_stale(datagram),
+            Ok(PacketType::Missing) => self.on_missing(datagram),
             _ => false,
         };
         if ok {
@@ -740,6 +749,77 @@ impl Puller {
             }
             _ => false,
         }
+    }
+
+    /// A sharer does not hold some chunks asked for. Scheduled (in a swarm): they are
+    /// no longer asked for here and go back to the swarm, which grants them to
+    /// another source. Alone: nothing changes (they are asked for again as lost, and
+    /// a sharer still pulling may hold them by then).
+    fn on_missing(&mut self, d: &[u8]) -> bool {
+        let Ok(m) = Missing::decode(d) else {
+            return false;
+        };
+        let ok = matches!(
+            (&self.phase, &self.session),
+            (Phase::Transfer, Some(sess)) if sess.m.exposure == m.exposure
+        );
+        if !ok {
+            return false;
+        }
+        self.stats.missing += 1;
+        if !self.cfg.scheduled {
+            return true;
+        }
+        let mut refused = Vec::new();
+        for (start, count) in m.runs {
+            // Only chunks asked for here and not yet held: a run cannot make the
+            // puller walk more than what it has out.
+            for c in start..start.saturating_add(count).min(self.have.len() as u32) {
+                let key = (Object::Content, c);
+                if let Some(fl) = self.flights.remove(&key) {
+                    let (n, per, ct) = self.geometry(Object::Content, c as u64);
+                    self.inflight_bytes = self.inflight_bytes.saturating_sub(outstanding_bytes(
+                        fl.outstanding,
+                        n,
+                        per,
+                        ct,
+                    ));
+                    refused.push(c);
+                }
+                if refused.len() > 65_536 {
+                    break;
+                }
+            }
+        }
+        if refused.is_empty() {
+            return true;
+        }
+        self.cc.set_inflight(self.inflight_bytes);
+        let mut set = ChunkSet::new(self.have.len());
+        for &c in &refused {
+            set.insert(c as u64);
+        }
+        self.retx
+            .retain(|(o, c, _)| *o != Object::Content || !set.contains(*c as u64));
+        for &c in &refused {
+            self.events
+                .push_back(PullEvent::Missing { index: c as u64 });
+        }
+        true
+    }
+
+    /// The origin's exposure id and content key, once a session is up: what a sharer
+    /// relays ([`crate::exposer::Exposer::add_relayed_exposure`]).
+    pub fn relay_keys(&self) -> Option<(ExposureId, [u8; 32])> {
+        self.session
+            .as_ref()
+            .map(|s| (s.m.exposure, s.m.content_key))
+    }
+
+    /// The content's chunk CVs, once the outboard is complete and checked against
+    /// the root (`None` before, and for a content of one chunk).
+    pub fn cvs(&self) -> Option<std::sync::Arc<Vec<Hash>>> {
+        (self.have.len() > 1 && self.cvs.len() as u64 == self.have.len()).then(|| self.cvs.clone())
     }
 
     fn on_welcome(&mut self, now: Instant, d: &[u8]) -> bool {

@@ -19,6 +19,48 @@ pub trait ChunkSource: Send + Sync {
     fn size(&self) -> u64;
     /// Reads chunk `index` into `buf` (cleared first).
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()>;
+    /// Whether chunk `index` is held (and verified): always, except for a sharer's
+    /// partial file. The exposer answers a request for a chunk not held with MISSING
+    /// and never reads it.
+    fn has(&self, _index: u64) -> bool {
+        true
+    }
+}
+
+/// The chunks a sharer holds, shared between the pull that fills them and the
+/// exposer that serves them. Only ever grows: a chunk is added once its verified
+/// plaintext is in the source's bytes.
+pub type SharedHave = Arc<parking_lot::Mutex<crate::bitset::ChunkSet>>;
+
+/// An empty [`SharedHave`] for a content of `chunks` chunks.
+pub fn shared_have(chunks: u64) -> SharedHave {
+    Arc::new(parking_lot::Mutex::new(crate::bitset::ChunkSet::new(
+        chunks,
+    )))
+}
+
+/// A partial source (a sharer's): `inner` holds valid bytes only for the chunks in
+/// `have`.
+pub struct PartialSource<S> {
+    /// The bytes (the puller's output file, growing).
+    pub inner: S,
+    /// Which chunks of `inner` are verified.
+    pub have: SharedHave,
+}
+
+impl<S: ChunkSource> ChunkSource for PartialSource<S> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        if !self.has(index) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "chunk not held"));
+        }
+        self.inner.read_chunk(index, buf)
+    }
+    fn has(&self, index: u64) -> bool {
+        self.have.lock().contains(index)
+    }
 }
 
 /// A file read with pread: nothing is held in memory.
@@ -28,6 +70,12 @@ pub struct FileSource {
 }
 
 impl FileSource {
+    /// A file of `size` bytes opened elsewhere (a sharer's output, still growing:
+    /// its length is the content's, its chunks valid only where verified).
+    pub fn from_file(file: File, size: u64) -> Self {
+        Self { file, size }
+    }
+
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let meta = file.metadata()?;

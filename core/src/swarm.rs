@@ -31,6 +31,9 @@ const STALL_MIN: Duration = Duration::from_secs(3);
 /// Fewest chunks a source holds granted (so a new source gets going).
 const MIN_GRANT: u64 = 4;
 
+/// How long what a source said it lacks keeps chunks from it.
+const LACKS_FORGOTTEN: Duration = Duration::from_secs(1);
+
 /// Most chunks a source holds granted and not yet delivered.
 const MAX_GRANT: u64 = 8192;
 
@@ -52,6 +55,11 @@ pub struct Source {
     next_steal: Option<Instant>,
     /// When it last went from no work to some: silence before then is no stall.
     busy_since: Option<Instant>,
+    /// Chunks it said it does not hold (a sharer: MISSING), not granted to it again
+    /// until [`LACKS_FORGOTTEN`] after the first of them (a sharer still pulling
+    /// may hold them by then).
+    lacks: ChunkSet,
+    lacks_since: Option<Instant>,
 }
 
 impl Source {
@@ -124,6 +132,8 @@ impl Swarm {
                     started: false,
                     next_steal: None,
                     busy_since: None,
+                    lacks: ChunkSet::new(0),
+                    lacks_since: None,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -407,6 +417,7 @@ impl Swarm {
                     }
                 }
                 ev @ PullEvent::Verify { .. } => self.events.push_back((i, ev)),
+                PullEvent::Missing { index } => self.refused(i, index, now),
                 PullEvent::Done => {}
                 PullEvent::Failed(e) => {
                     tracing::info!("source {} dropped: {e}", self.sources[i].addr());
@@ -418,6 +429,35 @@ impl Swarm {
         self.check_done(now);
         if self.multi() && !self.finished {
             self.refill(i, now);
+        }
+    }
+
+    /// Source `i` does not hold chunk `index`: it goes back to the others.
+    fn refused(&mut self, i: usize, index: u64, now: Instant) {
+        if index >= self.have.len() {
+            return;
+        }
+        let s = &mut self.sources[i];
+        if s.lacks.len() != self.have.len() {
+            s.lacks = ChunkSet::new(self.have.len());
+        }
+        if s.lacks.insert(index) && s.lacks_since.is_none() {
+            s.lacks_since = Some(now);
+        }
+        if !s.assigned.remove(index) {
+            return;
+        }
+        s.pending = s.pending.saturating_sub(1);
+        if self.have.contains(index) || self.dup.remove(index) {
+            // Verified already, or another source holds it too.
+            return;
+        }
+        self.claimed.remove(index);
+        self.cursor = self.cursor.min(index);
+        for j in 0..self.sources.len() {
+            if j != i && self.sources[j].live() {
+                self.refill(j, now);
+            }
         }
     }
 
@@ -507,14 +547,41 @@ impl Swarm {
         }
         let target = self.target(i);
         let len = self.have.len();
+        {
+            let s = &mut self.sources[i];
+            if s.lacks_since.is_some_and(|t| now >= t + LACKS_FORGOTTEN) {
+                s.lacks = ChunkSet::new(0);
+                s.lacks_since = None;
+            }
+        }
+        // Unclaimed chunks this source said it lacks are passed over (the cursor
+        // stays before the first of them, for the others).
+        let mut pos = self.cursor;
+        let mut passed = 0u64;
         while self.sources[i].pending < target {
-            let Some(c) = self.claimed.first_missing_from(self.cursor) else {
-                self.cursor = len;
+            let Some(c) = self.claimed.first_missing_from(pos) else {
+                if passed == 0 {
+                    self.cursor = len;
+                }
                 break;
             };
-            self.cursor = c + 1;
+            pos = c + 1;
+            if self.sources[i].lacks.contains(c) {
+                passed += 1;
+                if passed >= STEAL_SCAN {
+                    return;
+                }
+                continue;
+            }
+            if passed == 0 {
+                self.cursor = c + 1;
+            }
             self.claimed.insert(c);
             self.give(i, c, now);
+        }
+        if passed > 0 && self.sources[i].pending < target {
+            // What is left unclaimed this source lacks: no endgame for it yet.
+            return;
         }
         if self.sources[i].pending >= target {
             return;
@@ -530,7 +597,10 @@ impl Swarm {
                 break;
             }
             scanned += 1;
-            if !self.dup.contains(c) && !self.sources[i].assigned.contains(c) {
+            if !self.dup.contains(c)
+                && !self.sources[i].assigned.contains(c)
+                && !self.sources[i].lacks.contains(c)
+            {
                 self.dup.insert(c);
                 self.give(i, c, now);
             }

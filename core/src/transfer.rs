@@ -256,6 +256,18 @@ pub struct PullOptions {
     /// Sources discovered rather than given (e.g. in the DHT): used as `from`, but
     /// one that repeats a source, or of the other address family, is skipped.
     pub found: Vec<SocketAddr>,
+    /// Share (`--share`): serve the verified chunks held to other pullers of the same
+    /// root while pulling, and seed after.
+    pub share: Option<ShareOptions>,
+}
+
+/// How a pull shares what it holds (`rgtp-pull --share`).
+#[derive(Debug, Clone, Default)]
+pub struct ShareOptions {
+    /// The UDP port to serve on (0: any free one).
+    pub port: u16,
+    /// How long to keep serving after the pull finished (zero: stop at once).
+    pub seed: Duration,
 }
 
 impl Default for PullOptions {
@@ -271,6 +283,7 @@ impl Default for PullOptions {
             fec: FecMode::Auto,
             from: Vec::new(),
             found: Vec::new(),
+            share: None,
         }
     }
 }
@@ -278,6 +291,17 @@ impl Default for PullOptions {
 /// What a pull tells its caller while it runs.
 #[derive(Debug, Clone)]
 pub enum PullUpdate {
+    /// Sharing: other pullers of the root may pull from this address (the port is
+    /// open now; chunks are served once the outboard is known).
+    Sharing {
+        /// The sharer's local address (its port is what others give as `--from`).
+        addr: SocketAddr,
+    },
+    /// The pull finished and the sharer keeps serving this long (`--seed`).
+    Seeding {
+        /// How long.
+        seconds: u64,
+    },
     /// No answer yet (about four times a second).
     Waiting {
         /// Time since the pull started.
@@ -331,6 +355,21 @@ pub struct PullReport {
     pub stats: PullStats,
     /// Each source, the main one first.
     pub sources: Vec<SourceReport>,
+    /// With sharing: the port served on and what was served.
+    pub share: Option<ShareReport>,
+}
+
+/// What a sharer did.
+#[derive(Debug, Clone)]
+pub struct ShareReport {
+    /// The local address it served on.
+    pub addr: SocketAddr,
+    /// Bytes it sent (handshakes, data, MISSING).
+    pub bytes_out: u64,
+    /// Handshakes it answered.
+    pub handshakes: u64,
+    /// MISSING answers it sent (chunks asked for that it did not hold).
+    pub missing_sent: u64,
 }
 
 /// What one source of a pull did.
@@ -509,6 +548,15 @@ pub fn pull_from(
     let sock =
         udp::bind(bind).map_err(|e| TransferError::Io(format!("cannot open a UDP socket: {e}")))?;
 
+    let mut sharer = match &opts.share {
+        Some(so) => {
+            let sh = Sharer::start(SocketAddr::new(bind.ip(), so.port))?;
+            on(PullUpdate::Sharing { addr: sh.addr });
+            Some(sh)
+        }
+        None => None,
+    };
+
     let start = Instant::now();
     let mut names = vec![host_port.clone()];
     let mut pullers = Vec::new();
@@ -556,8 +604,14 @@ pub fn pull_from(
         resumed: false,
         root: [0; 32],
         exposer_key: [0; 32],
+        sharer: sharer.as_mut(),
+        name: src.name.clone(),
     };
     let end = driver::pull(&sock, &mut puller, cancel, &mut h);
+    if matches!(end, PullEnd::Done) {
+        // A pull quicker than a tick shares from here.
+        h.try_relay(&puller);
+    }
     h.verify_tx = None;
     let _ = verifier.join();
     let mut output = h.output;
@@ -635,9 +689,31 @@ pub fn pull_from(
             return failed(&mut output, err);
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
+    let share = match h.sharer.take() {
+        Some(sh) => {
+            let seed = opts.share.as_ref().map_or(Duration::ZERO, |o| o.seed);
+            if !seed.is_zero() && sh.relaying() {
+                (h.on)(PullUpdate::Seeding {
+                    seconds: seed.as_secs(),
+                });
+                let until = Instant::now() + seed;
+                while Instant::now() < until && !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(
+                        until
+                            .saturating_duration_since(Instant::now())
+                            .min(Duration::from_millis(100)),
+                    );
+                }
+            }
+            Some(sh.finish())
+        }
+        None => None,
+    };
     Ok(PullReport {
+        share,
         bytes: h.total,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
         missing_at_start: h.missing_at_start,
         resumed: h.resumed,
         root: h.root,
@@ -686,6 +762,144 @@ struct Handler<'a> {
     resumed: bool,
     root: [u8; 32],
     exposer_key: [u8; 32],
+    /// With `--share`: the sharer, until it relays the exposure.
+    sharer: Option<&'a mut Sharer>,
+    /// The exposure's name (the sharer serves it under the same).
+    name: String,
+}
+
+/// A sharer serving beside a pull (`--share`): its own UDP socket and thread, and an
+/// exposer that relays the exposure pulled (its id and content key, so its sealing is
+/// the origin's) from the chunks written so far, once the outboard is known.
+struct Sharer {
+    addr: SocketAddr,
+    tx: Option<mpsc::Sender<Relay>>,
+    relaying: bool,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<crate::exposer::ExposerStats>>,
+}
+
+/// What the sharer serves.
+struct Relay {
+    name: String,
+    source: crate::source::PartialSource<FileSource>,
+    cvs: Vec<merkle::Hash>,
+    id: wire::ExposureId,
+    content_key: [u8; 32],
+}
+
+impl Sharer {
+    fn start(bind: SocketAddr) -> Result<Sharer, TransferError> {
+        let sock = udp::bind(bind).map_err(|e| {
+            TransferError::Io(format!("cannot open the sharing port {}: {e}", bind.port()))
+        })?;
+        let addr = sock
+            .local_addr()
+            .map_err(|e| TransferError::Io(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Relay>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // A Noise key of its own, fresh per run: pullers check chunks against the
+            // root, not against this key.
+            let key = StaticKey::generate();
+            let mut ex = Exposer::new(ExposerConfig::default(), key.private, Instant::now());
+            loop {
+                if st.load(Ordering::Relaxed) {
+                    return ex.stats;
+                }
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) => {
+                        ex.add_relayed_exposure(
+                            &r.name,
+                            Box::new(r.source),
+                            r.cvs,
+                            r.id,
+                            r.content_key,
+                        );
+                        tracing::info!("sharing {:?} on {addr}", r.name);
+                        break;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return ex.stats,
+                }
+            }
+            if let Err(e) = driver::serve(&sock, &mut ex, &st, None) {
+                tracing::warn!("sharing stopped: socket error: {e}");
+            }
+            ex.log_quiet_sources(Instant::now(), true);
+            ex.stats
+        });
+        Ok(Sharer {
+            addr,
+            tx: Some(tx),
+            relaying: false,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn relaying(&self) -> bool {
+        self.relaying
+    }
+
+    /// Stops serving; what it did.
+    fn finish(&mut self) -> ShareReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tx = None;
+        let stats = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        ShareReport {
+            addr: self.addr,
+            bytes_out: stats.bytes_out,
+            handshakes: stats.handshakes,
+            missing_sent: stats.missing_sent,
+        }
+    }
+}
+
+impl Drop for Sharer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Handler<'_> {
+    /// Once the outboard is known and the output started: the sharer relays the
+    /// session's exposure from the part file.
+    fn try_relay(&mut self, p: &Swarm) {
+        let Some(sh) = self.sharer.as_deref_mut() else {
+            return;
+        };
+        if sh.relaying || !self.started {
+            return;
+        }
+        let Some((file, have)) = self.output.shared_part() else {
+            return;
+        };
+        for s in p.sources() {
+            let (Some((id, content_key)), Some(cvs)) = (s.puller.relay_keys(), s.puller.cvs())
+            else {
+                continue;
+            };
+            let Some(tx) = sh.tx.take() else { return };
+            let relay = Relay {
+                name: self.name.clone(),
+                source: crate::source::PartialSource {
+                    inner: FileSource::from_file(file, self.total),
+                    have,
+                },
+                cvs: cvs.to_vec(),
+                id,
+                content_key,
+            };
+            sh.relaying = tx.send(relay).is_ok();
+            return;
+        }
+    }
 }
 
 impl PullHandler for Handler<'_> {
@@ -760,6 +974,7 @@ impl PullHandler for Handler<'_> {
     }
 
     fn on_tick(&mut self, p: &Swarm) -> Result<(), OutputError> {
+        self.try_relay(p);
         if self.last_update.elapsed() >= Duration::from_millis(250) {
             self.last_update = Instant::now();
             let elapsed = self.start.elapsed();

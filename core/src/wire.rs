@@ -47,6 +47,7 @@ pub enum PacketType {
     Request = 5,
     Data = 6,
     Stale = 7,
+    Missing = 8,
 }
 
 impl PacketType {
@@ -58,6 +59,7 @@ impl PacketType {
             5 => Self::Request,
             6 => Self::Data,
             7 => Self::Stale,
+            8 => Self::Missing,
             _ => return None,
         })
     }
@@ -341,6 +343,54 @@ impl Stale {
         let exposure = r.array()?;
         r.finish()?;
         Ok(Stale { exposure })
+    }
+}
+
+/// Most chunk runs one MISSING names.
+pub const MAX_MISSING_RUNS: usize = 64;
+
+/// Sharer → puller: "I do not hold these content chunks (yet); ask someone else".
+/// Each run is `(first chunk, count)`, count at least 1. Unauthenticated, like STALE:
+/// it only makes a puller ask another source for those chunks for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub exposure: ExposureId,
+    pub runs: Vec<(u32, u32)>,
+}
+
+impl Missing {
+    /// Encoded length with `runs` runs.
+    pub const fn encoded_len(runs: usize) -> usize {
+        2 + 16 + 1 + 8 * runs
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.header(PacketType::Missing)
+            .bytes(&self.exposure)
+            .u8(self.runs.len() as u8);
+        for &(start, count) in &self.runs {
+            w.u32(start).u32(count);
+        }
+        w.buf
+    }
+    pub fn decode(d: &[u8]) -> Result<Missing, WireError> {
+        let mut r = expect(d, PacketType::Missing)?;
+        let exposure = r.array()?;
+        let n = r.u8()? as usize;
+        if n == 0 || n > MAX_MISSING_RUNS {
+            return Err(WireError::BadLength);
+        }
+        let mut runs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = r.u32()?;
+            let count = r.u32()?;
+            if count == 0 || start.checked_add(count).is_none() {
+                return Err(WireError::BadValue("missing run"));
+            }
+            runs.push((start, count));
+        }
+        r.finish()?;
+        Ok(Missing { exposure, runs })
     }
 }
 
@@ -769,6 +819,43 @@ mod tests {
     }
 
     #[test]
+    fn missing_round_trips_and_is_parsed_strictly() {
+        let m = Missing {
+            exposure: [3; 16],
+            runs: vec![(0, 1), (7, 300)],
+        };
+        let enc = m.encode();
+        assert_eq!(enc.len(), Missing::encoded_len(2));
+        assert_eq!(Missing::decode(&enc).unwrap(), m);
+        // Trailing bytes, a short run list, a zero count, an overflowing run: dropped.
+        let mut long = enc.clone();
+        long.push(0);
+        assert_eq!(Missing::decode(&long), Err(WireError::TrailingBytes));
+        assert_eq!(
+            Missing::decode(&enc[..enc.len() - 1]),
+            Err(WireError::Truncated)
+        );
+        let zero = Missing {
+            exposure: [3; 16],
+            runs: vec![(1, 0)],
+        }
+        .encode();
+        assert!(Missing::decode(&zero).is_err());
+        let wrap = Missing {
+            exposure: [3; 16],
+            runs: vec![(u32::MAX, 2)],
+        }
+        .encode();
+        assert!(Missing::decode(&wrap).is_err());
+        let none = Missing {
+            exposure: [3; 16],
+            runs: vec![],
+        }
+        .encode();
+        assert_eq!(Missing::decode(&none), Err(WireError::BadLength));
+    }
+
+    #[test]
     fn items_round_trip() {
         let items = vec![
             RequestItem::Range {
@@ -927,6 +1014,7 @@ mod tests {
         let _ = Welcome::decode(d);
         let _ = Retry::decode(d);
         let _ = Stale::decode(d);
+        let _ = Missing::decode(d);
         let _ = Request::decode(d);
         let _ = Data::decode(d);
         let _ = Manifest::decode(d);

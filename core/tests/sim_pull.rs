@@ -187,7 +187,7 @@ impl World {
                         }
                         PullEvent::Done => s.result = Some(Ok(())),
                         PullEvent::Failed(e) => s.result = Some(Err(e)),
-                        PullEvent::Started { .. } => {}
+                        PullEvent::Started { .. } | PullEvent::Missing { .. } => {}
                     }
                 }
             }

@@ -194,7 +194,7 @@ impl World {
                     }
                     PullEvent::Done => self.result = Some(Ok(())),
                     PullEvent::Failed(e) => self.result = Some(Err(e)),
-                    PullEvent::Started { .. } => {}
+                    PullEvent::Started { .. } | PullEvent::Missing { .. } => {}
                 }
             }
             for s in &mut self.sources {

@@ -523,6 +523,8 @@ pub unsafe extern "C" fn rgtp_pull_ex(
                     p.kind = RGTP_PROGRESS_DAMAGED;
                     p.damaged_chunks = chunks;
                 }
+                // The C API does not share (no ShareOptions there): never seen.
+                PullUpdate::Sharing { .. } | PullUpdate::Seeding { .. } => return,
             }
             // SAFETY: a C function pointer given by the caller, called with a pointer
             // to a live struct and the caller's own `user` value.

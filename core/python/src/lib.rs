@@ -118,6 +118,14 @@ fn update_dict<'py>(py: Python<'py>, u: &PullUpdate) -> PyResult<Bound<'py, PyDi
             d.set_item("kind", "damaged")?;
             d.set_item("chunks", chunks)?;
         }
+        PullUpdate::Sharing { addr } => {
+            d.set_item("kind", "sharing")?;
+            d.set_item("addr", addr.to_string())?;
+        }
+        PullUpdate::Seeding { seconds } => {
+            d.set_item("kind", "seeding")?;
+            d.set_item("seconds", seconds)?;
+        }
     }
     Ok(d)
 }

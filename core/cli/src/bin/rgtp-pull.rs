@@ -34,6 +34,13 @@ proportion to what it delivers; a source that fails, stalls or serves a chunk th
 fails verification is dropped and its chunks go to the others. The pull fails only
 when no source is left. A resume may use any mix of sources.
 
+--share also serves, while pulling, the chunks verified so far to other pullers of
+the same root, on a UDP port of its own (--share-port, printed on stderr); they
+add it with --from HOST:PORT. The sharer relays the exposer's own sealing (its
+exposure id and content key), so what it serves is byte-identical to the
+exposer's, and it answers requests for chunks it lacks with MISSING, which sends
+them elsewhere. --seed SECS keeps serving that long after the pull finished.
+
 --json prints one JSON object on stdout, on success and on failure alike:
   success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
            throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
@@ -44,7 +51,9 @@ when no source is left. A resume may use any mix of sources.
            cipher (the chunk cipher the exposer chose), output (path, or \"-\"
            for stdout), sources_dropped (count), sources (one object per source,
            SOURCE first: addr (HOST:PORT), bytes (content bytes it delivered),
-           bad_chunks (count), dropped (why it was dropped, or null))
+           bad_chunks (count), dropped (why it was dropped, or null)),
+           with --share: share_port, share_bytes_sent (bytes), share_handshakes,
+           share_missing_sent (counts; null without --share)
   failure: exit_code (the exit status below), error (the message also on stderr)
 
 Exit codes:
@@ -103,6 +112,18 @@ struct Args {
     /// Default: the public bootstrap nodes.
     #[arg(long, value_name = "HOST:PORT")]
     dht_bootstrap: Vec<String>,
+    /// Share while pulling: serve the verified chunks held to other pullers of the
+    /// same root (they give this host's sharing port as --from), on a UDP port of its
+    /// own, printed on stderr ("sharing on HOST:PORT") and in --json (share_port).
+    #[arg(long)]
+    share: bool,
+    /// The UDP port to share on (implies --share). Default: any free port.
+    #[arg(long, value_name = "PORT")]
+    share_port: Option<u16>,
+    /// With --share: keep serving this many seconds after the pull finished (0: stop
+    /// at once; Ctrl-C ends it sooner).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    seed: u64,
     /// Give up when an exposer that has answered is then silent this many seconds
     /// (the pull resumes by itself if it comes back sooner).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
@@ -290,6 +311,17 @@ fn run(args: Args) -> Result<(), Failure> {
         from: args.from.clone(),
         ..Default::default()
     };
+    if args.share || args.share_port.is_some() {
+        if args.output.as_deref() == Some(std::path::Path::new("-")) {
+            return fail(2, "--share serves the output file; give -o PATH, not -o -");
+        }
+        opts.share = Some(rgtp::ShareOptions {
+            port: args.share_port.unwrap_or(0),
+            seed: Duration::from_secs(args.seed),
+        });
+    } else if args.seed > 0 {
+        return fail(2, "--seed needs --share");
+    }
     if args.dht || !args.dht_bootstrap.is_empty() {
         let Some(root) = src.root else {
             return fail(
@@ -357,6 +389,22 @@ fn run(args: Args) -> Result<(), Failure> {
                 "rgtp-pull: trusting {host_port} on first use: key {}",
                 keys::fingerprint(&key)
             );
+        }
+        // Where others pull from: printed even with --quiet and --json.
+        PullUpdate::Sharing { addr } => {
+            if progress {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!(
+                "rgtp-pull: sharing on {addr} (others: --from HOST:{})",
+                addr.port()
+            );
+        }
+        PullUpdate::Seeding { seconds } => {
+            if progress {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("rgtp-pull: pulled; seeding for {seconds} s (Ctrl-C ends it)");
         }
         PullUpdate::Damaged { chunks } => {
             eprintln!("rgtp-pull: {chunks} stored chunk(s) no longer match; pulling them again")
@@ -431,6 +479,10 @@ fn run(args: Args) -> Result<(), Failure> {
             "cipher": s.cipher.map(|c| c.name()),
             "output": shown_path,
             "sources_dropped": s.sources_dropped,
+            "share_port": report.share.as_ref().map(|sh| sh.addr.port()),
+            "share_bytes_sent": report.share.as_ref().map(|sh| sh.bytes_out),
+            "share_handshakes": report.share.as_ref().map(|sh| sh.handshakes),
+            "share_missing_sent": report.share.as_ref().map(|sh| sh.missing_sent),
             "sources": report.sources.iter().map(|src| serde_json::json!({
                 "addr": src.addr,
                 "bytes": src.bytes,

@@ -1,0 +1,154 @@
+//! Sharing with the real binaries on loopback: puller A runs `rgtp-pull URL --share
+//! --seed 30`; puller B pulls from A's sharing port alone after A finished, and from
+//! the origin and A together while A is still pulling. Both byte-exact.
+
+use std::time::{Duration, Instant};
+
+use rgtp_e2e::*;
+
+/// The port of "rgtp-pull: sharing on ADDR" on A's stderr, once printed.
+fn sharing_port(stderr: &str) -> Option<u16> {
+    let line = stderr.lines().find(|l| l.contains("sharing on "))?;
+    let addr = line
+        .split("sharing on ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+fn wait_for(p: &mut Proc, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok(&p.stderr()) {
+        assert!(p.is_running(), "A ended before {what}: {}", p.stderr());
+        assert!(Instant::now() < deadline, "no {what}: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Each source of a `--json` report: (addr, bytes).
+fn sources(r: &Report) -> Vec<(String, u64)> {
+    r.0.get("sources")
+        .and_then(Json::as_array)
+        .unwrap_or_else(|| panic!("--json has no sources array: {}", r.0))
+        .iter()
+        .map(|s| {
+            (
+                s["addr"].as_str().expect("addr").to_string(),
+                s["bytes"].as_u64().expect("bytes"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_seeding_sharer_alone_serves_a_byte_exact_copy() {
+    let dir = TestDir::new("share-seed");
+    let size = 8 * MIB + 1234;
+    let (src, origin) = expose_random_file(&dir, "seed.bin", size, "share-seed");
+    let out_a = dir.join("a.out");
+    let mut a = PullCmd::url(&dir, &origin.single().url, &out_a)
+        .arg("--share")
+        .arg("--seed")
+        .arg("30")
+        .arg("--json")
+        .spawn(&dir);
+    wait_for(&mut a, "seeding", PULL_DEADLINE, |e| {
+        e.contains("seeding for 30 s")
+    });
+    assert_same_content(&src, &out_a, "A");
+    let port = sharing_port(&a.stderr()).expect("sharing port");
+    // B: from A alone, by host:port and name, with no root given (the sharer's
+    // manifest names the origin's root; the copy is compared below).
+    let out_b = dir.join("b.out");
+    let done = PullCmd::by_name(&dir, &format!("127.0.0.1:{port}"), "seed.bin", &out_b)
+        .arg("--json")
+        .run(&dir);
+    done.assert_success();
+    assert_same_content(&src, &out_b, "B from the sharer alone");
+    let r = done.json();
+    assert_eq!(sources(&r)[0].1, size, "{}", r.0);
+    // Ctrl-C ends the seeding; A then reports what it served.
+    assert!(a.signal(libc::SIGINT));
+    let fa = a.finish(Duration::from_secs(20));
+    fa.assert_success();
+    let ra = fa.json();
+    assert_eq!(ra.u64("share_port"), port as u64, "{}", ra.0);
+    assert!(ra.u64("share_bytes_sent") >= size, "{}", ra.0);
+    assert_eq!(ra.u64("share_missing_sent"), 0, "{}", ra.0);
+}
+
+#[test]
+fn a_sharer_still_pulling_serves_beside_the_origin() {
+    let dir = TestDir::new("share-during");
+    let size = 24 * MIB;
+    let (src, origin) = expose_random_file(&dir, "during.bin", size, "share-during");
+    // Both pullers reach the origin through slow relays, so A is still pulling while
+    // B runs and the sharer carries a real part of B's copy.
+    let ra = Relay::start(origin.addr(), 3_000_000);
+    let rb = Relay::start(origin.addr(), 3_000_000);
+    let out_a = dir.join("a.out");
+    let mut a = PullCmd::url(&dir, &ra.url(&origin.single().url), &out_a)
+        .arg("--share")
+        .arg("--seed")
+        .arg("30")
+        .arg("--json")
+        .spawn(&dir);
+    wait_for(&mut a, "sharing port", PULL_DEADLINE, |e| {
+        sharing_port(e).is_some()
+    });
+    let port = sharing_port(&a.stderr()).expect("sharing port");
+    let state = state_path(&out_a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_sidecar(&state).is_none_or(|s| s.have.count() < (size / 16384) / 5) {
+        assert!(
+            Instant::now() < deadline,
+            "A makes no progress: {}",
+            a.stderr()
+        );
+        assert!(a.is_running(), "A ended early: {}", a.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out_b = dir.join("b.out");
+    let done = PullCmd::url(&dir, &rb.url(&origin.single().url), &out_b)
+        .arg("--from")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--json")
+        .run(&dir);
+    done.assert_success();
+    assert_same_content(&src, &out_b, "B from the origin and the sharer");
+    let r = done.json();
+    let s = sources(&r);
+    assert_eq!(s.len(), 2, "{}", r.0);
+    assert_eq!(s[0].1 + s[1].1, size, "{}", r.0);
+    assert!(s[1].1 > 0, "the sharer carried nothing: {}", r.0);
+    assert!(s[0].1 > 0, "the origin carried nothing: {}", r.0);
+    assert_eq!(r.u64("sources_dropped"), 0, "{}", r.0);
+    // A finishes too, exact, and seeds until told to stop.
+    wait_for(&mut a, "seeding", PULL_DEADLINE, |e| {
+        e.contains("seeding for")
+    });
+    assert_same_content(&src, &out_a, "A");
+    assert!(a.signal(libc::SIGINT));
+    let fa = a.finish(Duration::from_secs(20));
+    fa.assert_success();
+    let ja = fa.json();
+    assert!(ja.u64("share_bytes_sent") >= s[1].1, "{}", ja.0);
+    eprintln!(
+        "B: origin {} bytes, sharer {} bytes; sharer sent {} MISSING",
+        s[0].1,
+        s[1].1,
+        ja.u64("share_missing_sent")
+    );
+}
+
+#[test]
+fn seed_without_share_is_a_usage_error() {
+    let dir = TestDir::new("share-usage");
+    let out = dir.join("x.out");
+    let done = PullCmd::by_name(&dir, "127.0.0.1:9", "x", &out)
+        .arg("--seed")
+        .arg("5")
+        .run(&dir);
+    done.assert_clean_error(2, &["--seed", "--share"]);
+}

@@ -317,6 +317,23 @@ impl SimNet {
         self.slots[slot].take()
     }
 
+    /// Advances the clock to the next arrival or the earliest of `timers`, whichever
+    /// comes first (10 us on when that is not later than now, so a driving loop always
+    /// progresses). False when nothing is pending: the loop is done.
+    pub fn advance_to_next(&mut self, timers: impl IntoIterator<Item = Option<Instant>>) -> bool {
+        let next = timers
+            .into_iter()
+            .flatten()
+            .chain(self.next_arrival())
+            .min();
+        match next {
+            Some(t) if t > self.now => self.now = t,
+            Some(_) => self.now += Duration::from_micros(10),
+            None => return false,
+        }
+        true
+    }
+
     /// Advances the clock to `t` (never backwards).
     pub fn advance_to(&mut self, t: Instant) {
         if t > self.now {

@@ -135,14 +135,8 @@ impl Pair {
             while let Some(t) = self.ex.poll_transmit() {
                 self.net.send(addr(EXPOSER), &t);
             }
-            let next = match (self.net.next_arrival(), self.p.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match next {
-                Some(t) if t > now => self.net.advance_to(t),
-                Some(_) => self.net.advance_to(now + Duration::from_micros(10)),
-                None => return,
+            if !self.net.advance_to_next([self.p.poll_timeout()]) {
+                return;
             }
         }
         panic!("simulation does not progress");

@@ -203,16 +203,9 @@ impl World {
                     None => self.net.send(self.ex_addr, &t),
                 }
             }
-            let mut next = self.net.next_arrival();
-            for s in &self.pullers {
-                if let Some(t) = s.p.poll_timeout() {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-            }
-            match next {
-                Some(t) if t > now => self.net.advance_to(t),
-                Some(_) => self.net.advance_to(now + Duration::from_micros(10)),
-                None => break,
+            let timers: Vec<_> = self.pullers.iter().map(|s| s.p.poll_timeout()).collect();
+            if !self.net.advance_to_next(timers) {
+                break;
             }
         }
     }

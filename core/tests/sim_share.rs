@@ -253,20 +253,12 @@ impl World {
             while let Some(t) = self.sharer.poll_transmit() {
                 self.net.send(addr(SHARER), &t);
             }
-            let mut next = self.net.next_arrival();
-            for t in [
+            let timers = [
                 self.a.sw.poll_timeout(),
                 self.b.as_ref().and_then(|b| b.sw.poll_timeout()),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            }
-            match next {
-                Some(t) if t > now => self.net.advance_to(t),
-                Some(_) => self.net.advance_to(now + Duration::from_micros(10)),
-                None => break,
+            ];
+            if !self.net.advance_to_next(timers) {
+                break;
             }
         }
     }

@@ -204,14 +204,8 @@ impl World {
                     }
                 }
             }
-            let mut next = self.net.next_arrival();
-            if let Some(t) = sw.poll_timeout() {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-            match next {
-                Some(t) if t > now => self.net.advance_to(t),
-                Some(_) => self.net.advance_to(now + Duration::from_micros(10)),
-                None => break,
+            if !self.net.advance_to_next([sw.poll_timeout()]) {
+                break;
             }
         }
     }

@@ -13,7 +13,33 @@ use crate::{Json, PULL_DEADLINE};
 #[derive(Debug, Clone)]
 pub struct Report(pub Json);
 
+/// One source of a pull, from `--json`'s `sources`.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    pub addr: String,
+    pub bytes: u64,
+    pub bad_chunks: u64,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<String>,
+}
+
 impl Report {
+    /// The `sources` array, main source first.
+    pub fn sources(&self) -> Vec<SourceRow> {
+        self.0
+            .get("sources")
+            .and_then(Json::as_array)
+            .unwrap_or_else(|| panic!("--json has no sources array: {}", self.0))
+            .iter()
+            .map(|s| SourceRow {
+                addr: s["addr"].as_str().expect("addr").to_string(),
+                bytes: s["bytes"].as_u64().expect("bytes"),
+                bad_chunks: s["bad_chunks"].as_u64().expect("bad_chunks"),
+                dropped: s["dropped"].as_str().map(str::to_string),
+            })
+            .collect()
+    }
+
     pub fn u64(&self, key: &str) -> u64 {
         let v = self
             .0

@@ -26,21 +26,6 @@ fn wait_for(p: &mut Proc, what: &str, limit: Duration, ok: impl Fn(&str) -> bool
     }
 }
 
-/// Each source of a `--json` report: (addr, bytes).
-fn sources(r: &Report) -> Vec<(String, u64)> {
-    r.0.get("sources")
-        .and_then(Json::as_array)
-        .unwrap_or_else(|| panic!("--json has no sources array: {}", r.0))
-        .iter()
-        .map(|s| {
-            (
-                s["addr"].as_str().expect("addr").to_string(),
-                s["bytes"].as_u64().expect("bytes"),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_seeding_sharer_alone_serves_a_byte_exact_copy() {
     let dir = TestDir::new("share-seed");
@@ -67,7 +52,7 @@ fn a_seeding_sharer_alone_serves_a_byte_exact_copy() {
     done.assert_success();
     assert_same_content(&src, &out_b, "B from the sharer alone");
     let r = done.json();
-    assert_eq!(sources(&r)[0].1, size, "{}", r.0);
+    assert_eq!(r.sources()[0].bytes, size, "{}", r.0);
     // Ctrl-C ends the seeding; A then reports what it served.
     assert!(a.signal(libc::SIGINT));
     let fa = a.finish(Duration::from_secs(20));
@@ -118,11 +103,11 @@ fn a_sharer_still_pulling_serves_beside_the_origin() {
     done.assert_success();
     assert_same_content(&src, &out_b, "B from the origin and the sharer");
     let r = done.json();
-    let s = sources(&r);
+    let s = r.sources();
     assert_eq!(s.len(), 2, "{}", r.0);
-    assert_eq!(s[0].1 + s[1].1, size, "{}", r.0);
-    assert!(s[1].1 > 0, "the sharer carried nothing: {}", r.0);
-    assert!(s[0].1 > 0, "the origin carried nothing: {}", r.0);
+    assert_eq!(s[0].bytes + s[1].bytes, size, "{}", r.0);
+    assert!(s[1].bytes > 0, "the sharer carried nothing: {}", r.0);
+    assert!(s[0].bytes > 0, "the origin carried nothing: {}", r.0);
     assert_eq!(r.u64("sources_dropped"), 0, "{}", r.0);
     // A finishes too, exact, and seeds until told to stop.
     wait_for(&mut a, "seeding", PULL_DEADLINE, |e| {
@@ -133,11 +118,11 @@ fn a_sharer_still_pulling_serves_beside_the_origin() {
     let fa = a.finish(Duration::from_secs(20));
     fa.assert_success();
     let ja = fa.json();
-    assert!(ja.u64("share_bytes_sent") >= s[1].1, "{}", ja.0);
+    assert!(ja.u64("share_bytes_sent") >= s[1].bytes, "{}", ja.0);
     eprintln!(
         "B: origin {} bytes, sharer {} bytes; sharer sent {} MISSING",
-        s[0].1,
-        s[1].1,
+        s[0].bytes,
+        s[1].bytes,
         ja.u64("share_missing_sent")
     );
 }

@@ -15,23 +15,6 @@ fn second_exposer(dir: &TestDir, src: &std::path::Path, label: &str) -> ExposerP
     o.start(dir)
 }
 
-/// Each source of a `--json` report: (addr, bytes, bad_chunks, dropped).
-fn sources(r: &Report) -> Vec<(String, u64, u64, Option<String>)> {
-    r.0.get("sources")
-        .and_then(Json::as_array)
-        .unwrap_or_else(|| panic!("--json has no sources array: {}", r.0))
-        .iter()
-        .map(|s| {
-            (
-                s["addr"].as_str().expect("addr").to_string(),
-                s["bytes"].as_u64().expect("bytes"),
-                s["bad_chunks"].as_u64().expect("bad_chunks"),
-                s["dropped"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
 /// A lying exposer of `src` (`mode`: corrupt or reseal): its process and its URL.
 fn start_liar(dir: &TestDir, src: &std::path::Path, mode: &str) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rgtp-lying-expose"));
@@ -70,12 +53,23 @@ fn two_exposers_both_carry_bytes_and_the_copy_is_exact() {
     assert_same_content(&src, &out, "pull from two exposers");
     let r = done.json();
     r.assert_fields();
-    let s = sources(&r);
+    let s = r.sources();
     assert_eq!(s.len(), 2, "{}", r.0);
-    assert_eq!(s[0].0, a.single().host_port());
-    assert_eq!(s[1].0, b.single().host_port());
-    assert_eq!(s[0].1 + s[1].1, size, "each chunk stored once: {}", r.0);
-    for (addr, bytes, bad, dropped) in &s {
+    assert_eq!(s[0].addr, a.single().host_port());
+    assert_eq!(s[1].addr, b.single().host_port());
+    assert_eq!(
+        s[0].bytes + s[1].bytes,
+        size,
+        "each chunk stored once: {}",
+        r.0
+    );
+    for SourceRow {
+        addr,
+        bytes,
+        bad_chunks: bad,
+        dropped,
+    } in &s
+    {
         assert!(*bytes > 0, "{addr} carried nothing: {}", r.0);
         assert_eq!((*bad, dropped), (0, &None), "{addr}: {}", r.0);
     }
@@ -111,16 +105,16 @@ fn an_exposer_killed_mid_pull_is_dropped_and_the_other_finishes() {
     done.assert_success();
     assert_same_content(&src, &out, "pull with one source killed");
     let r = done.json();
-    let s = sources(&r);
+    let s = r.sources();
     assert_eq!(r.u64("sources_dropped"), 1, "{}", r.0);
     assert!(
-        s[1].3.is_some(),
+        s[1].dropped.is_some(),
         "the killed source was not dropped: {}",
         r.0
     );
-    assert!(s[1].1 > 0, "b carried nothing before it died: {}", r.0);
-    assert!(s[0].3.is_none());
-    assert_eq!(s[0].1 + s[1].1, size);
+    assert!(s[1].bytes > 0, "b carried nothing before it died: {}", r.0);
+    assert!(s[0].dropped.is_none());
+    assert_eq!(s[0].bytes + s[1].bytes, size);
 }
 
 #[test]
@@ -140,9 +134,14 @@ fn a_lying_source_is_dropped_and_counted_and_the_copy_is_exact() {
     done.assert_success();
     assert_same_content(&src, &out, "pull beside a lying source");
     let r = done.json();
-    let s = sources(&r);
+    let s = r.sources();
     assert_eq!(r.u64("sources_dropped"), 1, "{}", r.0);
-    let (_, liar_bytes, liar_bad, liar_dropped) = &s[0];
+    let SourceRow {
+        bytes: liar_bytes,
+        bad_chunks: liar_bad,
+        dropped: liar_dropped,
+        ..
+    } = &s[0];
     assert_eq!(*liar_bytes, 0, "a lie was stored: {}", r.0);
     assert!(*liar_bad >= 1, "{}", r.0);
     assert!(
@@ -152,7 +151,7 @@ fn a_lying_source_is_dropped_and_counted_and_the_copy_is_exact() {
         "{}",
         r.0
     );
-    assert_eq!(s[1].1, size);
+    assert_eq!(s[1].bytes, size);
     assert!(r.u64("bad_chunks") >= 1);
 }
 

@@ -126,3 +126,51 @@ fn dht_without_a_root_is_a_usage_error() {
         r.stderr
     );
 }
+
+#[test]
+fn a_sharer_announces_itself_and_serves_when_the_origin_is_gone() {
+    let net = mainline::Testnet::builder(5).build().expect("a local DHT");
+    let dir = TestDir::new("dht-share");
+    let file = dir.join("data.bin");
+    write_random_file(&file, 2 << 20, "dht-share");
+    let origin = ExposeOpts::new(&dir, &[&file])
+        .bind(Some("127.0.0.1"))
+        .start(&dir);
+    let url = origin.single().url.clone();
+    // A pulls from the origin, shares what it holds and announces its port.
+    let out_a = dir.join("a.bin");
+    let mut cmd = PullCmd::url(&dir, &url, &out_a)
+        .arg("--share")
+        .arg("--seed")
+        .arg("60");
+    for arg in dht_args(&net.bootstrap) {
+        cmd = cmd.arg(arg);
+    }
+    let mut sharer = cmd.spawn(&dir);
+    wait_until(
+        "the sharer's DHT announce and its seeding",
+        Duration::from_secs(30),
+        || {
+            let err = sharer.stderr();
+            err.contains("announced root") && err.contains("seeding")
+        },
+    );
+    origin.stop_with(libc::SIGTERM);
+    // B has only the origin's URL: it finds A by the root.
+    let out_b = dir.join("b.bin");
+    let mut cmd = PullCmd::url(&dir, &url, &out_b)
+        .arg("--json")
+        .arg("--connect-timeout")
+        .arg("3");
+    for arg in dht_args(&net.bootstrap) {
+        cmd = cmd.arg(arg);
+    }
+    let pulled = cmd.run(&dir);
+    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
+    assert_eq!(std::fs::read(&out_b).ok(), std::fs::read(&file).ok());
+    let report = Report(serde_json::from_str(&pulled.stdout).expect("json"));
+    let from_sharer: u64 = report.sources().iter().skip(1).map(|s| s.bytes).sum();
+    assert_eq!(from_sharer, 2 << 20, "{}", report.0);
+    assert!(sharer.signal(libc::SIGINT));
+    assert!(sharer.wait_for(Duration::from_secs(10)).is_some());
+}

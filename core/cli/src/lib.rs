@@ -145,6 +145,51 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok(rate)
 }
 
+/// Announces `roots` at `port` in the DHT now and every [`rgtp::dht::ANNOUNCE_EVERY`]
+/// until the process stops (`rgtp::driver::STOP`), on a thread of its own; `report`
+/// hears each result (true: announced). A DHT that cannot be reached costs a report,
+/// not the service: whoever has the address still reaches it.
+pub fn announce_in_background(
+    roots: Vec<[u8; 32]>,
+    port: u16,
+    bootstrap: Vec<String>,
+    report: fn(bool, &str),
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let run = move || {
+        let dht = match rgtp::dht::Discovery::join(&bootstrap) {
+            Ok(d) => d,
+            Err(e) => return report(false, &format!("cannot join the DHT: {e}")),
+        };
+        loop {
+            for root in &roots {
+                let root_hex = rgtp::url::hex(root);
+                match dht.announce(root, port) {
+                    Ok(()) => report(
+                        true,
+                        &format!("announced root {root_hex} at port {port} in the DHT"),
+                    ),
+                    Err(e) => report(
+                        false,
+                        &format!("cannot announce root {root_hex} in the DHT: {e}"),
+                    ),
+                }
+            }
+            let next = Instant::now() + rgtp::dht::ANNOUNCE_EVERY;
+            while Instant::now() < next {
+                if rgtp::driver::STOP.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("dht".into()).spawn(run) {
+        report(false, &format!("cannot start the DHT thread: {e}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

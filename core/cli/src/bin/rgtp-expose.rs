@@ -127,44 +127,12 @@ struct Args {
     man: bool,
 }
 
-/// Announces `roots` at `port` in the DHT now and every [`rgtp::dht::ANNOUNCE_EVERY`]
-/// until the exposer stops. A DHT that cannot be reached costs a warning, not the
-/// exposure: pullers with the URL still reach it.
-fn announce_in_background(roots: Vec<[u8; 32]>, port: u16, bootstrap: Vec<String>) {
-    let run = move || {
-        let dht = match rgtp::dht::Discovery::join(&bootstrap) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(target: rgtp::exposer::SETUP_LOG, "cannot join the DHT: {e}");
-                return;
-            }
-        };
-        loop {
-            for root in &roots {
-                match dht.announce(root, port) {
-                    Ok(()) => tracing::info!(
-                        target: rgtp::exposer::SETUP_LOG,
-                        "announced root {} at port {port} in the DHT",
-                        hex(root)
-                    ),
-                    Err(e) => tracing::warn!(
-                        target: rgtp::exposer::SETUP_LOG,
-                        "cannot announce root {} in the DHT: {e}",
-                        hex(root)
-                    ),
-                }
-            }
-            let next = std::time::Instant::now() + rgtp::dht::ANNOUNCE_EVERY;
-            while std::time::Instant::now() < next {
-                if driver::STOP.load(std::sync::atomic::Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-        }
-    };
-    if let Err(e) = std::thread::Builder::new().name("dht".into()).spawn(run) {
-        tracing::warn!(target: rgtp::exposer::SETUP_LOG, "cannot start the DHT thread: {e}");
+/// The exposer's DHT announce results, in its set-up log.
+fn log_announce(ok: bool, msg: &str) {
+    if ok {
+        tracing::info!(target: rgtp::exposer::SETUP_LOG, "{msg}");
+    } else {
+        tracing::warn!(target: rgtp::exposer::SETUP_LOG, "{msg}");
     }
 }
 
@@ -210,7 +178,12 @@ fn main() -> ExitCode {
     let served = expose_until(&args.files, &opts, &driver::STOP, |files, local, key| {
         if dht {
             let roots: Vec<_> = files.iter().filter_map(|f| f.url.root).collect();
-            announce_in_background(roots, local.port(), args.dht_bootstrap.clone());
+            rgtp_cli::announce_in_background(
+                roots,
+                local.port(),
+                args.dht_bootstrap.clone(),
+                log_announce,
+            );
         }
         let mut out = std::io::stdout().lock();
         for f in files {

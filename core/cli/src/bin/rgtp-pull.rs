@@ -104,8 +104,9 @@ struct Args {
     #[arg(long, value_name = "SRC")]
     from: Vec<String>,
     /// Also pull from sources of the root found in the Mainline DHT (exposers started
-    /// with --dht); needs a URL with root=. Nothing found there is trusted: every
-    /// chunk is verified against the root.
+    /// with --dht, sharers with --share --dht); needs a URL with root=. Nothing found
+    /// there is trusted: every chunk is verified against the root. With --share, the
+    /// sharer's port is announced there too.
     #[arg(long)]
     dht: bool,
     /// DHT nodes to join through (HOST:PORT; repeat the flag for more; implies --dht).
@@ -380,6 +381,10 @@ fn run(args: Args) -> Result<(), Failure> {
     driver::install_stop_handler();
     let progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
     let host_port = src.host_port();
+    // A sharer with --dht announces its port under the root, once it shares.
+    let announce_root = (args.dht || !args.dht_bootstrap.is_empty())
+        .then_some(src.root)
+        .flatten();
     let mut on = |u: PullUpdate| match u {
         PullUpdate::TrustedOnFirstUse { host_port, key } => {
             if progress {
@@ -399,6 +404,14 @@ fn run(args: Args) -> Result<(), Failure> {
                 "rgtp-pull: sharing on {addr} (others: --from HOST:{})",
                 addr.port()
             );
+            if let Some(root) = announce_root {
+                rgtp_cli::announce_in_background(
+                    vec![root],
+                    addr.port(),
+                    args.dht_bootstrap.clone(),
+                    |_, msg| eprintln!("rgtp-pull: {msg}"),
+                );
+            }
         }
         PullUpdate::Seeding { seconds } => {
             if progress {

@@ -129,6 +129,14 @@ struct World {
 }
 
 impl World {
+    /// Starts puller B now, pulling from `sources`.
+    fn start_b(&mut self, sources: &[SocketAddr], size: usize) {
+        let mut b = Node::new(&mut self.net, addr(PULLER_B), sources, self.root, size);
+        let now = self.net.now;
+        b.step(&mut self.net, now);
+        self.b = Some(b);
+    }
+
     /// Seeds past 2 run over a lossy, reordering, duplicating link.
     fn new(seed: u64, size: usize) -> Self {
         let link = if seed > 2 {
@@ -302,10 +310,7 @@ fn a_finished_sharer_alone_serves_the_origins_bytes() {
         );
         assert!(w.shared);
         // B pulls from the sharer alone.
-        let mut b = Node::new(&mut w.net, addr(PULLER_B), &[addr(SHARER)], w.root, size);
-        let now = w.net.now;
-        b.step(&mut w.net, now);
-        w.b = Some(b);
+        w.start_b(&[addr(SHARER)], size);
         let origin_out = w.origin.stats.bytes_out;
         w.run(Duration::from_secs(60), |w| {
             w.b.as_ref().is_some_and(|b| b.done)
@@ -332,16 +337,7 @@ fn a_sharer_still_pulling_refuses_what_it_lacks_and_the_origin_serves_it() {
         w.run(Duration::from_secs(60), |w| w.shared);
         assert!(w.shared, "seed {seed}: A never started sharing");
         assert!(!w.a.done, "seed {seed}: A finished before B started");
-        let mut b = Node::new(
-            &mut w.net,
-            addr(PULLER_B),
-            &[addr(ORIGIN), addr(SHARER)],
-            w.root,
-            size,
-        );
-        let now = w.net.now;
-        b.step(&mut w.net, now);
-        w.b = Some(b);
+        w.start_b(&[addr(ORIGIN), addr(SHARER)], size);
         w.run(Duration::from_secs(120), |w| {
             w.a.done && w.b.as_ref().is_some_and(|b| b.done)
         });
@@ -378,10 +374,7 @@ fn a_puller_of_a_sharer_alone_waits_out_what_it_lacks() {
         w.run(Duration::from_secs(60), |w| w.shared);
         assert!(w.shared && !w.a.done, "seed {seed}");
         // B has the sharer alone, which lacks most chunks while A holds still.
-        let mut b = Node::new(&mut w.net, addr(PULLER_B), &[addr(SHARER)], w.root, size);
-        let now = w.net.now;
-        b.step(&mut w.net, now);
-        w.b = Some(b);
+        w.start_b(&[addr(SHARER)], size);
         w.a_frozen = true;
         w.run(Duration::from_secs(2), |_| false);
         assert!(
@@ -411,16 +404,7 @@ fn a_missing_for_another_exposure_or_malformed_is_dropped() {
     let size = 16 << 20;
     let mut w = World::new(1, size);
     w.run(Duration::from_secs(60), |w| w.shared);
-    let mut b = Node::new(
-        &mut w.net,
-        addr(PULLER_B),
-        &[addr(ORIGIN), addr(SHARER)],
-        w.root,
-        size,
-    );
-    let now = w.net.now;
-    b.step(&mut w.net, now);
-    w.b = Some(b);
+    w.start_b(&[addr(ORIGIN), addr(SHARER)], size);
     // Both sessions up, the pull well short of its end.
     w.run(Duration::from_secs(10), |w| {
         w.b.as_ref().is_some_and(|b| {

@@ -2,6 +2,7 @@
 //! (started by the test), the real rgtp-expose announcing into it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use rgtp_e2e::*;
@@ -11,6 +12,28 @@ fn dht_args(bootstrap: &[String]) -> Vec<String> {
         .iter()
         .flat_map(|b| ["--dht-bootstrap".to_string(), b.clone()])
         .collect()
+}
+
+/// `rgtp-pull URL -o out --json` with only the DHT to find other sources (the URL's
+/// exposer is gone): exits 0 with `out` equal to `file`; returns the report.
+fn pull_through_dht(
+    dir: &TestDir,
+    url: &str,
+    out: &Path,
+    file: &Path,
+    bootstrap: &[String],
+) -> Report {
+    let mut cmd = PullCmd::url(dir, url, out)
+        .arg("--json")
+        .arg("--connect-timeout")
+        .arg("3");
+    for arg in dht_args(bootstrap) {
+        cmd = cmd.arg(arg);
+    }
+    let pulled = cmd.run(dir);
+    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
+    assert_eq!(std::fs::read(out).ok(), std::fs::read(file).ok());
+    Report(serde_json::from_str(&pulled.stdout).expect("json"))
 }
 
 #[test]
@@ -89,26 +112,14 @@ fn a_pull_finds_another_source_in_the_dht_when_its_exposer_is_gone() {
     // The URL names exposer A, which is gone: the pull finds B by the root.
     let url = a.single().url.clone();
     a.stop_with(libc::SIGTERM);
-    let out = dir.join("copy.bin");
-    let mut cmd = PullCmd::url(&dir, &url, &out)
-        .arg("--json")
-        .arg("--connect-timeout")
-        .arg("3");
-    for arg in dht_args(&net.bootstrap) {
-        cmd = cmd.arg(arg);
-    }
-    let pulled = cmd.run(&dir);
-    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
-    assert_eq!(std::fs::read(&out).ok(), std::fs::read(&file).ok());
-    let report: serde_json::Value = serde_json::from_str(&pulled.stdout).expect("json");
+    let report = pull_through_dht(&dir, &url, &dir.join("copy.bin"), &file, &net.bootstrap);
     let b_addr = format!("127.0.0.1:{}", b.port);
-    let from_b = report["sources"]
-        .as_array()
-        .expect("sources")
+    let sources = report.sources();
+    let from_b = sources
         .iter()
-        .find(|s| s["addr"] == b_addr.as_str())
-        .unwrap_or_else(|| panic!("{b_addr} not among the sources: {report}"));
-    assert_eq!(from_b["bytes"], 2 << 20, "{report}");
+        .find(|s| s.addr == b_addr)
+        .unwrap_or_else(|| panic!("{b_addr} not among the sources: {}", report.0));
+    assert_eq!(from_b.bytes, 2 << 20, "{}", report.0);
     b.stop_with(libc::SIGTERM);
 }
 
@@ -157,18 +168,7 @@ fn a_sharer_announces_itself_and_serves_when_the_origin_is_gone() {
     );
     origin.stop_with(libc::SIGTERM);
     // B has only the origin's URL: it finds A by the root.
-    let out_b = dir.join("b.bin");
-    let mut cmd = PullCmd::url(&dir, &url, &out_b)
-        .arg("--json")
-        .arg("--connect-timeout")
-        .arg("3");
-    for arg in dht_args(&net.bootstrap) {
-        cmd = cmd.arg(arg);
-    }
-    let pulled = cmd.run(&dir);
-    assert_eq!(pulled.code(), Some(0), "{}", pulled.stderr);
-    assert_eq!(std::fs::read(&out_b).ok(), std::fs::read(&file).ok());
-    let report = Report(serde_json::from_str(&pulled.stdout).expect("json"));
+    let report = pull_through_dht(&dir, &url, &dir.join("b.bin"), &file, &net.bootstrap);
     let from_sharer: u64 = report.sources().iter().skip(1).map(|s| s.bytes).sum();
     assert_eq!(from_sharer, 2 << 20, "{}", report.0);
     assert!(sharer.signal(libc::SIGINT));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fuzz.sh [SECONDS] [TARGET...]: runs the cargo-fuzz targets in core/fuzz/fuzz_targets/
 # for SECONDS each (default 60), all of them unless TARGETs are named:
-#   packet_parser  every file-pull decoder, the exposer and the puller fed hostile datagrams
+#   packet_parser  every file-pull decoder (MISSING, repair items too), the exposer, a
+#                  sharer and the puller (repair forced or not) fed hostile datagrams
 #   conn_packets   the connection packet codec (packets, transport parameters, frames)
 #   conn_endpoint  a connection endpoint fed arbitrary datagrams / a mutated real exchange
 #   manifest       the pull manifest (WELCOME payload)

@@ -9,7 +9,10 @@
 //!   is a list of 6-byte mutations `(datagram index u16, offset u16, value u8, op u8)`
 //!   applied to the datagrams in flight (flip a byte, truncate, drop, duplicate, append
 //!   garbage, swap the type byte). The transfer may fail, but every chunk the puller
-//!   accepts must be the exposed bytes.
+//!   accepts must be the exposed bytes. Byte 1's bits choose the set-up: bit 0 the
+//!   exposer demands a RETRY, bit 1 the puller asks for repair fragments whatever the
+//!   loss (`--fec 4:2`), bit 2 the exposer is a sharer holding chunks 0 and 2 only (so
+//!   it answers MISSING for the others).
 
 use super::{mutate, parse_mutations, split_datagrams};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,10 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::exposer::{Exposer, ExposerConfig};
+use crate::fec::FecMode;
 use crate::merkle::{self, CHUNK_SIZE};
 use crate::puller::{PullConfig, PullEvent, Puller};
 use crate::rng::Rng;
-use crate::source::MemSource;
+use crate::source::{shared_have, MemSource, PartialSource};
 use crate::wire;
 
 const EXPOSER_ADDR: SocketAddr =
@@ -36,6 +40,12 @@ fn content() -> Arc<Vec<u8>> {
 }
 
 fn exposer(now: Instant, retry_threshold: u32) -> Exposer {
+    exposer_of(now, retry_threshold, false)
+}
+
+/// An exposer of [`content`]; `partial`: a sharer's relayed exposure holding chunks 0
+/// and 2 only.
+fn exposer_of(now: Instant, retry_threshold: u32, partial: bool) -> Exposer {
     let cfg = ExposerConfig {
         retry_threshold,
         ..ExposerConfig::default()
@@ -45,7 +55,18 @@ fn exposer(now: Instant, retry_threshold: u32) -> Exposer {
     let mut ex = Exposer::with_rng(cfg, PRIVATE_KEY, now, Rng::seeded_for_simulation(1));
     let data = content();
     let cvs = merkle::cvs_of_bytes(&data);
-    ex.add_exposure("f", Box::new(MemSource(data)), cvs);
+    if partial {
+        let have = shared_have(cvs.len() as u64);
+        have.lock().insert(0);
+        have.lock().insert(2);
+        let source = PartialSource {
+            inner: MemSource(data),
+            have,
+        };
+        ex.add_relayed_exposure("f", Box::new(source), cvs, [9; 16], [5; 32]);
+    } else {
+        ex.add_exposure("f", Box::new(MemSource(data)), cvs);
+    }
     ex
 }
 
@@ -59,6 +80,7 @@ fn decode_everything(d: &[u8]) {
     let _ = wire::Data::decode(d);
     let _ = wire::Manifest::decode(d);
     let _ = wire::decode_items(d);
+    let _ = wire::Missing::decode(d);
     // Round trips: whatever decodes must re-encode to the same bytes.
     if let Ok(m) = wire::Manifest::decode(d) {
         assert_eq!(m.encode(), d, "Manifest re-encodes differently");
@@ -74,6 +96,9 @@ fn decode_everything(d: &[u8]) {
     }
     if let Ok(w) = wire::Welcome::decode(d) {
         assert_eq!(w.encode(), d, "Welcome re-encodes differently");
+    }
+    if let Ok(m) = wire::Missing::decode(d) {
+        assert_eq!(m.encode(), d, "Missing re-encodes differently");
     }
 }
 
@@ -126,18 +151,19 @@ fn raw(data: &[u8]) {
 
 fn exchange(data: &[u8]) {
     let start = Instant::now();
-    let retry_threshold = if data.first().is_some_and(|b| b & 1 == 1) {
-        0
-    } else {
-        1000
-    };
+    let setup = data.first().copied().unwrap_or(0);
+    let retry_threshold = if setup & 1 == 1 { 0 } else { 1000 };
     let muts = parse_mutations(data.get(1..).unwrap_or(&[]), 256);
-    let mut ex = exposer(start, retry_threshold);
+    let mut ex = exposer_of(start, retry_threshold, setup & 4 == 4);
     let mut cfg = PullConfig::new(EXPOSER_ADDR, "f");
     cfg.idle_timeout = Duration::from_secs(5);
+    if setup & 2 == 2 {
+        cfg.fec = FecMode::Fixed { k: 4, r: 2 };
+    }
     let mut p = Puller::with_rng(cfg, start, Rng::seeded_for_simulation(2));
     let mut counter: u16 = 0;
     let mut now = start;
+    let mut done = false;
     for _step in 0..3000 {
         while let Some(t) = p.poll_transmit(now) {
             for d in t.datagrams() {
@@ -169,9 +195,11 @@ fn exchange(data: &[u8]) {
             check_event(&ev);
             if matches!(ev, PullEvent::Done | PullEvent::Failed(_)) {
                 finished = true;
+                done = matches!(ev, PullEvent::Done);
             }
         }
         if finished || p.is_finished() {
+            check_clean_exchange(setup, muts.is_empty(), &ex, done);
             return;
         }
         match p.poll_timeout() {
@@ -183,11 +211,31 @@ fn exchange(data: &[u8]) {
             p.handle_timeout(now);
         }
     }
+    check_clean_exchange(setup, muts.is_empty(), &ex, done);
+}
+
+/// An unmutated exchange must do what its set-up says, so that the set-ups really
+/// reach the paths they are for: a full exposer completes (with repair fragments sent
+/// when forced), a sharer missing chunks answers MISSING.
+fn check_clean_exchange(setup: u8, clean: bool, ex: &Exposer, done: bool) {
+    if !clean {
+        return;
+    }
+    let st = &ex.stats;
+    if setup & 4 == 4 {
+        assert!(st.missing_sent > 0, "the sharer never answered MISSING");
+    } else {
+        assert!(done, "a clean exchange did not complete");
+        if setup & 2 == 2 {
+            assert!(st.repair_fragments_out > 0, "forced repair sent no repair");
+        }
+    }
 }
 
 /// Every file-pull decoder, and the exposer and puller state machines, fed hostile
 /// bytes (the `packet_parser` target). Byte 0 odd: a real exchange with its datagrams
-/// mutated in flight (byte 1 odd: the exposer demands a RETRY); even: raw datagrams.
+/// mutated in flight (byte 1 chooses RETRY, forced repair, a sharer: see the module
+/// comment); even: raw datagrams.
 /// Nothing may panic, and the puller must never deliver bytes that differ from the
 /// exposed content.
 pub fn packet_parser(data: &[u8]) {

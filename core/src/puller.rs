@@ -295,7 +295,8 @@ pub struct PullStats {
     pub handshakes: u64,
     pub dropped: u64,
     pub content_bytes: u64,
-    /// Repair fragments received (of use or not), and chunks rebuilt with them.
+    /// Repair fragments received while their chunk was still incomplete, and chunks
+    /// rebuilt with them.
     pub repair_fragments: u64,
     pub chunks_repaired: u64,
     /// Repair fragments that arrived after their chunk was whole.

@@ -383,6 +383,9 @@ pub struct SourceReport {
     pub bad_chunks: u64,
     /// Why it was dropped before the end, if it was.
     pub dropped: Option<String>,
+    /// Whether it completed a handshake (a source that never answered before the
+    /// pull finished is neither dropped nor a sender).
+    pub answered: bool,
 }
 
 /// One source of a pull, resolved.
@@ -728,6 +731,7 @@ pub fn pull_from(
                 bytes: s.bytes(),
                 bad_chunks: s.puller.stats.bad_chunks,
                 dropped: s.dropped.as_ref().map(|e| e.to_string()),
+                answered: s.puller.stats.handshakes > 0,
             })
             .collect(),
     })

@@ -32,12 +32,14 @@ static int failures = 0;
 struct progress_seen {
   int calls;
   uint64_t last_stored;
+  uint16_t share_port;
 };
 
 static int on_progress(const rgtp_progress *p, void *user) {
   struct progress_seen *seen = user;
   seen->calls++;
   if (p->kind == RGTP_PROGRESS_RUNNING) seen->last_stored = p->stored;
+  if (p->kind == RGTP_PROGRESS_SHARING) seen->share_port = p->share_port;
   return 0; /* go on */
 }
 
@@ -146,6 +148,49 @@ int main(void) {
   printf("pulled %llu bytes in %.3f s (%.0f MB/s), %llu datagrams, %d progress calls\n",
          (unsigned long long)rep.bytes, rep.seconds, rep.throughput / 1e6,
          (unsigned long long)rep.datagrams_received, seen.calls);
+
+  CHECK(strcmp(rep.cipher, "aes-256-gcm") == 0 || strcmp(rep.cipher, "chacha20-poly1305") == 0,
+        "report cipher: \"%s\"", rep.cipher);
+  CHECK(rep.sources == 1 && rep.sources_dropped == 0, "one source: %u", rep.sources);
+
+  /* Two sources of the same root (--from), repair fragments forced (--fec 4:2), and
+     sharing while pulling (--share): the report and the progress say what happened. */
+  rgtp_expose_options eo2 = eo;
+  rgtp_exposer *ex2 = NULL;
+  rc = rgtp_expose_start(src, "127.0.0.1", 0, &eo2, &ex2, err, sizeof err);
+  CHECK(rc == RGTP_OK, "second exposer: %d %s", rc, err);
+  if (rc == RGTP_OK) {
+    char second[64];
+    snprintf(second, sizeof second, "127.0.0.1:%u", rgtp_exposer_port(ex2));
+    const char *from[] = {second};
+    rgtp_pull_options so = po;
+    so.from = from;
+    so.from_count = 1;
+    so.fec = "4:2";
+    so.share = 1;
+    struct progress_seen seen2 = {0};
+    char out4[600];
+    snprintf(out4, sizeof out4, "%s/copy4.bin", dir);
+    rc = rgtp_pull_ex(url, out4, &so, on_progress, &seen2, NULL, &rep, err, sizeof err);
+    CHECK(rc == RGTP_OK, "two sources: %d %s", rc, err);
+    CHECK(same_file(src, out4), "pulled bytes differ (two sources)");
+    CHECK(rep.sources == 2, "sources: %u", rep.sources);
+    CHECK(rep.repair_fragments + rep.surplus_repair_fragments > 0,
+          "--fec 4:2 got no repair fragments");
+    CHECK(rep.share_port != 0 && seen2.share_port == rep.share_port, "share port %u / %u",
+          rep.share_port, seen2.share_port);
+    printf("two sources, fec 4:2, shared on port %u: %llu repair fragments, cipher %s\n",
+           rep.share_port, (unsigned long long)(rep.repair_fragments + rep.surplus_repair_fragments), rep.cipher);
+    so.fec = "4";
+    rc = rgtp_pull_ex(url, out4, &so, NULL, NULL, NULL, NULL, err, sizeof err);
+    CHECK(rc == RGTP_E_USAGE, "bad fec: %d %s", rc, err);
+    so.fec = NULL;
+    so.from = NULL;
+    rc = rgtp_pull_ex(url, out4, &so, NULL, NULL, NULL, NULL, err, sizeof err);
+    CHECK(rc == RGTP_E_NULL, "NULL from with a count: %d %s", rc, err);
+    CHECK(rgtp_exposer_stop(ex2, err, sizeof err) == RGTP_OK, "stop second: %s", err);
+    rgtp_exposer_free(ex2);
+  }
 
   /* Error codes. */
   rc = rgtp_pull(NULL, out, err, sizeof err);

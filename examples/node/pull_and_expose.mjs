@@ -31,6 +31,12 @@ koffi.struct('rgtp_pull_options', {
   connect_timeout_ms: 'uint32_t',
   idle_timeout_ms: 'uint32_t',
   verify_thread: 'int',
+  from: 'const char **',
+  from_count: 'size_t',
+  fec: 'const char *',
+  share: 'int',
+  share_port: 'uint16_t',
+  seed_secs: 'uint32_t',
 });
 koffi.struct('rgtp_progress', {
   kind: 'int',
@@ -41,6 +47,8 @@ koffi.struct('rgtp_progress', {
   srtt: 'double',
   damaged_chunks: 'uint64_t',
   exposer_key: koffi.array('uint8_t', 32),
+  share_port: 'uint16_t',
+  seed_secs: 'uint64_t',
 });
 koffi.struct('rgtp_pull_report', {
   bytes: 'uint64_t',
@@ -59,6 +67,14 @@ koffi.struct('rgtp_pull_report', {
   spurious_losses: 'uint64_t',
   bad_chunks: 'uint64_t',
   handshakes: 'uint64_t',
+  repair_fragments: 'uint64_t',
+  chunks_repaired: 'uint64_t',
+  surplus_repair_fragments: 'uint64_t',
+  cipher: koffi.array('char', 24, 'String'),
+  sources: 'uint32_t',
+  sources_dropped: 'uint64_t',
+  share_port: 'uint16_t',
+  share_bytes_sent: 'uint64_t',
 });
 const ProgressCb = koffi.proto('int rgtp_progress_cb(const rgtp_progress *p, void *user)');
 
@@ -117,13 +133,20 @@ try {
     return 0;
   }, koffi.pointer(ProgressCb));
   const report = {};
-  const po = { key_hex: null, known_exposers: path.join(dir, 'known'), max_datagram: 0, connect_timeout_ms: 0, idle_timeout_ms: 0, verify_thread: 0 };
+  const po = {
+    key_hex: null, known_exposers: path.join(dir, 'known'), max_datagram: 0, connect_timeout_ms: 0,
+    idle_timeout_ms: 0, verify_thread: 0, from: null, from_count: 0, fec: '4:2', share: 0, share_port: 0,
+    seed_secs: 0,
+  };
   const dest2 = path.join(dir, 'copy2.bin');
   rc = rgtp.pullEx(url, dest2, po, cb, null, null, report, err, err.length);
   koffi.unregister(cb);
   assert.equal(rc, RGTP_OK, `pull_ex: ${cstr(err)}`);
   assert.ok(fs.readFileSync(dest2).equals(data), 'pulled bytes differ (pull_ex)');
   assert.equal(Number(report.bytes), data.length);
+  assert.ok(['aes-256-gcm', 'chacha20-poly1305'].includes(report.cipher), `cipher ${report.cipher}`);
+  assert.ok(Number(report.repair_fragments) + Number(report.surplus_repair_fragments) > 0, 'fec 4:2: no repair');
+  po.fec = null;
   console.log(`pulled ${report.bytes} bytes in ${report.seconds.toFixed(3)} s, ${calls} progress calls`);
 
   po.key_hex = '00'.repeat(31) + '01';

@@ -21,6 +21,8 @@ pub struct SourceRow {
     pub bad_chunks: u64,
     /// Why it was dropped, if it was.
     pub dropped: Option<String>,
+    /// Whether it completed a handshake.
+    pub answered: bool,
 }
 
 impl Report {
@@ -36,6 +38,7 @@ impl Report {
                 bytes: s["bytes"].as_u64().expect("bytes"),
                 bad_chunks: s["bad_chunks"].as_u64().expect("bad_chunks"),
                 dropped: s["dropped"].as_str().map(str::to_string),
+                answered: s["answered"].as_bool().expect("answered"),
             })
             .collect()
     }

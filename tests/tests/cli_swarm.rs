@@ -68,12 +68,57 @@ fn two_exposers_both_carry_bytes_and_the_copy_is_exact() {
         bytes,
         bad_chunks: bad,
         dropped,
+        answered,
     } in &s
     {
-        assert!(*bytes > 0, "{addr} carried nothing: {}", r.0);
+        assert!(*bytes > 0 && *answered, "{addr} carried nothing: {}", r.0);
         assert_eq!((*bad, dropped), (0, &None), "{addr}: {}", r.0);
     }
     assert_eq!(r.u64("sources_dropped"), 0);
+}
+
+#[test]
+fn a_source_that_never_answers_is_reported_as_such() {
+    // A small pull ends before a silent source is given up on: the report must not
+    // show it as a source that served nothing while it was alive.
+    let dir = TestDir::new("swarm-silent");
+    let (src, a) = expose_random_file(&dir, "small.bin", 3 * MIB, "swarm-silent");
+    let silent = format!(
+        "127.0.0.1:{}",
+        unused_udp_port("127.0.0.1".parse().unwrap())
+    );
+    let out = dir.join("small.out");
+    let done = PullCmd::url(&dir, &a.single().url, &out)
+        .arg("--from")
+        .arg(silent.as_str())
+        .arg("--json")
+        .run(&dir);
+    done.assert_success();
+    assert_same_content(&src, &out, "pull with a silent --from");
+    let s = done.json().sources();
+    assert_eq!((s[0].bytes, s[0].answered), (3 * MIB, true), "{s:?}");
+    assert_eq!(s[1].addr, silent);
+    assert_eq!((s[1].bytes, s[1].answered), (0, false), "{s:?}");
+    let out2 = dir.join("small2.out");
+    let text = PullCmd::new(
+        &dir,
+        [
+            a.single().url.as_str(),
+            "-o",
+            out2.to_str().expect("UTF-8 path"),
+            "--from",
+            silent.as_str(),
+        ],
+    )
+    .run(&dir);
+    text.assert_success();
+    assert!(
+        text.stderr.contains(&format!(
+            "from {silent}: 0 bytes (no answer before the pull finished)"
+        )),
+        "{}",
+        text.stderr
+    );
 }
 
 #[test]

@@ -136,6 +136,14 @@
 // pulled again (`damaged_chunks` is set).
 #define RGTP_PROGRESS_DAMAGED 3
 
+// `rgtp_progress.kind`: sharing has started (`share_port` is set; other pullers
+// give `HOST:share_port` as a source).
+#define RGTP_PROGRESS_SHARING 4
+
+// `rgtp_progress.kind`: the pull is done and the call keeps sharing for
+// `seed_secs` seconds (the cancel handle ends it early).
+#define RGTP_PROGRESS_SEEDING 5
+
 // `rgtp_pull_options.verify_thread`: decrypt and hash on a second thread when the
 // host has 4 cores or more.
 #define RGTP_VERIFY_AUTO 0
@@ -177,12 +185,30 @@ typedef struct rgtp_pull_options {
   uint32_t idle_timeout_ms;
   // `RGTP_VERIFY_AUTO` (0), `RGTP_VERIFY_THREAD` or `RGTP_VERIFY_INLINE`.
   int verify_thread;
+  // More sources of the same content (`rgtp-pull --from`): `from_count` strings,
+  // each `HOST:PORT` or an `rgtp://` URL of the same root; the URL pulled must then
+  // carry `root=`. NULL / 0: none.
+  const char *const *from;
+  // How many strings `from` points to.
+  size_t from_count;
+  // Repair fragments (`--fec`): "off", "auto" or "K:R"; NULL: "auto" (none on a
+  // clean path).
+  const char *fec;
+  // Nonzero: serve the verified chunks held to other pullers of the same root
+  // while pulling (`--share`).
+  int share;
+  // The UDP port to share on (`--share-port`); 0: any free one.
+  uint16_t share_port;
+  // With `share`: keep serving this many seconds after the pull finished
+  // (`--seed`), inside the call; the cancel handle ends it early.
+  uint32_t seed_secs;
 } rgtp_pull_options;
 
 // What a pull reports while it runs, to the progress callback (valid during the
 // call only). Which fields are set depends on `kind` (`RGTP_PROGRESS_*`).
 typedef struct rgtp_progress {
-  // `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED` or `_DAMAGED`.
+  // `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED`, `_DAMAGED`, `_SHARING` or
+  // `_SEEDING`.
   int kind;
   // Bytes stored so far, including what an earlier run had (RUNNING).
   uint64_t stored;
@@ -198,6 +224,10 @@ typedef struct rgtp_progress {
   uint64_t damaged_chunks;
   // The exposer's public key, now trusted on first use (TRUSTED).
   uint8_t exposer_key[32];
+  // The UDP port shared on (SHARING).
+  uint16_t share_port;
+  // How long the call keeps seeding, seconds (SEEDING).
+  uint64_t seed_secs;
 } rgtp_progress;
 
 // The progress callback: called on the pulling thread about four times a second,
@@ -232,6 +262,22 @@ typedef struct rgtp_pull_report {
   uint64_t spurious_losses;
   uint64_t bad_chunks;
   uint64_t handshakes;
+  // Repair fragments (`--fec`) received while their chunk was incomplete, chunks
+  // they completed, and repair fragments that came after their chunk was whole.
+  uint64_t repair_fragments;
+  uint64_t chunks_repaired;
+  uint64_t surplus_repair_fragments;
+  // The chunk cipher the exposer chose, NUL-terminated: "aes-256-gcm" or
+  // "chacha20-poly1305" (empty when nothing was pulled this run).
+  char cipher[24];
+  // How many sources served the pull (the main one and each of `from`), and how
+  // many of them were dropped (dead, stalled, or serving chunks that failed
+  // verification).
+  uint32_t sources;
+  uint64_t sources_dropped;
+  // With `share`: the port shared on and the bytes sent to other pullers.
+  uint16_t share_port;
+  uint64_t share_bytes_sent;
 } rgtp_pull_report;
 
 // Options of `rgtp_expose_start`. All zeros (or NULL options) is `rgtp-expose`'s

@@ -19,7 +19,8 @@ use std::time::Duration;
 use rgtp_core::url::parse_hex32;
 use rgtp_core::wire::{MAX_MAX_DATAGRAM, MIN_MAX_DATAGRAM};
 use rgtp_core::{
-    pull_from, ExposeOptions, Exposure, PullOptions, PullSource, PullUpdate, TransferError,
+    pull_from, ExposeOptions, Exposure, FecMode, PullOptions, PullSource, PullUpdate, ShareOptions,
+    TransferError,
 };
 use rgtp_core::{RgtpListener, RgtpStream};
 
@@ -76,6 +77,12 @@ pub const RGTP_PROGRESS_TRUSTED: c_int = 2;
 /// `rgtp_progress.kind`: chunks stored by an earlier run no longer match and are
 /// pulled again (`damaged_chunks` is set).
 pub const RGTP_PROGRESS_DAMAGED: c_int = 3;
+/// `rgtp_progress.kind`: sharing has started (`share_port` is set; other pullers
+/// give `HOST:share_port` as a source).
+pub const RGTP_PROGRESS_SHARING: c_int = 4;
+/// `rgtp_progress.kind`: the pull is done and the call keeps sharing for
+/// `seed_secs` seconds (the cancel handle ends it early).
+pub const RGTP_PROGRESS_SEEDING: c_int = 5;
 
 /// `rgtp_pull_options.verify_thread`: decrypt and hash on a second thread when the
 /// host has 4 cores or more.
@@ -200,6 +207,35 @@ unsafe fn opt_path(p: *const c_char, what: &str) -> Res<Option<PathBuf>> {
     unsafe { path_arg(p, what) }.map(Some)
 }
 
+/// `count` C strings (`--from` sources); NULL with a count of 0 is none.
+///
+/// # Safety
+/// `p` is NULL or points to `count` pointers, each NULL or NUL-terminated.
+unsafe fn sources(p: *const *const c_char, count: usize) -> Res<Vec<String>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return Err(Fail(RGTP_E_NULL, "opts->from is NULL".into()));
+    }
+    // SAFETY: the caller promises `count` readable pointers at `p`.
+    let ptrs = unsafe { std::slice::from_raw_parts(p, count) };
+    ptrs.iter()
+        .enumerate()
+        // SAFETY: each is NULL or NUL-terminated (the contract); NULL fails in `text`.
+        .map(|(i, &s)| unsafe { text(s, &format!("opts->from[{i}]")) }.map(str::to_owned))
+        .collect()
+}
+
+/// `name` as a NUL-terminated fixed array (truncated to fit).
+fn c_name<const N: usize>(name: &str) -> [c_char; N] {
+    let mut out = [0 as c_char; N];
+    for (o, &b) in out.iter_mut().zip(name.as_bytes().iter().take(N - 1)) {
+        *o = b as c_char;
+    }
+    out
+}
+
 fn check_datagram(m: u16) -> Res<Option<u16>> {
     match m as usize {
         0 => Ok(None),
@@ -314,7 +350,8 @@ pub unsafe extern "C" fn rgtp_cancel_free(c: *mut RgtpCancel) {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RgtpProgress {
-    /// `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED` or `_DAMAGED`.
+    /// `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED`, `_DAMAGED`, `_SHARING` or
+    /// `_SEEDING`.
     pub kind: c_int,
     /// Bytes stored so far, including what an earlier run had (RUNNING).
     pub stored: u64,
@@ -330,6 +367,10 @@ pub struct RgtpProgress {
     pub damaged_chunks: u64,
     /// The exposer's public key, now trusted on first use (TRUSTED).
     pub exposer_key: [u8; 32],
+    /// The UDP port shared on (SHARING).
+    pub share_port: u16,
+    /// How long the call keeps seeding, seconds (SEEDING).
+    pub seed_secs: u64,
 }
 
 /// The progress callback: called on the pulling thread about four times a second,
@@ -356,6 +397,23 @@ pub struct RgtpPullOptions {
     pub idle_timeout_ms: u32,
     /// `RGTP_VERIFY_AUTO` (0), `RGTP_VERIFY_THREAD` or `RGTP_VERIFY_INLINE`.
     pub verify_thread: c_int,
+    /// More sources of the same content (`rgtp-pull --from`): `from_count` strings,
+    /// each `HOST:PORT` or an `rgtp://` URL of the same root; the URL pulled must then
+    /// carry `root=`. NULL / 0: none.
+    pub from: *const *const c_char,
+    /// How many strings `from` points to.
+    pub from_count: usize,
+    /// Repair fragments (`--fec`): "off", "auto" or "K:R"; NULL: "auto" (none on a
+    /// clean path).
+    pub fec: *const c_char,
+    /// Nonzero: serve the verified chunks held to other pullers of the same root
+    /// while pulling (`--share`).
+    pub share: c_int,
+    /// The UDP port to share on (`--share-port`); 0: any free one.
+    pub share_port: u16,
+    /// With `share`: keep serving this many seconds after the pull finished
+    /// (`--seed`), inside the call; the cancel handle ends it early.
+    pub seed_secs: u32,
 }
 
 /// What a finished pull did: the figures `rgtp-pull --json` prints.
@@ -386,6 +444,22 @@ pub struct RgtpPullReport {
     pub spurious_losses: u64,
     pub bad_chunks: u64,
     pub handshakes: u64,
+    /// Repair fragments (`--fec`) received while their chunk was incomplete, chunks
+    /// they completed, and repair fragments that came after their chunk was whole.
+    pub repair_fragments: u64,
+    pub chunks_repaired: u64,
+    pub surplus_repair_fragments: u64,
+    /// The chunk cipher the exposer chose, NUL-terminated: "aes-256-gcm" or
+    /// "chacha20-poly1305" (empty when nothing was pulled this run).
+    pub cipher: [c_char; 24],
+    /// How many sources served the pull (the main one and each of `from`), and how
+    /// many of them were dropped (dead, stalled, or serving chunks that failed
+    /// verification).
+    pub sources: u32,
+    pub sources_dropped: u64,
+    /// With `share`: the port shared on and the bytes sent to other pullers.
+    pub share_port: u16,
+    pub share_bytes_sent: u64,
 }
 
 /// Pulls `url` (an `rgtp://` URL as `rgtp-expose` prints it) into the file
@@ -471,6 +545,24 @@ pub unsafe extern "C" fn rgtp_pull_ex(
             if p.idle_timeout_ms > 0 {
                 o.idle_timeout = Duration::from_millis(p.idle_timeout_ms.into());
             }
+            // SAFETY: the caller promises `from` points to `from_count` strings, each
+            // NUL-terminated (or it is NULL with a count of 0).
+            o.from = unsafe { sources(p.from, p.from_count) }?;
+            // SAFETY: the struct's strings are NULL or NUL-terminated (the contract).
+            if let Some(f) = unsafe { opt_text(p.fec, "opts->fec") }? {
+                o.fec = FecMode::parse(f).ok_or_else(|| {
+                    Fail(
+                        RGTP_E_USAGE,
+                        format!("opts->fec: expected off, auto or K:R, not {f:?}"),
+                    )
+                })?;
+            }
+            if p.share != 0 {
+                o.share = Some(ShareOptions {
+                    port: p.share_port,
+                    seed: Duration::from_secs(p.seed_secs.into()),
+                });
+            }
             o.offload_verify = match p.verify_thread {
                 RGTP_VERIFY_AUTO => None,
                 RGTP_VERIFY_THREAD => Some(true),
@@ -501,6 +593,8 @@ pub unsafe extern "C" fn rgtp_pull_ex(
                 srtt: 0.0,
                 damaged_chunks: 0,
                 exposer_key: [0; 32],
+                share_port: 0,
+                seed_secs: 0,
             };
             match u {
                 PullUpdate::Waiting { elapsed } => p.elapsed = elapsed.as_secs_f64(),
@@ -523,8 +617,14 @@ pub unsafe extern "C" fn rgtp_pull_ex(
                     p.kind = RGTP_PROGRESS_DAMAGED;
                     p.damaged_chunks = chunks;
                 }
-                // The C API does not share (no ShareOptions there): never seen.
-                PullUpdate::Sharing { .. } | PullUpdate::Seeding { .. } => return,
+                PullUpdate::Sharing { addr } => {
+                    p.kind = RGTP_PROGRESS_SHARING;
+                    p.share_port = addr.port();
+                }
+                PullUpdate::Seeding { seconds } => {
+                    p.kind = RGTP_PROGRESS_SEEDING;
+                    p.seed_secs = seconds;
+                }
             }
             // SAFETY: a C function pointer given by the caller, called with a pointer
             // to a live struct and the caller's own `user` value.
@@ -553,6 +653,14 @@ pub unsafe extern "C" fn rgtp_pull_ex(
                 spurious_losses: s.spurious_losses,
                 bad_chunks: s.bad_chunks,
                 handshakes: s.handshakes,
+                repair_fragments: s.repair_fragments,
+                chunks_repaired: s.chunks_repaired,
+                surplus_repair_fragments: s.surplus_repair,
+                cipher: c_name(s.cipher.map_or("", |c| c.name())),
+                sources: r.sources.len() as u32,
+                sources_dropped: s.sources_dropped,
+                share_port: r.share.as_ref().map_or(0, |sh| sh.addr.port()),
+                share_bytes_sent: r.share.as_ref().map_or(0, |sh| sh.bytes_out),
             };
         }
         Ok(())

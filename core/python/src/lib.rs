@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 use rgtp::url::{hex, parse_hex32};
 use rgtp::wire::{MAX_MAX_DATAGRAM, MIN_MAX_DATAGRAM};
 use rgtp::{
-    pull_from, ExposeOptions, Exposure as CoreExposure, PullOptions, PullSource, PullUpdate,
-    TransferError,
+    pull_from, ExposeOptions, Exposure as CoreExposure, FecMode, PullOptions, PullSource,
+    PullUpdate, ShareOptions, TransferError,
 };
 
 /// The typed exception for an exit code (`rgtp._errors.error_for`), as a `PyErr`.
@@ -134,7 +134,7 @@ fn update_dict<'py>(py: Python<'py>, u: &PullUpdate) -> PyResult<Bound<'py, PyDi
 #[pyfunction]
 #[pyo3(signature = (url, path, progress=None, key=None, known_exposers=None,
     max_datagram=None, connect_timeout=10.0, idle_timeout=60.0, verify_thread=None,
-    cancel=None))]
+    cancel=None, sources=Vec::new(), fec="auto", share=false, share_port=0, seed=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn pull<'py>(
     py: Python<'py>,
@@ -148,8 +148,32 @@ fn pull<'py>(
     idle_timeout: f64,
     verify_thread: Option<bool>,
     cancel: Option<Py<CancelToken>>,
+    sources: Vec<String>,
+    fec: &str,
+    share: bool,
+    share_port: u16,
+    seed: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let fec = FecMode::parse(fec).ok_or_else(|| {
+        rgtp_error(
+            py,
+            2,
+            format!("fec must be \"off\", \"auto\" or \"K:R\", not {fec:?}"),
+        )
+    })?;
     let mut opts = PullOptions {
+        from: sources,
+        fec,
+        share: share
+            .then(|| -> PyResult<ShareOptions> {
+                Ok(ShareOptions {
+                    port: share_port,
+                    seed: Duration::try_from_secs_f64(seed).map_err(|_| {
+                        PyValueError::new_err("seed must be zero or a positive number of seconds")
+                    })?,
+                })
+            })
+            .transpose()?,
         known_exposers,
         max_datagram: check_datagram(max_datagram)?.map(|m| m as u16),
         connect_timeout: seconds("connect_timeout", connect_timeout)?,
@@ -206,6 +230,9 @@ fn pull<'py>(
     d.set_item("datagrams_sent", s.datagrams_out)?;
     d.set_item("requests", s.requests)?;
     d.set_item("rerequested_fragments", s.rerequested_fragments)?;
+    d.set_item("repair_fragments", s.repair_fragments)?;
+    d.set_item("chunks_repaired", s.chunks_repaired)?;
+    d.set_item("surplus_repair_fragments", s.surplus_repair)?;
     d.set_item("duplicate_fragments", s.duplicate_fragments)?;
     d.set_item("spurious_losses", s.spurious_losses)?;
     d.set_item("bad_chunks", s.bad_chunks)?;
@@ -214,6 +241,23 @@ fn pull<'py>(
     d.set_item("missing_bytes_at_start", r.missing_at_start)?;
     d.set_item("cipher", s.cipher.map(|c| c.name()))?;
     d.set_item("output", path.into_os_string())?;
+    d.set_item("sources_dropped", s.sources_dropped)?;
+    let share = r.share.as_ref();
+    d.set_item("share_port", share.map(|sh| sh.addr.port()))?;
+    d.set_item("share_bytes_sent", share.map(|sh| sh.bytes_out))?;
+    d.set_item("share_handshakes", share.map(|sh| sh.handshakes))?;
+    d.set_item("share_missing_sent", share.map(|sh| sh.missing_sent))?;
+    let list = PyList::empty(py);
+    for src in &r.sources {
+        let e = PyDict::new(py);
+        e.set_item("addr", &src.addr)?;
+        e.set_item("bytes", src.bytes)?;
+        e.set_item("bad_chunks", src.bad_chunks)?;
+        e.set_item("dropped", src.dropped.as_deref())?;
+        e.set_item("answered", src.answered)?;
+        list.append(e)?;
+    }
+    d.set_item("sources", list)?;
     Ok(d)
 }
 

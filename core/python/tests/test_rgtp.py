@@ -60,6 +60,15 @@ JSON_FIELDS = {
     "missing_bytes_at_start",
     "cipher",
     "output",
+    "repair_fragments",
+    "chunks_repaired",
+    "surplus_repair_fragments",
+    "sources_dropped",
+    "sources",
+    "share_port",
+    "share_bytes_sent",
+    "share_handshakes",
+    "share_missing_sent",
 }
 
 
@@ -82,6 +91,32 @@ def test_pull_is_byte_exact_and_reports_the_json_fields(data_file, tmp_path):
     assert stats["cipher"] in ("aes-256-gcm", "chacha20-poly1305")
     # No part or state file left behind.
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("copy")) == ["copy.bin"]
+
+
+def test_two_sources_forced_repair_and_sharing(data_file, tmp_path):
+    # rgtp-pull URL --from B --fec 4:2 --share: both sources serve, repair fragments
+    # arrive, and the pull shares on a port it reports.
+    seen = []
+    out = tmp_path / "copy.bin"
+    with rgtp.expose(data_file) as a, rgtp.expose(data_file) as b:
+        stats = rgtp.pull(
+            a.url, out, seen.append, sources=[f"127.0.0.1:{b.port}"], fec="4:2", share=True
+        )
+        with pytest.raises(rgtp.UsageError):
+            rgtp.pull(a.url, tmp_path / "o", fec="4")
+    assert digest(out) == digest(data_file)
+    assert set(stats) == JSON_FIELDS
+    assert [s["addr"] for s in stats["sources"]] == [
+        f"127.0.0.1:{a.port}",
+        f"127.0.0.1:{b.port}",
+    ]
+    assert sum(s["bytes"] for s in stats["sources"]) == stats["bytes"]
+    assert stats["sources_dropped"] == 0
+    assert stats["repair_fragments"] + stats["surplus_repair_fragments"] > 0
+    port = stats["share_port"]
+    assert port and any(
+        e["kind"] == "sharing" and e["addr"].endswith(f":{port}") for e in seen
+    )
 
 
 def test_root_is_the_b3sum_of_the_file_when_b3sum_is_present(data_file):

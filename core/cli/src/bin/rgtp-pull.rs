@@ -45,13 +45,15 @@ them elsewhere. --seed SECS keeps serving that long after the pull finished.
   success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
            throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
            bytes_received (UDP payload bytes), datagrams_sent, requests,
-           rerequested_fragments, repair_fragments (received), chunks_repaired
-           (rebuilt from repair fragments), duplicate_fragments, spurious_losses, bad_chunks,
+           rerequested_fragments, repair_fragments (received while their chunk was
+           incomplete), chunks_repaired (rebuilt from repair fragments),
+           surplus_repair_fragments (came after their chunk was whole), duplicate_fragments, spurious_losses, bad_chunks,
            handshakes (counts), resumed (bool), missing_bytes_at_start (bytes),
            cipher (the chunk cipher the exposer chose), output (path, or \"-\"
            for stdout), sources_dropped (count), sources (one object per source,
            SOURCE first: addr (HOST:PORT), bytes (content bytes it delivered),
-           bad_chunks (count), dropped (why it was dropped, or null)),
+           bad_chunks (count), dropped (why it was dropped, or null), answered
+           (bool: it completed a handshake)),
            with --share: share_port, share_bytes_sent (bytes), share_handshakes,
            share_missing_sent (counts; null without --share)
   failure: exit_code (the exit status below), error (the message also on stderr)
@@ -483,6 +485,7 @@ fn run(args: Args) -> Result<(), Failure> {
             "rerequested_fragments": s.rerequested_fragments,
             "repair_fragments": s.repair_fragments,
             "chunks_repaired": s.chunks_repaired,
+            "surplus_repair_fragments": s.surplus_repair,
             "duplicate_fragments": s.duplicate_fragments,
             "spurious_losses": s.spurious_losses,
             "bad_chunks": s.bad_chunks,
@@ -501,6 +504,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 "bytes": src.bytes,
                 "bad_chunks": src.bad_chunks,
                 "dropped": src.dropped,
+                "answered": src.answered,
             })).collect::<Vec<_>>(),
         }));
     } else if !args.quiet {
@@ -511,10 +515,11 @@ fn run(args: Args) -> Result<(), Failure> {
         );
         if report.sources.len() > 1 {
             for src in &report.sources {
-                let dropped = src
-                    .dropped
-                    .as_ref()
-                    .map_or(String::new(), |d| format!(" (dropped: {d})"));
+                let dropped = match (&src.dropped, src.answered) {
+                    (Some(d), _) => format!(" (dropped: {d})"),
+                    (None, false) => " (no answer before the pull finished)".to_string(),
+                    (None, true) => String::new(),
+                };
                 eprintln!("  from {}: {} bytes{dropped}", src.addr, src.bytes);
             }
         }

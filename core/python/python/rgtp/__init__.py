@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from . import _rgtp
 from ._errors import (
@@ -120,6 +120,11 @@ def pull(
     idle_timeout: float = 60.0,
     verify_thread: Optional[bool] = None,
     cancel: Optional[CancelToken] = None,
+    sources: Sequence[str] = (),
+    fec: str = "auto",
+    share: bool = False,
+    share_port: int = 0,
+    seed: float = 0.0,
 ) -> Dict[str, Any]:
     """Pulls ``url`` (an ``rgtp://`` URL as ``rgtp-expose`` prints it) into the file
     ``path``, verified chunk by chunk against the root, and returns the figures
@@ -128,7 +133,10 @@ def pull(
     ``datagrams_received``, ``bytes_received``, ``datagrams_sent``, ``requests``,
     ``rerequested_fragments``, ``duplicate_fragments``, ``spurious_losses``,
     ``bad_chunks``, ``handshakes``, ``resumed``, ``missing_bytes_at_start``, ``cipher``,
-    ``output``.
+    ``output``, ``repair_fragments``, ``chunks_repaired``, ``surplus_repair_fragments``,
+    ``sources_dropped``, ``sources`` (one dict per source: ``addr``, ``bytes``,
+    ``bad_chunks``, ``dropped``, ``answered``), and with ``share`` ``share_port``,
+    ``share_bytes_sent``, ``share_handshakes``, ``share_missing_sent`` (else None).
 
     Blocks (with the GIL released) until done. An interrupted pull leaves
     ``PATH.rgtp-part`` and ``PATH.rgtp-state``; the same call resumes it.
@@ -137,8 +145,9 @@ def pull(
     second with a dict whose ``kind`` is ``"waiting"`` (``elapsed``),
     ``"progress"`` (``stored``, ``total``, ``missing_at_start``, ``elapsed``,
     ``srtt``), ``"trusted"`` (``host_port``, ``key``: trusted on first use) or
-    ``"damaged"`` (``chunks``). If it raises, the pull stops (progress saved) and
-    the exception propagates. Ctrl-C (KeyboardInterrupt) also stops a pull made
+    ``"damaged"`` (``chunks``), and with ``share`` ``"sharing"`` (``addr``, the local
+    address served on) and ``"seeding"`` (``seconds``). If it raises, the pull stops
+    (progress saved) and the exception propagates. Ctrl-C (KeyboardInterrupt) also stops a pull made
     on the main thread.
 
     ``key`` pins the exposer's key (64 hex digits) over the URL's;
@@ -146,6 +155,13 @@ def pull(
     ``~/.config/rgtp/known_exposers``) for URLs that pin no key; ``connect_timeout``
     and ``idle_timeout`` (seconds) bound the wait for a first answer and for an
     exposer gone quiet; ``cancel`` is a :class:`CancelToken` another thread may set.
+
+    ``sources`` are more sources of the same root (``rgtp-pull --from``): ``HOST:PORT``
+    or ``rgtp://`` URLs; the URL must then carry ``root=``. ``fec`` is ``"auto"``
+    (repair fragments only where loss is measured), ``"off"`` or ``"K:R"``. ``share``
+    serves the verified chunks held to other pullers while pulling, on ``share_port``
+    (0: any; the ``"sharing"`` progress event and ``share_port`` give it), and ``seed`` keeps serving that
+    many seconds after the pull (inside the call; ``cancel`` ends it early).
 
     Raises a subclass of :class:`RgtpError`: :class:`KeyMismatch`,
     :class:`Unreachable`, :class:`NotFound`, :class:`Corrupt`, :class:`Cancelled`, ...
@@ -161,6 +177,11 @@ def pull(
         idle_timeout,
         verify_thread,
         cancel,
+        list(sources),
+        fec,
+        share,
+        share_port,
+        seed,
     )
 
 

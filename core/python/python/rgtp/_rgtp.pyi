@@ -1,7 +1,7 @@
 """Type hints of the native module rgtp._rgtp (PyO3)."""
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __version__: str
 
@@ -54,6 +54,11 @@ def pull(
     idle_timeout: float = 60.0,
     verify_thread: Optional[bool] = None,
     cancel: Optional[CancelToken] = None,
+    sources: List[str] = ...,
+    fec: str = "auto",
+    share: bool = False,
+    share_port: int = 0,
+    seed: float = 0.0,
 ) -> Dict[str, Any]: ...
 def expose(
     path: str,

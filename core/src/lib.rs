@@ -169,6 +169,7 @@ pub use conn::ConnConfig;
 pub use crypto::Cipher;
 pub use fec::FecMode;
 pub use keys::{KeyError, StaticKey};
+pub use puller::PullStats;
 pub use transfer::{
     default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,
     PullOptions, PullReport, PullSource, PullUpdate, ShareOptions, ShareReport, SourceReport,

@@ -277,27 +277,38 @@ pub enum PullEvent {
     Failed(PullError),
 }
 
+/// A pull's counters (`rgtp-pull --json` prints them), added up over its sources.
 #[derive(Debug, Default, Clone)]
 pub struct PullStats {
+    /// Datagrams received from the sources.
     pub datagrams_in: u64,
+    /// UDP payload bytes received.
     pub bytes_in: u64,
+    /// Datagrams sent (HELLOs and REQUESTs).
     pub datagrams_out: u64,
+    /// UDP payload bytes sent.
     pub bytes_out: u64,
+    /// REQUEST datagrams sent.
     pub requests: u64,
     /// Fragments asked for again: declared lost by their deadline or by the
     /// reordering rules.
     pub rerequested_fragments: u64,
+    /// Fragments received twice (or for chunks already whole).
     pub duplicate_fragments: u64,
     /// Fragments declared lost by the reordering rules that then arrived from their
     /// first request (each widens the reorder window, at most once per round trip).
     pub spurious_losses: u64,
+    /// Chunks that failed verification (AEAD or Merkle) and were asked for again.
     pub bad_chunks: u64,
+    /// Handshakes completed (one per source and session).
     pub handshakes: u64,
+    /// Datagrams dropped as malformed, stale or not for this pull.
     pub dropped: u64,
+    /// Content bytes verified and delivered.
     pub content_bytes: u64,
-    /// Repair fragments received while their chunk was still incomplete, and chunks
-    /// rebuilt with them.
+    /// Repair fragments received while their chunk was still incomplete.
     pub repair_fragments: u64,
+    /// Chunks rebuilt with repair fragments.
     pub chunks_repaired: u64,
     /// Repair fragments that arrived after their chunk was whole.
     pub surplus_repair: u64,

@@ -119,6 +119,8 @@ impl Endpoint {
 
     /// An endpoint drawing all its randomness from `rng`: [`Rng::os`] for real use,
     /// [`Rng::seeded_for_simulation`] so that a simulated run reproduces from its seed.
+    /// For the simulators and fuzz targets (`Rng` is not API): hidden from the docs.
+    #[doc(hidden)]
     pub fn with_rng(cfg: EndpointConfig, now: Instant, mut rng: Rng) -> Self {
         Self {
             cfg,

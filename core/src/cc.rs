@@ -198,6 +198,13 @@ impl RateControl {
         }
     }
 
+    /// A round trip measured from a request that timed out to the first answer to
+    /// it or to its second request (so at most one timeout too long): it lengthens
+    /// the timeout until the next proper sample, and touches nothing else.
+    pub fn on_late_rtt(&mut self, rtt: Duration) {
+        self.latest_rtt = self.latest_rtt.max(rtt);
+    }
+
     pub fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
         self.latest_rtt = rtt;
         self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));

@@ -383,6 +383,9 @@ struct Flight {
     sent_at: Instant,
     deadline: Instant,
     rerequested: bool,
+    /// When it was first asked for, if its deadline then passed with nothing of it
+    /// received: the first fragment to arrive after that gives a late RTT sample.
+    timed_out_from: Option<Instant>,
     /// Request order: flights asked later have higher numbers (RACK-style loss detection).
     order: u64,
     /// When the last fragment of this flight arrived.
@@ -1068,6 +1071,21 @@ impl Puller {
             if fl.got == 0 && fl.rgot == 0 && !fl.rerequested {
                 let rtt = now.saturating_duration_since(fl.sent_at);
                 self.cc.on_rtt_sample(now, rtt);
+            } else if let Some(first) = fl.timed_out_from.take() {
+                // Karn's rule drops this sample (which request does it answer?), and
+                // so a queue longer than the deadline, such as an exposer's rate cap
+                // holds on a sub-millisecond LAN, would never show in the RTT: every
+                // request timed out, was asked again, and arrived twice (15x the file
+                // for four pullers). Arriving well over a round trip after the second
+                // request, it waited in a queue whichever it answers: counted from
+                // the first request (at most one timeout too long), it raises the
+                // timeout until the next proper sample. An answer about a round trip
+                // after the second request is that request's (a lost first one, on
+                // a lossy path): no sample, as before.
+                let since_second = now.saturating_duration_since(fl.sent_at);
+                if since_second > self.cc.srtt() * 2 + Duration::from_millis(1) {
+                    self.cc.on_late_rtt(now.saturating_duration_since(first));
+                }
             }
             let start = f * per;
             if fl.buf.len() == start {
@@ -1515,6 +1533,9 @@ impl Puller {
             // repair cannot help that: asking again does).
             let partial = fl.fresh != 0 || fl.rfresh != 0;
             if now >= fl.deadline {
+                if fl.got == 0 && fl.rgot == 0 && !fl.rerequested {
+                    fl.timed_out_from = Some(fl.sent_at);
+                }
                 lost.push((key, fl.outstanding, fl.routstanding, partial));
                 fl.outstanding = 0;
                 fl.routstanding = 0;
@@ -1790,6 +1811,7 @@ impl Puller {
                     sent_at: now,
                     deadline: now,
                     rerequested: true,
+                    timed_out_from: None,
                     order: 0,
                     last_rx: None,
                     fresh: 0,
@@ -1998,6 +2020,7 @@ impl Puller {
                     sent_at: now,
                     deadline: now + rto,
                     rerequested: false,
+                    timed_out_from: None,
                     order: self.next_order,
                     last_rx: None,
                     fresh: 0,

@@ -28,8 +28,19 @@ struct Slot {
 /// `cap` bits/s; returns the pullers, the bytes sent per 100 ms of virtual time, and
 /// the time when the first puller finished.
 fn capped_pulls(seed: u64, n: usize, size: usize, cap: u64) -> (Vec<Slot>, Vec<u64>, Duration) {
+    capped_pulls_over(seed, n, size, cap, Duration::from_millis(10))
+}
+
+/// [`capped_pulls`] over a path of `delay` each way.
+fn capped_pulls_over(
+    seed: u64,
+    n: usize,
+    size: usize,
+    cap: u64,
+    delay: Duration,
+) -> (Vec<Slot>, Vec<u64>, Duration) {
     let link = LinkConfig {
-        delay: Duration::from_millis(10),
+        delay,
         // Far above the cap: the cap, not the link, is the bottleneck.
         rate: 1_000_000_000,
         queue_bytes: 16 << 20,
@@ -177,6 +188,28 @@ fn pullers_started_together_get_fair_shares() {
         assert!(
             first > Duration::from_millis(1000),
             "seed {seed}: first done at {first:?}"
+        );
+    }
+}
+
+#[test]
+fn pullers_on_a_lan_are_sent_each_chunk_about_once() {
+    // Four pullers 0.1 ms or 1 ms away from an exposer capped at 200 Mbit/s. The cap
+    // queues tens of ms at the exposer; a puller's loss deadline (its RTO, 4 ms here)
+    // fired while its requests waited in that queue, it asked again for what was only
+    // late, and the freed window let it ask for more: the exposer sent 15x the file
+    // for four pullers at 0.1 ms and 10x at 1 ms (bench-multicast.sh's unicast row).
+    // A request that timed out now gives a late RTT sample from its first answer.
+    let size = 8 << 20;
+    for (seed, delay_us) in [(11, 100), (12, 1000)] {
+        let delay = Duration::from_micros(delay_us);
+        let (slots, _, _) = capped_pulls_over(seed, 4, size, 200_000_000, delay);
+        let total: u64 = slots.iter().map(|s| s.got).sum();
+        let copies = total as f64 / size as f64;
+        println!("{delay:?}: {copies:.2}x the file for four pullers");
+        assert!(
+            copies < 4.8,
+            "seed {seed}, {delay:?}: the exposer sent {copies:.2}x the file for four pullers"
         );
     }
 }

@@ -1,0 +1,275 @@
+//! LAN multicast (issue 18) in the deterministic simulator: an exposer with a group,
+//! pullers that are its members. A datagram the exposer sends to the group is
+//! delivered to every member (a member "without a route" gets none of them), so the
+//! exposer's bytes sent show what one send to the group saves.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rgtp::exposer::{Exposer, ExposerConfig};
+use rgtp::merkle::{self, CHUNK_SIZE};
+use rgtp::puller::{PullConfig, PullEvent, Puller};
+use rgtp::sim::{LinkConfig, SimNet, SimRng};
+use rgtp::source::MemSource;
+use rgtp::wire::{self, PacketType};
+
+const EXPOSER: &str = "192.0.2.1:443";
+const GROUP: &str = "239.255.42.1:5000";
+
+struct Slot {
+    addr: SocketAddr,
+    p: Puller,
+    out: Vec<u8>,
+    done: bool,
+    /// Whether group datagrams reach this puller (its host has a multicast route).
+    routed: bool,
+}
+
+struct Outcome {
+    slots: Vec<Slot>,
+    /// Bytes the exposer sent, in all.
+    sent: u64,
+    /// Bytes the exposer sent to the group.
+    group_sent: u64,
+    suppressed: u64,
+}
+
+/// `n` pullers started together on a `size`-byte file from an exposer with the group
+/// `group` (or none); `routed(i)` says whether puller i receives the group. The link
+/// loses `data_loss` of the DATA datagrams (and no others, so that every puller
+/// starts at once: one whose handshake is lost joins late and needs a copy of its own).
+fn pulls(
+    seed: u64,
+    data_loss: f64,
+    n: usize,
+    size: usize,
+    group: Option<SocketAddrV4>,
+    routed: impl Fn(usize) -> bool,
+) -> Outcome {
+    let mut net = SimNet::new(seed, lan());
+    let mut lose = SimRng::new(seed ^ 0x5eed);
+    net.keep = Some(Box::new(move |d: &[u8]| {
+        wire::peek_type(d) != Ok(PacketType::Data) || !lose.chance(data_loss)
+    }));
+    let mut r = SimRng::new(seed);
+    let data: Arc<Vec<u8>> = Arc::new((0..size).map(|_| r.next_u64() as u8).collect());
+    let key = net.static_key();
+    let ex_addr: SocketAddr = EXPOSER.parse().unwrap();
+    let cfg = ExposerConfig {
+        multicast: group,
+        ..Default::default()
+    };
+    let mut ex = Exposer::with_rng(cfg, key.private, net.now, net.machine_rng());
+    let cvs = merkle::cvs_of_bytes(&data);
+    ex.add_exposure("file.bin", Box::new(MemSource(data.clone())), cvs);
+    let mut slots: Vec<Slot> = (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("198.51.100.{}:4000", i + 1).parse().unwrap();
+            Slot {
+                addr,
+                p: Puller::with_rng(
+                    PullConfig::new(ex_addr, "file.bin"),
+                    net.now,
+                    net.machine_rng(),
+                ),
+                out: vec![0; size],
+                done: false,
+                routed: routed(i),
+            }
+        })
+        .collect();
+    let group_addr = group.map(SocketAddr::V4);
+    let (mut sent, mut group_sent) = (0u64, 0u64);
+    let end = net.now + Duration::from_secs(120);
+    let mut iters = 0u64;
+    while slots.iter().any(|s| !s.done) && net.now < end {
+        iters += 1;
+        assert!(
+            iters < 10_000_000,
+            "seed {seed}: simulation does not progress"
+        );
+        let now = net.now;
+        while let Some(d) = net.pop_due() {
+            if d.to == ex_addr {
+                ex.handle(now, d.from, &d.data);
+            } else if Some(d.to) == group_addr {
+                for s in slots.iter_mut().filter(|s| s.routed && !s.done) {
+                    if let Some(g) = s.p.group() {
+                        assert_eq!(Some(SocketAddr::V4(g)), group_addr);
+                        s.p.handle_group(now, &d.data);
+                    }
+                }
+            } else if let Some(s) = slots.iter_mut().find(|s| s.addr == d.to) {
+                s.p.handle(now, d.from, &d.data);
+            }
+        }
+        for s in &mut slots {
+            if s.done {
+                continue;
+            }
+            if s.p.poll_timeout().is_some_and(|t| t <= now) {
+                s.p.handle_timeout(now);
+            }
+            while let Some(t) = s.p.poll_transmit(now) {
+                net.send(s.addr, &t);
+            }
+            while let Some(ev) = s.p.poll_event() {
+                match ev {
+                    PullEvent::Chunk { index, data } => {
+                        let at = index as usize * CHUNK_SIZE;
+                        s.out[at..at + data.len()].copy_from_slice(&data);
+                    }
+                    PullEvent::Done => s.done = true,
+                    PullEvent::Failed(e) => panic!("seed {seed}: {e}"),
+                    _ => {}
+                }
+            }
+        }
+        while let Some(t) = ex.poll_transmit() {
+            let b: u64 = t.datagrams().map(|d| d.len() as u64).sum();
+            sent += b;
+            if Some(t.dest) == group_addr {
+                group_sent += b;
+            }
+            net.send(ex_addr, &t);
+        }
+        let timers: Vec<Option<Instant>> = slots.iter().map(|s| s.p.poll_timeout()).collect();
+        if !net.advance_to_next(timers) {
+            break;
+        }
+    }
+    for (i, s) in slots.iter().enumerate() {
+        assert!(s.done, "seed {seed}: puller {i} did not finish");
+        assert!(s.out == *data, "seed {seed}: puller {i}: content differs");
+    }
+    Outcome {
+        slots,
+        sent,
+        group_sent,
+        suppressed: ex.group_suppressed(),
+    }
+}
+
+fn lan() -> LinkConfig {
+    LinkConfig {
+        delay: Duration::from_micros(200),
+        rate: 125_000_000,
+        queue_bytes: 4 << 20,
+        ..Default::default()
+    }
+}
+
+const SIZE: usize = 4 << 20;
+
+#[test]
+fn four_members_cost_the_exposer_about_one_copy() {
+    for seed in 0..4 {
+        let group = Some(GROUP.parse().unwrap());
+        let m = pulls(seed, 0.0, 4, SIZE, group, |_| true);
+        let x = m.sent as f64 / SIZE as f64;
+        assert!(
+            x <= 1.3,
+            "seed {seed}: the exposer sent {x:.2}x the file to four members"
+        );
+        assert!(m.group_sent as f64 >= 0.95 * m.sent as f64, "seed {seed}");
+        assert!(
+            m.suppressed > 0,
+            "seed {seed}: identical requests were not merged"
+        );
+        for s in &m.slots {
+            assert!(s.p.stats.group_datagrams > 0 && !s.p.stats.left_group);
+        }
+        // The same pulls without the group: four copies (the check above can fail).
+        let u = pulls(seed, 0.0, 4, SIZE, None, |_| true);
+        let ux = u.sent as f64 / SIZE as f64;
+        assert!(ux >= 3.5, "seed {seed}: unicast sent {ux:.2}x");
+        assert_eq!(u.group_sent, 0);
+    }
+}
+
+#[test]
+fn a_puller_the_group_does_not_reach_completes_by_unicast() {
+    for seed in 0..4 {
+        let group = Some(GROUP.parse().unwrap());
+        // Puller 0 has no multicast route: it hears nothing from the group.
+        let m = pulls(seed, 0.0, 3, SIZE, group, |i| i != 0);
+        let p0 = &m.slots[0].p.stats;
+        assert!(p0.left_group, "seed {seed}: puller 0 stayed in the group");
+        assert_eq!(p0.group_datagrams, 0);
+        for s in &m.slots[1..] {
+            assert!(!s.p.stats.left_group, "seed {seed}");
+            assert!(s.p.stats.group_datagrams > 0, "seed {seed}");
+        }
+        // One unicast copy plus about one group copy.
+        let x = m.sent as f64 / SIZE as f64;
+        assert!(x <= 2.5, "seed {seed}: sent {x:.2}x");
+    }
+}
+
+#[test]
+fn members_complete_through_loss_on_the_lan() {
+    for seed in 0..4 {
+        let group = Some(GROUP.parse().unwrap());
+        let m = pulls(seed, 0.03, 4, SIZE, group, |_| true);
+        let x = m.sent as f64 / SIZE as f64;
+        assert!(
+            x <= 1.3,
+            "seed {seed}: the exposer sent {x:.2}x at 3 % loss"
+        );
+    }
+}
+
+#[test]
+fn a_puller_that_does_not_offer_multicast_is_served_by_unicast() {
+    let group: SocketAddrV4 = GROUP.parse().unwrap();
+    let mut net = SimNet::new(1, lan());
+    let key = net.static_key();
+    let data: Arc<Vec<u8>> = Arc::new(vec![7; 64 << 10]);
+    let ex_addr: SocketAddr = EXPOSER.parse().unwrap();
+    let cfg = ExposerConfig {
+        multicast: Some(group),
+        ..Default::default()
+    };
+    let mut ex = Exposer::with_rng(cfg, key.private, net.now, net.machine_rng());
+    let cvs = merkle::cvs_of_bytes(&data);
+    ex.add_exposure("file.bin", Box::new(MemSource(data.clone())), cvs);
+    let mut c = PullConfig::new(ex_addr, "file.bin");
+    c.multicast = false;
+    let me: SocketAddr = "198.51.100.9:4000".parse().unwrap();
+    let mut p = Puller::with_rng(c, net.now, net.machine_rng());
+    let mut done = false;
+    for _ in 0..100_000 {
+        let now = net.now;
+        while let Some(d) = net.pop_due() {
+            assert_ne!(d.to, SocketAddr::V4(group), "data went to the group");
+            if d.to == ex_addr {
+                ex.handle(now, d.from, &d.data);
+            } else {
+                p.handle(now, d.from, &d.data);
+            }
+        }
+        if p.poll_timeout().is_some_and(|t| t <= now) {
+            p.handle_timeout(now);
+        }
+        while let Some(t) = p.poll_transmit(now) {
+            net.send(me, &t);
+        }
+        while let Some(ev) = p.poll_event() {
+            match ev {
+                PullEvent::Done => done = true,
+                PullEvent::Failed(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+        while let Some(t) = ex.poll_transmit() {
+            net.send(ex_addr, &t);
+        }
+        if done || !net.advance_to_next([p.poll_timeout()]) {
+            break;
+        }
+    }
+    assert!(done);
+    assert_eq!(p.group(), None);
+    assert_eq!(ex.stats.group_requests, 0);
+}

@@ -94,6 +94,8 @@ pub struct PullCmd {
     pub config_dir: PathBuf,
     /// Working directory (default: the test's).
     pub cwd: Option<PathBuf>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl PullCmd {
@@ -110,6 +112,7 @@ impl PullCmd {
                 .collect(),
             config_dir: dir.puller_cfg(),
             cwd: None,
+            netns: None,
         }
     }
 
@@ -151,7 +154,10 @@ impl PullCmd {
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        cmd
+        match &self.netns {
+            Some(ns) => crate::net::in_netns(ns, &cmd),
+            None => cmd,
+        }
     }
 
     pub fn spawn(&self, dir: &TestDir) -> Proc {

@@ -963,9 +963,11 @@ impl Puller {
         if repair && (self.auto_on || matches!(self.cfg.fec, FecMode::Fixed { .. })) {
             self.cc.set_loss_cap(REPAIR_LOSS_CAP);
         }
+        // Not for one source of a multi-source pull: its chunks are granted per
+        // source, which group data does not follow.
         let group = m
             .group
-            .filter(|_| self.cfg.multicast)
+            .filter(|_| self.cfg.multicast && !self.cfg.scheduled)
             .filter(|_| m.features.is_some_and(|f| f & wire::FEATURE_MULTICAST != 0));
         // A puller that left the group (it did not reach it) does not join again.
         if group.is_some() && !self.stats.left_group && !self.member {
@@ -1178,6 +1180,11 @@ impl Puller {
             return true;
         }
         let Some(fl) = self.flights.get_mut(&key) else {
+            if is_repair && from_group {
+                // For another member's chunk: not this puller's delivery.
+                self.stats.surplus_repair += 1;
+                return true;
+            }
             if is_repair {
                 // Asked with the chunk, which was whole without it: the margin. It
                 // crossed the path, so rate control counts it delivered (the model's

@@ -543,7 +543,9 @@ pub fn pull_from(
         cfg.ciphers = c;
     }
     cfg.fec = opts.fec;
-    cfg.multicast = opts.multicast;
+    // A multicast group serves a pull from one exposer; a multi-source pull's
+    // scheduler grants chunks per source, which group data does not follow.
+    cfg.multicast = opts.multicast && extra.is_empty();
 
     let bind: SocketAddr = if remote.is_ipv4() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rgtp::crypto::Cipher;
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::merkle::{self, CHUNK_SIZE};
 use rgtp::puller::{PullConfig, PullEvent, Puller};
@@ -198,6 +199,9 @@ fn four_members_cost_the_exposer_about_one_copy() {
         );
         for s in &m.slots {
             assert!(s.p.stats.group_datagrams > 0 && !s.p.stats.left_group);
+            // Every member opens the group's datagrams with its own session's key:
+            // one exposure id and content key for all.
+            assert_eq!(s.p.relay_keys(), m.slots[0].p.relay_keys());
         }
         // The same pulls without the group: four copies (the check above can fail).
         let u = pulls(seed, 0.0, false, 4, SIZE, None, |_| true);
@@ -239,8 +243,10 @@ fn members_complete_through_loss_on_the_lan() {
     }
 }
 
-#[test]
-fn a_puller_that_does_not_offer_multicast_is_served_by_unicast() {
+/// One pull, configured by `setup`, from an exposer with a group whose cipher is
+/// AES-256-GCM; returns whether the puller was offered the group, the exposer's
+/// GROUP REQUESTs served through the group, and the datagrams sent to the group.
+fn one_pull(setup: impl FnOnce(&mut PullConfig)) -> (bool, u64, u64) {
     let group: SocketAddrV4 = GROUP.parse().unwrap();
     let mut net = SimNet::new(1, lan());
     let key = net.static_key();
@@ -248,20 +254,30 @@ fn a_puller_that_does_not_offer_multicast_is_served_by_unicast() {
     let ex_addr: SocketAddr = EXPOSER.parse().unwrap();
     let cfg = ExposerConfig {
         multicast: Some(group),
+        cipher: Cipher::Aes256Gcm,
         ..Default::default()
     };
     let mut ex = Exposer::with_rng(cfg, key.private, net.now, net.machine_rng());
     let cvs = merkle::cvs_of_bytes(&data);
     ex.add_exposure("file.bin", Box::new(MemSource(data.clone())), cvs);
     let mut c = PullConfig::new(ex_addr, "file.bin");
-    c.multicast = false;
+    setup(&mut c);
     let me: SocketAddr = "198.51.100.9:4000".parse().unwrap();
     let mut p = Puller::with_rng(c, net.now, net.machine_rng());
     let mut done = false;
+    let mut offered = false;
+    let mut to_group = 0;
     for _ in 0..100_000 {
+        offered |= p.group().is_some();
         let now = net.now;
         while let Some(d) = net.pop_due() {
-            assert_ne!(d.to, SocketAddr::V4(group), "data went to the group");
+            if d.to == SocketAddr::V4(group) {
+                to_group += 1;
+                if p.group().is_some() {
+                    p.handle_group(now, &d.data);
+                }
+                continue;
+            }
             if d.to == ex_addr {
                 ex.handle(now, d.from, &d.data);
             } else {
@@ -289,8 +305,34 @@ fn a_puller_that_does_not_offer_multicast_is_served_by_unicast() {
         }
     }
     assert!(done);
-    assert_eq!(p.group(), None);
-    assert_eq!(ex.stats.group_requests, 0);
+    (offered, ex.stats.group_requests, to_group)
+}
+
+#[test]
+fn a_puller_that_does_not_offer_multicast_is_served_by_unicast() {
+    assert_eq!(one_pull(|c| c.multicast = false), (false, 0, 0));
+}
+
+#[test]
+fn a_puller_with_another_cipher_than_the_groups_is_served_by_unicast() {
+    // The group carries AES-256-GCM sealing; a puller offering only
+    // ChaCha20-Poly1305 could not open it, so it is not offered the group.
+    assert_eq!(
+        one_pull(|c| c.ciphers = Cipher::ChaCha20Poly1305.bit()),
+        (false, 0, 0)
+    );
+    // The same puller offering AES-256-GCM is (the check above can fail).
+    let (offered, served, sent) = one_pull(|c| c.ciphers = Cipher::Aes256Gcm.bit());
+    assert!(offered && served > 0 && sent > 0);
+}
+
+#[test]
+fn a_puller_with_another_datagram_size_is_served_by_unicast() {
+    // The group's fragments are 1200-byte datagrams; a puller asking for 600 cuts
+    // chunks differently. (One asking for more gets the exposer's 1200, and the group.)
+    assert_eq!(one_pull(|c| c.max_datagram = 600), (false, 0, 0));
+    let (offered, _, sent) = one_pull(|c| c.max_datagram = 9000);
+    assert!(offered && sent > 0);
 }
 
 #[test]

@@ -23,7 +23,8 @@
 #
 # Usage: sudo scripts/bench-multicast.sh   (root: namespaces; installs uftp and b3sum
 #   with apt-get when missing). BENCH_MCAST_ROWS picks rows (default "uftp multicast
-#   unicast"; the ratios are against UFTP's row when it ran).
+#   unicast"; the ratios are against UFTP's row when it ran). BENCH_MCAST_SLOW=50mbit
+#   makes receiver 4 a slow member (a tbf on its bridge port).
 # Bounded: each row waits at most BENCH_MCAST_ROW_TIMEOUT (default 120) s; the whole
 # script stops itself after BENCH_MCAST_TIMEOUT (default 900) s. Every exit path (also
 # Ctrl-C) kills the processes it started, by pid, and deletes its namespaces and files.
@@ -40,6 +41,7 @@ CAP_BITS=${BENCH_MCAST_CAP:-200M}      # rgtp-expose --max-rate
 CAP_UFTP=${BENCH_MCAST_CAP_UFTP:-200000} # uftp -R (Kbit/s)
 ROW_TIMEOUT=${BENCH_MCAST_ROW_TIMEOUT:-120}
 ROWS=${BENCH_MCAST_ROWS:-uftp multicast unicast}
+SLOW=${BENCH_MCAST_SLOW:-} # e.g. 50mbit: receiver 4 is a slow member
 TOTAL_TIMEOUT=${BENCH_MCAST_TIMEOUT:-900}
 GROUP=239.255.42.1:5000
 PORT=47401
@@ -114,6 +116,11 @@ done
 for ((i = 1; i <= N; i++)); do
   ip netns exec "${NS[i]}" ping -c1 -W2 "${IPS[0]}" >/dev/null || { echo "bench-multicast: bridge not up" >&2; exit 1; }
 done
+if [[ -n $SLOW ]]; then
+  # A slow member: the bridge sends to receiver N at most SLOW (a token bucket,
+  # 20 ms of queue, tail drop beyond).
+  ip netns exec "$NS_B" tc qdisc add dev "${BR[N]}" root tbf rate "$SLOW" burst 32kbit latency 20ms
+fi
 tx_bytes() { ip netns exec "${NS[0]}" cat "/sys/class/net/${DEV[0]}/statistics/tx_bytes"; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
@@ -136,7 +143,7 @@ BYTES=$(stat -c %s "$SRC")
 ROOTHASH=$(b3sum --no-names "$SRC")
 
 echo "# bench-multicast $(date -u +%Y-%m-%dT%H:%MZ) $(git rev-parse --short HEAD 2>/dev/null || echo unknown) on $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-echo "# load $(cut -d' ' -f1-3 /proc/loadavg); $SIZE file, $N receivers on a bridge (snooping off); sender capped: uftp -R $CAP_UFTP Kbit/s, rgtp-expose --max-rate $CAP_BITS bit/s"
+echo "# load $(cut -d' ' -f1-3 /proc/loadavg); $SIZE file, $N receivers on a bridge (snooping off${SLOW:+; receiver $N behind $SLOW}); sender capped: uftp -R $CAP_UFTP Kbit/s, rgtp-expose --max-rate $CAP_BITS bit/s"
 
 # Each row leaves "egress_x all_done_s byte_exact" in RES.
 RES=

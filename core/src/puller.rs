@@ -1061,12 +1061,23 @@ impl Puller {
     /// group for [`GROUP_SILENCE`] (and 4 round trips) is not reached by it (no
     /// multicast route, a switch that does not forward the group): it leaves, and
     /// completes by unicast. What it asked for and did not get is asked for again.
+    ///
+    /// A member that loses GROUP_LOSS_FLOOR or more of the fragments it asks for
+    /// (measured over at least GROUP_LOSS_SAMPLES) is slower than the group: what it
+    /// asks again would go to the group and cost every member. It leaves too.
     fn check_group(&mut self, now: Instant) {
         let silence = GROUP_SILENCE.max(self.cc.srtt() * 4);
-        if self.member
-            && self.member_requests >= GROUP_SILENT_REQUESTS
-            && now.saturating_duration_since(self.last_group_rx) >= silence
-        {
+        let silent = self.member_requests >= GROUP_SILENT_REQUESTS
+            && now.saturating_duration_since(self.last_group_rx) >= silence;
+        let slow = self.est_lost + self.est_rx >= GROUP_LOSS_SAMPLES
+            && self.measured_loss() >= GROUP_LOSS_FLOOR;
+        if self.member && (silent || slow) {
+            if slow {
+                tracing::info!(
+                    "losing {:.0} % of the group's fragments: slower than the group",
+                    self.measured_loss() * 100.0
+                );
+            }
             self.leave_group();
             // Nothing asked for as a member comes: ask again now, not after timeouts
             // that back the rate off.
@@ -1085,8 +1096,17 @@ impl Puller {
             for ((o, c), m) in lost {
                 self.retx.push_back((o, c, m));
             }
+            // Unicast is another path than the group: its rate control and the loss
+            // measured start over (else the group's loss would size repair and
+            // duplicate requests on a path that may lose nothing), keeping the
+            // round-trip time.
             self.inflight_bytes = 0;
-            self.cc.set_inflight(0);
+            self.cc = RateControl::new(now, self.cc.srtt());
+            self.cc.start_round(now);
+            self.est_lost = 0.0;
+            self.est_rx = 0.0;
+            self.auto_on = false;
+            self.next_send = now;
         }
     }
 
@@ -1139,8 +1159,9 @@ impl Puller {
         fl.last_rx = Some(now);
         fl.deadline = now + grace;
         let t = fl.deadline;
+        let whole = fl.got == fl.need;
         self.next_loss_check = Some(self.next_loss_check.map_or(t, |x| x.min(t)));
-        if fl.got == fl.need {
+        if whole {
             if let Some(fl) = self.flights.remove(&(o, chunk)) {
                 self.complete_chunk(o, chunk, fl.buf);
             }
@@ -2261,6 +2282,14 @@ const RETX_TARGET: f64 = 0.8;
 /// group for GROUP_SILENCE, leaves the group (`Puller::check_group`).
 const GROUP_SILENT_REQUESTS: u64 = 4;
 const GROUP_SILENCE: Duration = Duration::from_millis(500);
+
+/// A group member losing this share of the fragments it asks for (measured over at
+/// least GROUP_LOSS_SAMPLES fragments) cannot take the group's rate and leaves it
+/// for unicast. Loss every member shares (a lossy LAN) is repaired on the group;
+/// this floor is above it (repair serves members well at 20 %), and far below what
+/// a member behind a link at a quarter of the group's rate loses (75 %).
+const GROUP_LOSS_FLOOR: f64 = 0.4;
+const GROUP_LOSS_SAMPLES: f64 = 500.0;
 
 /// Most flights (a chunk being assembled) that group datagrams may begin: a member
 /// holds at most this many partial chunks it did not ask for (64 MiB at most), so

@@ -15,17 +15,26 @@ use crate::udp::{Receiver, Sender};
 
 /// Waits for readability with microsecond precision (pacing needs better than poll's ms).
 fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
+    wait_any_readable(&[fd], timeout)
+}
+
+/// Waits until one of `fds` (at most two) is readable, or `timeout`.
+fn wait_any_readable(fds: &[libc::c_int], timeout: Duration) -> bool {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    };
+    }; 2];
+    let n = fds.len().min(2);
+    for (p, &fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd;
+    }
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: one valid pollfd, a valid timespec and no signal mask change.
-    let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    // SAFETY: `n` (≤ 2) valid pollfds, a valid timespec and no signal mask change.
+    let r = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
     r > 0
 }
 
@@ -121,11 +130,43 @@ pub fn pull<H: PullHandler>(
     let mut rx = Receiver::default();
     let tx = Sender::default();
     let mut last_tick = Instant::now();
+    // The multicast group's socket, while a source is a member (joined when the
+    // manifest names a group, dropped when the puller leaves it).
+    let mut group: Option<(std::net::SocketAddrV4, UdpSocket)> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             return PullEnd::Interrupted;
         }
+        let wanted = p.group();
+        if group.as_ref().map(|g| g.0) != wanted {
+            group = None;
+            if let Some(g) = wanted {
+                match crate::udp::join_group(g) {
+                    Ok(s) => {
+                        tracing::info!("joined multicast group {g}");
+                        group = Some((g, s));
+                    }
+                    Err(e) => {
+                        tracing::info!("cannot join multicast group {g} ({e}): pulling by unicast");
+                        p.leave_group();
+                    }
+                }
+            }
+        }
         let mut received = 0;
+        if let Some((g, gs)) = &group {
+            for _ in 0..16 {
+                let now = Instant::now();
+                match rx.recv(gs, |_, d| p.handle_group(now, *g, d)) {
+                    Ok(0) => break,
+                    Ok(n) => received += n,
+                    Err(e) => return PullEnd::Io(e),
+                }
+                if let Some(end) = hand_out_events(p, h) {
+                    return end;
+                }
+            }
+        }
         for _ in 0..16 {
             let now = Instant::now();
             match rx.recv(sock, |from, d| p.handle(now, from, d)) {
@@ -171,7 +212,14 @@ pub fn pull<H: PullHandler>(
                 })
                 .min(Duration::from_millis(100));
             if !wait.is_zero() {
-                wait_readable(sock.as_raw_fd(), wait);
+                match &group {
+                    Some((_, gs)) => {
+                        wait_any_readable(&[sock.as_raw_fd(), gs.as_raw_fd()], wait);
+                    }
+                    None => {
+                        wait_readable(sock.as_raw_fd(), wait);
+                    }
+                }
             }
         }
     }

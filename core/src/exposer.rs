@@ -48,6 +48,12 @@ pub struct ExposerConfig {
     /// The chunk cipher chosen for pullers that offer it (others get
     /// ChaCha20-Poly1305), and the one sealed stores hold.
     pub cipher: Cipher,
+    /// The multicast group (IPv4) that members' data goes to (`--multicast`), offered
+    /// to pullers whose session has `cipher` and `max_datagram` (the group's).
+    pub multicast: Option<std::net::SocketAddrV4>,
+    /// How long a fragment sent to the group stands for every member's request of it
+    /// ([`crate::multicast::JustSent`]).
+    pub group_window: Duration,
 }
 
 impl Default for ExposerConfig {
@@ -61,6 +67,8 @@ impl Default for ExposerConfig {
             max_request_bytes: 8 << 20,
             source_rate: 4 << 30,
             cipher: Cipher::preferred(),
+            multicast: None,
+            group_window: crate::multicast::DEFAULT_WINDOW,
         }
     }
 }
@@ -93,6 +101,9 @@ pub struct ExposerStats {
     pub missing_sent: u64,
     /// Chunks named in them.
     pub missing_chunks: u64,
+    /// GROUP REQUESTs served through the multicast group, and the bytes sent to it.
+    pub group_requests: u64,
+    pub group_bytes_out: u64,
 }
 
 /// Most bytes one GSO send of repair fragments carries (the kernel's limit is 64 KiB).
@@ -195,6 +206,8 @@ pub struct Exposer {
     buckets: HashMap<IpAddr, Bucket>,
     handshake_rate: HandshakeRate,
     replay: ReplayFilter,
+    /// What was just sent to the multicast group (one send serves every member).
+    just_sent: crate::multicast::JustSent,
     scratch: Vec<u8>,
     /// When the access log last looked for quiet sources.
     last_quiet_scan: Instant,
@@ -217,11 +230,13 @@ impl Exposer {
     ) -> Self {
         let cache = CipherCache::new(config.cache_bytes);
         let repair = CipherCache::new(config.cache_bytes / 2);
+        let just_sent = crate::multicast::JustSent::new(config.group_window);
         Self {
             config,
             static_private,
             token_key: TokenKey::random(&mut rng),
             replay: ReplayFilter::new(&mut rng),
+            just_sent,
             rng,
             epoch: now,
             exposures: BTreeMap::new(),
@@ -388,7 +403,9 @@ impl Exposer {
         self.stats.bytes_in += datagram.len() as u64;
         let ok = match wire::peek_type(datagram) {
             Ok(PacketType::Hello) => self.on_hello(now, from, datagram),
-            Ok(PacketType::Request) => self.on_request(now, from, datagram),
+            Ok(PacketType::Request | PacketType::GroupRequest) => {
+                self.on_request(now, from, datagram)
+            }
             _ => false,
         };
         if !ok {
@@ -435,6 +452,20 @@ impl Exposer {
             Some(e) => {
                 let request_key: [u8; 32] = self.rng.bytes();
                 let cipher = Cipher::choose(self.config.cipher, offer);
+                // The group carries one sealing and one fragment size: offered to
+                // pullers whose session has both (every member opens every datagram).
+                let group = self.config.multicast.filter(|_| {
+                    offer & wire::OFFER_MULTICAST != 0
+                        && cipher == self.config.cipher
+                        && max_datagram as usize == self.config.max_datagram
+                });
+                let mut features = 0;
+                if offer & wire::OFFER_REPAIR != 0 {
+                    features |= wire::FEATURE_REPAIR;
+                }
+                if group.is_some() {
+                    features |= wire::FEATURE_MULTICAST;
+                }
                 let token = self.token_key.seal(
                     &TokenClaims {
                         session: true,
@@ -460,7 +491,9 @@ impl Exposer {
                     clock_ms: self.now_ms(now),
                     cipher,
                     // Said only to pullers that asked (older ones parse no such byte).
-                    features: (offer & wire::OFFER_REPAIR != 0).then_some(wire::FEATURE_REPAIR),
+                    features: (offer & (wire::OFFER_REPAIR | wire::OFFER_MULTICAST) != 0)
+                        .then_some(features),
+                    group,
                 })
             }
         };
@@ -589,6 +622,16 @@ impl Exposer {
         let granted = self.take_budget(now, from.ip());
         let mut budget = granted;
         let max_datagram = claims.max_datagram as usize;
+        // A member's data goes to the group, once for all members (the session must
+        // have the group's sealing and fragment size, as the manifest offered it).
+        let group = self.config.multicast.filter(|_| {
+            req.member
+                && claims.cipher == self.config.cipher
+                && max_datagram == self.config.max_datagram
+        });
+        if group.is_some() {
+            self.stats.group_requests += 1;
+        }
         // Chunks a sharer lacks, answered in one MISSING no larger than the request.
         let mut missing = MissingRuns::new(datagram.len());
         for item in items {
@@ -637,14 +680,33 @@ impl Exposer {
                     self.send_missing(from, req.exposure, missing);
                     return true;
                 }
+                let (dest, mask, repair) = match group {
+                    Some(g) => {
+                        let Some(e) = self.exposures.get(&req.exposure) else {
+                            break;
+                        };
+                        if index >= e.object_chunks(object) {
+                            break;
+                        }
+                        let ct_len = merkle::chunk_len(index, e.object_len(object)) + TAG_LEN;
+                        let frags = wire::fragmentation(ct_len, max_datagram).0;
+                        let key = (req.exposure, object, index as u32);
+                        let (m, r) = self.just_sent.filter(now, key, frags, mask, repair);
+                        (SocketAddr::V4(g), m, r)
+                    }
+                    None => (from, mask, repair),
+                };
                 let sent = self.send_chunk(
                     &req.exposure,
                     (object, index),
                     mask,
                     repair,
                     (max_datagram, claims.cipher),
-                    from,
+                    dest,
                 );
+                if let (Some(_), Some(n)) = (group, sent) {
+                    self.stats.group_bytes_out += n as u64;
+                }
                 match sent {
                     Some(n) => budget = budget.saturating_sub(n),
                     None if self.exposures.get(&req.exposure).is_some_and(|e| e.gone) => {
@@ -858,6 +920,12 @@ impl Exposer {
         };
         let len = ct.len();
         Some((ct, 0, len))
+    }
+
+    /// Fragments a member asked for that the group had been sent within the window
+    /// (served by that one send).
+    pub fn group_suppressed(&self) -> u64 {
+        self.just_sent.suppressed
     }
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {

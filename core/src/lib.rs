@@ -33,6 +33,9 @@
 //!   deterministic network simulator that runs them);
 //! - `shaper`: the exposer's total send-rate cap, fair between pullers (sans-IO,
 //!   between the exposer and its socket);
+//! - `multicast`: LAN multicast, the exposer's per-chunk "just sent" filter that
+//!   serves identical requests of group members with one send to the group (sans-IO;
+//!   joining the group is in `udp`);
 //! - I/O: `udp` (GSO/GRO sockets), `driver` (runs exposers and pullers), `conn::runtime`
 //!   (runs connection endpoints), `source` and `sealed` (reading exposed files, and
 //!   sealing them ahead in the background), `remembered` (roots of unchanged files
@@ -141,6 +144,8 @@ pub mod fuzzing;
 pub mod handshake;
 #[doc(hidden)]
 pub mod merkle;
+#[doc(hidden)]
+pub mod multicast;
 #[doc(hidden)]
 pub mod output;
 #[doc(hidden)]

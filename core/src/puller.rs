@@ -59,6 +59,9 @@ pub struct PullConfig {
     /// verification fails this source ([`PullError::BadSource`]) instead of being
     /// asked for again and again.
     pub scheduled: bool,
+    /// Join the exposure's multicast group when its exposer has one (IPv4; the
+    /// driver joins it, [`Puller::group`]).
+    pub multicast: bool,
 }
 
 impl PullConfig {
@@ -86,6 +89,7 @@ impl PullConfig {
             ciphers: Cipher::default_offer(),
             fec: FecMode::Auto,
             scheduled: false,
+            multicast: true,
         }
     }
 
@@ -96,7 +100,12 @@ impl PullConfig {
         } else {
             wire::OFFER_REPAIR
         };
-        self.ciphers | Cipher::ChaCha20Poly1305.bit() | repair
+        let multicast = if self.multicast {
+            wire::OFFER_MULTICAST
+        } else {
+            0
+        };
+        self.ciphers | Cipher::ChaCha20Poly1305.bit() | repair | multicast
     }
 }
 
@@ -319,6 +328,10 @@ pub struct PullStats {
     pub sources_dropped: u64,
     /// MISSING answers received (a sharer lacked chunks asked for).
     pub missing: u64,
+    /// DATA datagrams received from the multicast group, and whether this puller
+    /// left the group (it received nothing from it: the rest came by unicast).
+    pub group_datagrams: u64,
+    pub left_group: bool,
 }
 
 impl PullStats {
@@ -342,6 +355,8 @@ impl PullStats {
         self.cipher = self.cipher.or(o.cipher);
         self.sources_dropped += o.sources_dropped;
         self.missing += o.missing;
+        self.group_datagrams += o.group_datagrams;
+        self.left_group |= o.left_group;
     }
 }
 
@@ -355,6 +370,9 @@ struct Session {
     verifier: Option<std::sync::Arc<ChunkVerifier>>,
     /// The exposer serves repair fragments, and this puller asked for them.
     repair: bool,
+    /// The exposure's multicast group, when this puller asked for one and the
+    /// exposer offered it.
+    group: Option<std::net::SocketAddrV4>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,6 +423,9 @@ struct Flight {
     routstanding: u64,
     rfresh: u64,
     rnext: u8,
+    /// Begun by group datagrams this puller did not ask for: nothing is outstanding,
+    /// and at `deadline` (moved on by each arrival) what is missing is asked for.
+    group: bool,
 }
 
 enum Phase {
@@ -491,6 +512,14 @@ pub struct Puller {
     /// AUTO_OFF, so it does not flap around one value).
     auto_on: bool,
     codec: fec::Codec,
+    /// A member of the exposure's multicast group (its session has a group, and
+    /// this puller has not left it): REQUESTs go as GROUP REQUESTs.
+    member: bool,
+    /// When a group datagram last arrived (or membership began), and the chunks
+    /// REQUESTs sent as a member since: several asked and nothing from the group
+    /// means the group does not reach this puller.
+    last_group_rx: Instant,
+    member_requests: u64,
     pub stats: PullStats,
 }
 
@@ -552,6 +581,9 @@ impl Puller {
             est_rx: 0.0,
             auto_on: false,
             codec: fec::Codec::new(),
+            member: false,
+            last_group_rx: now,
+            member_requests: 0,
             stats: PullStats::default(),
             cfg,
         }
@@ -721,7 +753,7 @@ impl Puller {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         let ok = match wire::peek_type(datagram) {
-            Ok(PacketType::Data) => self.on_data(now, datagram),
+            Ok(PacketType::Data) => self.on_data(now, datagram, false),
             Ok(PacketType::Welcome) => self.on_welcome(now, datagram),
             Ok(PacketType::Retry) => self.on_retry(datagram),
             Ok(PacketType::Stale) => self.on_stale(datagram),
@@ -946,7 +978,21 @@ impl Puller {
         if repair && (self.auto_on || matches!(self.cfg.fec, FecMode::Fixed { .. })) {
             self.cc.set_loss_cap(REPAIR_LOSS_CAP);
         }
+        // Not for one source of a multi-source pull: its chunks are granted per
+        // source, which group data does not follow.
+        let group = m
+            .group
+            .filter(|_| self.cfg.multicast && !self.cfg.scheduled)
+            .filter(|_| m.features.is_some_and(|f| f & wire::FEATURE_MULTICAST != 0));
+        // A puller that left the group (it did not reach it) does not join again.
+        if group.is_some() && !self.stats.left_group && !self.member {
+            self.member = true;
+            self.last_group_rx = now;
+            self.member_requests = 0;
+        }
+        self.member &= group.is_some();
         self.session = Some(Session {
+            group,
             repair,
             cipher: ContentCipher::with(m.cipher, &m.content_key, m.exposure, m.size),
             sealer: RequestSealer::new(&m.request_key),
@@ -987,7 +1033,158 @@ impl Puller {
         (n, per, ct)
     }
 
-    fn on_data(&mut self, now: Instant, d: &[u8]) -> bool {
+    /// The multicast group to receive on: the exposure's group while this puller is
+    /// a member. The driver joins it and hands its datagrams to
+    /// [`Puller::handle_group`], or calls [`Puller::leave_group`] when it cannot.
+    pub fn group(&self) -> Option<std::net::SocketAddrV4> {
+        self.session
+            .as_ref()
+            .and_then(|s| s.group)
+            .filter(|_| self.member)
+    }
+
+    /// Stops being a group member (the group cannot be joined, or brings nothing):
+    /// from now on REQUESTs are plain and data comes by unicast.
+    pub fn leave_group(&mut self) {
+        if self.member {
+            tracing::info!("leaving the multicast group: the rest comes by unicast");
+        }
+        self.member = false;
+        self.stats.left_group = true;
+    }
+
+    /// Feeds one datagram received on the multicast group. Only DATA of this
+    /// exposure counts (it is sealed: a datagram forged by anyone on the LAN fails the
+    /// chunk's AEAD like a damaged one).
+    pub fn handle_group(&mut self, now: Instant, datagram: &[u8]) {
+        if !self.member || !matches!(self.phase, Phase::Transfer) {
+            return;
+        }
+        if wire::peek_type(datagram) != Ok(PacketType::Data) || !self.on_data(now, datagram, true) {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        self.stats.group_datagrams += 1;
+        self.last_group_rx = now;
+        self.member_requests = 0;
+        self.last_rx = now;
+    }
+
+    /// A member that has sent this many GROUP REQUESTs and heard nothing from the
+    /// group for [`GROUP_SILENCE`] (and 4 round trips) is not reached by it (no
+    /// multicast route, a switch that does not forward the group): it leaves, and
+    /// completes by unicast. What it asked for and did not get is asked for again.
+    ///
+    /// A member that loses GROUP_LOSS_FLOOR or more of the fragments it asks for
+    /// (measured over at least GROUP_LOSS_SAMPLES) is slower than the group: what it
+    /// asks again would go to the group and cost every member. It leaves too.
+    fn check_group(&mut self, now: Instant) {
+        let silence = GROUP_SILENCE.max(self.cc.srtt() * 4);
+        let silent = self.member_requests >= GROUP_SILENT_REQUESTS
+            && now.saturating_duration_since(self.last_group_rx) >= silence;
+        let slow = self.est_lost + self.est_rx >= GROUP_LOSS_SAMPLES
+            && self.measured_loss() >= GROUP_LOSS_FLOOR;
+        if self.member && (silent || slow) {
+            if slow {
+                tracing::info!(
+                    "losing {:.0} % of the group's fragments: slower than the group",
+                    self.measured_loss() * 100.0
+                );
+            }
+            self.leave_group();
+            // Nothing asked for as a member comes: ask again now, not after timeouts
+            // that back the rate off.
+            let mut lost: Vec<_> = self
+                .flights
+                .iter_mut()
+                .filter(|(_, f)| f.outstanding != 0 || f.routstanding != 0)
+                .map(|(&k, f)| {
+                    let m = f.outstanding;
+                    f.outstanding = 0;
+                    f.routstanding = 0;
+                    (k, m)
+                })
+                .collect();
+            lost.sort_unstable_by_key(|&(k, _)| k);
+            for ((o, c), m) in lost {
+                self.retx.push_back((o, c, m));
+            }
+            // Unicast is another path than the group: its rate control and the loss
+            // measured start over (else the group's loss would size repair and
+            // duplicate requests on a path that may lose nothing), keeping the
+            // round-trip time.
+            self.inflight_bytes = 0;
+            self.cc = RateControl::new(now, self.cc.srtt());
+            self.cc.start_round(now);
+            self.est_lost = 0.0;
+            self.est_rx = 0.0;
+            self.auto_on = false;
+            self.next_send = now;
+        }
+    }
+
+    /// A fragment from the group for a chunk this puller has not asked for (another
+    /// member did): begins or adds to a group flight.
+    fn on_group_fragment(&mut self, now: Instant, o: Object, chunk: u32, f: usize, payload: &[u8]) {
+        if self.object_set(o).contains(chunk as u64) {
+            self.stats.duplicate_fragments += 1;
+            return;
+        }
+        // Content before the outboard that verifies it would wait in `early`, where
+        // the request cursor does not look (it would be asked for again): such
+        // fragments are left to this puller's own requests.
+        let unverifiable = o == Object::Content && self.have.len() > 1 && self.cvs.is_empty();
+        if unverifiable || self.flights.len() >= MAX_GROUP_FLIGHTS {
+            return;
+        }
+        let (n, per, ct_len) = self.geometry(o, chunk as u64);
+        let grace = self.reorder_window() + self.cc.min_rtt();
+        let fl = self.flights.entry((o, chunk)).or_insert_with(|| Flight {
+            buf: Vec::new(),
+            got: 0,
+            need: bits(n),
+            outstanding: 0,
+            sent_at: now,
+            deadline: now,
+            rerequested: true,
+            timed_out_from: None,
+            order: 0,
+            last_rx: None,
+            fresh: 0,
+            reo_lost: 0,
+            rgot: 0,
+            repair: Vec::new(),
+            routstanding: 0,
+            rfresh: 0,
+            rnext: 0,
+            group: true,
+        });
+        let bit = 1u64 << f;
+        if fl.got & bit != 0 {
+            self.stats.duplicate_fragments += 1;
+            return;
+        }
+        if fl.buf.len() != ct_len {
+            fl.buf.resize(ct_len, 0);
+        }
+        let start = f * per;
+        fl.buf[start..start + payload.len()].copy_from_slice(payload);
+        fl.got |= bit;
+        fl.last_rx = Some(now);
+        fl.deadline = now + grace;
+        let t = fl.deadline;
+        let whole = fl.got == fl.need;
+        self.next_loss_check = Some(self.next_loss_check.map_or(t, |x| x.min(t)));
+        if whole {
+            if let Some(fl) = self.flights.remove(&(o, chunk)) {
+                self.complete_chunk(o, chunk, fl.buf);
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, d: &[u8], from_group: bool) -> bool {
         let Ok(p) = Data::decode(d) else { return false };
         let Some(sess) = &self.session else {
             return false;
@@ -1014,7 +1211,17 @@ impl Puller {
         if p.payload.len() != expect_len {
             return false;
         }
+        if from_group && !is_repair && !self.flights.contains_key(&key) {
+            let payload = p.payload.to_vec();
+            self.on_group_fragment(now, p.object, p.chunk, f, &payload);
+            return true;
+        }
         let Some(fl) = self.flights.get_mut(&key) else {
+            if is_repair && from_group {
+                // For another member's chunk: not this puller's delivery.
+                self.stats.surplus_repair += 1;
+                return true;
+            }
             if is_repair {
                 // Asked with the chunk, which was whole without it: the margin. It
                 // crossed the path, so rate control counts it delivered (the model's
@@ -1469,10 +1676,12 @@ impl Puller {
                 } else {
                     None
                 };
-                match (send, self.next_loss_check) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let group = (self.member && self.member_requests >= GROUP_SILENT_REQUESTS)
+                    .then(|| self.last_group_rx + GROUP_SILENCE.max(self.cc.srtt() * 4));
+                [send, self.next_loss_check, group]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         };
         Some(t.map_or(idle, |t| t.min(idle)))
@@ -1502,7 +1711,10 @@ impl Puller {
                     }
                 }
             }
-            Phase::Transfer => self.detect_losses(now),
+            Phase::Transfer => {
+                self.check_group(now);
+                self.detect_losses(now);
+            }
             Phase::Finished => {}
         }
     }
@@ -1526,6 +1738,15 @@ impl Puller {
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for (&key, fl) in self.flights.iter_mut() {
             if fl.outstanding == 0 && fl.routstanding == 0 {
+                if fl.group {
+                    // Begun by the group and stalled: ask for what is missing.
+                    if now >= fl.deadline {
+                        fl.group = false;
+                        lost.push((key, fl.need & !fl.got, 0, false));
+                    } else {
+                        soonest(fl.deadline);
+                    }
+                }
                 continue;
             }
             // Fragments lost from a request of which something arrived: the path's
@@ -1759,6 +1980,7 @@ impl Puller {
                 if now < self.next_send || !self.can_request() {
                     return None;
                 }
+                self.check_group(now);
                 self.build_request(now)
             }
         }
@@ -1821,6 +2043,7 @@ impl Puller {
                     routstanding: 0,
                     rfresh: 0,
                     rnext: 0,
+                    group: false,
                 });
                 let (want, rwant) = if fec_on {
                     // Any n distinct fragments make the chunk: ask for enough fresh
@@ -2030,6 +2253,7 @@ impl Puller {
                     routstanding: bits(repair),
                     rfresh: 0,
                     rnext: repair as u8,
+                    group: false,
                 },
             );
         }
@@ -2057,7 +2281,12 @@ impl Puller {
         // delay, which only makes the REQUEST look older.
         let since = now.saturating_duration_since(sess.welcomed_at).as_millis() as u64;
         let stamp = sess.m.clock_ms.saturating_add(since);
-        let mut pkt = Request::encode_header(&sess.m.exposure, &sess.m.token, self.seq, stamp);
+        let member = self.member && sess.group.is_some();
+        if member {
+            self.member_requests += 1;
+        }
+        let mut pkt =
+            Request::encode_header_as(member, &sess.m.exposure, &sess.m.token, self.seq, stamp);
         let header = pkt.clone();
         sess.sealer
             .seal(self.seq, &header, &wire::encode_items(items), &mut pkt);
@@ -2084,6 +2313,24 @@ const AUTO_ON: f64 = 0.15;
 const AUTO_OFF: f64 = 0.10;
 const AUTO_TARGET: f64 = 0.4;
 const RETX_TARGET: f64 = 0.8;
+
+/// A group member that sent this many GROUP REQUESTs, and heard nothing from the
+/// group for GROUP_SILENCE, leaves the group (`Puller::check_group`).
+const GROUP_SILENT_REQUESTS: u64 = 4;
+const GROUP_SILENCE: Duration = Duration::from_millis(500);
+
+/// A group member losing this share of the fragments it asks for (measured over at
+/// least GROUP_LOSS_SAMPLES fragments) cannot take the group's rate and leaves it
+/// for unicast. Loss every member shares (a lossy LAN) is repaired on the group;
+/// this floor is above it (repair serves members well at 20 %), and far below what
+/// a member behind a link at a quarter of the group's rate loses (75 %).
+const GROUP_LOSS_FLOOR: f64 = 0.4;
+const GROUP_LOSS_SAMPLES: f64 = 500.0;
+
+/// Most flights (a chunk being assembled) that group datagrams may begin: a member
+/// holds at most this many partial chunks it did not ask for (64 MiB at most), so
+/// datagrams forged on the LAN cannot make it commit more.
+const MAX_GROUP_FLIGHTS: usize = 4096;
 
 /// Loss the rate control compensates for when repair fragments are in use.
 const REPAIR_LOSS_CAP: f64 = 0.75;

@@ -226,6 +226,36 @@ impl Swarm {
         self.after(i, now);
     }
 
+    /// The multicast group to receive on: the first live source's that has one (a
+    /// pull from one exposer; see [`Puller::group`]).
+    pub fn group(&self) -> Option<std::net::SocketAddrV4> {
+        self.sources
+            .iter()
+            .filter(|s| s.live())
+            .find_map(|s| s.puller.group())
+    }
+
+    /// The group cannot be joined: every source stops being a member.
+    pub fn leave_group(&mut self) {
+        for s in &mut self.sources {
+            s.puller.leave_group();
+        }
+    }
+
+    /// Feeds a datagram received on multicast group `group` to the sources that are
+    /// its members.
+    pub fn handle_group(&mut self, now: Instant, group: std::net::SocketAddrV4, datagram: &[u8]) {
+        if self.finished {
+            return;
+        }
+        for i in 0..self.sources.len() {
+            if self.sources[i].live() && self.sources[i].puller.group() == Some(group) {
+                self.sources[i].puller.handle_group(now, datagram);
+                self.after(i, now);
+            }
+        }
+    }
+
     /// The next datagram to send, taking the sources in turn.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         if self.finished {

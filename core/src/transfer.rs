@@ -259,6 +259,9 @@ pub struct PullOptions {
     /// Share (`--share`): serve the verified chunks held to other pullers of the same
     /// root while pulling, and seed after.
     pub share: Option<ShareOptions>,
+    /// Join the exposure's multicast group when its exposer offers one (IPv4; on
+    /// by default; `rgtp-pull --no-multicast` turns it off).
+    pub multicast: bool,
 }
 
 /// How a pull shares what it holds (`rgtp-pull --share`).
@@ -284,6 +287,7 @@ impl Default for PullOptions {
             from: Vec::new(),
             found: Vec::new(),
             share: None,
+            multicast: true,
         }
     }
 }
@@ -542,6 +546,9 @@ pub fn pull_from(
         cfg.ciphers = c;
     }
     cfg.fec = opts.fec;
+    // A multicast group serves a pull from one exposer; a multi-source pull's
+    // scheduler grants chunks per source, which group data does not follow.
+    cfg.multicast = opts.multicast && extra.is_empty();
 
     let bind: SocketAddr = if remote.is_ipv4() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
@@ -1102,6 +1109,12 @@ pub struct ExposeOptions {
     /// Cap on the total send rate, in bits per second, shared fairly among pullers
     /// (`None`: no cap).
     pub max_rate: Option<u64>,
+    /// LAN multicast (`rgtp-expose --multicast GROUP:PORT`): the data members ask for
+    /// goes once to this IPv4 group. The exposer then binds IPv4.
+    pub multicast: Option<std::net::SocketAddrV4>,
+    /// The interface the group is sent on (`--multicast-if ADDR|IFACE`; default:
+    /// the route's).
+    pub multicast_if: Option<udp::MulticastIf>,
 }
 
 impl Default for ExposeOptions {
@@ -1118,6 +1131,8 @@ impl Default for ExposeOptions {
             rehash: false,
             max_datagram: None,
             max_rate: None,
+            multicast: None,
+            multicast_if: None,
         }
     }
 }
@@ -1305,14 +1320,38 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
             .map_err(|e| TransferError::File(format!("{}: {e}", path.display())))?;
         opened.push((name, path, src));
     }
-    let sock = udp::bind(opts.bind).map_err(|e| {
+    // The group is IPv4: so is the socket that sends to it (the default dual-stack
+    // wildcard becomes the IPv4 wildcard).
+    let bind = match (opts.multicast, opts.bind) {
+        (Some(_), SocketAddr::V6(a)) if a.ip().is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), a.port())
+        }
+        (Some(_), SocketAddr::V6(_)) => {
+            return Err(TransferError::Usage(
+                "--multicast is IPv4 only: bind an IPv4 address".into(),
+            ))
+        }
+        (_, b) => b,
+    };
+    if let Some(g) = opts.multicast {
+        if !g.ip().is_multicast() {
+            return Err(TransferError::Usage(format!(
+                "--multicast {g}: not a multicast address (224.0.0.0/4)"
+            )));
+        }
+    }
+    let sock = udp::bind(bind).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::PermissionDenied {
             " (ports below 1024 need privileges: pick another port)"
         } else {
             " (choose another port)"
         };
-        TransferError::Bind(format!("cannot bind UDP {}: {e}{hint}", opts.bind))
+        TransferError::Bind(format!("cannot bind UDP {bind}: {e}{hint}"))
     })?;
+    if opts.multicast.is_some() {
+        udp::set_multicast_out(&sock, opts.multicast_if.as_ref())
+            .map_err(|e| TransferError::Bind(format!("cannot send multicast from {bind}: {e}")))?;
+    }
     let mut hashed = Vec::new();
     let mut writers = Vec::new();
     for (name, path, src) in opened {
@@ -1333,6 +1372,7 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     });
     let mut config = ExposerConfig {
         cache_bytes: opts.cache_bytes,
+        multicast: opts.multicast,
         ..Default::default()
     };
     if let Some(c) = opts.cipher {

@@ -60,6 +60,74 @@ fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// A socket receiving IPv4 multicast group `group` (bound to the group's address
+/// and port, so it gets that group's datagrams only), joined on the interface the
+/// routing table gives for the group. Several sockets on one host may join the same
+/// group (`SO_REUSEADDR`): each gets every datagram. Fails (e.g. `ENODEV`) when no
+/// route leads to the group.
+pub fn join_group(group: SocketAddrV4) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if s.set_recv_buffer_size(SOCKET_BUFFER).is_err()
+        || s.recv_buffer_size().unwrap_or(0) < SOCKET_BUFFER
+    {
+        let _ = force_buffer(&s, libc::SO_RCVBUFFORCE);
+    }
+    s.bind(&SocketAddr::V4(group).into())?;
+    s.join_multicast_v4(group.ip(), &std::net::Ipv4Addr::UNSPECIFIED)?;
+    s.set_nonblocking(true)?;
+    let sock: UdpSocket = s.into();
+    enable_gro(&sock);
+    Ok(sock)
+}
+
+/// Where an exposer sends to its multicast group: from the interface with this
+/// IPv4 address, or the interface of this name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MulticastIf {
+    Addr(std::net::Ipv4Addr),
+    Name(String),
+}
+
+/// Makes `sock` (IPv4) send multicast through `iface` (else the route's interface),
+/// one hop only (TTL 1: the LAN), and loop it back to members on this host.
+pub fn set_multicast_out(sock: &UdpSocket, iface: Option<&MulticastIf>) -> io::Result<()> {
+    let s = socket2::SockRef::from(sock);
+    s.set_multicast_ttl_v4(1)?;
+    s.set_multicast_loop_v4(true)?;
+    match iface {
+        None => Ok(()),
+        Some(MulticastIf::Addr(a)) => s.set_multicast_if_v4(a),
+        Some(MulticastIf::Name(n)) => {
+            let name = std::ffi::CString::new(n.as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
+            // SAFETY: a NUL-terminated string that outlives the call.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: ip_mreqn is plain old data; all zeros is a valid value.
+            let mut mreq: libc::ip_mreqn = unsafe { zeroed() };
+            mreq.imr_ifindex = index as libc::c_int;
+            // SAFETY: setsockopt with a valid fd, a pointer to a live ip_mreqn and its size.
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MULTICAST_IF,
+                    &mreq as *const _ as *const libc::c_void,
+                    size_of::<libc::ip_mreqn>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+    }
+}
+
 fn force_buffer(s: &Socket, opt: libc::c_int) -> io::Result<()> {
     let v = SOCKET_BUFFER as libc::c_int;
     // SAFETY: setsockopt with a valid fd, a pointer to a live c_int and its size.

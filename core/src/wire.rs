@@ -48,6 +48,8 @@ pub enum PacketType {
     Data = 6,
     Stale = 7,
     Missing = 8,
+    /// A REQUEST from a member of the exposure's multicast group (same layout).
+    GroupRequest = 11,
 }
 
 impl PacketType {
@@ -60,6 +62,7 @@ impl PacketType {
             6 => Self::Data,
             7 => Self::Stale,
             8 => Self::Missing,
+            11 => Self::GroupRequest,
             _ => return None,
         })
     }
@@ -425,9 +428,12 @@ pub struct ManifestBody {
     /// The chunk cipher the exposer chose from the puller's offer.
     pub cipher: crate::crypto::Cipher,
     /// What the exposer serves beyond version 1's base ([`FEATURE_REPAIR`]): present
-    /// (a trailing byte) only toward a puller whose offer had [`OFFER_REPAIR`], so
-    /// pullers that predate it get the manifest they parse.
+    /// (a trailing byte) only toward a puller whose offer had [`OFFER_REPAIR`] or
+    /// [`OFFER_MULTICAST`], so pullers that predate it get the manifest they parse.
     pub features: Option<u8>,
+    /// The exposure's multicast group, present exactly when `features` has
+    /// [`FEATURE_MULTICAST`] (said only to pullers whose offer had [`OFFER_MULTICAST`]).
+    pub group: Option<std::net::SocketAddrV4>,
 }
 
 impl Manifest {
@@ -455,6 +461,9 @@ impl Manifest {
                     .u8(m.cipher.code());
                 if let Some(f) = m.features {
                     w.u8(f);
+                    if let (true, Some(g)) = (f & FEATURE_MULTICAST != 0, m.group) {
+                        w.bytes(&g.ip().octets()).u16(g.port());
+                    }
                 }
             }
         }
@@ -466,7 +475,7 @@ impl Manifest {
             1 => Manifest::NotFound,
             2 => Manifest::Gone,
             0 => {
-                let m = ManifestBody {
+                let mut m = ManifestBody {
                     exposure: r.array()?,
                     size: r.u64()?,
                     chunk_size: r.u32()?,
@@ -479,12 +488,20 @@ impl Manifest {
                     clock_ms: r.u64()?,
                     cipher: crate::crypto::Cipher::from_code(r.u8()?)
                         .ok_or(WireError::BadValue("cipher"))?,
-                    features: if r.rest_len() == 1 {
+                    features: if r.rest_len() >= 1 {
                         Some(r.u8()?)
                     } else {
                         None
                     },
+                    group: None,
                 };
+                if m.features.is_some_and(|f| f & FEATURE_MULTICAST != 0) {
+                    let ip = std::net::Ipv4Addr::from(r.array::<4>()?);
+                    if !ip.is_multicast() {
+                        return Err(WireError::BadValue("multicast group"));
+                    }
+                    m.group = Some(std::net::SocketAddrV4::new(ip, r.u16()?));
+                }
                 if m.chunk_size as usize != crate::merkle::CHUNK_SIZE {
                     return Err(WireError::BadValue("chunk size"));
                 }
@@ -542,6 +559,14 @@ pub const OFFER_REPAIR: u8 = 0x80;
 
 /// Bit of the manifest's `features` byte: this exposer serves repair fragments.
 pub const FEATURE_REPAIR: u8 = 0x01;
+
+/// Bit of the HELLO's cipher offer by which a puller says it can join a multicast
+/// group; exposers without multicast ignore it.
+pub const OFFER_MULTICAST: u8 = 0x40;
+
+/// Bit of the manifest's `features` byte: this exposure has a multicast group, whose
+/// address (IPv4, 4 bytes, and port u16) follows the byte.
+pub const FEATURE_MULTICAST: u8 = 0x02;
 
 /// Request item tag bits: one chunk (else a range), repair fragments.
 const TAG_ONE: u8 = 0x80;
@@ -672,6 +697,9 @@ pub fn decode_items(d: &[u8]) -> Result<Vec<RequestItem>, WireError> {
 /// Puller → exposer: sealed list of wanted chunks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
+    /// Sent as a GROUP REQUEST (type 11): the puller is a member of the exposure's
+    /// multicast group and takes its data there.
+    pub member: bool,
     pub exposure: ExposureId,
     pub token: &'a [u8],
     /// Nonce of the sealed body; strictly increasing per puller.
@@ -686,8 +714,26 @@ impl<'a> Request<'a> {
     /// Encodes everything up to the sealed body; the result is also the AEAD's
     /// associated data, so the header cannot be altered.
     pub fn encode_header(exposure: &ExposureId, token: &[u8], seq: u64, stamp_ms: u64) -> Vec<u8> {
+        Self::encode_header_as(false, exposure, token, seq, stamp_ms)
+    }
+
+    /// [`Request::encode_header`], as a GROUP REQUEST (type 11) when `member`: the
+    /// puller is a member of the exposure's multicast group. The type is part of the
+    /// associated data, so it cannot be changed on the path.
+    pub fn encode_header_as(
+        member: bool,
+        exposure: &ExposureId,
+        token: &[u8],
+        seq: u64,
+        stamp_ms: u64,
+    ) -> Vec<u8> {
         let mut w = Writer::with_capacity(64 + token.len());
-        w.header(PacketType::Request)
+        let t = if member {
+            PacketType::GroupRequest
+        } else {
+            PacketType::Request
+        };
+        w.header(t)
             .bytes(exposure)
             .short_bytes(token)
             .u64(seq)
@@ -701,7 +747,11 @@ impl<'a> Request<'a> {
     }
     /// Returns the packet and the length of its header (the associated data).
     pub fn decode(d: &'a [u8]) -> Result<(Request<'a>, usize), WireError> {
-        let mut r = expect(d, PacketType::Request)?;
+        let t = peek_type(d)?;
+        if !matches!(t, PacketType::Request | PacketType::GroupRequest) {
+            return Err(WireError::BadType(d[1]));
+        }
+        let mut r = expect(d, t)?;
         let exposure = r.array()?;
         let token = r.short_bytes()?;
         let seq = r.u64()?;
@@ -713,6 +763,7 @@ impl<'a> Request<'a> {
         }
         Ok((
             Request {
+                member: t == PacketType::GroupRequest,
                 exposure,
                 token,
                 seq,
@@ -963,6 +1014,7 @@ mod tests {
             clock_ms: 123_456,
             cipher: crate::crypto::Cipher::Aes256Gcm,
             features: None,
+            group: None,
         };
         let m = Manifest::Found(body.clone());
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
@@ -975,6 +1027,25 @@ mod tests {
         let mut two = enc.clone();
         two.push(0);
         assert!(Manifest::decode(&two).is_err());
+        // The multicast group follows the features byte when its bit is set, and must
+        // be a multicast address; the group's bytes without the bit are trailing bytes.
+        let mut mc = body.clone();
+        mc.features = Some(FEATURE_REPAIR | FEATURE_MULTICAST);
+        mc.group = Some("239.1.2.3:5000".parse().unwrap());
+        let enc_mc = Manifest::Found(mc.clone()).encode();
+        assert_eq!(enc_mc.len(), enc.len() + 6);
+        assert_eq!(
+            Manifest::decode(&enc_mc).unwrap(),
+            Manifest::Found(mc.clone())
+        );
+        assert!(Manifest::decode(&enc_mc[..enc_mc.len() - 1]).is_err());
+        let mut unicast = enc_mc.clone();
+        let at = unicast.len() - 6;
+        unicast[at] = 10;
+        assert!(Manifest::decode(&unicast).is_err());
+        let mut no_bit = enc_mc.clone();
+        no_bit[enc.len() - 1] = FEATURE_REPAIR;
+        assert!(Manifest::decode(&no_bit).is_err());
         // An unknown cipher code is refused, not guessed.
         let mut bad = m.encode();
         *bad.last_mut().unwrap() = 9;
@@ -1053,12 +1124,13 @@ mod tests {
         }
 
         #[test]
-        fn request_round_trip(exp in any::<[u8;16]>(), tok in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u64>(), stamp in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 16..100)) {
-            let mut pkt = Request::encode_header(&exp, &tok, seq, stamp);
+        fn request_round_trip(member in any::<bool>(), exp in any::<[u8;16]>(), tok in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u64>(), stamp in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 16..100)) {
+            let mut pkt = Request::encode_header_as(member, &exp, &tok, seq, stamp);
             let hl = pkt.len();
             pkt.extend_from_slice(&body);
             let (r, h) = Request::decode(&pkt).unwrap();
             prop_assert_eq!(h, hl);
+            prop_assert_eq!(r.member, member);
             prop_assert_eq!(r.exposure, exp);
             prop_assert_eq!(r.token, &tok[..]);
             prop_assert_eq!(r.seq, seq);

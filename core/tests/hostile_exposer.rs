@@ -35,6 +35,7 @@ fn offer(size: u64) -> (Puller, Vec<PullEvent>) {
         clock_ms: 0,
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
         features: None,
+        group: None,
     });
     let msg2 = handshake::respond(
         &ex_private,

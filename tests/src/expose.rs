@@ -64,6 +64,8 @@ pub struct ExposeOpts {
     pub cache_dir: PathBuf,
     /// More options, placed before the files.
     pub extra_args: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl ExposeOpts {
@@ -79,6 +81,7 @@ impl ExposeOpts {
             config_dir: dir.exposer_cfg(),
             cache_dir: dir.join("exposer-cache"),
             extra_args: Vec::new(),
+            netns: None,
         }
     }
     pub fn port(mut self, p: u16) -> Self {
@@ -117,7 +120,10 @@ impl ExposeOpts {
         cmd.args(&self.extra_args);
         cmd.arg("--");
         cmd.args(&self.files);
-        cmd
+        match &self.netns {
+            Some(ns) => crate::net::in_netns(ns, &cmd),
+            None => cmd,
+        }
     }
 
     /// Starts the exposer and waits (bounded) for its `listening on` line.

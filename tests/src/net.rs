@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A UDP port on `ip` that nothing listens on (bound then released).
@@ -77,4 +78,23 @@ pub fn udp_bound_in(pid: u32, port: u16) -> bool {
         port,
         None,
     )
+}
+
+/// `cmd` run inside network namespace `ns` (`ip netns exec NS ...`), with the same
+/// arguments, environment and working directory.
+pub fn in_netns(ns: &str, cmd: &Command) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
 }

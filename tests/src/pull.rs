@@ -97,6 +97,8 @@ pub struct PullCmd {
     pub config_dir: PathBuf,
     /// Working directory (default: the test's).
     pub cwd: Option<PathBuf>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl PullCmd {
@@ -113,6 +115,7 @@ impl PullCmd {
                 .collect(),
             config_dir: dir.puller_cfg(),
             cwd: None,
+            netns: None,
         }
     }
 
@@ -154,7 +157,10 @@ impl PullCmd {
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        cmd
+        match &self.netns {
+            Some(ns) => crate::net::in_netns(ns, &cmd),
+            None => cmd,
+        }
     }
 
     pub fn spawn(&self, dir: &TestDir) -> Proc {

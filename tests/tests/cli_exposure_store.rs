@@ -314,6 +314,7 @@ fn an_exposer_choosing_a_cipher_not_offered_is_refused() {
         clock_ms: 0,
         cipher: Cipher::Aes256Gcm,
         features: None,
+        group: None,
     });
     let msg2 = respond(
         &key,

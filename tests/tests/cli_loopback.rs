@@ -616,6 +616,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
         clock_ms: 0,
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
         features: None,
+        group: None,
     });
     let msg2 = respond(
         &key,

@@ -115,6 +115,17 @@ struct Args {
     /// Default: no cap.
     #[arg(long, value_name = "RATE", value_parser = rgtp_cli::parse_rate)]
     max_rate: Option<u64>,
+    /// LAN multicast: send the data that pullers on this LAN ask for once to this
+    /// IPv4 group (e.g. 239.255.42.1:5000) instead of to each. Pullers learn the group
+    /// in the handshake and join it; requests stay unicast and authenticated, and the
+    /// group carries sealed data only. Binds IPv4. Pair it with --max-rate (the
+    /// group's rate: members that cannot take it leave for unicast).
+    #[arg(long, value_name = "GROUP:PORT")]
+    multicast: Option<std::net::SocketAddrV4>,
+    /// The interface to send the group on: its IPv4 address or its name (default:
+    /// the route to the group's).
+    #[arg(long, value_name = "ADDR|IFACE", requires = "multicast")]
+    multicast_if: Option<String>,
     /// Memory for cached ciphertext shared by all pullers, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
@@ -171,6 +182,11 @@ fn main() -> ExitCode {
         },
         rehash: args.rehash,
         max_rate: args.max_rate,
+        multicast: args.multicast,
+        multicast_if: args.multicast_if.as_deref().map(|s| match s.parse() {
+            Ok(a) => rgtp::udp::MulticastIf::Addr(a),
+            Err(_) => rgtp::udp::MulticastIf::Name(s.to_string()),
+        }),
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();

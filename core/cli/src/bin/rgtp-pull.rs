@@ -50,7 +50,9 @@ them elsewhere. --seed SECS keeps serving that long after the pull finished.
            surplus_repair_fragments (came after their chunk was whole), duplicate_fragments, spurious_losses, bad_chunks,
            handshakes (counts), resumed (bool), missing_bytes_at_start (bytes),
            cipher (the chunk cipher the exposer chose), output (path, or \"-\"
-           for stdout), sources_dropped (count), sources (one object per source,
+           for stdout), group_datagrams (DATA received from the multicast group),
+           left_group (bool: the group brought nothing, the rest came by unicast),
+           sources_dropped (count), sources (one object per source,
            SOURCE first: addr (HOST:PORT), bytes (content bytes it delivered),
            bad_chunks (count), dropped (why it was dropped, or null), answered
            (bool: it completed a handshake)),
@@ -164,6 +166,11 @@ struct Args {
     /// fragments are pulled from as with off.
     #[arg(long, default_value = "auto", value_name = "MODE", value_parser = parse_fec)]
     fec: rgtp::FecMode,
+    /// Do not join the exposure's multicast group (by default a puller joins the
+    /// group its exposer names, IPv4, and takes data there; with no multicast route
+    /// it notices and pulls by unicast).
+    #[arg(long)]
+    no_multicast: bool,
     /// Known-exposers file (default: $RGTP_CONFIG_DIR/known_exposers).
     #[arg(long)]
     known_exposers: Option<PathBuf>,
@@ -311,6 +318,7 @@ fn run(args: Args) -> Result<(), Failure> {
             rgtp_cli::CipherChoice::Only(c) => Some(c.bit()),
         },
         fec: args.fec,
+        multicast: !args.no_multicast,
         from: args.from.clone(),
         ..Default::default()
     };
@@ -494,6 +502,8 @@ fn run(args: Args) -> Result<(), Failure> {
             "missing_bytes_at_start": missing_at_start,
             "cipher": s.cipher.map(|c| c.name()),
             "output": shown_path,
+            "group_datagrams": s.group_datagrams,
+            "left_group": s.left_group,
             "sources_dropped": s.sources_dropped,
             "share_port": report.share.as_ref().map(|sh| sh.addr.port()),
             "share_bytes_sent": report.share.as_ref().map(|sh| sh.bytes_out),

@@ -264,12 +264,12 @@ fn a_member_slower_than_the_group_leaves_it_for_unicast() {
         for s in &m.slots[1..] {
             assert!(!s.p.stats.left_group, "seed {seed}");
         }
-        // About one group copy and one unicast copy (2.2-2.3x in seeds 1-3); seed 0
-        // reaches 7.2x: after leaving, its unicast pull re-asks much at once and
-        // meets the unicast re-request storm (docs/BENCHMARKS.md). Without the loss
-        // floor the slow member's re-requests go to the group for the whole pull.
+        // About one group copy and one unicast copy (2.15-2.25x). Seed 0 reached 7.2x
+        // while a request that timed out in the exposer's queue was asked again and
+        // sent twice (fixed with late RTT samples, sim_rate_cap.rs). Without the
+        // loss floor the slow member's re-requests go to the group for the whole pull.
         let x = m.sent as f64 / SIZE as f64;
-        assert!(x <= 8.0, "seed {seed}: sent {x:.2}x with one slow member");
+        assert!(x <= 3.0, "seed {seed}: sent {x:.2}x with one slow member");
     }
 }
 

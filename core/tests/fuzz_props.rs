@@ -155,9 +155,9 @@ proptest! {
     }
 
     /// A real exchange under every set-up (RETRY, forced repair fragments, a sharer
-    /// answering MISSING) with random mutations in flight.
+    /// answering MISSING, a multicast group) with random mutations in flight.
     #[test]
-    fn packet_parser_exchange(setup in 0u8..8, muts in prop::collection::vec(any::<u8>(), 0..60)) {
+    fn packet_parser_exchange(setup in 0u8..16, muts in prop::collection::vec(any::<u8>(), 0..60)) {
         let mut v = vec![1u8, setup];
         v.extend(muts);
         fuzzing::packet_parser(&v);

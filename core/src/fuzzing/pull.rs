@@ -12,7 +12,9 @@
 //!   accepts must be the exposed bytes. Byte 1's bits choose the set-up: bit 0 the
 //!   exposer demands a RETRY, bit 1 the puller asks for repair fragments whatever the
 //!   loss (`--fec 4:2`), bit 2 the exposer is a sharer holding chunks 0 and 2 only (so
-//!   it answers MISSING for the others).
+//!   it answers MISSING for the others), bit 3 the exposer has a multicast group that
+//!   the puller joins (its group datagrams go, mutated too, to the puller's group
+//!   input).
 
 use super::{mutate, parse_mutations, split_datagrams};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +34,9 @@ const EXPOSER_ADDR: SocketAddr =
 const PULLER_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 50000);
 const PRIVATE_KEY: [u8; 32] = [7; 32];
+/// The exposer's multicast group in the multicast set-up.
+const GROUP: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(Ipv4Addr::new(239, 255, 42, 1), 5000);
 /// Three full chunks and a partial one.
 const CONTENT_LEN: usize = 3 * CHUNK_SIZE + 1234;
 
@@ -40,14 +45,15 @@ fn content() -> Arc<Vec<u8>> {
 }
 
 fn exposer(now: Instant, retry_threshold: u32) -> Exposer {
-    exposer_of(now, retry_threshold, false)
+    exposer_of(now, retry_threshold, false, false)
 }
 
 /// An exposer of [`content`]; `partial`: a sharer's relayed exposure holding chunks 0
-/// and 2 only.
-fn exposer_of(now: Instant, retry_threshold: u32, partial: bool) -> Exposer {
+/// and 2 only; `group`: with the multicast group [`GROUP`].
+fn exposer_of(now: Instant, retry_threshold: u32, partial: bool, group: bool) -> Exposer {
     let cfg = ExposerConfig {
         retry_threshold,
+        multicast: group.then_some(GROUP),
         ..ExposerConfig::default()
     };
     // Ids, keys and nonces from fixed seeds (here and in the pullers), so that an input
@@ -154,9 +160,16 @@ fn exchange(data: &[u8]) {
     let setup = data.first().copied().unwrap_or(0);
     let retry_threshold = if setup & 1 == 1 { 0 } else { 1000 };
     let muts = parse_mutations(data.get(1..).unwrap_or(&[]), 256);
-    let mut ex = exposer_of(start, retry_threshold, setup & 4 == 4);
+    let group = setup & 8 == 8;
+    let mut ex = exposer_of(start, retry_threshold, setup & 4 == 4, group);
     let mut cfg = PullConfig::new(EXPOSER_ADDR, "f");
     cfg.idle_timeout = Duration::from_secs(5);
+    if group {
+        // The group is offered to sessions of its datagram size (a LAN's, not
+        // loopback's).
+        cfg.multicast = true;
+        cfg.loopback_max_datagram = cfg.max_datagram;
+    }
     if setup & 2 == 2 {
         cfg.fec = FecMode::Fixed { k: 4, r: 2 };
     }
@@ -174,7 +187,11 @@ fn exchange(data: &[u8]) {
             }
         }
         while let Some(t) = ex.poll_transmit() {
-            assert_eq!(t.dest, PULLER_ADDR, "exposer answers only the sender");
+            let to_group = group && t.dest == std::net::SocketAddr::V4(GROUP);
+            assert!(
+                t.dest == PULLER_ADDR || to_group,
+                "exposer answers only the sender (or its group)"
+            );
             for d in t.datagrams() {
                 // Loopback peers get loopback-sized datagrams (PROTOCOL.md); the
                 // assertion predated that and failed on the first seed.
@@ -185,7 +202,11 @@ fn exchange(data: &[u8]) {
                 };
                 assert!(d.len() <= limit, "oversized datagram");
                 for d in mutate(counter, &d, &muts, 0) {
-                    p.handle(now, EXPOSER_ADDR, &d);
+                    if to_group {
+                        p.handle_group(now, &d);
+                    } else {
+                        p.handle(now, EXPOSER_ADDR, &d);
+                    }
                 }
                 counter = counter.wrapping_add(1);
             }
@@ -199,7 +220,7 @@ fn exchange(data: &[u8]) {
             }
         }
         if finished || p.is_finished() {
-            check_clean_exchange(setup, muts.is_empty(), &ex, done);
+            check_clean_exchange(setup, muts.is_empty(), &ex, &p, done);
             return;
         }
         match p.poll_timeout() {
@@ -211,17 +232,24 @@ fn exchange(data: &[u8]) {
             p.handle_timeout(now);
         }
     }
-    check_clean_exchange(setup, muts.is_empty(), &ex, done);
+    check_clean_exchange(setup, muts.is_empty(), &ex, &p, done);
 }
 
 /// An unmutated exchange must do what its set-up says, so that the set-ups really
 /// reach the paths they are for: a full exposer completes (with repair fragments sent
-/// when forced), a sharer missing chunks answers MISSING.
-fn check_clean_exchange(setup: u8, clean: bool, ex: &Exposer, done: bool) {
+/// when forced), a sharer missing chunks answers MISSING, a group carries the data.
+fn check_clean_exchange(setup: u8, clean: bool, ex: &Exposer, p: &Puller, done: bool) {
     if !clean {
         return;
     }
     let st = &ex.stats;
+    if setup & 8 == 8 && setup & 4 == 0 {
+        assert!(st.group_requests > 0, "the group was never asked for data");
+        assert!(
+            p.stats.group_datagrams > 0,
+            "nothing came through the group"
+        );
+    }
     if setup & 4 == 4 {
         assert!(st.missing_sent > 0, "the sharer never answered MISSING");
     } else {

@@ -93,6 +93,8 @@ pub struct ExposerStats {
     pub missing_sent: u64,
     /// Chunks named in them.
     pub missing_chunks: u64,
+    /// PEX queries answered with PEERS (peer exchange, have summaries).
+    pub peers_sent: u64,
 }
 
 /// Most bytes one GSO send of repair fragments carries (the kernel's limit is 64 KiB).
@@ -126,6 +128,9 @@ struct Exposure {
     /// The source failed a read (the file shrank or became unreadable): the exposure
     /// can no longer be served as offered, and pullers are told so.
     gone: bool,
+    /// A sharer's relay of another exposer's exposure (`add_relayed_exposure`): its
+    /// PEERS carry a have summary.
+    relayed: bool,
 }
 
 impl Exposure {
@@ -198,6 +203,8 @@ pub struct Exposer {
     scratch: Vec<u8>,
     /// When the access log last looked for quiet sources.
     last_quiet_scan: Instant,
+    /// Who shares which exposure (peer exchange), bounded per exposure.
+    sharers: crate::pex::Sharers,
     pub stats: ExposerStats,
 }
 
@@ -234,6 +241,7 @@ impl Exposer {
             handshake_rate: HandshakeRate::new(now),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             last_quiet_scan: now,
+            sharers: crate::pex::Sharers::default(),
             stats: ExposerStats::default(),
         }
     }
@@ -248,7 +256,7 @@ impl Exposer {
     ) -> ExposureInfo {
         let id: ExposureId = self.rng.bytes();
         let content_key: [u8; 32] = self.rng.bytes();
-        self.insert_exposure(name, source, cvs, id, content_key)
+        self.insert_exposure(name, source, cvs, id, content_key, false)
     }
 
     /// Publishes, under `name`, a relay of another exposer's exposure (a sharer):
@@ -266,7 +274,7 @@ impl Exposer {
         id: ExposureId,
         content_key: [u8; 32],
     ) -> ExposureInfo {
-        self.insert_exposure(name, source, cvs, id, content_key)
+        self.insert_exposure(name, source, cvs, id, content_key, true)
     }
 
     fn insert_exposure(
@@ -276,6 +284,7 @@ impl Exposer {
         cvs: Vec<Hash>,
         id: ExposureId,
         content_key: [u8; 32],
+        relayed: bool,
     ) -> ExposureInfo {
         let size = source.size();
         let chunk_count = merkle::chunk_count(size);
@@ -301,11 +310,13 @@ impl Exposer {
                 sealed: None,
                 _sealer: None,
                 gone: false,
+                relayed,
             },
         );
         if let Some(old) = self.by_name.insert(name.to_string(), id) {
             if old != id {
                 self.exposures.remove(&old);
+                self.sharers.retain(|e| *e != old);
             }
         }
         info
@@ -389,6 +400,7 @@ impl Exposer {
         let ok = match wire::peek_type(datagram) {
             Ok(PacketType::Hello) => self.on_hello(now, from, datagram),
             Ok(PacketType::Request) => self.on_request(now, from, datagram),
+            Ok(PacketType::Pex) => self.on_pex(now, from, datagram),
             _ => false,
         };
         if !ok {
@@ -460,7 +472,8 @@ impl Exposer {
                     clock_ms: self.now_ms(now),
                     cipher,
                     // Said only to pullers that asked (older ones parse no such byte).
-                    features: (offer & wire::OFFER_REPAIR != 0).then_some(wire::FEATURE_REPAIR),
+                    features: (offer & wire::OFFER_REPAIR != 0)
+                        .then_some(wire::FEATURE_REPAIR | wire::FEATURE_PEX),
                 })
             }
         };
@@ -666,6 +679,84 @@ impl Exposer {
         true
     }
 
+    /// A PEX (peer exchange, `pex.rs`): served like a REQUEST (a valid session token
+    /// for this address, a body that opens, fresh), it records the asker as a sharer
+    /// of the exposure when it names a port, and is answered with PEERS: the other
+    /// current sharers and, from a sharer, which chunks it holds. The answer is never
+    /// larger than the PEX (an authenticated, padded datagram from a validated
+    /// address): no amplification.
+    fn on_pex(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok((pex, header_len)) = crate::pex::Pex::decode(datagram) else {
+            return false;
+        };
+        let now_ms = self.now_ms(now);
+        let Some(claims) = self.token_key.open(pex.token).filter(|c| {
+            c.session
+                && c.exposure == pex.exposure
+                && same_addr(&c.addr, &from)
+                && c.expires_ms >= now_ms
+                && self.exposures.get(&pex.exposure).is_some_and(|e| !e.gone)
+        }) else {
+            // Not answered (the puller's REQUESTs get the STALE that matters).
+            return false;
+        };
+        let sealer = RequestSealer::new(&claims.request_key);
+        let Some(plain) = sealer.open(pex.seq, &datagram[..header_len], pex.sealed) else {
+            return false;
+        };
+        let Ok(body) = crate::pex::PexBody::decode(&plain) else {
+            return false;
+        };
+        match self.replay.check(now_ms, pex.stamp_ms, pex.tag()) {
+            Verdict::Fresh => {}
+            Verdict::Replay => {
+                self.stats.replays += 1;
+                return true;
+            }
+            Verdict::Stale => {
+                self.stats.stale_stamps += 1;
+                return true;
+            }
+        }
+        self.sharers.note(pex.exposure, from, body.share_port, now);
+        let room = crate::pex::body_room(datagram.len());
+        let Some(e) = self.exposures.get(&pex.exposure) else {
+            return false;
+        };
+        let mut peers = self.sharers.list(
+            &pex.exposure,
+            from,
+            body.share_port,
+            now,
+            crate::pex::MAX_PEERS_SENT,
+        );
+        peers.truncate(room.saturating_sub(1 + 9) / 18);
+        let have = if e.relayed {
+            let source = e.source.clone();
+            crate::pex::Have::summarise(
+                body.have_from,
+                e.chunk_count,
+                room.saturating_sub(crate::pex::peers_len(peers.len())),
+                |i| source.has(i),
+            )
+        } else {
+            crate::pex::Have::All
+        };
+        let pkt = crate::pex::seal_peers(
+            &claims.request_key,
+            &pex.exposure,
+            &crate::pex::PeersBody { peers, have },
+            &mut self.rng,
+        );
+        // Never more than the PEX that asked.
+        if pkt.is_empty() || pkt.len() > datagram.len() {
+            return true;
+        }
+        self.stats.peers_sent += 1;
+        self.send(Transmit::single(from, pkt));
+        true
+    }
+
     /// Answers the chunks of a request this (sharing) exposure does not hold.
     fn send_missing(&mut self, to: SocketAddr, exposure: ExposureId, m: MissingRuns) {
         if m.runs.is_empty() {
@@ -858,6 +949,12 @@ impl Exposer {
         };
         let len = ct.len();
         Some((ct, 0, len))
+    }
+
+    /// Sharers remembered for peer exchange, over every exposure (bounded by
+    /// [`crate::pex::MAX_SHARERS`] per exposure).
+    pub fn sharers_known(&self) -> usize {
+        self.sharers.len()
     }
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {

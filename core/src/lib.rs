@@ -144,6 +144,8 @@ pub mod merkle;
 #[doc(hidden)]
 pub mod output;
 #[doc(hidden)]
+pub mod pex;
+#[doc(hidden)]
 pub mod puller;
 #[doc(hidden)]
 pub mod rng;

@@ -21,8 +21,24 @@ use std::time::{Duration, Instant};
 
 use crate::bitset::ChunkSet;
 use crate::merkle::CHUNK_SIZE;
-use crate::puller::{BadChunk, PullError, PullEvent, PullStats, Puller};
+use crate::pex::{Have, PeersBody, PexBody};
+use crate::puller::{BadChunk, PullConfig, PullError, PullEvent, PullStats, Puller};
+use crate::rng::Rng;
 use crate::transmit::Transmit;
+
+/// How often a full source (the origin) is asked for its sharers (a PEX is one 1200-byte datagram).
+const PEX_ORIGIN_EVERY: Duration = Duration::from_millis(500);
+/// How often a sharer is asked which chunks it holds.
+const PEX_SHARER_EVERY: Duration = Duration::from_millis(250);
+/// How often one refill of a full source jumps to a random point when it meets
+/// chunks sharers hold (then it scans on).
+const MAX_JUMPS: u32 = 8;
+/// A chunk this close after one a growing sharer holds is left to that sharer's
+/// puller (see `Swarm::shadowed`).
+const SHADOW: u64 = 64;
+const SHADOW_FRESH: Duration = Duration::from_secs(1);
+/// Most sources peer exchange adds to one pull.
+pub const MAX_FOUND: usize = 16;
 
 /// A source silent this long with chunks granted, while others serve, is dropped.
 /// At least this, or 8 smoothed round trips.
@@ -60,6 +76,17 @@ pub struct Source {
     /// may hold them by then).
     lacks: ChunkSet,
     lacks_since: Option<Instant>,
+    /// Found by peer exchange: a sharer, granted only chunks its have summary says it
+    /// holds (`None`: a full source, which holds every chunk).
+    holds: Option<ChunkSet>,
+    /// When it is next sent a PEX (peer exchange), and from which chunk its have
+    /// summary is asked.
+    next_pex: Option<Instant>,
+    have_from: u32,
+    /// When its have summary last grew.
+    grew_at: Option<Instant>,
+    /// No peer-exchange refill before then (the last scan found nothing for it).
+    next_refill: Option<Instant>,
 }
 
 impl Source {
@@ -105,6 +132,30 @@ pub struct Swarm {
     finished: bool,
     /// Which source's transmits come first next time (round robin).
     rr: usize,
+    /// Sources are granted chunks (several, or peer exchange that may add some).
+    scheduled: bool,
+    /// Peer exchange, when on.
+    pex: Option<PexState>,
+}
+
+/// Peer exchange in a swarm ([`Swarm::enable_pex`]).
+pub struct PexConfig {
+    /// The session settings of sources found (the remote, key and resume replaced).
+    pub template: PullConfig,
+    /// Randomness for the sources found and for the order chunks are asked from
+    /// full sources in.
+    pub rng: Rng,
+}
+
+struct PexState {
+    template: PullConfig,
+    rng: Rng,
+    /// The port this puller shares on, once it shares (0: it does not).
+    share_port: u16,
+    /// Every address a source was made for (none is added twice).
+    known: Vec<SocketAddr>,
+    found: usize,
+    out: VecDeque<Transmit>,
 }
 
 impl Swarm {
@@ -134,6 +185,11 @@ impl Swarm {
                     busy_since: None,
                     lacks: ChunkSet::new(0),
                     lacks_since: None,
+                    holds: None,
+                    next_pex: None,
+                    have_from: 0,
+                    grew_at: None,
+                    next_refill: None,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -144,11 +200,167 @@ impl Swarm {
             recheck: Recheck::None,
             events,
             rr: 0,
+            scheduled: multi,
+            pex: None,
         }
     }
 
+    /// Turns peer exchange on (before the pull starts): every source that speaks it
+    /// is asked for the sharers it knows (a full source every second) and which
+    /// chunks it holds (a sharer every 250 ms), and each sharer named becomes a
+    /// source (at most [`MAX_FOUND`]). Sources are then always granted chunks: full
+    /// ones from a random point on and only chunks no known sharer holds, sharers
+    /// only chunks they hold. So pullers started together ask the origin for
+    /// different chunks and take the rest from each other.
+    pub fn enable_pex(&mut self, mut cfg: PexConfig) {
+        if self.started {
+            return;
+        }
+        cfg.template.scheduled = true;
+        cfg.template.resume = None;
+        cfg.template.pinned_key = None;
+        for s in &mut self.sources {
+            s.puller.set_scheduled(true);
+        }
+        self.scheduled = true;
+        self.pex = Some(PexState {
+            known: self.sources.iter().map(|s| s.addr()).collect(),
+            template: cfg.template,
+            rng: cfg.rng,
+            share_port: 0,
+            found: 0,
+            out: VecDeque::new(),
+        });
+    }
+
+    /// This puller now shares the root on `port` (told to every source in its next
+    /// PEX).
+    pub fn set_share_port(&mut self, port: u16) {
+        if let Some(p) = self.pex.as_mut() {
+            p.share_port = port;
+        }
+        for s in &mut self.sources {
+            s.next_pex = None;
+        }
+    }
+
+    /// Adds `addr` as a sharer of the root (found by peer exchange), unless it is
+    /// known already or the limit is reached. Returns whether it was added.
+    pub fn add_found(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let Some(p) = self.pex.as_mut() else {
+            return false;
+        };
+        let family = self.sources.first().map(|s| s.addr().is_ipv4());
+        if p.found >= MAX_FOUND
+            || p.known.contains(&addr)
+            || family.is_some_and(|v4| v4 != addr.is_ipv4())
+        {
+            return false;
+        }
+        p.known.push(addr);
+        p.found += 1;
+        let mut cfg = p.template.clone();
+        cfg.remote = addr;
+        let rng = p.rng.fork();
+        tracing::info!("peer exchange: sharer {addr} added");
+        self.sources.push(Source {
+            puller: Puller::with_rng(cfg, now, rng),
+            dropped: None,
+            assigned: ChunkSet::new(0),
+            pending: 0,
+            started: false,
+            next_steal: None,
+            busy_since: None,
+            lacks: ChunkSet::new(0),
+            lacks_since: None,
+            holds: Some(ChunkSet::new(self.have.len())),
+            next_pex: None,
+            have_from: 0,
+            grew_at: None,
+            next_refill: None,
+        });
+        true
+    }
+
     fn multi(&self) -> bool {
-        self.sources.len() > 1
+        self.scheduled
+    }
+
+    /// Sends the PEX queries due.
+    fn pex_tick(&mut self, now: Instant) {
+        let Some(p) = self.pex.as_mut() else {
+            return;
+        };
+        for s in &mut self.sources {
+            if s.dropped.is_some() || s.next_pex.is_some_and(|t| now < t) {
+                continue;
+            }
+            let body = PexBody {
+                share_port: p.share_port,
+                have_from: s.have_from,
+            };
+            if let Some(t) = s.puller.pex_query(now, body) {
+                p.out.push_back(t);
+                let every = if s.holds.is_some() {
+                    PEX_SHARER_EVERY
+                } else {
+                    PEX_ORIGIN_EVERY
+                };
+                s.next_pex = Some(now + every);
+            }
+        }
+    }
+
+    /// A PEERS answer from source `i`: new sharers, and what `i` holds.
+    fn on_peers(&mut self, i: usize, body: PeersBody, now: Instant) {
+        for a in body.peers {
+            self.add_found(a, now);
+        }
+        let len = self.have.len();
+        let s = &mut self.sources[i];
+        let (Some(h), Have::Bits { first, count, .. }) = (s.holds.as_mut(), &body.have) else {
+            return;
+        };
+        if h.len() != len {
+            *h = ChunkSet::new(len);
+        }
+        let (first, count) = (*first as u64, *count as u64);
+        for c in first..(first + count).min(len) {
+            if body.have.holds(c) == Some(true) {
+                if h.insert(c) {
+                    s.grew_at = Some(now);
+                }
+            } else {
+                h.remove(c);
+            }
+        }
+        let next = first + count;
+        s.have_from = if next >= len { 0 } else { next as u32 };
+        for j in 0..self.sources.len() {
+            self.refill(j, now);
+        }
+    }
+
+    /// Whether chunk `c` (held by no sharer) is likely being pulled from the origin
+    /// by a sharer right now: it follows, within [`SHADOW`] chunks, a chunk that a
+    /// sharer whose summary grew in the last [`SHADOW_FRESH`] holds (the front of
+    /// that puller's run through the file).
+    fn shadowed(&self, c: u64, now: Instant) -> bool {
+        let from = c.saturating_sub(SHADOW);
+        self.sources.iter().any(|s| {
+            s.live()
+                && s.grew_at.is_some_and(|t| now < t + SHADOW_FRESH)
+                && s.holds
+                    .as_ref()
+                    .is_some_and(|h| h.first_present_from(from).is_some_and(|x| x < c))
+        })
+    }
+
+    /// Whether a live sharer (found by peer exchange, handshake done) holds `c`.
+    fn sharer_holds(&self, c: u64) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.live() && s.started && s.holds.as_ref().is_some_and(|h| h.contains(c)))
     }
 
     /// The sources, in the order given.
@@ -231,6 +443,10 @@ impl Swarm {
         if self.finished {
             return None;
         }
+        self.pex_tick(now);
+        if let Some(t) = self.pex.as_mut().and_then(|p| p.out.pop_front()) {
+            return Some(t);
+        }
         let n = self.sources.len();
         for k in 0..n {
             let i = (self.rr + k) % n;
@@ -262,6 +478,12 @@ impl Swarm {
             if let Some(t) = stall_at(s).filter(|_| live > 1) {
                 at(t);
             }
+            if let Some(t) = s.next_refill {
+                at(t);
+            }
+            if self.pex.is_some() && s.puller.speaks_pex() {
+                at(s.next_pex.unwrap_or(self.sources[0].puller.last_heard()));
+            }
         }
         next
     }
@@ -281,6 +503,7 @@ impl Swarm {
             }
             self.after(i, now);
         }
+        self.pex_tick(now);
         for i in 0..self.sources.len() {
             let s = &self.sources[i];
             if self.live_count() > 1 && s.live() && stall_at(s).is_some_and(|t| now >= t) {
@@ -386,10 +609,19 @@ impl Swarm {
                         self.have = s.puller.have().clone();
                         self.claimed = self.have.clone();
                         self.dup = ChunkSet::new(self.have.len());
+                        if let Some(p) = self.pex.as_mut() {
+                            // Full sources are asked from a random point on: pullers
+                            // started together ask the origin for different chunks.
+                            self.cursor = p.rng.u64() % self.have.len().max(1);
+                        }
                     } else {
                         s.puller.set_have(&self.have);
                     }
                     s.assigned = ChunkSet::new(self.have.len());
+                    let len = self.have.len();
+                    if let Some(h) = s.holds.as_mut().filter(|h| h.len() != len) {
+                        *h = ChunkSet::new(len);
+                    }
                     self.events.push_back((
                         i,
                         PullEvent::Started {
@@ -426,6 +658,11 @@ impl Swarm {
                 }
             }
         }
+        if let Some(body) = self.sources[i].puller.take_peers() {
+            if self.pex.is_some() && self.started {
+                self.on_peers(i, body, now);
+            }
+        }
         self.check_done(now);
         if self.multi() && !self.finished {
             self.refill(i, now);
@@ -443,6 +680,9 @@ impl Swarm {
         }
         if s.lacks.insert(index) && s.lacks_since.is_none() {
             s.lacks_since = Some(now);
+        }
+        if let Some(h) = s.holds.as_mut() {
+            h.remove(index);
         }
         if !s.assigned.remove(index) {
             return;
@@ -539,6 +779,9 @@ impl Swarm {
     /// Grants source `i` chunks up to its target: unclaimed ones first, then, in the
     /// endgame, ones another source holds.
     fn refill(&mut self, i: usize, now: Instant) {
+        if self.sources[i].next_refill.is_some_and(|t| now >= t) {
+            self.sources[i].next_refill = None;
+        }
         if !self.started || !self.sources[i].live() || !self.sources[i].started {
             return;
         }
@@ -547,6 +790,10 @@ impl Swarm {
         }
         let target = self.target(i);
         let len = self.have.len();
+        if self.pex.is_some() {
+            self.refill_pex(i, target, now);
+            return;
+        }
         {
             let s = &mut self.sources[i];
             if s.lacks_since.is_some_and(|t| now >= t + LACKS_FORGOTTEN) {
@@ -609,6 +856,129 @@ impl Swarm {
         let s = &mut self.sources[i];
         s.next_steal = if s.pending < target {
             // Nothing more to take now: look again a quarter round trip later.
+            Some(now + (s.puller.rate_control().srtt() / 4).max(Duration::from_millis(1)))
+        } else {
+            None
+        };
+    }
+}
+
+impl Swarm {
+    /// [`Self::refill`] with peer exchange on. A full source (the origin) is granted
+    /// unclaimed chunks that no known sharer holds, from the swarm's cursor on (a
+    /// random start, wrapping); a sharer only unclaimed chunks its summary says it
+    /// holds, from a random point. In the endgame (nothing left for it unclaimed) a
+    /// source may take a chunk another holds, the origin only one no sharer holds.
+    fn refill_pex(&mut self, i: usize, target: u64, now: Instant) {
+        let len = self.have.len();
+        if len == 0 || self.sources[i].next_refill.is_some_and(|t| now < t) {
+            return;
+        }
+        {
+            let s = &mut self.sources[i];
+            if s.lacks_since.is_some_and(|t| now >= t + LACKS_FORGOTTEN) {
+                s.lacks = ChunkSet::new(0);
+                s.lacks_since = None;
+            }
+        }
+        let sharer = self.sources[i].holds.is_some();
+        // Whether chunk c may go to source i at all.
+        let fits = |sw: &Swarm, c: u64| -> bool {
+            let s = &sw.sources[i];
+            if s.lacks.contains(c) {
+                return false;
+            }
+            match &s.holds {
+                Some(h) => h.contains(c),
+                None => !sw.sharer_holds(c) && !sw.shadowed(c, now),
+            }
+        };
+        let start = if sharer {
+            match self.pex.as_mut() {
+                Some(p) => p.rng.u64() % len,
+                None => 0,
+            }
+        } else {
+            self.cursor.min(len - 1)
+        };
+        let mut start = start;
+        let mut pos = start;
+        let mut wrapped = false;
+        let mut scanned = 0u64;
+        let mut left_unclaimed = false;
+        let mut jumps = 0;
+        while self.sources[i].pending < target && scanned < STEAL_SCAN {
+            let next = if sharer {
+                // Present in its summary and unclaimed.
+                let h = self.sources[i].holds.as_ref();
+                h.and_then(|h| h.first_present_from(pos))
+            } else {
+                self.claimed.first_missing_from(pos)
+            };
+            let Some(c) = next.filter(|&c| !wrapped || c < start) else {
+                if wrapped {
+                    break;
+                }
+                wrapped = true;
+                pos = 0;
+                continue;
+            };
+            pos = c + 1;
+            scanned += 1;
+            if self.claimed.contains(c) {
+                continue;
+            }
+            if !fits(self, c) {
+                left_unclaimed = true;
+                if !sharer && jumps < MAX_JUMPS {
+                    // A full source ran into chunks a sharer holds: most likely
+                    // another puller's run from the origin, whose next chunks it is
+                    // asking for now. Go on from a random point instead of racing it.
+                    jumps += 1;
+                    start = self.pex.as_mut().map_or(0, |p| p.rng.u64() % len);
+                    pos = start;
+                    wrapped = false;
+                }
+                continue;
+            }
+            self.claimed.insert(c);
+            self.give(i, c, now);
+        }
+        if !sharer {
+            self.cursor = pos % len;
+        }
+        {
+            // A scan that found nothing is not repeated on every datagram: what would
+            // change its outcome (summaries, drops, MISSING) comes at most every few
+            // milliseconds.
+            let s = &mut self.sources[i];
+            s.next_refill = (s.pending < target && scanned > 0 && left_unclaimed).then(|| {
+                now + (s.puller.rate_control().srtt() / 4)
+                    .clamp(Duration::from_millis(2), Duration::from_millis(20))
+            });
+        }
+        if self.sources[i].pending >= target || left_unclaimed || !self.claimed.is_full() {
+            return;
+        }
+        // The endgame.
+        if self.sources[i].next_steal.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut next = self.have.first_missing_from(0);
+        let mut scanned = 0;
+        while let Some(c) = next {
+            if self.sources[i].pending >= target || scanned >= STEAL_SCAN {
+                break;
+            }
+            scanned += 1;
+            if !self.dup.contains(c) && !self.sources[i].assigned.contains(c) && fits(self, c) {
+                self.dup.insert(c);
+                self.give(i, c, now);
+            }
+            next = self.have.first_missing_from(c + 1);
+        }
+        let s = &mut self.sources[i];
+        s.next_steal = if s.pending < target {
             Some(now + (s.puller.rate_control().srtt() / 4).max(Duration::from_millis(1)))
         } else {
             None

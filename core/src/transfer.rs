@@ -259,6 +259,11 @@ pub struct PullOptions {
     /// Share (`--share`): serve the verified chunks held to other pullers of the same
     /// root while pulling, and seed after.
     pub share: Option<ShareOptions>,
+    /// Peer exchange (on by default; `rgtp-pull --no-peers` turns it off): ask the
+    /// exposer, when it speaks it, for the current sharers of the root, pull from
+    /// them too, and with `share` tell it where this pull shares. Needs the root
+    /// (a URL with `root=`), against which every chunk from every source is checked.
+    pub peers: bool,
 }
 
 /// How a pull shares what it holds (`rgtp-pull --share`).
@@ -284,6 +289,7 @@ impl Default for PullOptions {
             from: Vec::new(),
             found: Vec::new(),
             share: None,
+            peers: true,
         }
     }
 }
@@ -570,8 +576,17 @@ pub fn pull_from(
         pullers.push(Puller::new(c, start));
         names.push(plan.host_port.clone());
     }
+    let cfg_template = cfg.clone();
     pullers.insert(0, Puller::new(cfg, start));
     let mut puller = Swarm::new(pullers);
+    if opts.peers && src.root.is_some() {
+        let mut template = cfg_template;
+        template.pinned_key = None;
+        puller.enable_pex(crate::swarm::PexConfig {
+            template,
+            rng: crate::rng::Rng::os(),
+        });
+    }
     let (verify_tx, verify_rx) = mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
     let (done_tx, done_rx) = mpsc::channel::<(usize, u64, Verified)>();
     let verifier = std::thread::spawn(move || {
@@ -637,12 +652,17 @@ pub fn pull_from(
                 .iter()
                 .rposition(|s| s.dropped.is_some())
                 .unwrap_or(0);
-            let multi = names.len() > 1;
+            let multi = puller.sources().len() > 1;
             let main_quiet = !puller
                 .sources()
                 .first()
                 .is_some_and(|s| s.puller.answered());
-            let host_port = names.get(which).cloned().unwrap_or_default();
+            let host_port = names.get(which).cloned().unwrap_or_else(|| {
+                puller
+                    .sources()
+                    .get(which)
+                    .map_or_else(String::new, |s| s.addr().to_string())
+            });
             let msg = match (&e, known_key) {
                 (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() && which == 0 => {
                     format!(
@@ -722,9 +742,13 @@ pub fn pull_from(
         sources: puller
             .sources()
             .iter()
-            .zip(&names)
-            .map(|(s, addr)| SourceReport {
-                addr: addr.clone(),
+            .enumerate()
+            .map(|(i, s)| SourceReport {
+                // Sources found by peer exchange are named by their address.
+                addr: names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| s.addr().to_string()),
                 bytes: s.bytes(),
                 bad_chunks: s.puller.stats.bad_chunks,
                 dropped: s.dropped.as_ref().map(|e| e.to_string()),
@@ -775,6 +799,8 @@ struct Sharer {
     addr: SocketAddr,
     tx: Option<mpsc::Sender<Relay>>,
     relaying: bool,
+    /// The swarm was told the sharing port (peer exchange).
+    announced: bool,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<crate::exposer::ExposerStats>>,
 }
@@ -834,6 +860,7 @@ impl Sharer {
             addr,
             tx: Some(tx),
             relaying: false,
+            announced: false,
             stop,
             thread: Some(thread),
         })
@@ -998,6 +1025,13 @@ impl PullHandler for Handler<'_> {
     }
 
     fn poll_completions(&mut self, p: &mut Swarm) -> Result<(), OutputError> {
+        if let Some(sh) = self.sharer.as_deref_mut() {
+            if sh.relaying && !sh.announced {
+                // Serving now: peer exchange may tell the exposer.
+                sh.announced = true;
+                p.set_share_port(sh.addr.port());
+            }
+        }
         if let Some((v, stored)) = self.recheck.take() {
             self.recheck_stored(p, &v, &stored)?;
         }

@@ -48,6 +48,9 @@ pub enum PacketType {
     Data = 6,
     Stale = 7,
     Missing = 8,
+    /// Peer exchange and have summaries: `pex.rs`.
+    Pex = 9,
+    Peers = 10,
 }
 
 impl PacketType {
@@ -60,6 +63,8 @@ impl PacketType {
             6 => Self::Data,
             7 => Self::Stale,
             8 => Self::Missing,
+            9 => Self::Pex,
+            10 => Self::Peers,
             _ => return None,
         })
     }
@@ -542,6 +547,10 @@ pub const OFFER_REPAIR: u8 = 0x80;
 
 /// Bit of the manifest's `features` byte: this exposer serves repair fragments.
 pub const FEATURE_REPAIR: u8 = 0x01;
+
+/// Bit of the manifest's `features` byte: this exposer answers PEX (type 9) with
+/// PEERS (type 10): peer exchange, and a sharer's have summary (`pex.rs`).
+pub const FEATURE_PEX: u8 = 0x08;
 
 /// Request item tag bits: one chunk (else a range), repair fragments.
 const TAG_ONE: u8 = 0x80;

@@ -85,8 +85,10 @@ pub struct Source {
     have_from: u32,
     /// When its have summary last grew.
     grew_at: Option<Instant>,
-    /// No peer-exchange refill before then (the last scan found nothing for it).
+    /// No peer-exchange refill before then (the last scan left it short).
     next_refill: Option<Instant>,
+    /// Where a sharer's next scan for chunks it holds starts.
+    scan_pos: u64,
 }
 
 impl Source {
@@ -136,6 +138,10 @@ pub struct Swarm {
     scheduled: bool,
     /// Peer exchange, when on.
     pex: Option<PexState>,
+    /// Chunks some live sharer's summary holds (with peer exchange), and whether it
+    /// must be rebuilt (a summary shrank, a sharer went).
+    union: ChunkSet,
+    union_dirty: bool,
 }
 
 /// Peer exchange in a swarm ([`Swarm::enable_pex`]).
@@ -145,17 +151,25 @@ pub struct PexConfig {
     /// Randomness for the sources found and for the order chunks are asked from
     /// full sources in.
     pub rng: Rng,
+    /// Whether an address is one of this host's own (the driver's answer; `None`:
+    /// never). A sharer named at one is reached over loopback instead, where
+    /// datagrams of 64 KiB carry a chunk in one (other pullers on this host, e.g.
+    /// behind the same address).
+    pub is_local: Option<fn(std::net::IpAddr) -> bool>,
 }
 
 struct PexState {
     template: PullConfig,
     rng: Rng,
+    is_local: Option<fn(std::net::IpAddr) -> bool>,
     /// The port this puller shares on, once it shares (0: it does not).
     share_port: u16,
     /// Every address a source was made for (none is added twice).
     known: Vec<SocketAddr>,
     found: usize,
     out: VecDeque<Transmit>,
+    /// State of [`Swarm::fast_random`].
+    fast: u64,
 }
 
 impl Swarm {
@@ -190,6 +204,7 @@ impl Swarm {
                     have_from: 0,
                     grew_at: None,
                     next_refill: None,
+                    scan_pos: 0,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -202,6 +217,8 @@ impl Swarm {
             rr: 0,
             scheduled: multi,
             pex: None,
+            union: ChunkSet::new(0),
+            union_dirty: false,
         }
     }
 
@@ -227,10 +244,16 @@ impl Swarm {
             known: self.sources.iter().map(|s| s.addr()).collect(),
             template: cfg.template,
             rng: cfg.rng,
+            is_local: cfg.is_local,
             share_port: 0,
             found: 0,
             out: VecDeque::new(),
+            fast: 0,
         });
+        let seed = self.pex.as_mut().map_or(0, |p| p.rng.u64());
+        if let Some(p) = self.pex.as_mut() {
+            p.fast = seed;
+        }
     }
 
     /// This puller now shares the root on `port` (told to every source in its next
@@ -258,10 +281,26 @@ impl Swarm {
             return false;
         }
         p.known.push(addr);
+        let addr = match p.is_local {
+            Some(local) if !addr.ip().is_loopback() && local(addr.ip()) => {
+                let lo = if addr.is_ipv4() {
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                } else {
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                };
+                SocketAddr::new(lo, addr.port())
+            }
+            _ => addr,
+        };
+        if p.known[..p.known.len() - 1].contains(&addr) {
+            return false;
+        }
+        p.known.push(addr);
         p.found += 1;
         let mut cfg = p.template.clone();
         cfg.remote = addr;
         let rng = p.rng.fork();
+        let rng_pos = p.rng.u64();
         tracing::info!("peer exchange: sharer {addr} added");
         self.sources.push(Source {
             puller: Puller::with_rng(cfg, now, rng),
@@ -278,6 +317,7 @@ impl Swarm {
             have_from: 0,
             grew_at: None,
             next_refill: None,
+            scan_pos: rng_pos,
         });
         true
     }
@@ -325,20 +365,25 @@ impl Swarm {
             *h = ChunkSet::new(len);
         }
         let (first, count) = (*first as u64, *count as u64);
+        let mut shrank = false;
         for c in first..(first + count).min(len) {
             if body.have.holds(c) == Some(true) {
                 if h.insert(c) {
                     s.grew_at = Some(now);
+                    if self.union.len() == len {
+                        self.union.insert(c);
+                    }
                 }
-            } else {
-                h.remove(c);
+            } else if h.remove(c) {
+                shrank = true;
             }
         }
+        self.union_dirty |= shrank;
         let next = first + count;
         s.have_from = if next >= len { 0 } else { next as u32 };
-        for j in 0..self.sources.len() {
-            self.refill(j, now);
-        }
+        // It may hold new chunks for it now.
+        s.next_refill = None;
+        self.refill(i, now);
     }
 
     /// Whether chunk `c` (held by no sharer) is likely being pulled from the origin
@@ -354,13 +399,6 @@ impl Swarm {
                     .as_ref()
                     .is_some_and(|h| h.first_present_from(from).is_some_and(|x| x < c))
         })
-    }
-
-    /// Whether a live sharer (found by peer exchange, handshake done) holds `c`.
-    fn sharer_holds(&self, c: u64) -> bool {
-        self.sources
-            .iter()
-            .any(|s| s.live() && s.started && s.holds.as_ref().is_some_and(|h| h.contains(c)))
     }
 
     /// The sources, in the order given.
@@ -682,7 +720,7 @@ impl Swarm {
             s.lacks_since = Some(now);
         }
         if let Some(h) = s.holds.as_mut() {
-            h.remove(index);
+            self.union_dirty |= h.remove(index);
         }
         if !s.assigned.remove(index) {
             return;
@@ -732,6 +770,7 @@ impl Swarm {
             return;
         }
         let held: Vec<u64> = self.sources[i].assigned.iter().collect();
+        self.union_dirty = true;
         let s = &mut self.sources[i];
         s.dropped = Some(e.clone());
         s.assigned = ChunkSet::new(0);
@@ -866,9 +905,13 @@ impl Swarm {
 impl Swarm {
     /// [`Self::refill`] with peer exchange on. A full source (the origin) is granted
     /// unclaimed chunks that no known sharer holds, from the swarm's cursor on (a
-    /// random start, wrapping); a sharer only unclaimed chunks its summary says it
-    /// holds, from a random point. In the endgame (nothing left for it unclaimed) a
-    /// source may take a chunk another holds, the origin only one no sharer holds.
+    /// random start, wrapping), skipping those likely on their way to a sharer
+    /// ([`Self::shadowed`]: then it goes on from a random point); a sharer only
+    /// unclaimed chunks its summary says it holds. In the endgame (nothing left for
+    /// it unclaimed) a source may take a chunk another holds, the origin only one no
+    /// sharer holds. A scan that leaves the source short is not repeated for a few
+    /// milliseconds (what would change its outcome, summaries, drops, MISSING, comes
+    /// no faster), so the work per datagram stays small.
     fn refill_pex(&mut self, i: usize, target: u64, now: Instant) {
         let len = self.have.len();
         if len == 0 || self.sources[i].next_refill.is_some_and(|t| now < t) {
@@ -882,38 +925,27 @@ impl Swarm {
             }
         }
         let sharer = self.sources[i].holds.is_some();
-        // Whether chunk c may go to source i at all.
-        let fits = |sw: &Swarm, c: u64| -> bool {
-            let s = &sw.sources[i];
-            if s.lacks.contains(c) {
-                return false;
-            }
-            match &s.holds {
-                Some(h) => h.contains(c),
-                None => !sw.sharer_holds(c) && !sw.shadowed(c, now),
-            }
-        };
-        let start = if sharer {
-            match self.pex.as_mut() {
-                Some(p) => p.rng.u64() % len,
-                None => 0,
-            }
+        if !sharer {
+            self.update_union();
+        }
+        let mut start = if sharer {
+            self.sources[i].scan_pos % len
         } else {
-            self.cursor.min(len - 1)
+            self.cursor % len
         };
-        let mut start = start;
         let mut pos = start;
         let mut wrapped = false;
         let mut scanned = 0u64;
-        let mut left_unclaimed = false;
         let mut jumps = 0;
         while self.sources[i].pending < target && scanned < STEAL_SCAN {
-            let next = if sharer {
-                // Present in its summary and unclaimed.
-                let h = self.sources[i].holds.as_ref();
-                h.and_then(|h| h.first_present_from(pos))
-            } else {
-                self.claimed.first_missing_from(pos)
+            let next = {
+                let s = &self.sources[i];
+                match &s.holds {
+                    // Held there and unclaimed.
+                    Some(h) => h.first_where(&self.claimed, pos, true, false),
+                    // Unclaimed and held by no sharer.
+                    None => self.claimed.first_where(&self.union, pos, false, false),
+                }
             };
             let Some(c) = next.filter(|&c| !wrapped || c < start) else {
                 if wrapped {
@@ -925,17 +957,15 @@ impl Swarm {
             };
             pos = c + 1;
             scanned += 1;
-            if self.claimed.contains(c) {
+            if self.sources[i].lacks.contains(c) {
                 continue;
             }
-            if !fits(self, c) {
-                left_unclaimed = true;
-                if !sharer && jumps < MAX_JUMPS {
-                    // A full source ran into chunks a sharer holds: most likely
-                    // another puller's run from the origin, whose next chunks it is
-                    // asking for now. Go on from a random point instead of racing it.
+            if !sharer && self.shadowed(c, now) {
+                if jumps < MAX_JUMPS {
+                    // Most likely another puller's run from the origin, whose next
+                    // chunks this one would be racing for: go on elsewhere.
                     jumps += 1;
-                    start = self.pex.as_mut().map_or(0, |p| p.rng.u64() % len);
+                    start = self.fast_random() % len;
                     pos = start;
                     wrapped = false;
                 }
@@ -944,23 +974,23 @@ impl Swarm {
             self.claimed.insert(c);
             self.give(i, c, now);
         }
-        if !sharer {
+        if sharer {
+            self.sources[i].scan_pos = pos;
+        } else {
             self.cursor = pos % len;
         }
+        let short = self.sources[i].pending < target;
         {
-            // A scan that found nothing is not repeated on every datagram: what would
-            // change its outcome (summaries, drops, MISSING) comes at most every few
-            // milliseconds.
             let s = &mut self.sources[i];
-            s.next_refill = (s.pending < target && scanned > 0 && left_unclaimed).then(|| {
+            s.next_refill = short.then(|| {
                 now + (s.puller.rate_control().srtt() / 4)
                     .clamp(Duration::from_millis(2), Duration::from_millis(20))
             });
         }
-        if self.sources[i].pending >= target || left_unclaimed || !self.claimed.is_full() {
+        if !short || !self.claimed.is_full() {
             return;
         }
-        // The endgame.
+        // The endgame: nothing is unclaimed.
         if self.sources[i].next_steal.is_some_and(|t| now < t) {
             return;
         }
@@ -971,7 +1001,13 @@ impl Swarm {
                 break;
             }
             scanned += 1;
-            if !self.dup.contains(c) && !self.sources[i].assigned.contains(c) && fits(self, c) {
+            let s = &self.sources[i];
+            let fits = !s.lacks.contains(c)
+                && match &s.holds {
+                    Some(h) => h.contains(c),
+                    None => !self.union.contains(c),
+                };
+            if fits && !self.dup.contains(c) && !s.assigned.contains(c) {
                 self.dup.insert(c);
                 self.give(i, c, now);
             }
@@ -983,6 +1019,36 @@ impl Swarm {
         } else {
             None
         };
+    }
+
+    /// Rebuilds the union of the live sharers' summaries, when one shrank or a sharer
+    /// went (growth is added as it comes).
+    fn update_union(&mut self) {
+        let len = self.have.len();
+        if !self.union_dirty && self.union.len() == len {
+            return;
+        }
+        let mut u = ChunkSet::new(len);
+        for s in &self.sources {
+            if let (true, Some(h)) = (s.live() && s.started, &s.holds) {
+                u.union_with(h);
+            }
+        }
+        self.union = u;
+        self.union_dirty = false;
+    }
+
+    /// A cheap pseudo-random number (splitmix64, seeded once from the pull's
+    /// random source): where to jump to in the file is no secret.
+    fn fast_random(&mut self) -> u64 {
+        let Some(p) = self.pex.as_mut() else {
+            return 0;
+        };
+        p.fast = p.fast.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = p.fast;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 

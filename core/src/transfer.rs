@@ -585,6 +585,7 @@ pub fn pull_from(
         puller.enable_pex(crate::swarm::PexConfig {
             template,
             rng: crate::rng::Rng::os(),
+            is_local: Some(is_local_ip),
         });
     }
     let (verify_tx, verify_rx) = mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
@@ -755,6 +756,11 @@ pub fn pull_from(
             })
             .collect(),
     })
+}
+
+/// Whether `ip` is one of this host's addresses: a UDP socket can be bound to it.
+fn is_local_ip(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// The verifier thread's answer: the plaintext, or why not.

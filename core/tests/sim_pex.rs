@@ -78,6 +78,7 @@ impl Node {
         sw.enable_pex(PexConfig {
             template: c,
             rng: net.machine_rng(),
+            is_local: None,
         });
         let sharer = shares.then(|| {
             let k = net.static_key();

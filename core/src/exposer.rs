@@ -738,6 +738,7 @@ impl Exposer {
                 e.chunk_count,
                 room.saturating_sub(crate::pex::peers_len(peers.len())),
                 |i| source.has(i),
+                |i| source.fetching(i),
             )
         } else {
             crate::pex::Have::All

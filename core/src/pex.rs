@@ -140,8 +140,10 @@ impl<'a> Pex<'a> {
 pub enum Have {
     /// Every chunk (a full exposure).
     All,
-    /// From chunk `first`, one bit per chunk (bit `i % 8` of byte `i / 8` is chunk
-    /// `first + i`), `count` chunks.
+    /// From chunk `first`, `count` chunks, two bitmaps of one bit per chunk (bit
+    /// `i % 8` of byte `i / 8` is chunk `first + i`): which it holds, and which its
+    /// puller is fetching from a full source (the origin) now, so that others ask
+    /// the origin for other chunks.
     Bits {
         /// The first chunk summarised.
         first: u32,
@@ -149,6 +151,8 @@ pub enum Have {
         count: u32,
         /// ⌈count / 8⌉ bytes; bits past `count` are zero.
         bits: Vec<u8>,
+        /// ⌈count / 8⌉ bytes, the same way.
+        fetching: Vec<u8>,
     },
 }
 
@@ -157,29 +161,62 @@ impl Have {
     pub fn holds(&self, index: u64) -> Option<bool> {
         match self {
             Have::All => Some(true),
-            Have::Bits { first, count, bits } => {
-                let i = index.checked_sub(*first as u64)?;
-                if i >= *count as u64 {
-                    return None;
-                }
-                Some(bits[(i / 8) as usize] & (1 << (i % 8)) != 0)
-            }
+            Have::Bits {
+                first, count, bits, ..
+            } => bit(bits, *first, *count, index),
+        }
+    }
+
+    /// Whether chunk `index` is said to be on its way from a full source (`None`:
+    /// not summarised here).
+    pub fn fetching(&self, index: u64) -> Option<bool> {
+        match self {
+            Have::All => Some(false),
+            Have::Bits {
+                first,
+                count,
+                fetching,
+                ..
+            } => bit(fetching, *first, *count, index),
         }
     }
 
     /// The summary of `total` chunks from `first` in at most `room` bytes of body,
-    /// asking `has` for each.
-    pub fn summarise(first: u32, total: u64, room: usize, has: impl Fn(u64) -> bool) -> Have {
-        let room_bits = (room.saturating_sub(9) as u64) * 8;
+    /// asking `has` and `fetching` for each.
+    pub fn summarise(
+        first: u32,
+        total: u64,
+        room: usize,
+        has: impl Fn(u64) -> bool,
+        fetching: impl Fn(u64) -> bool,
+    ) -> Have {
+        let room_bits = (room.saturating_sub(9) / 2) as u64 * 8;
         let count = total.saturating_sub(first as u64).min(room_bits) as u32;
         let mut bits = vec![0u8; (count as usize).div_ceil(8)];
+        let mut fetch = bits.clone();
         for i in 0..count as u64 {
-            if has(first as u64 + i) {
+            let c = first as u64 + i;
+            if has(c) {
                 bits[(i / 8) as usize] |= 1 << (i % 8);
+            } else if fetching(c) {
+                fetch[(i / 8) as usize] |= 1 << (i % 8);
             }
         }
-        Have::Bits { first, count, bits }
+        Have::Bits {
+            first,
+            count,
+            bits,
+            fetching: fetch,
+        }
     }
+}
+
+fn bit(bits: &[u8], first: u32, count: u32, index: u64) -> Option<bool> {
+    let i = index.checked_sub(first as u64)?;
+    if i >= count as u64 {
+        return None;
+    }
+    Some(bits[(i / 8) as usize] & (1 << (i % 8)) != 0)
 }
 
 /// A PEERS answer's body (opened).
@@ -192,8 +229,8 @@ pub struct PeersBody {
 }
 
 impl PeersBody {
-    /// `count u8 ‖ count × (address 16 ‖ port u16) ‖ kind u8 (0 all, 1 bitmap) ‖
-    /// [first u32 ‖ count u32 ‖ bitmap]`.
+    /// `count u8 ‖ count × (address 16 ‖ port u16) ‖ kind u8 (0 all, 1 bitmaps) ‖
+    /// [first u32 ‖ count u32 ‖ held bitmap ‖ fetching bitmap]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
         let peers = &self.peers[..self.peers.len().min(MAX_PEERS_SENT)];
@@ -209,8 +246,13 @@ impl PeersBody {
             Have::All => {
                 w.u8(0);
             }
-            Have::Bits { first, count, bits } => {
-                w.u8(1).u32(*first).u32(*count).bytes(bits);
+            Have::Bits {
+                first,
+                count,
+                bits,
+                fetching,
+            } => {
+                w.u8(1).u32(*first).u32(*count).bytes(bits).bytes(fetching);
             }
         }
         w.buf
@@ -242,11 +284,20 @@ impl PeersBody {
                 if first.checked_add(count).is_none() {
                     return Err(WireError::BadLength);
                 }
-                let bits = r.bytes((count as usize).div_ceil(8))?.to_vec();
-                if count % 8 != 0 && bits.last().is_some_and(|&l| l >> (count % 8) != 0) {
-                    return Err(WireError::BadValue("bitmap padding"));
+                let n = (count as usize).div_ceil(8);
+                let bits = r.bytes(n)?.to_vec();
+                let fetching = r.bytes(n)?.to_vec();
+                for b in [&bits, &fetching] {
+                    if count % 8 != 0 && b.last().is_some_and(|&l| l >> (count % 8) != 0) {
+                        return Err(WireError::BadValue("bitmap padding"));
+                    }
                 }
-                Have::Bits { first, count, bits }
+                Have::Bits {
+                    first,
+                    count,
+                    bits,
+                    fetching,
+                }
             }
             _ => return Err(WireError::BadValue("have kind")),
         };
@@ -435,7 +486,7 @@ mod tests {
         assert!(PexBody::decode(&bad).is_err());
         assert!(PexBody::decode(&enc[..5]).is_err());
 
-        let have = Have::summarise(3, 20, 100, |i| i % 2 == 0);
+        let have = Have::summarise(3, 20, 100, |i| i % 2 == 0, |i| i % 3 == 0);
         let p = PeersBody {
             peers: vec![at("10.0.0.1:5"), at("[2001:db8::1]:6")],
             have,
@@ -447,6 +498,9 @@ mod tests {
         assert_eq!(dec.have.holds(5), Some(false));
         assert_eq!(dec.have.holds(2), None);
         assert_eq!(dec.have.holds(20), None);
+        assert_eq!(dec.have.fetching(9), Some(true));
+        assert_eq!(dec.have.fetching(6), Some(false), "held, so not fetching");
+        assert_eq!(dec.have.fetching(7), Some(false));
         // Trailing bytes, a set bit past the count, a zero port: refused.
         let mut t = enc.clone();
         t.push(0);
@@ -466,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_summary_fits_its_room() {
-        let h = Have::summarise(0, 1 << 20, 500, |_| true);
+        let h = Have::summarise(0, 1 << 20, 500, |_| true, |_| false);
         let body = PeersBody {
             peers: vec![],
             have: h,
@@ -475,7 +529,7 @@ mod tests {
         let Have::Bits { count, .. } = body.have else {
             panic!()
         };
-        assert_eq!(count, (500 - 9) * 8);
+        assert_eq!(count, (500 - 9) / 2 * 8);
     }
 
     #[test]

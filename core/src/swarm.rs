@@ -33,10 +33,6 @@ const PEX_SHARER_EVERY: Duration = Duration::from_millis(250);
 /// How often one refill of a full source jumps to a random point when it meets
 /// chunks sharers hold (then it scans on).
 const MAX_JUMPS: u32 = 8;
-/// A chunk this close after one a growing sharer holds is left to that sharer's
-/// puller (see `Swarm::shadowed`).
-const SHADOW: u64 = 64;
-const SHADOW_FRESH: Duration = Duration::from_secs(1);
 /// Most sources peer exchange adds to one pull.
 pub const MAX_FOUND: usize = 16;
 
@@ -83,12 +79,12 @@ pub struct Source {
     /// summary is asked.
     next_pex: Option<Instant>,
     have_from: u32,
-    /// When its have summary last grew.
-    grew_at: Option<Instant>,
     /// No peer-exchange refill before then (the last scan left it short).
     next_refill: Option<Instant>,
     /// Where a sharer's next scan for chunks it holds starts.
     scan_pos: u64,
+    /// What a sharer's puller last said it is fetching from a full source.
+    fetching: Option<ChunkSet>,
 }
 
 impl Source {
@@ -142,6 +138,9 @@ pub struct Swarm {
     /// must be rebuilt (a summary shrank, a sharer went).
     union: ChunkSet,
     union_dirty: bool,
+    /// Chunks some live sharer's puller is fetching from a full source (part of
+    /// `union`).
+    union_fetch: ChunkSet,
 }
 
 /// Peer exchange in a swarm ([`Swarm::enable_pex`]).
@@ -202,9 +201,9 @@ impl Swarm {
                     holds: None,
                     next_pex: None,
                     have_from: 0,
-                    grew_at: None,
                     next_refill: None,
                     scan_pos: 0,
+                    fetching: None,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -219,6 +218,7 @@ impl Swarm {
             pex: None,
             union: ChunkSet::new(0),
             union_dirty: false,
+            union_fetch: ChunkSet::new(0),
         }
     }
 
@@ -315,9 +315,9 @@ impl Swarm {
             holds: Some(ChunkSet::new(self.have.len())),
             next_pex: None,
             have_from: 0,
-            grew_at: None,
             next_refill: None,
             scan_pos: rng_pos,
+            fetching: Some(ChunkSet::new(self.have.len())),
         });
         true
     }
@@ -366,15 +366,25 @@ impl Swarm {
         }
         let (first, count) = (*first as u64, *count as u64);
         let mut shrank = false;
+        let f = s.fetching.get_or_insert_with(|| ChunkSet::new(len));
+        if f.len() != len {
+            *f = ChunkSet::new(len);
+        }
+        let fresh = self.union.len() == len && self.union_fetch.len() == len;
         for c in first..(first + count).min(len) {
             if body.have.holds(c) == Some(true) {
-                if h.insert(c) {
-                    s.grew_at = Some(now);
-                    if self.union.len() == len {
-                        self.union.insert(c);
-                    }
+                if h.insert(c) && fresh {
+                    self.union.insert(c);
                 }
             } else if h.remove(c) {
+                shrank = true;
+            }
+            if body.have.fetching(c) == Some(true) {
+                if f.insert(c) && fresh {
+                    self.union.insert(c);
+                    self.union_fetch.insert(c);
+                }
+            } else if f.remove(c) {
                 shrank = true;
             }
         }
@@ -386,19 +396,23 @@ impl Swarm {
         self.refill(i, now);
     }
 
-    /// Whether chunk `c` (held by no sharer) is likely being pulled from the origin
-    /// by a sharer right now: it follows, within [`SHADOW`] chunks, a chunk that a
-    /// sharer whose summary grew in the last [`SHADOW_FRESH`] holds (the front of
-    /// that puller's run through the file).
-    fn shadowed(&self, c: u64, now: Instant) -> bool {
-        let from = c.saturating_sub(SHADOW);
-        self.sources.iter().any(|s| {
-            s.live()
-                && s.grew_at.is_some_and(|t| now < t + SHADOW_FRESH)
-                && s.holds
-                    .as_ref()
-                    .is_some_and(|h| h.first_present_from(from).is_some_and(|x| x < c))
-        })
+    /// Whether chunk `c` directly follows one another puller is fetching from the
+    /// origin now: its run will most likely go on into `c` (see `refill_pex`).
+    fn shadowed(&self, c: u64) -> bool {
+        c > 0 && self.union_fetch.contains(c - 1)
+    }
+
+    /// Chunks granted to full sources (the origin) and not yet verified: what this
+    /// puller is fetching from them now, which its sharer's have summaries tell
+    /// (peer exchange), so other pullers ask the origin for other chunks.
+    pub fn fetching_from_full(&self) -> ChunkSet {
+        let mut f = ChunkSet::new(self.have.len());
+        for s in &self.sources {
+            if s.live() && s.holds.is_none() {
+                f.union_with(&s.assigned);
+            }
+        }
+        f
     }
 
     /// The sources, in the order given.
@@ -960,7 +974,7 @@ impl Swarm {
             if self.sources[i].lacks.contains(c) {
                 continue;
             }
-            if !sharer && self.shadowed(c, now) {
+            if !sharer && self.shadowed(c) {
                 if jumps < MAX_JUMPS {
                     // Most likely another puller's run from the origin, whose next
                     // chunks this one would be racing for: go on elsewhere.
@@ -1029,12 +1043,21 @@ impl Swarm {
             return;
         }
         let mut u = ChunkSet::new(len);
+        let mut f = ChunkSet::new(len);
         for s in &self.sources {
-            if let (true, Some(h)) = (s.live() && s.started, &s.holds) {
+            if !(s.live() && s.started) {
+                continue;
+            }
+            if let Some(h) = &s.holds {
                 u.union_with(h);
             }
+            if let Some(x) = &s.fetching {
+                f.union_with(x);
+            }
         }
+        u.union_with(&f);
         self.union = u;
+        self.union_fetch = f;
         self.union_dirty = false;
     }
 

@@ -807,6 +807,8 @@ struct Sharer {
     relaying: bool,
     /// The swarm was told the sharing port (peer exchange).
     announced: bool,
+    /// What the pull is fetching from full sources (its have summaries say so).
+    fetching: crate::source::SharedHave,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<crate::exposer::ExposerStats>>,
 }
@@ -814,7 +816,7 @@ struct Sharer {
 /// What the sharer serves.
 struct Relay {
     name: String,
-    source: crate::source::PartialSource<FileSource>,
+    source: crate::source::FetchingSource<crate::source::PartialSource<FileSource>>,
     cvs: Vec<merkle::Hash>,
     id: wire::ExposureId,
     content_key: [u8; 32],
@@ -867,6 +869,7 @@ impl Sharer {
             tx: Some(tx),
             relaying: false,
             announced: false,
+            fetching: crate::source::shared_have(0),
             stop,
             thread: Some(thread),
         })
@@ -921,9 +924,12 @@ impl Handler<'_> {
             let Some(tx) = sh.tx.take() else { return };
             let relay = Relay {
                 name: self.name.clone(),
-                source: crate::source::PartialSource {
-                    inner: FileSource::from_file(file, self.total),
-                    have,
+                source: crate::source::FetchingSource {
+                    inner: crate::source::PartialSource {
+                        inner: FileSource::from_file(file, self.total),
+                        have,
+                    },
+                    fetching: sh.fetching.clone(),
                 },
                 cvs: cvs.to_vec(),
                 id,
@@ -1008,6 +1014,10 @@ impl PullHandler for Handler<'_> {
 
     fn on_tick(&mut self, p: &Swarm) -> Result<(), OutputError> {
         self.try_relay(p);
+        if let Some(sh) = self.sharer.as_deref().filter(|sh| sh.announced) {
+            // What the pull fetches from the origin now, for the sharer's summaries.
+            *sh.fetching.lock() = p.fetching_from_full();
+        }
         if self.last_update.elapsed() >= Duration::from_millis(250) {
             self.last_update = Instant::now();
             let elapsed = self.start.elapsed();

@@ -17,7 +17,9 @@ use rgtp::pex::MAX_SHARERS;
 use rgtp::puller::{PullConfig, PullEvent, Puller};
 use rgtp::shaper::{transmit_bytes, Shaper};
 use rgtp::sim::{LinkConfig, SimNet, SimRng};
-use rgtp::source::{shared_have, ChunkSource, MemSource, PartialSource, SharedHave};
+use rgtp::source::{
+    shared_have, ChunkSource, FetchingSource, MemSource, PartialSource, SharedHave,
+};
 use rgtp::swarm::{PexConfig, Swarm};
 
 const ORIGIN: &str = "192.0.2.1:443";
@@ -60,6 +62,8 @@ struct Node {
     relaying: bool,
     out: Arc<Mutex<Vec<u8>>>,
     have: SharedHave,
+    /// What the swarm fetches from the origin (its sharer's summaries say so).
+    fetching: SharedHave,
     done: bool,
 }
 
@@ -97,6 +101,7 @@ impl Node {
             relaying: false,
             out: Arc::new(Mutex::new(vec![0; size])),
             have: shared_have(merkle::chunk_count(size as u64)),
+            fetching: shared_have(0),
             done: false,
         }
     }
@@ -125,14 +130,20 @@ impl Node {
         if let (Some(ex), false) = (self.sharer.as_mut(), self.relaying) {
             let p = &self.sw.sources()[0].puller;
             if let (Some((id, key)), Some(cvs)) = (p.relay_keys(), p.cvs()) {
-                let src = PartialSource {
-                    inner: Growing(self.out.clone()),
-                    have: self.have.clone(),
+                let src = FetchingSource {
+                    inner: PartialSource {
+                        inner: Growing(self.out.clone()),
+                        have: self.have.clone(),
+                    },
+                    fetching: self.fetching.clone(),
                 };
                 ex.add_relayed_exposure("file.bin", Box::new(src), cvs.to_vec(), id, key);
                 self.relaying = true;
                 self.sw.set_share_port(SHARE_PORT);
             }
+        }
+        if self.relaying {
+            *self.fetching.lock() = self.sw.fetching_from_full();
         }
         if let Some(ex) = self.sharer.as_mut() {
             while let Some(t) = ex.poll_transmit() {

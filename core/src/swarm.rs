@@ -29,7 +29,7 @@ use crate::transmit::Transmit;
 /// How often a full source (the origin) is asked for its sharers (a PEX is one 1200-byte datagram).
 const PEX_ORIGIN_EVERY: Duration = Duration::from_millis(500);
 /// How often a sharer is asked which chunks it holds.
-const PEX_SHARER_EVERY: Duration = Duration::from_millis(250);
+const PEX_SHARER_EVERY: Duration = Duration::from_millis(100);
 /// How often one refill of a full source jumps to a random point when it meets
 /// chunks sharers hold (then it scans on).
 const MAX_JUMPS: u32 = 8;
@@ -223,12 +223,12 @@ impl Swarm {
     }
 
     /// Turns peer exchange on (before the pull starts): every source that speaks it
-    /// is asked for the sharers it knows (a full source every second) and which
-    /// chunks it holds (a sharer every 250 ms), and each sharer named becomes a
+    /// is asked for the sharers it knows (a full source every 500 ms) and which
+    /// chunks it holds (a sharer every 100 ms), and each sharer named becomes a
     /// source (at most [`MAX_FOUND`]). Sources are then always granted chunks: full
-    /// ones from a random point on and only chunks no known sharer holds, sharers
-    /// only chunks they hold. So pullers started together ask the origin for
-    /// different chunks and take the rest from each other.
+    /// ones from a random point on and only chunks no known sharer holds or
+    /// fetches, sharers only chunks they hold. So pullers started together ask the
+    /// origin for different chunks and take the rest from each other.
     pub fn enable_pex(&mut self, mut cfg: PexConfig) {
         if self.started {
             return;

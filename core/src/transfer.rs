@@ -809,6 +809,7 @@ struct Sharer {
     announced: bool,
     /// What the pull is fetching from full sources (its have summaries say so).
     fetching: crate::source::SharedHave,
+    next_fetching: Instant,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<crate::exposer::ExposerStats>>,
 }
@@ -870,6 +871,7 @@ impl Sharer {
             relaying: false,
             announced: false,
             fetching: crate::source::shared_have(0),
+            next_fetching: Instant::now(),
             stop,
             thread: Some(thread),
         })
@@ -1014,10 +1016,6 @@ impl PullHandler for Handler<'_> {
 
     fn on_tick(&mut self, p: &Swarm) -> Result<(), OutputError> {
         self.try_relay(p);
-        if let Some(sh) = self.sharer.as_deref().filter(|sh| sh.announced) {
-            // What the pull fetches from the origin now, for the sharer's summaries.
-            *sh.fetching.lock() = p.fetching_from_full();
-        }
         if self.last_update.elapsed() >= Duration::from_millis(250) {
             self.last_update = Instant::now();
             let elapsed = self.start.elapsed();
@@ -1046,6 +1044,12 @@ impl PullHandler for Handler<'_> {
                 // Serving now: peer exchange may tell the exposer.
                 sh.announced = true;
                 p.set_share_port(sh.addr.port());
+            }
+            if sh.announced && Instant::now() >= sh.next_fetching {
+                // What the pull fetches from the origin now, for the sharer's
+                // summaries (fresh within 20 ms: others avoid those chunks).
+                sh.next_fetching = Instant::now() + Duration::from_millis(20);
+                *sh.fetching.lock() = p.fetching_from_full();
             }
         }
         if let Some((v, stored)) = self.recheck.take() {

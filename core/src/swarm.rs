@@ -33,6 +33,11 @@ const PEX_SHARER_EVERY: Duration = Duration::from_millis(100);
 /// How often one refill of a full source jumps to a random point when it meets
 /// chunks sharers hold (then it scans on).
 const MAX_JUMPS: u32 = 8;
+/// How long a full source may go without work because sharers say they are
+/// fetching what is left from the origin: then those claims are ignored for its
+/// next grants (a puller that claims to fetch everything and never does must not
+/// stall the others).
+const FETCH_TRUST: Duration = Duration::from_millis(500);
 /// Most sources peer exchange adds to one pull.
 pub const MAX_FOUND: usize = 16;
 
@@ -85,6 +90,8 @@ pub struct Source {
     scan_pos: u64,
     /// What a sharer's puller last said it is fetching from a full source.
     fetching: Option<ChunkSet>,
+    /// A full source: since when it has had nothing granted (see [`FETCH_TRUST`]).
+    idle_since: Option<Instant>,
 }
 
 impl Source {
@@ -141,6 +148,8 @@ pub struct Swarm {
     /// Chunks some live sharer's puller is fetching from a full source (part of
     /// `union`).
     union_fetch: ChunkSet,
+    /// Chunks some live sharer's summary holds (part of `union`).
+    union_held: ChunkSet,
 }
 
 /// Peer exchange in a swarm ([`Swarm::enable_pex`]).
@@ -204,6 +213,7 @@ impl Swarm {
                     next_refill: None,
                     scan_pos: 0,
                     fetching: None,
+                    idle_since: None,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -219,6 +229,7 @@ impl Swarm {
             union: ChunkSet::new(0),
             union_dirty: false,
             union_fetch: ChunkSet::new(0),
+            union_held: ChunkSet::new(0),
         }
     }
 
@@ -318,6 +329,7 @@ impl Swarm {
             next_refill: None,
             scan_pos: rng_pos,
             fetching: Some(ChunkSet::new(self.have.len())),
+            idle_since: None,
         });
         true
     }
@@ -375,6 +387,7 @@ impl Swarm {
             if body.have.holds(c) == Some(true) {
                 if h.insert(c) && fresh {
                     self.union.insert(c);
+                    self.union_held.insert(c);
                 }
             } else if h.remove(c) {
                 shrank = true;
@@ -942,6 +955,14 @@ impl Swarm {
         if !sharer {
             self.update_union();
         }
+        let s = &mut self.sources[i];
+        if s.pending > 0 {
+            s.idle_since = None;
+        } else if s.idle_since.is_none() {
+            s.idle_since = Some(now);
+        }
+        // Idle too long: what others say they fetch is not waited for.
+        let distrust = !sharer && s.idle_since.is_some_and(|t| now >= t + FETCH_TRUST);
         let mut start = if sharer {
             self.sources[i].scan_pos % len
         } else {
@@ -957,7 +978,11 @@ impl Swarm {
                 match &s.holds {
                     // Held there and unclaimed.
                     Some(h) => h.first_where(&self.claimed, pos, true, false),
-                    // Unclaimed and held by no sharer.
+                    // Unclaimed and held (or fetched) by no sharer.
+                    None if distrust => {
+                        self.claimed
+                            .first_where(&self.union_held, pos, false, false)
+                    }
                     None => self.claimed.first_where(&self.union, pos, false, false),
                 }
             };
@@ -974,7 +999,7 @@ impl Swarm {
             if self.sources[i].lacks.contains(c) {
                 continue;
             }
-            if !sharer && self.shadowed(c) {
+            if !sharer && !distrust && self.shadowed(c) {
                 if jumps < MAX_JUMPS {
                     // Most likely another puller's run from the origin, whose next
                     // chunks this one would be racing for: go on elsewhere.
@@ -1055,6 +1080,7 @@ impl Swarm {
                 f.union_with(x);
             }
         }
+        self.union_held = u.clone();
         u.union_with(&f);
         self.union = u;
         self.union_fetch = f;

@@ -426,7 +426,8 @@ impl Sharers {
     }
 
     /// Current sharers of `exposure` other than the session at `asker` (and its own
-    /// sharing address), most recently active first, at most `max`.
+    /// sharing address), most recently active first, at most `max`; one seen over
+    /// loopback only to an asker on loopback.
     pub fn list(
         &self,
         exposure: &ExposureId,
@@ -439,10 +440,13 @@ impl Sharers {
             return Vec::new();
         };
         let own = SocketAddr::new(crate::udp::canonical(asker).ip(), asker_port);
+        // A sharer seen over loopback is named only to askers on this host too.
+        let local = own.ip().is_loopback();
         let mut live: Vec<&Entry> = list
             .iter()
             .filter(|e| now.saturating_duration_since(e.seen) < SHARER_EXPIRY)
             .filter(|e| e.session != asker && e.share != own)
+            .filter(|e| local || !e.share.ip().is_loopback())
             .collect();
         live.sort_by_key(|e| std::cmp::Reverse(e.seen));
         live.into_iter().take(max).map(|e| e.share).collect()
@@ -581,5 +585,11 @@ mod tests {
             .is_empty());
         s.note(e, me, 0, now);
         assert_eq!(s.len(), MAX_SHARERS - 1);
+        // A sharer seen over loopback is named to local askers only.
+        s.note(e, at("127.0.0.1:7000"), 7001, now);
+        let far = s.list(&e, at("192.0.2.1:1"), 0, now, 16);
+        assert!(!far.iter().any(|p| p.ip().is_loopback()), "{far:?}");
+        let near = s.list(&e, at("127.0.0.1:1"), 0, now, 16);
+        assert!(near.contains(&at("127.0.0.1:7001")), "{near:?}");
     }
 }

@@ -13,7 +13,9 @@
 #                  (256 KiB pieces; leechers keep seeding to each other until all are done)
 #   rgtp-no-share  rgtp-expose --max-rate 200M in the origin (sealed ahead before the
 #                  pulls start); 10 rgtp-pull started together, each -o its own file
-#   rgtp-share     the slot for `rgtp-pull --share` (not built yet: prints so)
+#   rgtp-share     the same origin; 10 `rgtp-pull --share --seed S` started together,
+#                  no --from: they find each other by peer exchange only (the origin
+#                  names the sharers); done = each output file in place
 # Each row: egress_x = the origin veth's tx_bytes during the row / the file size;
 # all_done_s = seconds from starting the ten until the last finished; byte_exact = all
 # ten copies equal the file (RGTP: b3sum of each copy equals the URL's root);
@@ -37,6 +39,7 @@ N=${BENCH_SWARM_PULLERS:-10}
 CAP_BITS=${BENCH_SWARM_CAP:-200M}   # rgtp-expose --max-rate
 CAP_BT=${BENCH_SWARM_CAP_BT:-24M}   # aria2c --max-overall-upload-limit (bytes/s)
 ROW_TIMEOUT=${BENCH_SWARM_ROW_TIMEOUT:-120}
+SEED=${BENCH_SWARM_SEED:-120} # rgtp-pull --share --seed: stopped once all are done
 TOTAL_TIMEOUT=${BENCH_SWARM_TIMEOUT:-900}
 CACHE=${BENCH_SWARM_CACHE:-/var/cache/rgtp-bench-swarm}
 PORT=47301
@@ -266,15 +269,92 @@ print(f"#   {n} pullers' --json, summed: received {tot.get('bytes_received', 0) 
 PY
 }
 
-# ===== SLOT: RGTP with --share (issue 17, part 2) ====================================
-# To be filled in when `rgtp-pull --share` exists: the same as row_rgtp_no_share, with
-# every puller started as `rgtp-pull --share --seed SECS ...` and stopped (by pid) once
-# all are done; set RES to "egress_x all_done_s byte_exact" like the other rows.
-# Until then it fails, and the row says so.
+# row_rgtp_share: sets RES. As row_rgtp_no_share, with every puller started as
+# `rgtp-pull --share --seed SEED` and no --from: they find each other by peer exchange
+# only (the origin names the sharers). A puller is done when its output file appears
+# (the part file is renamed before it seeds); once all are, they are stopped by pid.
 row_rgtp_share() {
-  return 1
+  local dir=$W/rgtp-share t0 tx0 tx1 i url last exact=yes done_ok
+  rm -rf "$dir"
+  mkdir -p "$dir/expose"
+  RGTP_CONFIG_DIR=$dir/expose RGTP_CACHE_DIR=$dir/expose/cache \
+    ip netns exec "$NS_O" "$BIN/rgtp-expose" "$SRC" --port "$PORT" --bind "$IP_O" --max-rate "$CAP_BITS" \
+    >"$dir/expose.out" 2>"$dir/expose.log" &
+  local exposer=$!
+  PIDS+=("$exposer")
+  for ((i = 0; i < 600; i++)); do grep -qs '^listening on' "$dir/expose.out" && break; sleep 0.1; done
+  url=$(grep -m1 '^rgtp://' "$dir/expose.out" || true)
+  [[ -n $url ]] || { echo "rgtp-share: rgtp-expose did not start: $(cat "$dir/expose.log")" >&2; return 1; }
+  [[ $url == *"root=$ROOTHASH"* ]] || { echo "rgtp-share: the URL's root is not b3sum's" >&2; exact=no; }
+  for ((i = 0; i < 600; i++)); do grep -qs 'sealed ahead' "$dir/expose.log" && break; sleep 0.1; done
+  local pullers=()
+  tx0=$(tx_bytes)
+  t0=$(now)
+  for ((i = 0; i < N; i++)); do
+    RGTP_CONFIG_DIR=$dir/p$i timeout "$((ROW_TIMEOUT + SEED))" ip netns exec "$NS_P" \
+      "$BIN/rgtp-pull" --json -q --share --seed "$SEED" -o "$dir/out$i.bin" "$url" \
+      >"$dir/p$i.json" 2>"$dir/p$i.log" &
+    pullers+=($!)
+    PIDS+=($!)
+  done
+  declare -A fin=()
+  done_ok=0
+  for ((k = 0; k < ROW_TIMEOUT * 50 && done_ok < N; k++)); do
+    for ((i = 0; i < N; i++)); do
+      if [[ -z ${fin[$i]:-} && -e $dir/out$i.bin ]]; then
+        fin[$i]=$(now)
+        done_ok=$((done_ok + 1))
+      fi
+    done
+    ((done_ok < N)) && sleep 0.02
+  done
+  tx1=$(tx_bytes)
+  last=$(printf '%s\n' "${fin[@]}" | sort -g | tail -1)
+  # Ctrl-C ends the seeding: each prints its --json (with what it shared).
+  for p in "${pullers[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for ((i = 0; i < 100; i++)); do
+    local alive=0
+    for p in "${pullers[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  stop "${pullers[@]}" "$exposer"
+  if ((done_ok < N)); then
+    echo "rgtp-share: only $done_ok of $N pullers finished in ${ROW_TIMEOUT}s" >&2
+    exact=no
+  fi
+  for ((i = 0; i < N; i++)); do
+    if [[ ! -e $dir/out$i.bin ]] || [[ $(b3sum --no-names "$dir/out$i.bin") != "$ROOTHASH" ]]; then
+      exact=no
+    fi
+  done
+  RES="$(calc "($tx1 - $tx0) / $BYTES") $(calc "${last:-$t0} - $t0" 2) $exact"
+  pull_stats "$dir"/p*.json
+  share_stats "$dir"/p*.json
+  rm -rf "$dir"
 }
-# ======================================================================================
+
+# share_stats JSON...: where the sharing pullers' bytes came from.
+share_stats() {
+  python3 - "$BYTES" "$@" <<'PY'
+import json, sys
+size, n, origin, peers, found, sent = int(sys.argv[1]), 0, 0, 0, 0, 0
+for f in sys.argv[2:]:
+    try:
+        r = json.load(open(f))
+    except (OSError, ValueError):
+        continue
+    n += 1
+    s = r.get("sources") or []
+    if s:
+        origin += s[0].get("bytes", 0)
+        peers += sum(x.get("bytes", 0) for x in s[1:])
+        found += len(s) - 1
+    sent += r.get("share_bytes_sent") or 0
+print(f"#   {n} sharing pullers: content from the origin {origin / size:.2f}x the file, from sharers "
+      f"{peers / size:.2f}x; {found} sharers found in all (peer exchange); sharers sent {sent / size:.2f}x")
+PY
+}
 
 row() { # NAME "egress_x all_done_s byte_exact" BT_EGRESS BT_DONE
   local name=$1 e d x
@@ -295,6 +375,6 @@ for ((run = 1; run <= RUNS; run++)); do
   if row_rgtp_share; then
     row rgtp-share "$RES" "$bt_e" "$bt_d"
   else
-    echo "rgtp-share     share: not built yet"
+    echo "rgtp-share     failed"
   fi
 done

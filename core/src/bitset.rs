@@ -135,6 +135,56 @@ impl ChunkSet {
         None
     }
 
+    /// Smallest index `>= start` that is present in this set exactly when `in_self`
+    /// and in `other` exactly when `in_other`, scanning a word at a time (`None`
+    /// also when the two sets differ in length).
+    pub fn first_where(
+        &self,
+        other: &ChunkSet,
+        start: u64,
+        in_self: bool,
+        in_other: bool,
+    ) -> Option<u64> {
+        if start >= self.len || other.len != self.len {
+            return None;
+        }
+        let mut w = (start / 64) as usize;
+        let mut mask = u64::MAX << (start % 64);
+        while w < self.words.len() {
+            let a = if in_self {
+                self.words[w]
+            } else {
+                !self.words[w]
+            };
+            let b = if in_other {
+                other.words[w]
+            } else {
+                !other.words[w]
+            };
+            let hits = a & b & mask;
+            if hits != 0 {
+                let i = w as u64 * 64 + u64::from(hits.trailing_zeros());
+                return (i < self.len).then_some(i);
+            }
+            mask = u64::MAX;
+            w += 1;
+        }
+        None
+    }
+
+    /// Adds every member of `other` (of the same length; otherwise nothing).
+    pub fn union_with(&mut self, other: &ChunkSet) {
+        if other.len != self.len {
+            return;
+        }
+        let mut count = 0;
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= *b;
+            count += u64::from(a.count_ones());
+        }
+        self.count = count;
+    }
+
     /// Smallest absent index `>= start`, if any.
     pub fn first_missing_from(&self, start: u64) -> Option<u64> {
         self.first_from(start, false)
@@ -212,6 +262,29 @@ impl fmt::Debug for ChunkSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_where_and_union() {
+        let mut a = ChunkSet::new(200);
+        let mut b = ChunkSet::new(200);
+        for i in [3, 70, 130, 199] {
+            a.insert(i);
+        }
+        for i in [3, 130] {
+            b.insert(i);
+        }
+        assert_eq!(a.first_where(&b, 0, true, false), Some(70));
+        assert_eq!(a.first_where(&b, 71, true, false), Some(199));
+        assert_eq!(a.first_where(&b, 0, true, true), Some(3));
+        assert_eq!(a.first_where(&b, 0, false, false), Some(0));
+        let full = ChunkSet::full(200);
+        assert_eq!(full.first_where(&full, 0, false, false), None);
+        assert_eq!(a.first_where(&ChunkSet::new(10), 0, true, false), None);
+        b.insert(5);
+        a.union_with(&b);
+        assert_eq!(a.count(), 5);
+        assert!(a.contains(5) && a.contains(199));
+    }
     use proptest::prelude::*;
 
     #[test]

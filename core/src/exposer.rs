@@ -104,6 +104,8 @@ pub struct ExposerStats {
     /// GROUP REQUESTs served through the multicast group, and the bytes sent to it.
     pub group_requests: u64,
     pub group_bytes_out: u64,
+    /// PEX queries answered with PEERS (peer exchange, have summaries).
+    pub peers_sent: u64,
 }
 
 /// Most bytes one GSO send of repair fragments carries (the kernel's limit is 64 KiB).
@@ -137,6 +139,9 @@ struct Exposure {
     /// The source failed a read (the file shrank or became unreadable): the exposure
     /// can no longer be served as offered, and pullers are told so.
     gone: bool,
+    /// A sharer's relay of another exposer's exposure (`add_relayed_exposure`): its
+    /// PEERS carry a have summary.
+    relayed: bool,
 }
 
 impl Exposure {
@@ -211,6 +216,8 @@ pub struct Exposer {
     scratch: Vec<u8>,
     /// When the access log last looked for quiet sources.
     last_quiet_scan: Instant,
+    /// Who shares which exposure (peer exchange), bounded per exposure.
+    sharers: crate::pex::Sharers,
     pub stats: ExposerStats,
 }
 
@@ -249,6 +256,7 @@ impl Exposer {
             handshake_rate: HandshakeRate::new(now),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             last_quiet_scan: now,
+            sharers: crate::pex::Sharers::default(),
             stats: ExposerStats::default(),
         }
     }
@@ -263,7 +271,7 @@ impl Exposer {
     ) -> ExposureInfo {
         let id: ExposureId = self.rng.bytes();
         let content_key: [u8; 32] = self.rng.bytes();
-        self.insert_exposure(name, source, cvs, id, content_key)
+        self.insert_exposure(name, source, cvs, id, content_key, false)
     }
 
     /// Publishes, under `name`, a relay of another exposer's exposure (a sharer):
@@ -281,7 +289,7 @@ impl Exposer {
         id: ExposureId,
         content_key: [u8; 32],
     ) -> ExposureInfo {
-        self.insert_exposure(name, source, cvs, id, content_key)
+        self.insert_exposure(name, source, cvs, id, content_key, true)
     }
 
     fn insert_exposure(
@@ -291,6 +299,7 @@ impl Exposer {
         cvs: Vec<Hash>,
         id: ExposureId,
         content_key: [u8; 32],
+        relayed: bool,
     ) -> ExposureInfo {
         let size = source.size();
         let chunk_count = merkle::chunk_count(size);
@@ -316,11 +325,13 @@ impl Exposer {
                 sealed: None,
                 _sealer: None,
                 gone: false,
+                relayed,
             },
         );
         if let Some(old) = self.by_name.insert(name.to_string(), id) {
             if old != id {
                 self.exposures.remove(&old);
+                self.sharers.retain(|e| *e != old);
             }
         }
         info
@@ -406,6 +417,7 @@ impl Exposer {
             Ok(PacketType::Request | PacketType::GroupRequest) => {
                 self.on_request(now, from, datagram)
             }
+            Ok(PacketType::Pex) => self.on_pex(now, from, datagram),
             _ => false,
         };
         if !ok {
@@ -459,7 +471,8 @@ impl Exposer {
                         && cipher == self.config.cipher
                         && max_datagram as usize == self.config.max_datagram
                 });
-                let mut features = 0;
+                // Peer exchange is answered to every puller that reads the byte.
+                let mut features = wire::FEATURE_PEX;
                 if offer & wire::OFFER_REPAIR != 0 {
                     features |= wire::FEATURE_REPAIR;
                 }
@@ -728,6 +741,85 @@ impl Exposer {
         true
     }
 
+    /// A PEX (peer exchange, `pex.rs`): served like a REQUEST (a valid session token
+    /// for this address, a body that opens, fresh), it records the asker as a sharer
+    /// of the exposure when it names a port, and is answered with PEERS: the other
+    /// current sharers and, from a sharer, which chunks it holds. The answer is never
+    /// larger than the PEX (an authenticated, padded datagram from a validated
+    /// address): no amplification.
+    fn on_pex(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok((pex, header_len)) = crate::pex::Pex::decode(datagram) else {
+            return false;
+        };
+        let now_ms = self.now_ms(now);
+        let Some(claims) = self.token_key.open(pex.token).filter(|c| {
+            c.session
+                && c.exposure == pex.exposure
+                && same_addr(&c.addr, &from)
+                && c.expires_ms >= now_ms
+                && self.exposures.get(&pex.exposure).is_some_and(|e| !e.gone)
+        }) else {
+            // Not answered (the puller's REQUESTs get the STALE that matters).
+            return false;
+        };
+        let sealer = RequestSealer::new(&claims.request_key);
+        let Some(plain) = sealer.open(pex.seq, &datagram[..header_len], pex.sealed) else {
+            return false;
+        };
+        let Ok(body) = crate::pex::PexBody::decode(&plain) else {
+            return false;
+        };
+        match self.replay.check(now_ms, pex.stamp_ms, pex.tag()) {
+            Verdict::Fresh => {}
+            Verdict::Replay => {
+                self.stats.replays += 1;
+                return true;
+            }
+            Verdict::Stale => {
+                self.stats.stale_stamps += 1;
+                return true;
+            }
+        }
+        self.sharers.note(pex.exposure, from, body.share_port, now);
+        let room = crate::pex::body_room(datagram.len());
+        let Some(e) = self.exposures.get(&pex.exposure) else {
+            return false;
+        };
+        let mut peers = self.sharers.list(
+            &pex.exposure,
+            from,
+            body.share_port,
+            now,
+            crate::pex::MAX_PEERS_SENT,
+        );
+        peers.truncate(room.saturating_sub(1 + 9) / 18);
+        let have = if e.relayed {
+            let source = e.source.clone();
+            crate::pex::Have::summarise(
+                body.have_from,
+                e.chunk_count,
+                room.saturating_sub(crate::pex::peers_len(peers.len())),
+                |i| source.has(i),
+                |i| source.fetching(i),
+            )
+        } else {
+            crate::pex::Have::All
+        };
+        let pkt = crate::pex::seal_peers(
+            &claims.request_key,
+            &pex.exposure,
+            &crate::pex::PeersBody { peers, have },
+            &mut self.rng,
+        );
+        // Never more than the PEX that asked.
+        if pkt.is_empty() || pkt.len() > datagram.len() {
+            return true;
+        }
+        self.stats.peers_sent += 1;
+        self.send(Transmit::single(from, pkt));
+        true
+    }
+
     /// Answers the chunks of a request this (sharing) exposure does not hold.
     fn send_missing(&mut self, to: SocketAddr, exposure: ExposureId, m: MissingRuns) {
         if m.runs.is_empty() {
@@ -926,6 +1018,12 @@ impl Exposer {
     /// (served by that one send).
     pub fn group_suppressed(&self) -> u64 {
         self.just_sent.suppressed
+    }
+
+    /// Sharers remembered for peer exchange, over every exposure (bounded by
+    /// [`crate::pex::MAX_SHARERS`] per exposure).
+    pub fn sharers_known(&self) -> usize {
+        self.sharers.len()
     }
 
     pub fn exposures(&self) -> impl Iterator<Item = &ExposureInfo> {

@@ -26,8 +26,9 @@
 //!   simulation), `zeroed`;
 //! - sans-IO state machines (no sockets, no clocks of their own): `handshake` (the
 //!   pull's Noise NX), `exposer`, `puller`, `swarm` (a pull from several sources of
-//!   one root, a puller per source), `cc` (rate control shared by pulls and
-//!   connections), `replay` (the exposer's filter of REQUESTs served), `retry` (the
+//!   one root, a puller per source), `pex` (peer exchange and have summaries:
+//!   their wire formats and the exposer's bounded table of sharers), `cc` (rate
+//!   control shared by pulls and connections), `replay` (the exposer's filter of REQUESTs served), `retry` (the
 //!   RETRY cookie and handshake rate, shared by exposers and connection endpoints),
 //!   `conn` (connections: wire, Noise XX, streams, endpoint) and `sim` (the
 //!   deterministic network simulator that runs them);
@@ -148,6 +149,8 @@ pub mod merkle;
 pub mod multicast;
 #[doc(hidden)]
 pub mod output;
+#[doc(hidden)]
+pub mod pex;
 #[doc(hidden)]
 pub mod puller;
 #[doc(hidden)]

@@ -520,6 +520,8 @@ pub struct Puller {
     /// means the group does not reach this puller.
     last_group_rx: Instant,
     member_requests: u64,
+    /// The last PEERS answer (peer exchange), until the swarm takes it.
+    peers: Option<crate::pex::PeersBody>,
     pub stats: PullStats,
 }
 
@@ -584,6 +586,7 @@ impl Puller {
             member: false,
             last_group_rx: now,
             member_requests: 0,
+            peers: None,
             stats: PullStats::default(),
             cfg,
         }
@@ -758,6 +761,7 @@ impl Puller {
             Ok(PacketType::Retry) => self.on_retry(datagram),
             Ok(PacketType::Stale) => self.on_stale(datagram),
             Ok(PacketType::Missing) => self.on_missing(datagram),
+            Ok(PacketType::Peers) => self.on_peers(datagram),
             _ => false,
         };
         if ok {
@@ -853,6 +857,58 @@ impl Puller {
                 .push_back(PullEvent::Missing { index: c as u64 });
         }
         true
+    }
+
+    /// A PEERS answer: kept if it opens under this session's request key.
+    fn on_peers(&mut self, d: &[u8]) -> bool {
+        let Some(sess) = self.session.as_ref() else {
+            return false;
+        };
+        if crate::pex::peers_exposure(d).ok() != Some(sess.m.exposure) {
+            return false;
+        }
+        match crate::pex::open_peers(&sess.m.request_key, d) {
+            Some(body) => {
+                self.peers = Some(body);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether this source answers PEX (its manifest said so), once a session is up.
+    pub fn speaks_pex(&self) -> bool {
+        matches!(self.phase, Phase::Transfer)
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.m.features.is_some_and(|f| f & wire::FEATURE_PEX != 0))
+    }
+
+    /// A PEX datagram (peer exchange, `pex.rs`) under the next sequence number, when
+    /// this source speaks it.
+    pub fn pex_query(&mut self, now: Instant, body: crate::pex::PexBody) -> Option<Transmit> {
+        if !self.speaks_pex() {
+            return None;
+        }
+        let sess = self.session.as_ref()?;
+        self.seq += 1;
+        let since = now.saturating_duration_since(sess.welcomed_at).as_millis() as u64;
+        let stamp = sess.m.clock_ms.saturating_add(since);
+        let mut pkt =
+            crate::pex::Pex::encode_header(&sess.m.exposure, &sess.m.token, self.seq, stamp);
+        let header = pkt.clone();
+        let len = crate::pex::PEX_LEN.saturating_sub(header.len() + TAG_LEN);
+        sess.sealer
+            .seal(self.seq, &header, &body.encode(len), &mut pkt);
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += pkt.len() as u64;
+        Some(Transmit::single(self.cfg.remote, pkt))
+    }
+
+    /// The last PEERS answer, once.
+    pub fn take_peers(&mut self) -> Option<crate::pex::PeersBody> {
+        self.peers.take()
     }
 
     /// The origin's exposure id and content key, once a session is up: what a sharer

@@ -25,6 +25,12 @@ pub trait ChunkSource: Send + Sync {
     fn has(&self, _index: u64) -> bool {
         true
     }
+    /// Whether chunk `index`, not held, is on its way to this sharer from a full
+    /// source (the origin): said in its have summaries (peer exchange), so that other
+    /// pullers ask the origin for other chunks. Never, except for a sharer.
+    fn fetching(&self, _index: u64) -> bool {
+        false
+    }
 }
 
 /// The chunks a sharer holds, shared between the pull that fills them and the
@@ -60,6 +66,31 @@ impl<S: ChunkSource> ChunkSource for PartialSource<S> {
     }
     fn has(&self, index: u64) -> bool {
         self.have.lock().contains(index)
+    }
+}
+
+/// A sharer's source, with the chunks its pull is fetching from full sources now
+/// (peer exchange: its have summaries say so, and other pullers ask the origin for
+/// other chunks).
+pub struct FetchingSource<S> {
+    /// What is held.
+    pub inner: S,
+    /// Chunks on their way from a full source, as the pull last said.
+    pub fetching: SharedHave,
+}
+
+impl<S: ChunkSource> ChunkSource for FetchingSource<S> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.inner.read_chunk(index, buf)
+    }
+    fn has(&self, index: u64) -> bool {
+        self.inner.has(index)
+    }
+    fn fetching(&self, index: u64) -> bool {
+        self.fetching.lock().contains(index)
     }
 }
 

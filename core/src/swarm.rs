@@ -21,8 +21,25 @@ use std::time::{Duration, Instant};
 
 use crate::bitset::ChunkSet;
 use crate::merkle::CHUNK_SIZE;
-use crate::puller::{BadChunk, PullError, PullEvent, PullStats, Puller};
+use crate::pex::{Have, PeersBody, PexBody};
+use crate::puller::{BadChunk, PullConfig, PullError, PullEvent, PullStats, Puller};
+use crate::rng::Rng;
 use crate::transmit::Transmit;
+
+/// How often a full source (the origin) is asked for its sharers (a PEX is one 1200-byte datagram).
+const PEX_ORIGIN_EVERY: Duration = Duration::from_millis(500);
+/// How often a sharer is asked which chunks it holds.
+const PEX_SHARER_EVERY: Duration = Duration::from_millis(100);
+/// How often one refill of a full source jumps to a random point when it meets
+/// chunks sharers hold (then it scans on).
+const MAX_JUMPS: u32 = 8;
+/// How long a full source may go without work because sharers say they are
+/// fetching what is left from the origin: then those claims are ignored for its
+/// next grants (a puller that claims to fetch everything and never does must not
+/// stall the others).
+const FETCH_TRUST: Duration = Duration::from_millis(500);
+/// Most sources peer exchange adds to one pull.
+pub const MAX_FOUND: usize = 16;
 
 /// A source silent this long with chunks granted, while others serve, is dropped.
 /// At least this, or 8 smoothed round trips.
@@ -60,6 +77,21 @@ pub struct Source {
     /// may hold them by then).
     lacks: ChunkSet,
     lacks_since: Option<Instant>,
+    /// Found by peer exchange: a sharer, granted only chunks its have summary says it
+    /// holds (`None`: a full source, which holds every chunk).
+    holds: Option<ChunkSet>,
+    /// When it is next sent a PEX (peer exchange), and from which chunk its have
+    /// summary is asked.
+    next_pex: Option<Instant>,
+    have_from: u32,
+    /// No peer-exchange refill before then (the last scan left it short).
+    next_refill: Option<Instant>,
+    /// Where a sharer's next scan for chunks it holds starts.
+    scan_pos: u64,
+    /// What a sharer's puller last said it is fetching from a full source.
+    fetching: Option<ChunkSet>,
+    /// A full source: since when it has had nothing granted (see [`FETCH_TRUST`]).
+    idle_since: Option<Instant>,
 }
 
 impl Source {
@@ -105,6 +137,47 @@ pub struct Swarm {
     finished: bool,
     /// Which source's transmits come first next time (round robin).
     rr: usize,
+    /// Sources are granted chunks (several, or peer exchange that may add some).
+    scheduled: bool,
+    /// Peer exchange, when on.
+    pex: Option<PexState>,
+    /// Chunks some live sharer's summary holds (with peer exchange), and whether it
+    /// must be rebuilt (a summary shrank, a sharer went).
+    union: ChunkSet,
+    union_dirty: bool,
+    /// Chunks some live sharer's puller is fetching from a full source (part of
+    /// `union`).
+    union_fetch: ChunkSet,
+    /// Chunks some live sharer's summary holds (part of `union`).
+    union_held: ChunkSet,
+}
+
+/// Peer exchange in a swarm ([`Swarm::enable_pex`]).
+pub struct PexConfig {
+    /// The session settings of sources found (the remote, key and resume replaced).
+    pub template: PullConfig,
+    /// Randomness for the sources found and for the order chunks are asked from
+    /// full sources in.
+    pub rng: Rng,
+    /// Whether an address is one of this host's own (the driver's answer; `None`:
+    /// never). A sharer named at one is reached over loopback instead, where
+    /// datagrams of 64 KiB carry a chunk in one (other pullers on this host, e.g.
+    /// behind the same address).
+    pub is_local: Option<fn(std::net::IpAddr) -> bool>,
+}
+
+struct PexState {
+    template: PullConfig,
+    rng: Rng,
+    is_local: Option<fn(std::net::IpAddr) -> bool>,
+    /// The port this puller shares on, once it shares (0: it does not).
+    share_port: u16,
+    /// Every address a source was made for (none is added twice).
+    known: Vec<SocketAddr>,
+    found: usize,
+    out: VecDeque<Transmit>,
+    /// State of [`Swarm::fast_random`].
+    fast: u64,
 }
 
 impl Swarm {
@@ -134,6 +207,13 @@ impl Swarm {
                     busy_since: None,
                     lacks: ChunkSet::new(0),
                     lacks_since: None,
+                    holds: None,
+                    next_pex: None,
+                    have_from: 0,
+                    next_refill: None,
+                    scan_pos: 0,
+                    fetching: None,
+                    idle_since: None,
                 })
                 .collect(),
             have: ChunkSet::new(0),
@@ -144,11 +224,208 @@ impl Swarm {
             recheck: Recheck::None,
             events,
             rr: 0,
+            scheduled: multi,
+            pex: None,
+            union: ChunkSet::new(0),
+            union_dirty: false,
+            union_fetch: ChunkSet::new(0),
+            union_held: ChunkSet::new(0),
         }
     }
 
+    /// Turns peer exchange on (before the pull starts): every source that speaks it
+    /// is asked for the sharers it knows (a full source every 500 ms) and which
+    /// chunks it holds (a sharer every 100 ms), and each sharer named becomes a
+    /// source (at most [`MAX_FOUND`]). Sources are then always granted chunks: full
+    /// ones from a random point on and only chunks no known sharer holds or
+    /// fetches, sharers only chunks they hold. So pullers started together ask the
+    /// origin for different chunks and take the rest from each other.
+    pub fn enable_pex(&mut self, mut cfg: PexConfig) {
+        if self.started {
+            return;
+        }
+        cfg.template.scheduled = true;
+        cfg.template.resume = None;
+        cfg.template.pinned_key = None;
+        for s in &mut self.sources {
+            s.puller.set_scheduled(true);
+        }
+        self.scheduled = true;
+        self.pex = Some(PexState {
+            known: self.sources.iter().map(|s| s.addr()).collect(),
+            template: cfg.template,
+            rng: cfg.rng,
+            is_local: cfg.is_local,
+            share_port: 0,
+            found: 0,
+            out: VecDeque::new(),
+            fast: 0,
+        });
+        let seed = self.pex.as_mut().map_or(0, |p| p.rng.u64());
+        if let Some(p) = self.pex.as_mut() {
+            p.fast = seed;
+        }
+    }
+
+    /// This puller now shares the root on `port` (told to every source in its next
+    /// PEX).
+    pub fn set_share_port(&mut self, port: u16) {
+        if let Some(p) = self.pex.as_mut() {
+            p.share_port = port;
+        }
+        for s in &mut self.sources {
+            s.next_pex = None;
+        }
+    }
+
+    /// Adds `addr` as a sharer of the root (found by peer exchange), unless it is
+    /// known already or the limit is reached. Returns whether it was added.
+    pub fn add_found(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let Some(p) = self.pex.as_mut() else {
+            return false;
+        };
+        let family = self.sources.first().map(|s| s.addr().is_ipv4());
+        if p.found >= MAX_FOUND
+            || p.known.contains(&addr)
+            || family.is_some_and(|v4| v4 != addr.is_ipv4())
+        {
+            return false;
+        }
+        p.known.push(addr);
+        let addr = match p.is_local {
+            Some(local) if !addr.ip().is_loopback() && local(addr.ip()) => {
+                let lo = if addr.is_ipv4() {
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                } else {
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                };
+                SocketAddr::new(lo, addr.port())
+            }
+            _ => addr,
+        };
+        if p.known[..p.known.len() - 1].contains(&addr) {
+            return false;
+        }
+        p.known.push(addr);
+        p.found += 1;
+        let mut cfg = p.template.clone();
+        cfg.remote = addr;
+        let rng = p.rng.fork();
+        let rng_pos = p.rng.u64();
+        tracing::info!("peer exchange: sharer {addr} added");
+        self.sources.push(Source {
+            puller: Puller::with_rng(cfg, now, rng),
+            dropped: None,
+            assigned: ChunkSet::new(0),
+            pending: 0,
+            started: false,
+            next_steal: None,
+            busy_since: None,
+            lacks: ChunkSet::new(0),
+            lacks_since: None,
+            holds: Some(ChunkSet::new(self.have.len())),
+            next_pex: None,
+            have_from: 0,
+            next_refill: None,
+            scan_pos: rng_pos,
+            fetching: Some(ChunkSet::new(self.have.len())),
+            idle_since: None,
+        });
+        true
+    }
+
     fn multi(&self) -> bool {
-        self.sources.len() > 1
+        self.scheduled
+    }
+
+    /// Sends the PEX queries due.
+    fn pex_tick(&mut self, now: Instant) {
+        let Some(p) = self.pex.as_mut() else {
+            return;
+        };
+        for s in &mut self.sources {
+            if s.dropped.is_some() || s.next_pex.is_some_and(|t| now < t) {
+                continue;
+            }
+            let body = PexBody {
+                share_port: p.share_port,
+                have_from: s.have_from,
+            };
+            if let Some(t) = s.puller.pex_query(now, body) {
+                p.out.push_back(t);
+                let every = if s.holds.is_some() {
+                    PEX_SHARER_EVERY
+                } else {
+                    PEX_ORIGIN_EVERY
+                };
+                s.next_pex = Some(now + every);
+            }
+        }
+    }
+
+    /// A PEERS answer from source `i`: new sharers, and what `i` holds.
+    fn on_peers(&mut self, i: usize, body: PeersBody, now: Instant) {
+        for a in body.peers {
+            self.add_found(a, now);
+        }
+        let len = self.have.len();
+        let s = &mut self.sources[i];
+        let (Some(h), Have::Bits { first, count, .. }) = (s.holds.as_mut(), &body.have) else {
+            return;
+        };
+        if h.len() != len {
+            *h = ChunkSet::new(len);
+        }
+        let (first, count) = (*first as u64, *count as u64);
+        let mut shrank = false;
+        let f = s.fetching.get_or_insert_with(|| ChunkSet::new(len));
+        if f.len() != len {
+            *f = ChunkSet::new(len);
+        }
+        let fresh = self.union.len() == len && self.union_fetch.len() == len;
+        for c in first..(first + count).min(len) {
+            if body.have.holds(c) == Some(true) {
+                if h.insert(c) && fresh {
+                    self.union.insert(c);
+                    self.union_held.insert(c);
+                }
+            } else if h.remove(c) {
+                shrank = true;
+            }
+            if body.have.fetching(c) == Some(true) {
+                if f.insert(c) && fresh {
+                    self.union.insert(c);
+                    self.union_fetch.insert(c);
+                }
+            } else if f.remove(c) {
+                shrank = true;
+            }
+        }
+        self.union_dirty |= shrank;
+        let next = first + count;
+        s.have_from = if next >= len { 0 } else { next as u32 };
+        // It may hold new chunks for it now.
+        s.next_refill = None;
+        self.refill(i, now);
+    }
+
+    /// Whether chunk `c` directly follows one another puller is fetching from the
+    /// origin now: its run will most likely go on into `c` (see `refill_pex`).
+    fn shadowed(&self, c: u64) -> bool {
+        c > 0 && self.union_fetch.contains(c - 1)
+    }
+
+    /// Chunks granted to full sources (the origin) and not yet verified: what this
+    /// puller is fetching from them now, which its sharer's have summaries tell
+    /// (peer exchange), so other pullers ask the origin for other chunks.
+    pub fn fetching_from_full(&self) -> ChunkSet {
+        let mut f = ChunkSet::new(self.have.len());
+        for s in &self.sources {
+            if s.live() && s.holds.is_none() {
+                f.union_with(&s.assigned);
+            }
+        }
+        f
     }
 
     /// The sources, in the order given.
@@ -261,6 +538,10 @@ impl Swarm {
         if self.finished {
             return None;
         }
+        self.pex_tick(now);
+        if let Some(t) = self.pex.as_mut().and_then(|p| p.out.pop_front()) {
+            return Some(t);
+        }
         let n = self.sources.len();
         for k in 0..n {
             let i = (self.rr + k) % n;
@@ -292,6 +573,12 @@ impl Swarm {
             if let Some(t) = stall_at(s).filter(|_| live > 1) {
                 at(t);
             }
+            if let Some(t) = s.next_refill {
+                at(t);
+            }
+            if self.pex.is_some() && s.puller.speaks_pex() {
+                at(s.next_pex.unwrap_or(self.sources[0].puller.last_heard()));
+            }
         }
         next
     }
@@ -311,6 +598,7 @@ impl Swarm {
             }
             self.after(i, now);
         }
+        self.pex_tick(now);
         for i in 0..self.sources.len() {
             let s = &self.sources[i];
             if self.live_count() > 1 && s.live() && stall_at(s).is_some_and(|t| now >= t) {
@@ -416,10 +704,19 @@ impl Swarm {
                         self.have = s.puller.have().clone();
                         self.claimed = self.have.clone();
                         self.dup = ChunkSet::new(self.have.len());
+                        if let Some(p) = self.pex.as_mut() {
+                            // Full sources are asked from a random point on: pullers
+                            // started together ask the origin for different chunks.
+                            self.cursor = p.rng.u64() % self.have.len().max(1);
+                        }
                     } else {
                         s.puller.set_have(&self.have);
                     }
                     s.assigned = ChunkSet::new(self.have.len());
+                    let len = self.have.len();
+                    if let Some(h) = s.holds.as_mut().filter(|h| h.len() != len) {
+                        *h = ChunkSet::new(len);
+                    }
                     self.events.push_back((
                         i,
                         PullEvent::Started {
@@ -456,6 +753,11 @@ impl Swarm {
                 }
             }
         }
+        if let Some(body) = self.sources[i].puller.take_peers() {
+            if self.pex.is_some() && self.started {
+                self.on_peers(i, body, now);
+            }
+        }
         self.check_done(now);
         if self.multi() && !self.finished {
             self.refill(i, now);
@@ -473,6 +775,9 @@ impl Swarm {
         }
         if s.lacks.insert(index) && s.lacks_since.is_none() {
             s.lacks_since = Some(now);
+        }
+        if let Some(h) = s.holds.as_mut() {
+            self.union_dirty |= h.remove(index);
         }
         if !s.assigned.remove(index) {
             return;
@@ -522,6 +827,7 @@ impl Swarm {
             return;
         }
         let held: Vec<u64> = self.sources[i].assigned.iter().collect();
+        self.union_dirty = true;
         let s = &mut self.sources[i];
         s.dropped = Some(e.clone());
         s.assigned = ChunkSet::new(0);
@@ -569,6 +875,9 @@ impl Swarm {
     /// Grants source `i` chunks up to its target: unclaimed ones first, then, in the
     /// endgame, ones another source holds.
     fn refill(&mut self, i: usize, now: Instant) {
+        if self.sources[i].next_refill.is_some_and(|t| now >= t) {
+            self.sources[i].next_refill = None;
+        }
         if !self.started || !self.sources[i].live() || !self.sources[i].started {
             return;
         }
@@ -577,6 +886,10 @@ impl Swarm {
         }
         let target = self.target(i);
         let len = self.have.len();
+        if self.pex.is_some() {
+            self.refill_pex(i, target, now);
+            return;
+        }
         {
             let s = &mut self.sources[i];
             if s.lacks_since.is_some_and(|t| now >= t + LACKS_FORGOTTEN) {
@@ -643,6 +956,178 @@ impl Swarm {
         } else {
             None
         };
+    }
+}
+
+impl Swarm {
+    /// [`Self::refill`] with peer exchange on. A full source (the origin) is granted
+    /// unclaimed chunks that no known sharer holds, from the swarm's cursor on (a
+    /// random start, wrapping), skipping those likely on their way to a sharer
+    /// ([`Self::shadowed`]: then it goes on from a random point); a sharer only
+    /// unclaimed chunks its summary says it holds. In the endgame (nothing left for
+    /// it unclaimed) a source may take a chunk another holds, the origin only one no
+    /// sharer holds. A scan that leaves the source short is not repeated for a few
+    /// milliseconds (what would change its outcome, summaries, drops, MISSING, comes
+    /// no faster), so the work per datagram stays small.
+    fn refill_pex(&mut self, i: usize, target: u64, now: Instant) {
+        let len = self.have.len();
+        if len == 0 || self.sources[i].next_refill.is_some_and(|t| now < t) {
+            return;
+        }
+        {
+            let s = &mut self.sources[i];
+            if s.lacks_since.is_some_and(|t| now >= t + LACKS_FORGOTTEN) {
+                s.lacks = ChunkSet::new(0);
+                s.lacks_since = None;
+            }
+        }
+        let sharer = self.sources[i].holds.is_some();
+        if !sharer {
+            self.update_union();
+        }
+        let s = &mut self.sources[i];
+        if s.pending > 0 {
+            s.idle_since = None;
+        } else if s.idle_since.is_none() {
+            s.idle_since = Some(now);
+        }
+        // Idle too long: what others say they fetch is not waited for.
+        let distrust = !sharer && s.idle_since.is_some_and(|t| now >= t + FETCH_TRUST);
+        let mut start = if sharer {
+            self.sources[i].scan_pos % len
+        } else {
+            self.cursor % len
+        };
+        let mut pos = start;
+        let mut wrapped = false;
+        let mut scanned = 0u64;
+        let mut jumps = 0;
+        while self.sources[i].pending < target && scanned < STEAL_SCAN {
+            let next = {
+                let s = &self.sources[i];
+                match &s.holds {
+                    // Held there and unclaimed.
+                    Some(h) => h.first_where(&self.claimed, pos, true, false),
+                    // Unclaimed and held (or fetched) by no sharer.
+                    None if distrust => {
+                        self.claimed
+                            .first_where(&self.union_held, pos, false, false)
+                    }
+                    None => self.claimed.first_where(&self.union, pos, false, false),
+                }
+            };
+            let Some(c) = next.filter(|&c| !wrapped || c < start) else {
+                if wrapped {
+                    break;
+                }
+                wrapped = true;
+                pos = 0;
+                continue;
+            };
+            pos = c + 1;
+            scanned += 1;
+            if self.sources[i].lacks.contains(c) {
+                continue;
+            }
+            if !sharer && !distrust && self.shadowed(c) {
+                if jumps < MAX_JUMPS {
+                    // Most likely another puller's run from the origin, whose next
+                    // chunks this one would be racing for: go on elsewhere.
+                    jumps += 1;
+                    start = self.fast_random() % len;
+                    pos = start;
+                    wrapped = false;
+                }
+                continue;
+            }
+            self.claimed.insert(c);
+            self.give(i, c, now);
+        }
+        if sharer {
+            self.sources[i].scan_pos = pos;
+        } else {
+            self.cursor = pos % len;
+        }
+        let short = self.sources[i].pending < target;
+        {
+            let s = &mut self.sources[i];
+            s.next_refill = short.then(|| {
+                now + (s.puller.rate_control().srtt() / 4)
+                    .clamp(Duration::from_millis(2), Duration::from_millis(20))
+            });
+        }
+        if !short || !self.claimed.is_full() {
+            return;
+        }
+        // The endgame: nothing is unclaimed.
+        if self.sources[i].next_steal.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut next = self.have.first_missing_from(0);
+        let mut scanned = 0;
+        while let Some(c) = next {
+            if self.sources[i].pending >= target || scanned >= STEAL_SCAN {
+                break;
+            }
+            scanned += 1;
+            let s = &self.sources[i];
+            let fits = !s.lacks.contains(c)
+                && match &s.holds {
+                    Some(h) => h.contains(c),
+                    None => !self.union.contains(c),
+                };
+            if fits && !self.dup.contains(c) && !s.assigned.contains(c) {
+                self.dup.insert(c);
+                self.give(i, c, now);
+            }
+            next = self.have.first_missing_from(c + 1);
+        }
+        let s = &mut self.sources[i];
+        s.next_steal = if s.pending < target {
+            Some(now + (s.puller.rate_control().srtt() / 4).max(Duration::from_millis(1)))
+        } else {
+            None
+        };
+    }
+
+    /// Rebuilds the union of the live sharers' summaries, when one shrank or a sharer
+    /// went (growth is added as it comes).
+    fn update_union(&mut self) {
+        let len = self.have.len();
+        if !self.union_dirty && self.union.len() == len {
+            return;
+        }
+        let mut u = ChunkSet::new(len);
+        let mut f = ChunkSet::new(len);
+        for s in &self.sources {
+            if !(s.live() && s.started) {
+                continue;
+            }
+            if let Some(h) = &s.holds {
+                u.union_with(h);
+            }
+            if let Some(x) = &s.fetching {
+                f.union_with(x);
+            }
+        }
+        self.union_held = u.clone();
+        u.union_with(&f);
+        self.union = u;
+        self.union_fetch = f;
+        self.union_dirty = false;
+    }
+
+    /// A cheap pseudo-random number (splitmix64, seeded once from the pull's
+    /// random source): where to jump to in the file is no secret.
+    fn fast_random(&mut self) -> u64 {
+        let Some(p) = self.pex.as_mut() else {
+            return 0;
+        };
+        p.fast = p.fast.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = p.fast;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }
 

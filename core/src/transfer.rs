@@ -262,6 +262,11 @@ pub struct PullOptions {
     /// Join the exposure's multicast group when its exposer offers one (IPv4; on
     /// by default; `rgtp-pull --no-multicast` turns it off).
     pub multicast: bool,
+    /// Peer exchange (on by default; `rgtp-pull --no-peers` turns it off): ask the
+    /// exposer, when it speaks it, for the current sharers of the root, pull from
+    /// them too, and with `share` tell it where this pull shares. Needs the root
+    /// (a URL with `root=`), against which every chunk from every source is checked.
+    pub peers: bool,
 }
 
 /// How a pull shares what it holds (`rgtp-pull --share`).
@@ -288,6 +293,7 @@ impl Default for PullOptions {
             found: Vec::new(),
             share: None,
             multicast: true,
+            peers: true,
         }
     }
 }
@@ -580,8 +586,18 @@ pub fn pull_from(
         pullers.push(Puller::new(c, start));
         names.push(plan.host_port.clone());
     }
+    let cfg_template = cfg.clone();
     pullers.insert(0, Puller::new(cfg, start));
     let mut puller = Swarm::new(pullers);
+    if opts.peers && src.root.is_some() {
+        let mut template = cfg_template;
+        template.pinned_key = None;
+        puller.enable_pex(crate::swarm::PexConfig {
+            template,
+            rng: crate::rng::Rng::os(),
+            is_local: Some(is_local_ip),
+        });
+    }
     let (verify_tx, verify_rx) = mpsc::sync_channel::<VerifyJob>(VERIFY_QUEUE);
     let (done_tx, done_rx) = mpsc::channel::<(usize, u64, Verified)>();
     let verifier = std::thread::spawn(move || {
@@ -647,12 +663,17 @@ pub fn pull_from(
                 .iter()
                 .rposition(|s| s.dropped.is_some())
                 .unwrap_or(0);
-            let multi = names.len() > 1;
+            let multi = puller.sources().len() > 1;
             let main_quiet = !puller
                 .sources()
                 .first()
                 .is_some_and(|s| s.puller.answered());
-            let host_port = names.get(which).cloned().unwrap_or_default();
+            let host_port = names.get(which).cloned().unwrap_or_else(|| {
+                puller
+                    .sources()
+                    .get(which)
+                    .map_or_else(String::new, |s| s.addr().to_string())
+            });
             let msg = match (&e, known_key) {
                 (PullError::KeyMismatch { got, .. }, Some(old)) if pin.is_none() && which == 0 => {
                     format!(
@@ -732,9 +753,13 @@ pub fn pull_from(
         sources: puller
             .sources()
             .iter()
-            .zip(&names)
-            .map(|(s, addr)| SourceReport {
-                addr: addr.clone(),
+            .enumerate()
+            .map(|(i, s)| SourceReport {
+                // Sources found by peer exchange are named by their address.
+                addr: names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| s.addr().to_string()),
                 bytes: s.bytes(),
                 bad_chunks: s.puller.stats.bad_chunks,
                 dropped: s.dropped.as_ref().map(|e| e.to_string()),
@@ -742,6 +767,11 @@ pub fn pull_from(
             })
             .collect(),
     })
+}
+
+/// Whether `ip` is one of this host's addresses: a UDP socket can be bound to it.
+fn is_local_ip(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// The verifier thread's answer: the plaintext, or why not.
@@ -786,6 +816,11 @@ struct Sharer {
     addr: SocketAddr,
     tx: Option<mpsc::Sender<Relay>>,
     relaying: bool,
+    /// The swarm was told the sharing port (peer exchange).
+    announced: bool,
+    /// What the pull is fetching from full sources (its have summaries say so).
+    fetching: crate::source::SharedHave,
+    next_fetching: Instant,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<crate::exposer::ExposerStats>>,
 }
@@ -793,7 +828,7 @@ struct Sharer {
 /// What the sharer serves.
 struct Relay {
     name: String,
-    source: crate::source::PartialSource<FileSource>,
+    source: crate::source::FetchingSource<crate::source::PartialSource<FileSource>>,
     cvs: Vec<merkle::Hash>,
     id: wire::ExposureId,
     content_key: [u8; 32],
@@ -845,6 +880,9 @@ impl Sharer {
             addr,
             tx: Some(tx),
             relaying: false,
+            announced: false,
+            fetching: crate::source::shared_have(0),
+            next_fetching: Instant::now(),
             stop,
             thread: Some(thread),
         })
@@ -899,9 +937,12 @@ impl Handler<'_> {
             let Some(tx) = sh.tx.take() else { return };
             let relay = Relay {
                 name: self.name.clone(),
-                source: crate::source::PartialSource {
-                    inner: FileSource::from_file(file, self.total),
-                    have,
+                source: crate::source::FetchingSource {
+                    inner: crate::source::PartialSource {
+                        inner: FileSource::from_file(file, self.total),
+                        have,
+                    },
+                    fetching: sh.fetching.clone(),
                 },
                 cvs: cvs.to_vec(),
                 id,
@@ -1009,6 +1050,19 @@ impl PullHandler for Handler<'_> {
     }
 
     fn poll_completions(&mut self, p: &mut Swarm) -> Result<(), OutputError> {
+        if let Some(sh) = self.sharer.as_deref_mut() {
+            if sh.relaying && !sh.announced {
+                // Serving now: peer exchange may tell the exposer.
+                sh.announced = true;
+                p.set_share_port(sh.addr.port());
+            }
+            if sh.announced && Instant::now() >= sh.next_fetching {
+                // What the pull fetches from the origin now, for the sharer's
+                // summaries (fresh within 20 ms: others avoid those chunks).
+                sh.next_fetching = Instant::now() + Duration::from_millis(20);
+                *sh.fetching.lock() = p.fetching_from_full();
+            }
+        }
         if let Some((v, stored)) = self.recheck.take() {
             self.recheck_stored(p, &v, &stored)?;
         }

@@ -48,6 +48,9 @@ pub enum PacketType {
     Data = 6,
     Stale = 7,
     Missing = 8,
+    /// Peer exchange and have summaries: `pex.rs`.
+    Pex = 9,
+    Peers = 10,
     /// A REQUEST from a member of the exposure's multicast group (same layout).
     GroupRequest = 11,
 }
@@ -62,6 +65,8 @@ impl PacketType {
             6 => Self::Data,
             7 => Self::Stale,
             8 => Self::Missing,
+            9 => Self::Pex,
+            10 => Self::Peers,
             11 => Self::GroupRequest,
             _ => return None,
         })
@@ -567,6 +572,10 @@ pub const OFFER_MULTICAST: u8 = 0x40;
 /// Bit of the manifest's `features` byte: this exposure has a multicast group, whose
 /// address (IPv4, 4 bytes, and port u16) follows the byte.
 pub const FEATURE_MULTICAST: u8 = 0x02;
+
+/// Bit of the manifest's `features` byte: this exposer answers PEX (type 9) with
+/// PEERS (type 10): peer exchange, and a sharer's have summary (`pex.rs`).
+pub const FEATURE_PEX: u8 = 0x08;
 
 /// Request item tag bits: one chunk (else a range), repair fragments.
 const TAG_ONE: u8 = 0x80;

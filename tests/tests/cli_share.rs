@@ -1,6 +1,8 @@
 //! Sharing with the real binaries on loopback: puller A runs `rgtp-pull URL --share
 //! --seed 30`; puller B pulls from A's sharing port alone after A finished, and from
-//! the origin and A together while A is still pulling. Both byte-exact.
+//! the origin and A together while A is still pulling. Both byte-exact. Peer
+//! exchange: two `--share` pullers and a plain one, started together with no
+//! `--from`, find each other through the origin alone.
 
 use std::time::{Duration, Instant};
 
@@ -124,6 +126,76 @@ fn a_sharer_still_pulling_serves_beside_the_origin() {
         s[0].bytes,
         s[1].bytes,
         ja.u64("share_missing_sent")
+    );
+}
+
+#[test]
+fn sharers_and_a_plain_puller_find_each_other_through_the_origin() {
+    let dir = TestDir::new("share-pex");
+    let size = 24 * MIB + 4321;
+    let (src, origin) = expose_random_file(&dir, "pex.bin", size, "share-pex");
+    let url = &origin.single().url;
+    // Each reaches the origin through a slow relay of its own (3 MB/s), so most of
+    // each copy is worth taking from the others; between them, loopback is fast.
+    let relays: Vec<Relay> = (0..3)
+        .map(|_| Relay::start(origin.addr(), 3_000_000))
+        .collect();
+    let outs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.out")))
+        .collect();
+    let mut sharers: Vec<Proc> = (0..2)
+        .map(|i| {
+            PullCmd::url(&dir, &relays[i].url(url), &outs[i])
+                .arg("--share")
+                .arg("--seed")
+                .arg("30")
+                .arg("--json")
+                .spawn(&dir)
+        })
+        .collect();
+    let plain = PullCmd::url(&dir, &relays[2].url(url), &outs[2])
+        .arg("--json")
+        .run(&dir);
+    plain.assert_success();
+    assert_same_content(&src, &outs[2], "the plain puller's copy");
+    let r = plain.json();
+    let s = r.sources();
+    assert_eq!(s.iter().map(|s| s.bytes).sum::<u64>(), size, "{}", r.0);
+    let from_sharers: u64 = s[1..].iter().map(|s| s.bytes).sum();
+    assert!(from_sharers > 0, "no bytes from a sharer: {}", r.0);
+    for (i, a) in sharers.iter_mut().enumerate() {
+        wait_for(a, "seeding", PULL_DEADLINE, |e| e.contains("seeding for"));
+        assert_same_content(&src, &outs[i], "a sharer's copy");
+    }
+    let mut found_each_other = 0;
+    for a in &mut sharers {
+        assert!(a.signal(libc::SIGINT));
+    }
+    for (i, a) in sharers.into_iter().enumerate() {
+        let f = a.finish(Duration::from_secs(20));
+        f.assert_success();
+        let j = f.json();
+        let s = j.sources();
+        eprintln!(
+            "sharer {i}: {:?}",
+            s.iter().map(|s| (&s.addr, s.bytes)).collect::<Vec<_>>()
+        );
+        // Only the other sharer can have been found (the plain puller does not
+        // share), and at the address its sharing port is on.
+        assert!(s.len() <= 2, "{}", j.0);
+        if s.len() == 2 && s[1].bytes > 0 {
+            found_each_other += 1;
+        }
+        assert!(j.u64("share_bytes_sent") > 0, "{}", j.0);
+    }
+    assert!(
+        found_each_other >= 1,
+        "neither sharer pulled from the other"
+    );
+    eprintln!(
+        "plain puller: {:?}",
+        s.iter().map(|s| (&s.addr, s.bytes)).collect::<Vec<_>>()
     );
 }
 

@@ -41,6 +41,13 @@ exposure id and content key), so what it serves is byte-identical to the
 exposer's, and it answers requests for chunks it lacks with MISSING, which sends
 them elsewhere. --seed SECS keeps serving that long after the pull finished.
 
+Peer exchange: with a URL that gives root=, the pull asks the exposer which
+pullers of the same root share (at most 16, each at the address the exposer sees
+its session come from), and pulls from them too, asking each which chunks it
+holds; with --share it tells the exposer where it shares, so pullers started
+together find each other through the exposer alone, and ask the exposer for
+different chunks. --no-peers turns this off.
+
 --json prints one JSON object on stdout, on success and on failure alike:
   success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
            throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
@@ -129,6 +136,11 @@ struct Args {
     /// at once; Ctrl-C ends it sooner).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     seed: u64,
+    /// No peer exchange: do not ask the exposer for the sharers of the root (nor
+    /// tell it where this pull shares). By default, with a URL that gives root=,
+    /// sharers the exposer names are pulled from too.
+    #[arg(long)]
+    no_peers: bool,
     /// Give up when an exposer that has answered is then silent this many seconds
     /// (the pull resumes by itself if it comes back sooner).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
@@ -320,6 +332,7 @@ fn run(args: Args) -> Result<(), Failure> {
         fec: args.fec,
         multicast: !args.no_multicast,
         from: args.from.clone(),
+        peers: !args.no_peers,
         ..Default::default()
     };
     if args.share || args.share_port.is_some() {

@@ -62,6 +62,10 @@ pub struct PullConfig {
     /// Join the exposure's multicast group when its exposer has one (IPv4; the
     /// driver joins it, [`Puller::group`]).
     pub multicast: bool,
+    /// With `scheduled` (peer exchange on a pull from one exposer): a group, if the
+    /// exposer offers one, wins over the schedule; joining it ends `scheduled`, and
+    /// the swarm then drops peer exchange (the group already serves the LAN once).
+    pub group_first: bool,
 }
 
 impl PullConfig {
@@ -90,6 +94,7 @@ impl PullConfig {
             fec: FecMode::Auto,
             scheduled: false,
             multicast: true,
+            group_first: false,
         }
     }
 
@@ -659,6 +664,11 @@ impl Puller {
         self.cfg.scheduled = on;
     }
 
+    /// See [`PullConfig::group_first`]; before it starts.
+    pub fn set_group_first(&mut self, on: bool) {
+        self.cfg.group_first = on;
+    }
+
     /// With `scheduled`: content chunk `index` may be asked for.
     pub fn grant(&mut self, index: u64) {
         if let Ok(c) = u32::try_from(index) {
@@ -1038,13 +1048,16 @@ impl Puller {
         // source, which group data does not follow.
         let group = m
             .group
-            .filter(|_| self.cfg.multicast && !self.cfg.scheduled)
+            .filter(|_| self.cfg.multicast && (!self.cfg.scheduled || self.cfg.group_first))
             .filter(|_| m.features.is_some_and(|f| f & wire::FEATURE_MULTICAST != 0));
         // A puller that left the group (it did not reach it) does not join again.
         if group.is_some() && !self.stats.left_group && !self.member {
             self.member = true;
             self.last_group_rx = now;
             self.member_requests = 0;
+            // Nothing granted has been asked for yet: from here it asks for every
+            // chunk itself ([`crate::swarm::Swarm`] sees the group and stops granting).
+            self.cfg.scheduled = false;
         }
         self.member &= group.is_some();
         self.session = Some(Session {

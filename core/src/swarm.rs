@@ -247,8 +247,12 @@ impl Swarm {
         cfg.template.scheduled = true;
         cfg.template.resume = None;
         cfg.template.pinned_key = None;
+        let alone = self.sources.len() == 1;
         for s in &mut self.sources {
             s.puller.set_scheduled(true);
+            // A pull from one exposer that offers a multicast group takes the group
+            // instead (see `after`).
+            s.puller.set_group_first(alone);
         }
         self.scheduled = true;
         self.pex = Some(PexState {
@@ -680,6 +684,16 @@ impl Swarm {
 
     /// Takes source `i`'s events, keeps the shared sets in step, and grants chunks.
     fn after(&mut self, i: usize, now: Instant) {
+        if self.pex.is_some()
+            && !self.started
+            && self.sources.len() == 1
+            && self.sources[0].puller.group().is_some()
+        {
+            // The one exposer serves this LAN through its multicast group: one send
+            // for every member already, so no sharers and no schedule.
+            self.pex = None;
+            self.scheduled = false;
+        }
         while let Some(ev) = self.sources[i].puller.poll_event() {
             if !self.multi() {
                 match &ev {

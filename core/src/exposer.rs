@@ -198,6 +198,9 @@ pub struct Exposer {
     scratch: Vec<u8>,
     /// When the access log last looked for quiet sources.
     last_quiet_scan: Instant,
+    /// Live exposures by name, and the checkpoints exposed for them (oldest first).
+    lives: HashMap<String, crate::live::LiveState>,
+    checkpoints: VecDeque<ExposureId>,
     pub stats: ExposerStats,
 }
 
@@ -234,6 +237,8 @@ impl Exposer {
             handshake_rate: HandshakeRate::new(now),
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             last_quiet_scan: now,
+            lives: HashMap::new(),
+            checkpoints: VecDeque::new(),
             stats: ExposerStats::default(),
         }
     }
@@ -277,6 +282,82 @@ impl Exposer {
         id: ExposureId,
         content_key: [u8; 32],
     ) -> ExposureInfo {
+        self.lives.remove(name);
+        let info = self.insert_entry(name, source, cvs, id, content_key);
+        if let Some(old) = self.by_name.insert(name.to_string(), id) {
+            if old != id {
+                self.exposures.remove(&old);
+            }
+        }
+        info
+    }
+
+    /// Publishes `spool` under `name` as a live exposure: each HELLO gets a
+    /// checkpoint of the bytes so far ([`crate::live`]). [`Exposer::finish_live`]
+    /// makes it an ordinary exposure once the spool has ended.
+    pub fn add_live(&mut self, name: &str, spool: Arc<crate::live::Spool>) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.exposures.remove(&old);
+        }
+        self.lives
+            .insert(name.to_string(), crate::live::LiveState::new(spool));
+    }
+
+    /// The live exposure `name` has ended: from now on it is an ordinary exposure of
+    /// every byte of its spool (root = `b3sum` of them), and its manifest is the
+    /// final checkpoint. Checkpoints still being pulled stay served.
+    pub fn finish_live(&mut self, name: &str) -> Option<ExposureInfo> {
+        let spool = self.lives.get(name)?.spool.clone();
+        spool.end();
+        let snap = spool.snapshot();
+        let source = crate::live::SpoolSource {
+            spool,
+            len: snap.len,
+        };
+        Some(self.add_exposure(name, Box::new(source), snap.cvs))
+    }
+
+    /// The exposure id of the current checkpoint of live exposure `name` (exposed
+    /// now if the spool grew since the last one), or `None` if `name` is not live.
+    fn live_checkpoint(&mut self, name: &str) -> Option<ExposureId> {
+        let st = self.lives.get(name)?;
+        let len = st.spool.len();
+        if let Some((l, id)) = st.latest {
+            if l == len && self.exposures.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        let spool = st.spool.clone();
+        let snap = spool.snapshot();
+        let source = crate::live::SpoolSource {
+            spool,
+            len: snap.len,
+        };
+        let id: ExposureId = self.rng.bytes();
+        let content_key: [u8; 32] = self.rng.bytes();
+        self.insert_entry(name, Box::new(source), snap.cvs, id, content_key);
+        if let Some(st) = self.lives.get_mut(name) {
+            st.latest = Some((snap.len, id));
+        }
+        self.checkpoints.push_back(id);
+        // Older checkpoints are served a while (pullers in the middle of one), then
+        // dropped: their pullers get STALE and handshake for the current one.
+        while self.checkpoints.len() > crate::live::MAX_CHECKPOINTS {
+            if let Some(old) = self.checkpoints.pop_front() {
+                self.exposures.remove(&old);
+            }
+        }
+        Some(id)
+    }
+
+    fn insert_entry(
+        &mut self,
+        name: &str,
+        source: Box<dyn ChunkSource>,
+        cvs: Vec<Hash>,
+        id: ExposureId,
+        content_key: [u8; 32],
+    ) -> ExposureInfo {
         let size = source.size();
         let chunk_count = merkle::chunk_count(size);
         assert_eq!(cvs.len() as u64, chunk_count, "one CV per chunk");
@@ -303,11 +384,6 @@ impl Exposer {
                 gone: false,
             },
         );
-        if let Some(old) = self.by_name.insert(name.to_string(), id) {
-            if old != id {
-                self.exposures.remove(&old);
-            }
-        }
         info
     }
 
@@ -425,9 +501,10 @@ impl Exposer {
         let Ok(offer) = handshake::offer_of(hello.noise) else {
             return false;
         };
-        let manifest = match self
-            .by_name
-            .get(hello.name)
+        let live = self.live_checkpoint(hello.name);
+        let manifest = match live
+            .as_ref()
+            .or_else(|| self.by_name.get(hello.name))
             .and_then(|id| self.exposures.get(id))
         {
             None => Manifest::NotFound,
@@ -459,8 +536,16 @@ impl Exposer {
                     request_key,
                     clock_ms: self.now_ms(now),
                     cipher,
-                    // Said only to pullers that asked (older ones parse no such byte).
-                    features: (offer & wire::OFFER_REPAIR != 0).then_some(wire::FEATURE_REPAIR),
+                    // Said only to pullers that asked (older ones parse no such byte,
+                    // and take a checkpoint for a finished file).
+                    features: (offer & wire::OFFER_REPAIR != 0).then_some(
+                        wire::FEATURE_REPAIR
+                            | if live.is_some() {
+                                wire::FEATURE_LIVE
+                            } else {
+                                0
+                            },
+                    ),
                 })
             }
         };
@@ -481,11 +566,20 @@ impl Exposer {
         }
         self.stats.handshakes += 1;
         self.send(Transmit::single(from, pkt));
-        match self
-            .by_name
-            .get(hello.name)
+        match live
+            .as_ref()
+            .or_else(|| self.by_name.get(hello.name))
             .and_then(|id| self.exposures.get(id))
         {
+            // A live exposure's followers handshake for every checkpoint: not logged
+            // at the default level.
+            Some(e) if live.is_some() => tracing::debug!(
+                target: ACCESS_LOG,
+                peer = %from,
+                name = ?e.info.name,
+                size = e.info.size,
+                "checkpoint"
+            ),
             Some(e) if !e.gone => tracing::info!(
                 target: ACCESS_LOG,
                 peer = %from,

@@ -543,6 +543,10 @@ pub const OFFER_REPAIR: u8 = 0x80;
 /// Bit of the manifest's `features` byte: this exposer serves repair fragments.
 pub const FEATURE_REPAIR: u8 = 0x01;
 
+/// Bit of the manifest's `features` byte: the exposure is live (a stream or a growing
+/// file): this manifest is a checkpoint, its size and root those of the bytes so far.
+pub const FEATURE_LIVE: u8 = 0x04;
+
 /// Request item tag bits: one chunk (else a range), repair fragments.
 const TAG_ONE: u8 = 0x80;
 const TAG_REPAIR: u8 = 0x40;

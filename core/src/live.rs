@@ -389,8 +389,8 @@ pub enum FollowError {
 }
 
 /// Shortest and longest wait between two rounds of a live pull: after a round that
-/// found the exposure grown, the next starts after `POLL_MIN`; each round that finds
-/// it unchanged doubles the wait, up to `POLL_MAX`.
+/// found the exposure grown, the next starts at once; the first that finds it
+/// unchanged waits `POLL_MIN`, and each next one doubles the wait, up to `POLL_MAX`.
 pub const POLL_MIN: Duration = Duration::from_millis(5);
 /// See [`POLL_MIN`].
 pub const POLL_MAX: Duration = Duration::from_millis(40);
@@ -611,9 +611,11 @@ impl LivePull {
                         return;
                     }
                     self.poll = if self.last_len.is_some_and(|l| l >= size) {
-                        (self.poll * 2).min(POLL_MAX)
+                        (self.poll * 2).clamp(POLL_MIN, POLL_MAX)
                     } else {
-                        POLL_MIN
+                        // Grown: look again at once (a fast stream is followed round
+                        // after round; a slow one costs one more round per record).
+                        Duration::ZERO
                     };
                     self.last_len = Some(size);
                     self.next_round = Some(now + self.poll);

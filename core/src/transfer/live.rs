@@ -214,6 +214,14 @@ enum Sink {
 }
 
 impl Sink {
+    /// The output file, when it is a regular file (not a device such as /dev/null).
+    fn regular_file(&self) -> Option<&File> {
+        match self {
+            Sink::File(f) if f.metadata().is_ok_and(|m| m.is_file()) => Some(f),
+            _ => None,
+        }
+    }
+
     fn write(&mut self, b: &[u8]) -> io::Result<()> {
         match self {
             Sink::Stdout(s) => {
@@ -332,7 +340,7 @@ pub(super) fn pull_live(
             udp::wait_fd(sock.as_raw_fd(), libc::POLLIN, Some(wait));
         }
     };
-    if let Sink::File(f) = &sink {
+    if let Some(f) = sink.regular_file() {
         f.sync_all()
             .map_err(|e| TransferError::File(format!("{}: {e}", out.display())))?;
     }

@@ -319,11 +319,16 @@ impl Exposer {
 
     /// The exposure id of the current checkpoint of live exposure `name` (exposed
     /// now if the spool grew since the last one), or `None` if `name` is not live.
-    fn live_checkpoint(&mut self, name: &str) -> Option<ExposureId> {
+    fn live_checkpoint(&mut self, now: Instant, name: &str) -> Option<ExposureId> {
         let st = self.lives.get(name)?;
         let len = st.spool.len();
         if let Some((l, id)) = st.latest {
-            if l == len && self.exposures.contains_key(&id) {
+            // A checkpoint costs 32 bytes per chunk of the stream (its outboard):
+            // at most one per CHECKPOINT_INTERVAL, whatever the HELLOs.
+            let recent = st.latest_at.is_some_and(|t| {
+                now.saturating_duration_since(t) < crate::live::CHECKPOINT_INTERVAL
+            });
+            if (l == len || recent) && self.exposures.contains_key(&id) {
                 return Some(id);
             }
         }
@@ -338,6 +343,7 @@ impl Exposer {
         self.insert_entry(name, Box::new(source), snap.cvs, id, content_key);
         if let Some(st) = self.lives.get_mut(name) {
             st.latest = Some((snap.len, id));
+            st.latest_at = Some(now);
         }
         self.checkpoints.push_back(id);
         // Older checkpoints are served a while (pullers in the middle of one), then
@@ -501,7 +507,7 @@ impl Exposer {
         let Ok(offer) = handshake::offer_of(hello.noise) else {
             return false;
         };
-        let live = self.live_checkpoint(hello.name);
+        let live = self.live_checkpoint(now, hello.name);
         let manifest = match live
             .as_ref()
             .or_else(|| self.by_name.get(hello.name))

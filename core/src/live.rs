@@ -196,12 +196,18 @@ impl Spool {
 /// puller still pulling an older one then gets STALE and handshakes for the current.
 pub const MAX_CHECKPOINTS: usize = 32;
 
+/// Shortest time between two checkpoints of one live exposure (each costs the
+/// exposer 32 bytes per chunk of the stream so far): HELLOs within it get the latest.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(2);
+
 /// The exposer's record of one live exposure.
 pub struct LiveState {
     /// Its bytes.
     pub spool: Arc<Spool>,
     /// The last checkpoint exposed: its length and exposure id.
     pub latest: Option<(u64, crate::wire::ExposureId)>,
+    /// When it was exposed.
+    pub latest_at: Option<Instant>,
 }
 
 impl LiveState {
@@ -210,6 +216,7 @@ impl LiveState {
         Self {
             spool,
             latest: None,
+            latest_at: None,
         }
     }
 }

@@ -218,6 +218,9 @@ pub struct Exposer {
     last_quiet_scan: Instant,
     /// Who shares which exposure (peer exchange), bounded per exposure.
     sharers: crate::pex::Sharers,
+    /// Live exposures by name, and the checkpoints exposed for them (oldest first).
+    lives: HashMap<String, crate::live::LiveState>,
+    checkpoints: VecDeque<ExposureId>,
     pub stats: ExposerStats,
 }
 
@@ -257,6 +260,8 @@ impl Exposer {
             scratch: Vec::with_capacity(CHUNK_SIZE + 16),
             last_quiet_scan: now,
             sharers: crate::pex::Sharers::default(),
+            lives: HashMap::new(),
+            checkpoints: VecDeque::new(),
             stats: ExposerStats::default(),
         }
     }
@@ -301,6 +306,90 @@ impl Exposer {
         content_key: [u8; 32],
         relayed: bool,
     ) -> ExposureInfo {
+        self.lives.remove(name);
+        let info = self.insert_entry(name, source, cvs, id, content_key, relayed);
+        if let Some(old) = self.by_name.insert(name.to_string(), id) {
+            if old != id {
+                self.exposures.remove(&old);
+                self.sharers.retain(|e| *e != old);
+            }
+        }
+        info
+    }
+
+    /// Publishes `spool` under `name` as a live exposure: each HELLO gets a
+    /// checkpoint of the bytes so far ([`crate::live`]). [`Exposer::finish_live`]
+    /// makes it an ordinary exposure once the spool has ended.
+    pub fn add_live(&mut self, name: &str, spool: Arc<crate::live::Spool>) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.exposures.remove(&old);
+        }
+        self.lives
+            .insert(name.to_string(), crate::live::LiveState::new(spool));
+    }
+
+    /// The live exposure `name` has ended: from now on it is an ordinary exposure of
+    /// every byte of its spool (root = `b3sum` of them), and its manifest is the
+    /// final checkpoint. Checkpoints still being pulled stay served.
+    pub fn finish_live(&mut self, name: &str) -> Option<ExposureInfo> {
+        let spool = self.lives.get(name)?.spool.clone();
+        spool.end();
+        let snap = spool.snapshot();
+        let source = crate::live::SpoolSource {
+            spool,
+            len: snap.len,
+        };
+        Some(self.add_exposure(name, Box::new(source), snap.cvs))
+    }
+
+    /// The exposure id of the current checkpoint of live exposure `name` (exposed
+    /// now if the spool grew since the last one), or `None` if `name` is not live.
+    fn live_checkpoint(&mut self, now: Instant, name: &str) -> Option<ExposureId> {
+        let st = self.lives.get(name)?;
+        let len = st.spool.len();
+        if let Some((l, id)) = st.latest {
+            // A checkpoint costs 32 bytes per chunk of the stream (its outboard):
+            // at most one per CHECKPOINT_INTERVAL, whatever the HELLOs.
+            let recent = st.latest_at.is_some_and(|t| {
+                now.saturating_duration_since(t) < crate::live::CHECKPOINT_INTERVAL
+            });
+            if (l == len || recent) && self.exposures.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        let spool = st.spool.clone();
+        let snap = spool.snapshot();
+        let source = crate::live::SpoolSource {
+            spool,
+            len: snap.len,
+        };
+        let id: ExposureId = self.rng.bytes();
+        let content_key: [u8; 32] = self.rng.bytes();
+        self.insert_entry(name, Box::new(source), snap.cvs, id, content_key, false);
+        if let Some(st) = self.lives.get_mut(name) {
+            st.latest = Some((snap.len, id));
+            st.latest_at = Some(now);
+        }
+        self.checkpoints.push_back(id);
+        // Older checkpoints are served a while (pullers in the middle of one), then
+        // dropped: their pullers get STALE and handshake for the current one.
+        while self.checkpoints.len() > crate::live::MAX_CHECKPOINTS {
+            if let Some(old) = self.checkpoints.pop_front() {
+                self.exposures.remove(&old);
+            }
+        }
+        Some(id)
+    }
+
+    fn insert_entry(
+        &mut self,
+        name: &str,
+        source: Box<dyn ChunkSource>,
+        cvs: Vec<Hash>,
+        id: ExposureId,
+        content_key: [u8; 32],
+        relayed: bool,
+    ) -> ExposureInfo {
         let size = source.size();
         let chunk_count = merkle::chunk_count(size);
         assert_eq!(cvs.len() as u64, chunk_count, "one CV per chunk");
@@ -328,12 +417,6 @@ impl Exposer {
                 relayed,
             },
         );
-        if let Some(old) = self.by_name.insert(name.to_string(), id) {
-            if old != id {
-                self.exposures.remove(&old);
-                self.sharers.retain(|e| *e != old);
-            }
-        }
         info
     }
 
@@ -454,9 +537,10 @@ impl Exposer {
         let Ok(offer) = handshake::offer_of(hello.noise) else {
             return false;
         };
-        let manifest = match self
-            .by_name
-            .get(hello.name)
+        let live = self.live_checkpoint(now, hello.name);
+        let manifest = match live
+            .as_ref()
+            .or_else(|| self.by_name.get(hello.name))
             .and_then(|id| self.exposures.get(id))
         {
             None => Manifest::NotFound,
@@ -466,13 +550,20 @@ impl Exposer {
                 let cipher = Cipher::choose(self.config.cipher, offer);
                 // The group carries one sealing and one fragment size: offered to
                 // pullers whose session has both (every member opens every datagram).
+                // A live checkpoint is pulled from its exposer alone (its bytes are
+                // authenticated by this session only): no group, no peer exchange.
                 let group = self.config.multicast.filter(|_| {
-                    offer & wire::OFFER_MULTICAST != 0
+                    live.is_none()
+                        && offer & wire::OFFER_MULTICAST != 0
                         && cipher == self.config.cipher
                         && max_datagram as usize == self.config.max_datagram
                 });
                 // Peer exchange is answered to every puller that reads the byte.
-                let mut features = wire::FEATURE_PEX;
+                let mut features = if live.is_some() {
+                    wire::FEATURE_LIVE
+                } else {
+                    wire::FEATURE_PEX
+                };
                 if offer & wire::OFFER_REPAIR != 0 {
                     features |= wire::FEATURE_REPAIR;
                 }
@@ -503,7 +594,8 @@ impl Exposer {
                     request_key,
                     clock_ms: self.now_ms(now),
                     cipher,
-                    // Said only to pullers that asked (older ones parse no such byte).
+                    // Said only to pullers that asked (older ones parse no such byte,
+                    // and take a checkpoint for a finished file).
                     features: (offer & (wire::OFFER_REPAIR | wire::OFFER_MULTICAST) != 0)
                         .then_some(features),
                     group,
@@ -527,11 +619,20 @@ impl Exposer {
         }
         self.stats.handshakes += 1;
         self.send(Transmit::single(from, pkt));
-        match self
-            .by_name
-            .get(hello.name)
+        match live
+            .as_ref()
+            .or_else(|| self.by_name.get(hello.name))
             .and_then(|id| self.exposures.get(id))
         {
+            // A live exposure's followers handshake for every checkpoint: not logged
+            // at the default level.
+            Some(e) if live.is_some() => tracing::debug!(
+                target: ACCESS_LOG,
+                peer = %from,
+                name = ?e.info.name,
+                size = e.info.size,
+                "checkpoint"
+            ),
             Some(e) if !e.gone => tracing::info!(
                 target: ACCESS_LOG,
                 peer = %from,

@@ -144,6 +144,8 @@ pub mod fuzzing;
 #[doc(hidden)]
 pub mod handshake;
 #[doc(hidden)]
+pub mod live;
+#[doc(hidden)]
 pub mod merkle;
 #[doc(hidden)]
 pub mod multicast;
@@ -179,8 +181,8 @@ pub use fec::FecMode;
 pub use keys::{KeyError, StaticKey};
 pub use puller::PullStats;
 pub use transfer::{
-    default_cache_dir, expose_until, pull, pull_from, ExposeOptions, ExposedFile, Exposure,
-    PullOptions, PullReport, PullSource, PullUpdate, ShareOptions, ShareReport, SourceReport,
-    TransferError,
+    default_cache_dir, expose_live_until, expose_until, pull, pull_from, ExposeOptions,
+    ExposedFile, Exposure, LiveInput, PullOptions, PullReport, PullSource, PullUpdate,
+    ShareOptions, ShareReport, SourceReport, TransferError,
 };
 pub use url::RgtpUrl;

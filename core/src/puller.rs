@@ -66,6 +66,12 @@ pub struct PullConfig {
     /// exposer offers one, wins over the schedule; joining it ends `scheduled`, and
     /// the swarm then drops peer exchange (the group already serves the LAN once).
     pub group_first: bool,
+    /// One round of a live pull ([`crate::live`]): what is held already. The
+    /// exposure must be live or its final checkpoint; its chunks held are not asked
+    /// for, its outboard must repeat their CVs, and a session that comes back with
+    /// another checkpoint ends the round ([`PullError::CheckpointMoved`]). Without
+    /// it, a live manifest fails the pull with [`PullError::IsLive`].
+    pub live: Option<crate::live::LiveBase>,
 }
 
 impl PullConfig {
@@ -95,16 +101,15 @@ impl PullConfig {
             scheduled: false,
             multicast: true,
             group_first: false,
+            live: None,
         }
     }
 
     /// What the handshake offers: the configured set, with ChaCha20-Poly1305.
     pub fn offer(&self) -> CipherSet {
-        let repair = if self.fec == FecMode::Off {
-            0
-        } else {
-            wire::OFFER_REPAIR
-        };
+        // The repair bit always: it asks for the manifest's features byte, which also
+        // says whether the exposure is live; repair is asked for only with `fec` on.
+        let repair = wire::OFFER_REPAIR;
         let multicast = if self.multicast {
             wire::OFFER_MULTICAST
         } else {
@@ -201,6 +206,15 @@ pub enum PullError {
     /// One source of a multi-source pull served a chunk that fails verification: its
     /// bytes do not match the root, or (repeatedly) do not open under its key.
     BadSource { chunk: u64 },
+    /// The exposure is live (a checkpoint came): pull it with
+    /// [`PullConfig::live`].
+    IsLive,
+    /// A live round's session came back with a newer checkpoint: start the next
+    /// round (not an error of the exposer).
+    CheckpointMoved,
+    /// A live exposure's checkpoint contradicts an earlier one: it is shorter than
+    /// what was verified, or its CVs change chunks already verified.
+    BadCheckpoint { what: &'static str },
 }
 
 impl std::fmt::Display for PullError {
@@ -246,6 +260,12 @@ impl std::fmt::Display for PullError {
             Self::BadSource { chunk } => write!(
                 f,
                 "the source served chunk {chunk} with bytes that fail verification against the root"
+            ),
+            Self::IsLive => write!(f, "the exposure is live (a stream or a growing file)"),
+            Self::CheckpointMoved => write!(f, "the live exposure has a newer checkpoint"),
+            Self::BadCheckpoint { what } => write!(
+                f,
+                "inconsistent checkpoint from the exposer: {what} (forged, or the exposer rewrote its past)"
             ),
         }
     }
@@ -527,6 +547,8 @@ pub struct Puller {
     member_requests: u64,
     /// The last PEERS answer (peer exchange), until the swarm takes it.
     peers: Option<crate::pex::PeersBody>,
+    /// The manifest said the exposure is live (this is a checkpoint).
+    live_manifest: bool,
     pub stats: PullStats,
 }
 
@@ -592,6 +614,7 @@ impl Puller {
             last_group_rx: now,
             member_requests: 0,
             peers: None,
+            live_manifest: false,
             stats: PullStats::default(),
             cfg,
         }
@@ -976,6 +999,24 @@ impl Puller {
             self.fail(PullError::CipherNotOffered { cipher: m.cipher });
             return true;
         }
+        let live = m.features.is_some_and(|f| f & wire::FEATURE_LIVE != 0);
+        if self.cfg.live.is_none() && live {
+            self.fail(PullError::IsLive);
+            return true;
+        }
+        if self.cfg.live.is_some() && self.root.is_some_and(|r| r != m.root) {
+            self.fail(PullError::CheckpointMoved);
+            return true;
+        }
+        if let Some(base) = &self.cfg.live {
+            if m.size < base.len {
+                self.fail(PullError::BadCheckpoint {
+                    what: "its length went backwards",
+                });
+                return true;
+            }
+        }
+        self.live_manifest = live;
         if let Some(expected) = self.cfg.expected_root.or(self.root) {
             if expected != m.root {
                 self.fail(PullError::RootMismatch {
@@ -1036,6 +1077,12 @@ impl Puller {
                 root: m.root,
                 resumed,
             });
+            if self.cfg.live.is_some() {
+                self.take_live_base();
+                if matches!(self.phase, Phase::Finished) {
+                    return true;
+                }
+            }
         }
         // Repair only when asked for in the offer and served: a features byte the
         // puller did not ask for is ignored.
@@ -1546,26 +1593,8 @@ impl Puller {
                     dst.copy_from_slice(&buf);
                     self.have_outboard.insert(index);
                 }
-                if self.have_outboard.is_full() && self.cvs.is_empty() {
-                    let mut cvs: Vec<Hash> = Vec::new();
-                    if cvs.try_reserve_exact(self.outboard.len() / 32).is_err() {
-                        self.fail(PullError::TooLarge { size: self.size });
-                        return;
-                    }
-                    cvs.extend(self.outboard.chunks_exact(32).map(|c| {
-                        let mut h = [0u8; 32];
-                        h.copy_from_slice(c);
-                        h
-                    }));
-                    if Some(merkle::root_from_cvs(&cvs, self.size)) != self.root {
-                        self.fail(PullError::BadOutboard);
-                        return;
-                    }
-                    self.cvs = std::sync::Arc::new(cvs);
-                    self.outboard = Vec::new();
-                    for (c, b) in std::mem::take(&mut self.early) {
-                        self.complete_chunk(Object::Content, c, b);
-                    }
+                if !self.outboard_complete() {
+                    return;
                 }
             }
             Object::Content => {
@@ -1586,6 +1615,95 @@ impl Puller {
             }
         }
         self.check_done();
+    }
+
+    /// Once every outboard chunk is held: checks the outboard against the root (and,
+    /// live, against the CVs already verified) and verifies the content chunks that
+    /// waited for it. False when the pull failed.
+    fn outboard_complete(&mut self) -> bool {
+        if !self.have_outboard.is_full() || !self.cvs.is_empty() || self.outboard.is_empty() {
+            return true;
+        }
+        let mut cvs: Vec<Hash> = Vec::new();
+        if cvs.try_reserve_exact(self.outboard.len() / 32).is_err() {
+            self.fail(PullError::TooLarge { size: self.size });
+            return false;
+        }
+        cvs.extend(self.outboard.chunks_exact(32).map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        }));
+        if Some(merkle::root_from_cvs(&cvs, self.size)) != self.root {
+            self.fail(if self.cfg.live.is_some() {
+                PullError::BadCheckpoint {
+                    what: "its root does not match its chunk CVs",
+                }
+            } else {
+                PullError::BadOutboard
+            });
+            return false;
+        }
+        if let Some(base) = &self.cfg.live {
+            if cvs.get(..base.cvs.len()) != Some(&base.cvs[..]) {
+                self.fail(PullError::BadCheckpoint {
+                    what: "it changes the CV of a chunk already verified",
+                });
+                return false;
+            }
+        }
+        self.cvs = std::sync::Arc::new(cvs);
+        self.outboard = Vec::new();
+        for (c, b) in std::mem::take(&mut self.early) {
+            self.complete_chunk(Object::Content, c, b);
+        }
+        true
+    }
+
+    /// A live round's start: the complete chunks held are not asked for, and the
+    /// outboard chunks made only of their CVs are known already.
+    fn take_live_base(&mut self) {
+        let Some(base) = self.cfg.live.clone() else {
+            return;
+        };
+        let n = self.have.len();
+        if n <= 1 {
+            // One chunk: checked against the root itself (the follower checks that
+            // it repeats what it holds).
+            return;
+        }
+        let held = (base.cvs.len() as u64).min(n);
+        for i in 0..held {
+            self.have.insert(i);
+        }
+        let per = (CHUNK_SIZE / 32) as u64;
+        for k in 0..self.have_outboard.len() {
+            let (first, end) = (k * per, (k + 1) * per);
+            if end > held {
+                break;
+            }
+            let at = (first * 32) as usize;
+            let Some(dst) = self.outboard.get_mut(at..at + (per * 32) as usize) else {
+                break;
+            };
+            for (j, cv) in base.cvs[first as usize..end as usize].iter().enumerate() {
+                dst[j * 32..j * 32 + 32].copy_from_slice(cv);
+            }
+            self.have_outboard.insert(k);
+        }
+        if self.outboard_complete() {
+            self.check_done();
+        }
+    }
+
+    /// Whether the last manifest was a live checkpoint (not the final one).
+    pub fn is_live_checkpoint(&self) -> bool {
+        self.live_manifest
+    }
+
+    /// The checkpoint (or content) this puller pulls: size and root.
+    pub fn checkpoint(&self) -> Option<(u64, Hash)> {
+        self.root.map(|r| (self.size, r))
     }
 
     /// The session's verifier, made once the outboard is known.

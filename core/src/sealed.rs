@@ -66,7 +66,7 @@ impl Drop for SealedStore {
 
 /// An unnamed file in `dir` (O_TMPFILE), or a named one unlinked at once where the
 /// filesystem lacks O_TMPFILE.
-fn anonymous_file(dir: &Path) -> io::Result<File> {
+pub(crate) fn anonymous_file(dir: &Path) -> io::Result<File> {
     std::fs::create_dir_all(dir)?;
     match OpenOptions::new()
         .read(true)

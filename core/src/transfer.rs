@@ -139,6 +139,9 @@ impl From<OutputError> for TransferError {
     }
 }
 
+mod live;
+pub use live::{expose_live_until, LiveInput};
+
 // ------------------------------------------------------------------------ pull
 
 /// What to pull: the exposer's address, the file's name there, and what the caller
@@ -267,6 +270,9 @@ pub struct PullOptions {
     /// them too, and with `share` tell it where this pull shares. Needs the root
     /// (a URL with `root=`), against which every chunk from every source is checked.
     pub peers: bool,
+    /// When the exposure turns out to be live: write it to stdout as it is verified
+    /// (else it is appended to the output path, resuming from what that holds).
+    pub live_stdout: bool,
 }
 
 /// How a pull shares what it holds (`rgtp-pull --share`).
@@ -294,6 +300,7 @@ impl Default for PullOptions {
             share: None,
             multicast: true,
             peers: true,
+            live_stdout: false,
         }
     }
 }
@@ -367,6 +374,10 @@ pub struct PullReport {
     pub sources: Vec<SourceReport>,
     /// With sharing: the port served on and what was served.
     pub share: Option<ShareReport>,
+    /// The exposure was live (a stream or a growing file): it was followed to its
+    /// end and written in order as it came (to stdout with
+    /// [`PullOptions::live_stdout`]); `root` is its final root.
+    pub live: bool,
 }
 
 /// What a sharer did.
@@ -587,6 +598,7 @@ pub fn pull_from(
         names.push(plan.host_port.clone());
     }
     let cfg_template = cfg.clone();
+    let live_cfg = cfg.clone();
     pullers.insert(0, Puller::new(cfg, start));
     let mut puller = Swarm::new(pullers);
     if opts.peers && src.root.is_some() {
@@ -634,6 +646,30 @@ pub fn pull_from(
         name: src.name.clone(),
     };
     let end = driver::pull(&sock, &mut puller, cancel, &mut h);
+    if matches!(end, PullEnd::Failed(PullError::IsLive)) {
+        // A stream or a growing file: followed from its exposer alone, written in
+        // order as it comes.
+        h.verify_tx = None;
+        let _ = verifier.join();
+        let known = h.known.take();
+        drop(h);
+        if !extra.is_empty() || opts.share.is_some() {
+            return Err(TransferError::Usage(format!(
+                "{} is live: it is pulled from its exposer only (no --from, --share or --dht)",
+                src.name
+            )));
+        }
+        return live::pull_live(
+            live_cfg,
+            &host_port,
+            known,
+            out,
+            opts.live_stdout,
+            &sock,
+            cancel,
+            on,
+        );
+    }
     if matches!(end, PullEnd::Done) {
         // A pull quicker than a tick shares from here.
         h.try_relay(&puller);
@@ -715,7 +751,10 @@ pub fn pull_from(
                 PullError::TooLarge { .. } => TransferError::TooLarge(msg),
                 PullError::Gone => TransferError::Gone(msg),
                 PullError::NameTooLong => TransferError::Usage(msg),
-                PullError::CipherNotOffered { .. } => TransferError::Protocol(msg),
+                PullError::CipherNotOffered { .. }
+                | PullError::IsLive
+                | PullError::CheckpointMoved
+                | PullError::BadCheckpoint { .. } => TransferError::Protocol(msg),
             };
             return failed(&mut output, err);
         }
@@ -742,6 +781,7 @@ pub fn pull_from(
         None => None,
     };
     Ok(PullReport {
+        live: false,
         share,
         bytes: h.total,
         seconds,
@@ -1417,13 +1457,7 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
     let local = sock
         .local_addr()
         .map_err(|e| TransferError::Io(e.to_string()))?;
-    let host = opts.advertise.clone().unwrap_or_else(|| {
-        if opts.bind.ip().is_unspecified() {
-            hostname()
-        } else {
-            opts.bind.ip().to_string()
-        }
-    });
+    let host = advertised_host(opts);
     let mut config = ExposerConfig {
         cache_bytes: opts.cache_bytes,
         multicast: opts.multicast,
@@ -1485,6 +1519,17 @@ fn prepare(paths: &[PathBuf], opts: &ExposeOptions) -> Result<Prepared, Transfer
         });
     }
     Ok((ex, sock, files, key.public, writers))
+}
+
+/// The host name written into URLs.
+fn advertised_host(opts: &ExposeOptions) -> String {
+    opts.advertise.clone().unwrap_or_else(|| {
+        if opts.bind.ip().is_unspecified() {
+            hostname()
+        } else {
+            opts.bind.ip().to_string()
+        }
+    })
 }
 
 /// The chunk CVs of `src`: remembered from an earlier exposure of the same unchanged

@@ -577,6 +577,10 @@ pub const FEATURE_MULTICAST: u8 = 0x02;
 /// PEERS (type 10): peer exchange, and a sharer's have summary (`pex.rs`).
 pub const FEATURE_PEX: u8 = 0x08;
 
+/// Bit of the manifest's `features` byte: the exposure is live (a stream or a growing
+/// file): this manifest is a checkpoint, its size and root those of the bytes so far.
+pub const FEATURE_LIVE: u8 = 0x04;
+
 /// Request item tag bits: one chunk (else a range), repair fragments.
 const TAG_ONE: u8 = 0x80;
 const TAG_REPAIR: u8 = 0x40;

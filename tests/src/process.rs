@@ -122,12 +122,28 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdin from /dev/null, stderr (and stdout unless `pipe_stdout`)
     /// redirected to files in `dir`.
-    pub fn spawn(mut cmd: Command, what: &str, dir: &Path, pipe_stdout: bool) -> Proc {
+    pub fn spawn(cmd: Command, what: &str, dir: &Path, pipe_stdout: bool) -> Proc {
+        Self::spawn_with(cmd, what, dir, pipe_stdout, false)
+    }
+
+    /// As [`Proc::spawn`], and with stdin piped when `pipe_stdin` ([`Proc::take_stdin`]).
+    pub fn spawn_with(
+        mut cmd: Command,
+        what: &str,
+        dir: &Path,
+        pipe_stdout: bool,
+        pipe_stdin: bool,
+    ) -> Proc {
         let n = PROC_COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = format!("{}-{n}", sanitize(what));
         let stderr_path = dir.join(format!("{base}.stderr"));
         let stderr = File::create(&stderr_path).expect("create stderr file");
-        cmd.stdin(Stdio::null()).stderr(stderr);
+        cmd.stdin(if pipe_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(stderr);
         let stdout_path = if pipe_stdout {
             cmd.stdout(Stdio::piped());
             None
@@ -159,6 +175,21 @@ impl Proc {
             stdout_path,
             stderr_path,
         }
+    }
+
+    /// The piped stdin (spawned with `pipe_stdin`); dropping it closes it (EOF).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.as_mut().and_then(|c| c.stdin.take())
+    }
+
+    /// The piped stdout (spawned with `pipe_stdout`).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
+    /// The file stdout goes to (when not piped).
+    pub fn stdout_path(&self) -> Option<&Path> {
+        self.stdout_path.as_deref()
     }
 
     pub fn pid(&self) -> u32 {

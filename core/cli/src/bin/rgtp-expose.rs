@@ -9,12 +9,20 @@ use clap::{CommandFactory, Parser};
 use rgtp::driver;
 use rgtp::keys;
 use rgtp::url::hex;
-use rgtp::{expose_until, ExposeOptions, TransferError};
+use rgtp::{expose_until, ExposeOptions, LiveInput, TransferError};
 
 const AFTER_HELP: &str = "\
 Each FILE is published under its base name. For every file a pull URL is printed
 (a line starting with rgtp://) that pins this exposer's key and the content root;
 the root equals `b3sum FILE`.
+
+Live exposures: `rgtp-expose - --name NAME` exposes stdin as it is read, until its
+end; `rgtp-expose --follow FILE` exposes FILE as it grows, until Ctrl-C / SIGTERM or
+--follow-idle. The URL printed has no root (there is none yet); pullers follow it
+and write bytes in order as they are verified. At the end the exposer prints
+`ended: BYTES` and the URL with the root (b3sum of every byte), and serves the
+finished file until the next Ctrl-C / SIGTERM. Live exposures are pulled from
+their exposer only (not from sharers, --from sources or the DHT).
 
 Access log (stderr, info level, target rgtp::access; RUST_LOG=warn silences it):
   INFO rgtp::access: opened peer=ADDR:PORT name=\"NAME\" size=BYTES
@@ -56,9 +64,22 @@ Environment:
 #[derive(Parser)]
 #[command(name = "rgtp-expose", version, after_help = AFTER_HELP)]
 struct Args {
-    /// Files to expose.
-    #[arg(required_unless_present_any = ["completions", "man"])]
+    /// Files to expose; `-` exposes stdin live, as it is read (with --name), until
+    /// its end.
+    #[arg(required_unless_present_any = ["completions", "man", "follow"])]
     files: Vec<PathBuf>,
+    /// The name of a live exposure (`-`, or --follow; default for --follow: the
+    /// file's name).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Expose FILE live as it grows (a log, a WAL), from its start, until
+    /// Ctrl-C / SIGTERM or --follow-idle. Then it is a finished file (root =
+    /// `b3sum` of every byte), served until the next Ctrl-C / SIGTERM.
+    #[arg(long, value_name = "FILE", conflicts_with = "files")]
+    follow: Option<PathBuf>,
+    /// With --follow: end the live exposure after SECS without growth.
+    #[arg(long, value_name = "SECS", requires = "follow")]
+    follow_idle: Option<f64>,
     /// UDP port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 443)]
     port: u16,
@@ -147,6 +168,69 @@ fn log_announce(ok: bool, msg: &str) {
     }
 }
 
+/// `rgtp-expose -` and `rgtp-expose --follow FILE`.
+fn expose_live(args: &Args, opts: &ExposeOptions, stdin: bool) -> ExitCode {
+    if args.dht || !args.dht_bootstrap.is_empty() {
+        return fail(2, "a live exposure has no root to announce in the DHT yet");
+    }
+    let (name, input, what) = if stdin {
+        let Some(name) = args.name.clone() else {
+            return fail(2, "`-` (stdin) needs --name NAME");
+        };
+        (
+            name,
+            LiveInput::Reader(Box::new(std::io::stdin())),
+            "stdin".to_string(),
+        )
+    } else {
+        let Some(path) = args.follow.clone() else {
+            return fail(2, "nothing to expose");
+        };
+        let idle = match args.follow_idle {
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return fail(2, "--follow-idle must be a positive number of seconds")
+            }
+            Some(s) => Some(std::time::Duration::from_secs_f64(s)),
+            None => None,
+        };
+        let name = match (&args.name, path.file_name().and_then(|n| n.to_str())) {
+            (Some(n), _) => n.clone(),
+            (None, Some(n)) => n.to_string(),
+            (None, None) => return fail(2, format!("{}: not a file name", path.display())),
+        };
+        let what = path.display().to_string();
+        (name, LiveInput::Follow { path, idle }, what)
+    };
+    let r = rgtp::expose_live_until(
+        &name,
+        input,
+        opts,
+        &driver::STOP,
+        |url, local, key| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{url}");
+            let _ = writeln!(out, "  live: {what} (no root until it ends)");
+            let _ = writeln!(out, "  key:  {}", keys::fingerprint(key));
+            let _ = writeln!(out, "listening on {local}");
+            let _ = out.flush();
+        },
+        |url, size| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ended: {size} bytes");
+            let _ = writeln!(out, "{url}");
+            if let Some(root) = &url.root {
+                let _ = writeln!(out, "  root: {}", hex(root));
+            }
+            let _ = out.flush();
+            eprintln!("rgtp-expose: {name} ended ({size} bytes); serving it as a finished file until Ctrl-C / SIGTERM");
+        },
+    );
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_code(), e),
+    }
+}
+
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("rgtp-expose: {msg}");
     ExitCode::from(code)
@@ -190,6 +274,16 @@ fn main() -> ExitCode {
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();
+    let stdin = args.files.len() == 1 && args.files[0].as_os_str() == "-";
+    if args.files.iter().any(|f| f.as_os_str() == "-") && !stdin {
+        return fail(2, "`-` (stdin) is exposed alone");
+    }
+    if args.name.is_some() && !stdin && args.follow.is_none() {
+        return fail(2, "--name names a live exposure (`-` or --follow)");
+    }
+    if stdin || args.follow.is_some() {
+        return expose_live(&args, &opts, stdin);
+    }
     let dht = args.dht || !args.dht_bootstrap.is_empty();
     let served = expose_until(&args.files, &opts, &driver::STOP, |files, local, key| {
         if dht {

@@ -48,6 +48,15 @@ holds; with --share it tells the exposer where it shares, so pullers started
 together find each other through the exposer alone, and ask the exposer for
 different chunks. --no-peers turns this off.
 
+A live exposure (a stream or a growing file, `rgtp-expose -` / `--follow`; its URL
+has no root=) is followed: bytes are written in order as soon as they are verified
+against the exposer's latest checkpoint, to OUTPUT directly (no part file) or to
+stdout with -o -, until the exposure ends; then the final root (b3sum of every
+byte) is checked and the pull exits 0. A late joiner gets everything from the
+start, then follows. Interrupted, the same command (with -o OUTPUT) resumes where
+OUTPUT ends: its bytes must be the exposure's start. A checkpoint that contradicts
+an earlier one (forged, or bytes already verified changed) fails the pull (exit 16).
+
 --json prints one JSON object on stdout, on success and on failure alike:
   success: exit_code (0), bytes (file size, bytes), seconds (wall time, s),
            throughput (bytes pulled this run / seconds, bytes/s), datagrams_received,
@@ -85,7 +94,8 @@ Exit codes:
   13   the exposer withdrew the file (it changed or became unreadable while exposed)
   14   the output exists (its name came from the exposer: no -o, or -o DIR/):
        give -o PATH, or --force
-  16   the exposer broke the protocol (e.g. chose a cipher that was not offered)
+  16   the exposer broke the protocol (e.g. chose a cipher that was not offered,
+       or sent an inconsistent checkpoint of a live exposure)
   130  interrupted (progress is saved; rerun to resume)
 
 Environment:
@@ -333,6 +343,7 @@ fn run(args: Args) -> Result<(), Failure> {
         multicast: !args.no_multicast,
         from: args.from.clone(),
         peers: !args.no_peers,
+        live_stdout: args.output.as_deref() == Some(std::path::Path::new("-")),
         ..Default::default()
     };
     if args.share || args.share_port.is_some() {
@@ -485,6 +496,8 @@ fn run(args: Args) -> Result<(), Failure> {
         Err(e) => return Err(failure(e)),
     };
     let shown_path = match &dest {
+        // A live exposure went to stdout as it came.
+        Dest::Stdout(_) if report.live => "-".to_string(),
         Dest::Stdout(_) => {
             copy_to_stdout(&out_path)?;
             "-".to_string()
@@ -518,6 +531,8 @@ fn run(args: Args) -> Result<(), Failure> {
             "group_datagrams": s.group_datagrams,
             "left_group": s.left_group,
             "sources_dropped": s.sources_dropped,
+            "live": report.live,
+            "root": hex(&report.root),
             "share_port": report.share.as_ref().map(|sh| sh.addr.port()),
             "share_bytes_sent": report.share.as_ref().map(|sh| sh.bytes_out),
             "share_handshakes": report.share.as_ref().map(|sh| sh.handshakes),
@@ -536,6 +551,13 @@ fn run(args: Args) -> Result<(), Failure> {
             src.name,
             human(missing_at_start as f64 / secs.max(1e-9))
         );
+        if report.live {
+            eprintln!(
+                "rgtp-pull: {} ended (live); root {}",
+                src.name,
+                hex(&report.root)
+            );
+        }
         if report.sources.len() > 1 {
             for src in &report.sources {
                 let dropped = match (&src.dropped, src.answered) {

@@ -1,0 +1,348 @@
+//! Live exposures through the deterministic network simulator: an exposer's spool
+//! grows in records over virtual time; a follower from the start and a late joiner
+//! pull checkpoint after checkpoint and must write every byte once, in order, ending
+//! with the final checkpoint's root = BLAKE3 of all bytes. A follower given a prefix
+//! (resumed) goes on from it. An exposer that rewrites its past is refused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rgtp::exposer::{Exposer, ExposerConfig};
+use rgtp::live::{Follower, LiveError, LivePull, LivePullError, Spool};
+use rgtp::puller::{PullConfig, PullError};
+use rgtp::sim::{LinkConfig, SimNet, SimRng};
+
+const EXPOSER: &str = "192.0.2.1:443";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Node {
+    addr: SocketAddr,
+    pull: LivePull,
+    out: Vec<u8>,
+    /// When the output grew, and to what length.
+    grew: Vec<(usize, Instant)>,
+    done: bool,
+}
+
+impl Node {
+    /// When the output first held `len` bytes.
+    fn reached(&self, len: usize) -> Option<Instant> {
+        self.grew.iter().find(|(l, _)| *l >= len).map(|(_, t)| *t)
+    }
+}
+
+struct World {
+    net: SimNet,
+    ex: Exposer,
+    spool: Arc<Spool>,
+    all: Vec<u8>,
+    nodes: Vec<Node>,
+}
+
+impl World {
+    fn new(seed: u64, link: LinkConfig) -> Self {
+        let mut net = SimNet::new(seed, link);
+        let k = net.static_key();
+        let mut ex = Exposer::with_rng(
+            ExposerConfig::default(),
+            k.private,
+            net.now,
+            net.machine_rng(),
+        );
+        let spool = Arc::new(Spool::create(&std::env::temp_dir()).unwrap());
+        ex.add_live("live.bin", spool.clone());
+        World {
+            net,
+            ex,
+            spool,
+            all: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn join(&mut self, at: &str, follower: Follower) {
+        let mut c = PullConfig::new(addr(EXPOSER), "live.bin");
+        c.idle_timeout = Duration::from_secs(30);
+        let rng = self.net.machine_rng();
+        let pull = LivePull::new(c, follower, rng, self.net.now);
+        self.nodes.push(Node {
+            addr: addr(at),
+            pull,
+            out: Vec::new(),
+            grew: Vec::new(),
+            done: false,
+        });
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        self.spool.append(data).unwrap();
+        self.all.extend_from_slice(data);
+    }
+
+    /// Runs until `until` (virtual time) or every node ended.
+    fn run_until(&mut self, until: Instant) {
+        let mut iters = 0u64;
+        loop {
+            iters += 1;
+            assert!(iters < 2_000_000, "simulation does not progress");
+            let now = self.net.now;
+            while let Some(d) = self.net.pop_due() {
+                if d.to == addr(EXPOSER) {
+                    self.ex.handle(now, d.from, &d.data);
+                } else if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == d.to) {
+                    n.pull.handle(now, d.from, &d.data);
+                }
+            }
+            for n in &mut self.nodes {
+                if n.pull.poll_timeout().is_some_and(|t| t <= now) {
+                    n.pull.handle_timeout(now);
+                }
+                while let Some(t) = n.pull.poll_transmit(now) {
+                    self.net.send(n.addr, &t);
+                }
+                let more = n.pull.take_output();
+                if !more.is_empty() {
+                    n.out.extend(more);
+                    n.grew.push((n.out.len(), now));
+                }
+                n.done = n.pull.end().is_some();
+            }
+            while let Some(t) = self.ex.poll_transmit() {
+                self.net.send(addr(EXPOSER), &t);
+            }
+            if self.nodes.iter().all(|n| n.done) {
+                return;
+            }
+            let timers: Vec<Option<Instant>> = self
+                .nodes
+                .iter()
+                .map(|n| n.pull.poll_timeout())
+                .chain([Some(until)])
+                .collect();
+            if !self.net.advance_to_next(timers) || self.net.now >= until {
+                return;
+            }
+        }
+    }
+}
+
+fn record(r: &mut SimRng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| r.next_u64() as u8).collect()
+}
+
+/// Records of 4 KiB every 20 ms, a few larger bursts; a follower from the start and
+/// a late joiner both end byte-exact with root = BLAKE3 of everything.
+fn stream_to_follower_and_late_joiner(seed: u64, link: LinkConfig) -> Vec<Duration> {
+    let mut w = World::new(seed, link);
+    let mut r = SimRng::new(seed);
+    w.join("198.51.100.7:40000", Follower::new());
+    let step = Duration::from_millis(20);
+    let mut t = w.net.now;
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let len = if i % 17 == 5 { 70_000 } else { 4096 };
+        let rec = record(&mut r, len);
+        w.append(&rec);
+        records.push((w.all.len(), w.net.now));
+        if i == 30 {
+            w.join("198.51.100.8:40000", Follower::new());
+        }
+        t += step;
+        w.run_until(t);
+        // The follower from the start is never far behind: within a few records.
+        let behind = w.all.len() - w.nodes[0].out.len();
+        assert!(
+            behind <= 4 * 70_000,
+            "seed {seed}: follower {behind} bytes behind at record {i}"
+        );
+    }
+    w.ex.finish_live("live.bin").unwrap();
+    let end = w.net.now + Duration::from_secs(20);
+    w.run_until(end);
+    let root = *blake3::hash(&w.all).as_bytes();
+    for n in &w.nodes {
+        match n.pull.end() {
+            Some(Ok(e)) => {
+                assert_eq!(e.root, root, "seed {seed}: final root");
+                assert_eq!(e.size, w.all.len() as u64);
+            }
+            other => panic!("seed {seed}: {} ended {other:?}", n.addr),
+        }
+        assert!(n.out == w.all, "seed {seed}: {} output differs", n.addr);
+    }
+    // Rounds were many (it followed), not one pull at the end.
+    assert!(w.nodes[0].pull.rounds > 10, "{}", w.nodes[0].pull.rounds);
+    latencies(&w.nodes[0], &records)
+}
+
+/// Write-to-output latency of each record at a follower, sorted.
+fn latencies(n: &Node, records: &[(usize, Instant)]) -> Vec<Duration> {
+    let mut l: Vec<Duration> = records
+        .iter()
+        .map(|&(end, at)| {
+            n.reached(end)
+                .expect("written")
+                .saturating_duration_since(at)
+        })
+        .collect();
+    l.sort();
+    l
+}
+
+#[test]
+fn a_stream_reaches_a_follower_and_a_late_joiner_byte_exact() {
+    for seed in 1..=3 {
+        let l = stream_to_follower_and_late_joiner(seed, LinkConfig::default());
+        // A 10 ms round trip: a record (a partial chunk) is out within a few round
+        // trips (the poll wait, the handshake, the outboard's tail, the chunk).
+        let (p50, max) = (l[l.len() / 2], l[l.len() - 1]);
+        assert!(
+            p50 <= Duration::from_millis(50) && max <= Duration::from_millis(120),
+            "seed {seed}: p50 {p50:?}, max {max:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_survives_a_lossy_reordering_link() {
+    for seed in 10..=13 {
+        let link = LinkConfig {
+            loss: 0.03,
+            jitter: Duration::from_millis(3),
+            duplicate: 0.01,
+            ..Default::default()
+        };
+        stream_to_follower_and_late_joiner(seed, link);
+    }
+}
+
+/// A follower that already holds a prefix (its file from a killed run) gets only the
+/// rest, and a prefix that is not the stream's is refused.
+#[test]
+fn a_resumed_follower_goes_on_from_its_prefix() {
+    let mut w = World::new(5, LinkConfig::default());
+    let mut r = SimRng::new(5);
+    let first = record(&mut r, 100_000);
+    w.append(&first);
+    let held = w.all[..50_000].to_vec();
+    w.join(
+        "198.51.100.7:40000",
+        Follower::resume_from(&mut &held[..]).unwrap(),
+    );
+    let mut wrong = held.to_vec();
+    wrong[20_000] ^= 1;
+    w.join(
+        "198.51.100.8:40000",
+        Follower::resume_from(&mut &wrong[..]).unwrap(),
+    );
+    let t = w.net.now + Duration::from_millis(200);
+    w.run_until(t);
+    let rest = record(&mut r, 30_000);
+    w.append(&rest);
+    w.ex.finish_live("live.bin").unwrap();
+    let t = w.net.now + Duration::from_secs(10);
+    w.run_until(t);
+    let good = &w.nodes[0];
+    assert!(
+        matches!(good.pull.end(), Some(Ok(_))),
+        "{:?}",
+        good.pull.end()
+    );
+    assert_eq!(good.out, w.all[50_000..], "only the rest is written");
+    // Fewer content bytes than the whole: the held chunks were not pulled again.
+    assert!(good.pull.stats.content_bytes < 100_000);
+    let bad = &w.nodes[1];
+    assert!(
+        matches!(
+            bad.pull.end(),
+            Some(Err(LivePullError::Pull(PullError::BadCheckpoint { .. })))
+        ),
+        "{:?}",
+        bad.pull.end()
+    );
+    assert!(bad.out.is_empty());
+}
+
+/// An exposer that rewrites bytes a follower already verified: the next checkpoint
+/// is refused (its CVs change a verified chunk, or a written partial chunk changed).
+#[test]
+fn a_rewritten_past_fails_the_follower() {
+    for (offset, seed) in [(100u64, 7u64), (40_000, 8)] {
+        let mut w = World::new(seed, LinkConfig::default());
+        let mut r = SimRng::new(seed);
+        w.join("198.51.100.7:40000", Follower::new());
+        let rec = record(&mut r, 40_100);
+        w.append(&rec);
+        let t = w.net.now + Duration::from_millis(200);
+        w.run_until(t);
+        assert_eq!(w.nodes[0].out.len(), 40_100, "followed");
+        w.spool.rewrite(offset, b"forged").unwrap();
+        let rec = record(&mut r, 30_000);
+        w.append(&rec);
+        let t = w.net.now + Duration::from_secs(5);
+        w.run_until(t);
+        let end = w.nodes[0].pull.end();
+        assert!(
+            matches!(
+                end,
+                Some(Err(LivePullError::Pull(PullError::BadCheckpoint { .. })))
+                    | Some(Err(LivePullError::Live(LiveError::Changed { .. })))
+            ),
+            "offset {offset}: {end:?}"
+        );
+        assert_eq!(
+            w.nodes[0].out.len(),
+            40_100,
+            "nothing written after the lie"
+        );
+    }
+}
+
+/// A puller that is not live-aware (a plain pull) is told the exposure is live; once
+/// it has ended, it pulls the finished file.
+#[test]
+fn a_plain_pull_learns_it_is_live_then_gets_the_finished_file() {
+    use rgtp::puller::{PullEvent, Puller};
+    let mut w = World::new(9, LinkConfig::default());
+    w.append(&[7u8; 20_000]);
+    let me = addr("198.51.100.9:40000");
+    let pull_once = |w: &mut World| -> Result<(), PullError> {
+        let rng = w.net.machine_rng();
+        let mut p = Puller::with_rng(PullConfig::new(addr(EXPOSER), "live.bin"), w.net.now, rng);
+        for _ in 0..100_000 {
+            let now = w.net.now;
+            while let Some(d) = w.net.pop_due() {
+                if d.to == addr(EXPOSER) {
+                    w.ex.handle(now, d.from, &d.data);
+                } else if d.to == me {
+                    p.handle(now, d.from, &d.data);
+                }
+            }
+            if p.poll_timeout().is_some_and(|t| t <= now) {
+                p.handle_timeout(now);
+            }
+            while let Some(t) = p.poll_transmit(now) {
+                w.net.send(me, &t);
+            }
+            while let Some(t) = w.ex.poll_transmit() {
+                w.net.send(addr(EXPOSER), &t);
+            }
+            while let Some(ev) = p.poll_event() {
+                match ev {
+                    PullEvent::Done => return Ok(()),
+                    PullEvent::Failed(e) => return Err(e),
+                    _ => {}
+                }
+            }
+            w.net.advance_to_next([p.poll_timeout()]);
+        }
+        panic!("no end");
+    };
+    assert_eq!(pull_once(&mut w), Err(PullError::IsLive));
+    w.ex.finish_live("live.bin").unwrap();
+    assert_eq!(pull_once(&mut w), Ok(()));
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# bench-live.sh: live exposures on loopback (issue 19).
+#
+# 1. Latency. A producer writes BENCH_RECORDS (default 500) records of 4 KiB, one
+#    every 20 ms, each stamped with the time it was written, into
+#    `rgtp-expose - --name live.bin`; a follower `rgtp-pull URL -o -` pipes into a
+#    consumer that reads records and notes (now - stamp). Prints p50 / p99 / max.
+#    Peer in the same run: the same producer and consumer through TCP (socat).
+#    Targets (issue 19): p50 <= 50 ms, p99 <= 250 ms.
+# 2. Throughput. BENCH_SIZE (default 256M) random bytes: streamed from a file with
+#    cat into `rgtp-expose -` as fast as it reads, followed from the start to
+#    /dev/null, against the same file exposed finished and pulled to /dev/null.
+#    Prints both and their ratio.
+#
+# Runs on 127.0.0.1 only; every process is started here and stopped by pid.
+set -euo pipefail
+if [[ -n ${CARGO_TARGET_DIR:-} && $CARGO_TARGET_DIR != /* ]]; then export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR; fi
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+export CARGO_TARGET_DIR=$TARGET
+BIN=$TARGET/release
+RECORDS=${BENCH_RECORDS:-500}
+SIZE=${BENCH_SIZE:-256M}
+PORT=${BENCH_PORT:-47031}
+
+cargo build --release -p rgtp-cli >/dev/null
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/rgtp-bench-live.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+export RGTP_CONFIG_DIR=$WORK/config RGTP_CACHE_DIR=$WORK/cache RUST_LOG=warn
+
+cat >"$WORK/produce.py" <<'EOF'
+import sys, time
+n = int(sys.argv[1]); out = sys.stdout.buffer
+time.sleep(0.5)
+for i in range(n):
+    rec = time.time_ns().to_bytes(8, "little") + bytes([i % 251]) * 4088
+    out.write(rec); out.flush()
+    time.sleep(0.02)
+EOF
+cat >"$WORK/consume.py" <<'EOF'
+import sys, time
+inp = sys.stdin.buffer; lat = []
+while True:
+    rec = inp.read(4096)
+    if len(rec) < 4096:
+        break
+    lat.append((time.time_ns() - int.from_bytes(rec[:8], "little")) / 1e6)
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(f"{len(lat)} records p50 {q(0.5):.2f} ms p99 {q(0.99):.2f} ms max {lat[-1]:.2f} ms")
+EOF
+
+wait_url() { # file -> first rgtp:// line
+  for _ in $(seq 300); do grep -qs '^rgtp://' "$1" && break; sleep 0.05; done
+  grep -m1 '^rgtp://' "$1"
+}
+
+echo "$(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- latency: RGTP
+python3 "$WORK/produce.py" "$RECORDS" | "$BIN/rgtp-expose" - --name live.bin --port "$PORT" --bind 127.0.0.1 >"$WORK/ex.out" 2>"$WORK/ex.err" &
+PIDS+=($!)
+URL=$(wait_url "$WORK/ex.out")
+RGTP_LAT=$("$BIN/rgtp-pull" "$URL" -o - --quiet --known-exposers "$WORK/known" | python3 "$WORK/consume.py")
+kill "${PIDS[-1]}" 2>/dev/null || true
+echo "latency rgtp (4 KiB every 20 ms): $RGTP_LAT"
+
+# --- latency: TCP peer (socat)
+socat -u TCP-LISTEN:$((PORT + 1)),bind=127.0.0.1,reuseaddr STDOUT 2>/dev/null | python3 "$WORK/consume.py" >"$WORK/tcp.lat" &
+PIDS+=($!)
+sleep 0.3
+python3 "$WORK/produce.py" "$RECORDS" | socat -u STDIN TCP:127.0.0.1:$((PORT + 1))
+wait "${PIDS[-1]}" 2>/dev/null || true
+echo "latency tcp  (4 KiB every 20 ms): $(cat "$WORK/tcp.lat")"
+
+# --- throughput: a stream vs a finished file of the same size
+head -c "$SIZE" /dev/urandom >"$WORK/src.bin"
+BYTES=$(stat -c %s "$WORK/src.bin")
+"$BIN/rgtp-expose" - --name stream.bin --port $((PORT + 2)) --bind 127.0.0.1 <"$WORK/src.bin" >"$WORK/s.out" 2>"$WORK/s.err" &
+# (stdin is the file: the stream is read as fast as the exposer takes it; the pull
+# starts at once and follows it)
+PIDS+=($!)
+URL=$(wait_url "$WORK/s.out")
+T0=$(date +%s.%N)
+"$BIN/rgtp-pull" "$URL" -o /dev/null --quiet --known-exposers "$WORK/known"
+T1=$(date +%s.%N)
+kill "${PIDS[-1]}" 2>/dev/null || true
+"$BIN/rgtp-expose" "$WORK/src.bin" --port $((PORT + 3)) --bind 127.0.0.1 --no-seal-ahead >"$WORK/f.out" 2>"$WORK/f.err" &
+PIDS+=($!)
+URL=$(wait_url "$WORK/f.out")
+T2=$(date +%s.%N)
+"$BIN/rgtp-pull" "$URL" -o /dev/null --quiet --known-exposers "$WORK/known"
+T3=$(date +%s.%N)
+kill "${PIDS[-1]}" 2>/dev/null || true
+python3 - "$BYTES" "$T0" "$T1" "$T2" "$T3" <<'EOF'
+import sys
+b, t0, t1, t2, t3 = int(sys.argv[1]), *map(float, sys.argv[2:])
+s, f = b / (t1 - t0) / 2**20, b / (t3 - t2) / 2**20
+print(f"throughput stream {s:.0f} MiB/s, finished file {f:.0f} MiB/s ({b} bytes): stream/file {s / f:.2f}")
+EOF

@@ -2,7 +2,8 @@
 //! --seed 30`; puller B pulls from A's sharing port alone after A finished, and from
 //! the origin and A together while A is still pulling. Both byte-exact. Peer
 //! exchange: two `--share` pullers and a plain one, started together with no
-//! `--from`, find each other through the origin alone.
+//! `--from`, find each other through the origin alone, on loopback and on a LAN of
+//! network namespaces (root).
 
 use std::time::{Duration, Instant};
 
@@ -208,4 +209,58 @@ fn seed_without_share_is_a_usage_error() {
         .arg("5")
         .run(&dir);
     done.assert_clean_error(2, &["--seed", "--share"]);
+}
+
+#[test]
+fn sharers_on_a_lan_find_each_other_and_spare_the_origin() {
+    // The origin on one host of a LAN of network namespaces, capped at 200 Mbit/s;
+    // four `--share` pullers on four other hosts, started together with no --from.
+    // They learn of each other from the origin (peer exchange), and the origin's
+    // interface sends well under the four copies that four plain pulls cost.
+    require_root!("network namespaces");
+    let lan = Lan::new(5, |_| false);
+    let dir = TestDir::new("share-lan");
+    let size = 24 * MIB + 777;
+    let src = dir.join("file.bin");
+    write_random_file(&src, size, "share-lan");
+    let mut opts = ExposeOpts::new(&dir, &[&src]).bind(Some(&lan.ips[0]));
+    opts.extra_args = vec!["--max-rate".into(), "200M".into()];
+    opts.netns = Some(lan.ns[0].clone());
+    let origin = opts.start(&dir);
+    let url = origin.single().url.clone();
+    let tx0 = lan.tx_bytes(0);
+    let pulls: Vec<_> = (1..5)
+        .map(|i| {
+            let out = dir.join(format!("out{i}.bin"));
+            let mut cmd = PullCmd::url(&dir, &url, &out)
+                .arg("--share")
+                .arg("--seed")
+                .arg("3")
+                .arg("--json");
+            cmd.config_dir = dir.join(format!("puller{i}"));
+            std::fs::create_dir_all(&cmd.config_dir).expect("puller config dir");
+            cmd.netns = Some(lan.ns[i].clone());
+            (cmd.spawn(&dir), out)
+        })
+        .collect();
+    let mut from_sharers = 0;
+    for (i, (p, out)) in pulls.into_iter().enumerate() {
+        let done = p.finish(PULL_DEADLINE);
+        done.assert_success();
+        assert_same_content(&src, &out, &format!("puller {}", i + 1));
+        let r = done.json();
+        let s = r.sources();
+        assert_eq!(s.iter().map(|s| s.bytes).sum::<u64>(), size, "{}", r.0);
+        from_sharers += s[1..].iter().map(|s| s.bytes).sum::<u64>();
+    }
+    let sent = (lan.tx_bytes(0) - tx0) as f64 / size as f64;
+    eprintln!("origin sent {sent:.2}x the file; sharers delivered {from_sharers} bytes");
+    assert!(
+        from_sharers >= size,
+        "the sharers delivered only {from_sharers} bytes to each other"
+    );
+    assert!(
+        sent < 2.5,
+        "the origin sent {sent:.2}x the file to four sharing pullers"
+    );
 }

@@ -453,6 +453,34 @@ struct Flight {
     group: bool,
 }
 
+impl Flight {
+    /// A chunk's flight with nothing asked for yet and nothing received: fragments
+    /// `need` make the chunk. Its deadline is `now`, so a loss check asks for what it
+    /// misses (as for a re-request); the callers set what they ask.
+    fn unasked(need: u64, now: Instant) -> Flight {
+        Flight {
+            buf: Vec::new(),
+            got: 0,
+            need,
+            outstanding: 0,
+            sent_at: now,
+            deadline: now,
+            rerequested: true,
+            timed_out_from: None,
+            order: 0,
+            last_rx: None,
+            fresh: 0,
+            reo_lost: 0,
+            rgot: 0,
+            repair: Vec::new(),
+            routstanding: 0,
+            rfresh: 0,
+            rnext: 0,
+            group: false,
+        }
+    }
+}
+
 enum Phase {
     Handshake {
         /// The Noise initiator and its message 1, re-sent unchanged on timeout so a late
@@ -1258,24 +1286,8 @@ impl Puller {
         let (n, per, ct_len) = self.geometry(o, chunk as u64);
         let grace = self.reorder_window() + self.cc.min_rtt();
         let fl = self.flights.entry((o, chunk)).or_insert_with(|| Flight {
-            buf: Vec::new(),
-            got: 0,
-            need: bits(n),
-            outstanding: 0,
-            sent_at: now,
-            deadline: now,
-            rerequested: true,
-            timed_out_from: None,
-            order: 0,
-            last_rx: None,
-            fresh: 0,
-            reo_lost: 0,
-            rgot: 0,
-            repair: Vec::new(),
-            routstanding: 0,
-            rfresh: 0,
-            rnext: 0,
             group: true,
+            ..Flight::unasked(bits(n), now)
         });
         let bit = 1u64 << f;
         if fl.got & bit != 0 {
@@ -2211,27 +2223,11 @@ impl Puller {
                     continue;
                 }
                 let (n, per, ct) = self.geometry(o, c as u64);
-                let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-                let fl = self.flights.entry((o, c)).or_insert_with(|| Flight {
-                    buf: Vec::new(),
-                    got: 0,
-                    need: all,
-                    outstanding: 0,
-                    sent_at: now,
-                    deadline: now,
-                    rerequested: true,
-                    timed_out_from: None,
-                    order: 0,
-                    last_rx: None,
-                    fresh: 0,
-                    reo_lost: 0,
-                    rgot: 0,
-                    repair: Vec::new(),
-                    routstanding: 0,
-                    rfresh: 0,
-                    rnext: 0,
-                    group: false,
-                });
+                let all = bits(n);
+                let fl = self
+                    .flights
+                    .entry((o, c))
+                    .or_insert_with(|| Flight::unasked(all, now));
                 let (want, rwant) = if fec_on {
                     // Any n distinct fragments make the chunk: ask for enough fresh
                     // ones (repair not yet asked for, then missing data fragments)
@@ -2419,28 +2415,17 @@ impl Puller {
         for c in start..end {
             self.next_order += 1;
             let (n, _, _) = self.geometry(o, c);
-            let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            let all = bits(n);
             self.flights.insert(
                 (o, c as u32),
                 Flight {
-                    buf: Vec::new(),
-                    got: 0,
-                    need: all,
                     outstanding: all,
-                    sent_at: now,
                     deadline: now + rto,
                     rerequested: false,
-                    timed_out_from: None,
                     order: self.next_order,
-                    last_rx: None,
-                    fresh: 0,
-                    reo_lost: 0,
-                    rgot: 0,
-                    repair: Vec::new(),
                     routstanding: bits(repair),
-                    rfresh: 0,
                     rnext: repair as u8,
-                    group: false,
+                    ..Flight::unasked(all, now)
                 },
             );
         }

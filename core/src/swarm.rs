@@ -944,6 +944,15 @@ impl Swarm {
             return;
         }
         // The endgame: nothing unclaimed is left.
+        self.endgame(i, target, now, |_, _| true);
+    }
+
+    /// The endgame for source `i`, short of `target` chunks pending with nothing
+    /// unclaimed left: it may also take missing chunks another source is fetching
+    /// (each at most twice in all), those `fits` allows it, scanning at most
+    /// STEAL_SCAN; a scan that leaves it short is not repeated for a quarter round
+    /// trip.
+    fn endgame(&mut self, i: usize, target: u64, now: Instant, fits: impl Fn(&Self, u64) -> bool) {
         if self.sources[i].next_steal.is_some_and(|t| now < t) {
             return;
         }
@@ -954,9 +963,11 @@ impl Swarm {
                 break;
             }
             scanned += 1;
+            let s = &self.sources[i];
             if !self.dup.contains(c)
-                && !self.sources[i].assigned.contains(c)
-                && !self.sources[i].lacks.contains(c)
+                && !s.assigned.contains(c)
+                && !s.lacks.contains(c)
+                && fits(self, c)
             {
                 self.dup.insert(c);
                 self.give(i, c, now);
@@ -1073,35 +1084,12 @@ impl Swarm {
         if !short || !self.claimed.is_full() {
             return;
         }
-        // The endgame: nothing is unclaimed.
-        if self.sources[i].next_steal.is_some_and(|t| now < t) {
-            return;
-        }
-        let mut next = self.have.first_missing_from(0);
-        let mut scanned = 0;
-        while let Some(c) = next {
-            if self.sources[i].pending >= target || scanned >= STEAL_SCAN {
-                break;
-            }
-            scanned += 1;
-            let s = &self.sources[i];
-            let fits = !s.lacks.contains(c)
-                && match &s.holds {
-                    Some(h) => h.contains(c),
-                    None => !self.union.contains(c),
-                };
-            if fits && !self.dup.contains(c) && !s.assigned.contains(c) {
-                self.dup.insert(c);
-                self.give(i, c, now);
-            }
-            next = self.have.first_missing_from(c + 1);
-        }
-        let s = &mut self.sources[i];
-        s.next_steal = if s.pending < target {
-            Some(now + (s.puller.rate_control().srtt() / 4).max(Duration::from_millis(1)))
-        } else {
-            None
-        };
+        // The endgame: nothing is unclaimed. A sharer takes what its summary says
+        // it holds; the origin what no sharer holds.
+        self.endgame(i, target, now, |sw, c| match &sw.sources[i].holds {
+            Some(h) => h.contains(c),
+            None => !sw.union.contains(c),
+        });
     }
 
     /// Rebuilds the union of the live sharers' summaries, when one shrank or a sharer

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rgtp_e2e::{
-    b3sum, last_lines, need, require_root, shim, shim_log, shim_settings, socket_table_has,
+    b3sum, ip, last_lines, need, require_root, shim, shim_log, shim_settings, socket_table_has,
     wait_until, write_random_file, Proc, TestDir, MIB, TCP_LISTEN,
 };
 
@@ -29,21 +29,6 @@ const SIZE: u64 = 30 * MIB;
 /// How long a transfer may take after the disruption ended: the shim must finish
 /// within it, plain TCP must not.
 const AFTER_EVENT: Duration = Duration::from_secs(25);
-
-/// Runs `ip ARGS...`; panics with its stderr if it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run ip ({e}): iproute2 is needed"));
-    assert!(
-        out.status.success(),
-        "ip {} failed: {} (these tests need root for network namespaces)",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
 
 /// Two network namespaces joined by a veth pair rate-limited to 40 Mbit/s each way;
 /// both are deleted on drop (with the veth pair and everything in them), panic or not.

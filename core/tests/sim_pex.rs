@@ -7,48 +7,28 @@
 //! however many pullers claim to share; and a puller must only ever be pointed at
 //! an address the origin saw a session come from.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::addr;
+use common::sharing::{random_content, Growing};
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::merkle::{self, CHUNK_SIZE};
 use rgtp::pex::MAX_SHARERS;
 use rgtp::puller::{PullConfig, PullEvent, Puller};
 use rgtp::shaper::{transmit_bytes, Shaper};
-use rgtp::sim::{LinkConfig, SimNet, SimRng};
-use rgtp::source::{
-    shared_have, ChunkSource, FetchingSource, MemSource, PartialSource, SharedHave,
-};
+use rgtp::sim::{LinkConfig, SimNet};
+use rgtp::source::{shared_have, FetchingSource, MemSource, PartialSource, SharedHave};
 use rgtp::swarm::{PexConfig, Swarm};
 
 const ORIGIN: &str = "192.0.2.1:443";
 const SHARE_PORT: u16 = 4433;
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = SimRng::new(seed ^ 0x7EE7);
-    (0..len).map(|_| r.next_u64() as u8).collect()
-}
-
-/// A node's output: the bytes it stored so far (its sharer reads them).
-struct Growing(Arc<Mutex<Vec<u8>>>);
-
-impl ChunkSource for Growing {
-    fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
-        let d = self.0.lock().unwrap();
-        let at = index as usize * CHUNK_SIZE;
-        let len = merkle::chunk_len(index, d.len() as u64);
-        buf.clear();
-        buf.extend_from_slice(&d[at..at + len]);
-        Ok(())
-    }
+    random_content(seed ^ 0x7EE7, len)
 }
 
 /// A pulling node: a swarm with peer exchange, and (when `shares`) a sharer on

@@ -5,16 +5,20 @@
 //! origin's sealing byte for byte, and chunks the sharer lacks must be refused with
 //! MISSING and fetched from the origin instead.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::addr;
+use common::sharing::{random_content, Growing};
 use rgtp::crypto::{Cipher, ContentCipher};
 use rgtp::exposer::{Exposer, ExposerConfig};
 use rgtp::merkle::{self, CHUNK_SIZE};
 use rgtp::puller::{PullConfig, PullEvent, Puller};
-use rgtp::sim::{LinkConfig, SimNet, SimRng};
-use rgtp::source::{shared_have, ChunkSource, MemSource, PartialSource, SharedHave};
+use rgtp::sim::{LinkConfig, SimNet};
+use rgtp::source::{shared_have, MemSource, PartialSource, SharedHave};
 use rgtp::swarm::Swarm;
 use rgtp::wire::{self, Data, Missing, Object, PacketType, DATA_HEADER_LEN};
 
@@ -23,30 +27,8 @@ const SHARER: &str = "192.0.2.2:443";
 const PULLER_A: &str = "198.51.100.7:40000";
 const PULLER_B: &str = "198.51.100.8:40000";
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut r = SimRng::new(seed ^ 0x5AA5);
-    (0..len).map(|_| r.next_u64() as u8).collect()
-}
-
-/// A's output: the bytes it stored so far (the sharer reads them as they grow).
-struct Growing(Arc<Mutex<Vec<u8>>>);
-
-impl ChunkSource for Growing {
-    fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
-        let d = self.0.lock().unwrap();
-        let at = index as usize * CHUNK_SIZE;
-        let len = merkle::chunk_len(index, d.len() as u64);
-        buf.clear();
-        buf.extend_from_slice(&d[at..at + len]);
-        Ok(())
-    }
+    random_content(seed ^ 0x5AA5, len)
 }
 
 /// One pulling node: a swarm and where its chunks go.

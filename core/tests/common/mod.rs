@@ -1,6 +1,9 @@
-//! Helpers the sans-IO connection tests share (`mod common;` in each test file).
+//! Helpers the sans-IO tests share (`mod common;` in each test file): connections
+//! here, the sharing simulations in `sharing`.
 
 #![allow(dead_code)]
+
+pub mod sharing;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -91,14 +91,7 @@ pub struct Pex<'a> {
 impl<'a> Pex<'a> {
     /// Everything up to the sealed body (also its associated data).
     pub fn encode_header(exposure: &ExposureId, token: &[u8], seq: u64, stamp_ms: u64) -> Vec<u8> {
-        let mut w = Writer::with_capacity(64 + token.len());
-        w.u8(wire::VERSION)
-            .u8(PacketType::Pex as u8)
-            .bytes(exposure)
-            .short_bytes(token)
-            .u64(seq)
-            .u64(stamp_ms);
-        w.buf
+        wire::encode_session_header(PacketType::Pex, exposure, token, seq, stamp_ms)
     }
 
     /// The AEAD tag, which names the PEX (replay filter).
@@ -108,27 +101,14 @@ impl<'a> Pex<'a> {
 
     /// The packet and the length of its header.
     pub fn decode(d: &'a [u8]) -> Result<(Pex<'a>, usize), WireError> {
-        if wire::peek_type(d)? != PacketType::Pex {
-            return Err(WireError::BadType(d[1]));
-        }
-        let mut r = Reader::new(d);
-        r.bytes(2)?;
-        let exposure = r.array()?;
-        let token = r.short_bytes()?;
-        let seq = r.u64()?;
-        let stamp_ms = r.u64()?;
-        let header_len = r.position();
-        let sealed = r.rest();
-        if sealed.len() < TAG_LEN {
-            return Err(WireError::Truncated);
-        }
+        let (h, header_len) = wire::decode_session_header(d, PacketType::Pex)?;
         Ok((
             Pex {
-                exposure,
-                token,
-                seq,
-                stamp_ms,
-                sealed,
+                exposure: h.exposure,
+                token: h.token,
+                seq: h.seq,
+                stamp_ms: h.stamp_ms,
+                sealed: h.sealed,
             },
             header_len,
         ))

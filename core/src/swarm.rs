@@ -95,6 +95,28 @@ pub struct Source {
 }
 
 impl Source {
+    /// A source with nothing granted, asked or known of it yet.
+    fn new(puller: Puller) -> Source {
+        Source {
+            puller,
+            dropped: None,
+            assigned: ChunkSet::new(0),
+            pending: 0,
+            started: false,
+            next_steal: None,
+            busy_since: None,
+            lacks: ChunkSet::new(0),
+            lacks_since: None,
+            holds: None,
+            next_pex: None,
+            have_from: 0,
+            next_refill: None,
+            scan_pos: 0,
+            fetching: None,
+            idle_since: None,
+        }
+    }
+
     /// The source's address.
     pub fn addr(&self) -> SocketAddr {
         self.puller.remote()
@@ -195,27 +217,7 @@ impl Swarm {
         }
         Self {
             finished: pullers.is_empty(),
-            sources: pullers
-                .into_iter()
-                .map(|puller| Source {
-                    puller,
-                    dropped: None,
-                    assigned: ChunkSet::new(0),
-                    pending: 0,
-                    started: false,
-                    next_steal: None,
-                    busy_since: None,
-                    lacks: ChunkSet::new(0),
-                    lacks_since: None,
-                    holds: None,
-                    next_pex: None,
-                    have_from: 0,
-                    next_refill: None,
-                    scan_pos: 0,
-                    fetching: None,
-                    idle_since: None,
-                })
-                .collect(),
+            sources: pullers.into_iter().map(Source::new).collect(),
             have: ChunkSet::new(0),
             claimed: ChunkSet::new(0),
             dup: ChunkSet::new(0),
@@ -318,22 +320,10 @@ impl Swarm {
         let rng_pos = p.rng.u64();
         tracing::info!("peer exchange: sharer {addr} added");
         self.sources.push(Source {
-            puller: Puller::with_rng(cfg, now, rng),
-            dropped: None,
-            assigned: ChunkSet::new(0),
-            pending: 0,
-            started: false,
-            next_steal: None,
-            busy_since: None,
-            lacks: ChunkSet::new(0),
-            lacks_since: None,
             holds: Some(ChunkSet::new(self.have.len())),
-            next_pex: None,
-            have_from: 0,
-            next_refill: None,
             scan_pos: rng_pos,
             fetching: Some(ChunkSet::new(self.have.len())),
-            idle_since: None,
+            ..Source::new(Puller::with_rng(cfg, now, rng))
         });
         true
     }

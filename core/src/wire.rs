@@ -740,18 +740,12 @@ impl<'a> Request<'a> {
         seq: u64,
         stamp_ms: u64,
     ) -> Vec<u8> {
-        let mut w = Writer::with_capacity(64 + token.len());
         let t = if member {
             PacketType::GroupRequest
         } else {
             PacketType::Request
         };
-        w.header(t)
-            .bytes(exposure)
-            .short_bytes(token)
-            .u64(seq)
-            .u64(stamp_ms);
-        w.buf
+        encode_session_header(t, exposure, token, seq, stamp_ms)
     }
 
     /// The AEAD tag: it authenticates the whole REQUEST, so it names it (replay filter).
@@ -764,28 +758,80 @@ impl<'a> Request<'a> {
         if !matches!(t, PacketType::Request | PacketType::GroupRequest) {
             return Err(WireError::BadType(d[1]));
         }
-        let mut r = expect(d, t)?;
-        let exposure = r.array()?;
-        let token = r.short_bytes()?;
-        let seq = r.u64()?;
-        let stamp_ms = r.u64()?;
-        let header_len = r.position();
-        let sealed = r.rest();
-        if sealed.len() < 16 {
-            return Err(WireError::Truncated);
-        }
+        let (h, header_len) = decode_session_header(d, t)?;
         Ok((
             Request {
                 member: t == PacketType::GroupRequest,
-                exposure,
-                token,
-                seq,
-                stamp_ms,
-                sealed,
+                exposure: h.exposure,
+                token: h.token,
+                seq: h.seq,
+                stamp_ms: h.stamp_ms,
+                sealed: h.sealed,
             },
             header_len,
         ))
     }
+}
+
+/// The header shared by the datagrams a puller seals under its session's request
+/// key (REQUEST, GROUP REQUEST, PEX), and the sealed body after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHeader<'a> {
+    pub exposure: ExposureId,
+    pub token: &'a [u8],
+    /// Nonce of the sealed body; strictly increasing per puller.
+    pub seq: u64,
+    /// The exposer's clock (ms) as the puller reckons it when sending: freshness.
+    pub stamp_ms: u64,
+    /// The sealed body, AEAD tag included (at least a tag long).
+    pub sealed: &'a [u8],
+}
+
+/// Encodes a session header of type `t`: everything up to the sealed body, which is
+/// also the AEAD's associated data (so neither the header nor the type can be
+/// altered on the path).
+pub fn encode_session_header(
+    t: PacketType,
+    exposure: &ExposureId,
+    token: &[u8],
+    seq: u64,
+    stamp_ms: u64,
+) -> Vec<u8> {
+    let mut w = Writer::with_capacity(64 + token.len());
+    w.header(t)
+        .bytes(exposure)
+        .short_bytes(token)
+        .u64(seq)
+        .u64(stamp_ms);
+    w.buf
+}
+
+/// Decodes a datagram of type `t` with a session header; returns it and the
+/// header's length (the associated data).
+pub fn decode_session_header(
+    d: &[u8],
+    t: PacketType,
+) -> Result<(SessionHeader<'_>, usize), WireError> {
+    let mut r = expect(d, t)?;
+    let exposure = r.array()?;
+    let token = r.short_bytes()?;
+    let seq = r.u64()?;
+    let stamp_ms = r.u64()?;
+    let header_len = r.position();
+    let sealed = r.rest();
+    if sealed.len() < crate::crypto::TAG_LEN {
+        return Err(WireError::Truncated);
+    }
+    Ok((
+        SessionHeader {
+            exposure,
+            token,
+            seq,
+            stamp_ms,
+            sealed,
+        },
+        header_len,
+    ))
 }
 
 /// Exposer → puller: one fragment of an encrypted chunk.

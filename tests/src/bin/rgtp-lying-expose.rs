@@ -59,9 +59,7 @@ fn run() -> Result<(), String> {
     } else {
         data
     };
-    let mut key = [0u8; 32];
-    getrandom(&mut key)?;
-    let key = StaticKey::from_private(key);
+    let key = StaticKey::from_private(rgtp::rng::Rng::os().bytes());
     let mut ex = Exposer::new(ExposerConfig::default(), key.private, Instant::now());
     let info = ex.add_exposure(&name, Box::new(MemSource(Arc::new(served))), cvs);
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
@@ -102,14 +100,6 @@ fn run() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A random private key from the OS.
-fn getrandom(buf: &mut [u8]) -> Result<(), String> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|e| format!("/dev/urandom: {e}"))
 }
 
 fn main() -> ExitCode {

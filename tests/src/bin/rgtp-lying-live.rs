@@ -39,9 +39,8 @@ fn run() -> Result<(), String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    let mut key = [0u8; 32];
-    random(&mut key)?;
-    let key = StaticKey::from_private(key);
+    let mut rng = rgtp::rng::Rng::os();
+    let key = StaticKey::from_private(rng.bytes());
     let spool = Arc::new(Spool::create(&std::env::temp_dir()).map_err(|e| e.to_string())?);
     let mut ex = Exposer::new(ExposerConfig::default(), key.private, Instant::now());
     ex.add_live("live.bin", spool.clone());
@@ -56,7 +55,7 @@ fn run() -> Result<(), String> {
         root: None,
     };
     let mut first = vec![0u8; 40_000];
-    random(&mut first)?;
+    rng.fill(&mut first);
     spool.append(&first).map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{url}\nlistening on {local}").map_err(|e| e.to_string())?;
@@ -80,21 +79,13 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut more = vec![0u8; 1000];
     while Instant::now() < end {
-        random(&mut more)?;
+        rng.fill(&mut more);
         spool.append(&more).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
     Ok(())
-}
-
-/// Random bytes from the OS.
-fn random(buf: &mut [u8]) -> Result<(), String> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|e| format!("/dev/urandom: {e}"))
 }
 
 fn main() -> ExitCode {

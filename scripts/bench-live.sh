@@ -11,6 +11,12 @@
 #    cat into `rgtp-expose -` as fast as it reads, followed from the start to
 #    /dev/null, against the same file exposed finished and pulled to /dev/null.
 #    Prints both and their ratio.
+# 3. Memory and disk over a long stream. BENCH_LONG (default 2G) bytes of
+#    /dev/urandom piped into `rgtp-expose - --window BENCH_WINDOW` (default 64M),
+#    followed from the start to /dev/null; the exposer's resident memory and the
+#    disk its spool holds are sampled every 0.2 s, the follower's peak memory read at
+#    its end. Peer in the same run: the same stream without --window (every byte
+#    kept). Prints peaks and throughputs.
 #
 # Runs on 127.0.0.1 only; every process is started here and stopped by pid.
 set -euo pipefail
@@ -22,6 +28,8 @@ export CARGO_TARGET_DIR=$TARGET
 BIN=$TARGET/release
 RECORDS=${BENCH_RECORDS:-500}
 SIZE=${BENCH_SIZE:-256M}
+LONG=${BENCH_LONG:-2G}
+WINDOW=${BENCH_WINDOW:-64M}
 PORT=${BENCH_PORT:-47031}
 
 cargo build --release -p rgtp-cli >/dev/null
@@ -104,3 +112,50 @@ b, t0, t1, t2, t3 = int(sys.argv[1]), *map(float, sys.argv[2:])
 s, f = b / (t1 - t0) / 2**20, b / (t3 - t2) / 2**20
 print(f"throughput stream {s:.0f} MiB/s, finished file {f:.0f} MiB/s ({b} bytes): stream/file {s / f:.2f}")
 EOF
+
+# --- memory and disk over a long stream: --window against every byte kept
+spool_disk() { # pid -> bytes on disk of the unnamed files it holds in the cache
+  local sum=0 f t
+  for f in /proc/"$1"/fd/*; do
+    t=$(readlink "$f" 2>/dev/null) || continue
+    [[ $t == "$WORK/cache/"*"(deleted)" ]] || continue
+    sum=$((sum + $(stat -L -c '%b*%B' "$f" 2>/dev/null | bc 2>/dev/null || echo 0)))
+  done
+  echo "$sum"
+}
+long_run() { # label, extra exposer args...
+  local label=$1; shift
+  local port=$((PORT + 4))
+  head -c "$LONG" /dev/urandom | "$BIN/rgtp-expose" - --name long.bin --port "$port" --bind 127.0.0.1 "$@" >"$WORK/l.out" 2>"$WORK/l.err" &
+  local ex=$!
+  PIDS+=($ex)
+  local url
+  url=$(wait_url "$WORK/l.out")
+  local t0
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%M' -o "$WORK/pull.rss" "$BIN/rgtp-pull" "$url" -o /dev/null --quiet --known-exposers "$WORK/known" &
+  local pull=$!
+  PIDS+=($pull)
+  local rss=0 disk=0 r d
+  while kill -0 "$pull" 2>/dev/null; do
+    r=$(awk '/VmRSS/ {print $2}' /proc/"$ex"/status 2>/dev/null || echo 0)
+    d=$(spool_disk "$ex")
+    ((r > rss)) && rss=$r
+    ((d > disk)) && disk=$d
+    sleep 0.2
+  done
+  wait "$pull"
+  local t1
+  t1=$(date +%s.%N)
+  kill "$ex" 2>/dev/null || true
+  python3 - "$label" "$LONG" "$t0" "$t1" "$rss" "$disk" "$(cat "$WORK/pull.rss")" <<'PY'
+import sys
+label, size, t0, t1, rss, disk, prss = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+units = {"K": 10, "M": 20, "G": 30, "T": 40}
+b = int(size[:-1]) << units[size[-1]] if size[-1] in units else int(size)
+print(f"long stream {label}: {b / (t1 - t0) / 2**20:.0f} MiB/s; exposer peak RSS {rss / 1024:.0f} MiB, "
+      f"spool on disk peak {disk / 2**20:.0f} MiB; follower peak RSS {prss / 1024:.0f} MiB ({b >> 20} MiB streamed)")
+PY
+}
+long_run "--window $WINDOW" --window "$WINDOW"
+long_run "every byte kept"

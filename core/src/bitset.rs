@@ -83,6 +83,25 @@ impl ChunkSet {
         true
     }
 
+    /// Add every index of `[from, to)` (clamped to `len`), a word at a time: a live
+    /// round marks everything its follower holds.
+    pub fn insert_range(&mut self, from: u64, to: u64) {
+        let to = to.min(self.len);
+        let mut i = from;
+        while i < to {
+            let (w, bit) = ((i / 64) as usize, i % 64);
+            let span = (64 - bit).min(to - i);
+            let mask = if span == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << span) - 1) << bit
+            };
+            self.count += u64::from((mask & !self.words[w]).count_ones());
+            self.words[w] |= mask;
+            i += span;
+        }
+    }
+
     /// Remove `i`; true if it was present before.
     pub fn remove(&mut self, i: u64) -> bool {
         if !self.contains(i) {
@@ -439,6 +458,29 @@ mod tests {
             prop_assert_eq!(from_runs, missing);
             let back = ChunkSet::from_bytes(len, &s.to_bytes());
             prop_assert_eq!(back.as_ref(), Some(&s));
+        }
+    }
+
+    #[test]
+    fn insert_range_is_inserting_each() {
+        for (len, from, to) in [
+            (0u64, 0u64, 5u64),
+            (10, 0, 10),
+            (200, 3, 131),
+            (200, 64, 128),
+            (130, 5, 999),
+            (70, 9, 9),
+        ] {
+            let mut a = ChunkSet::new(len);
+            let mut b = ChunkSet::new(len);
+            a.insert(7);
+            b.insert(7);
+            a.insert_range(from, to);
+            for i in from..to {
+                b.insert(i);
+            }
+            assert_eq!(a, b, "{len} {from}..{to}");
+            assert_eq!(a.count(), b.count());
         }
     }
 }

@@ -129,8 +129,12 @@ struct Exposure {
     content_key: [u8; 32],
     /// The content key under each cipher, in [`Cipher::ALL`]'s order.
     ciphers: [ContentCipher; 2],
-    /// Outboard bytes (chunk CVs), sealed lazily like content.
+    /// Outboard bytes (chunk CVs), sealed lazily like content (empty for a live
+    /// exposure's checkpoint, whose CVs the spool holds).
     outboard: Vec<u8>,
+    /// A live exposure's checkpoint (or its final one): its spool serves the
+    /// outboard, and says where its window starts.
+    spooled: Option<(Arc<crate::live::Spool>, crate::live::Checkpoint)>,
     chunk_count: u64,
     /// Content sealed ahead of time (filled in the background), when the driver asked
     /// for it, and the threads filling it (stopped when the exposure goes).
@@ -152,13 +156,16 @@ impl Exposure {
     fn object_len(&self, object: Object) -> u64 {
         match object {
             Object::Content => self.info.size,
-            Object::Outboard => self.outboard.len() as u64,
+            Object::Outboard => match &self.spooled {
+                Some((_, c)) => c.outboard_len(),
+                None => self.outboard.len() as u64,
+            },
         }
     }
     fn object_chunks(&self, object: Object) -> u64 {
         match object {
             Object::Content => self.chunk_count,
-            Object::Outboard => merkle::chunk_count(self.outboard.len() as u64),
+            Object::Outboard => merkle::chunk_count(self.object_len(Object::Outboard)),
         }
     }
 }
@@ -220,7 +227,7 @@ pub struct Exposer {
     sharers: crate::pex::Sharers,
     /// Live exposures by name, and the checkpoints exposed for them (oldest first).
     lives: HashMap<String, crate::live::LiveState>,
-    checkpoints: VecDeque<ExposureId>,
+    checkpoints: VecDeque<(String, ExposureId)>,
     pub stats: ExposerStats,
 }
 
@@ -334,12 +341,14 @@ impl Exposer {
     pub fn finish_live(&mut self, name: &str) -> Option<ExposureInfo> {
         let spool = self.lives.get(name)?.spool.clone();
         spool.end();
-        let snap = spool.snapshot();
-        let source = crate::live::SpoolSource {
-            spool,
-            len: snap.len,
-        };
-        Some(self.add_exposure(name, Box::new(source), snap.cvs))
+        let id: ExposureId = self.rng.bytes();
+        let content_key: [u8; 32] = self.rng.bytes();
+        let info = self.insert_checkpoint(name, spool, id, content_key);
+        self.lives.remove(name);
+        if let Some(old) = self.by_name.insert(name.to_string(), id) {
+            self.exposures.remove(&old);
+        }
+        Some(info)
     }
 
     /// The exposure id of the current checkpoint of live exposure `name` (exposed
@@ -358,27 +367,97 @@ impl Exposer {
             }
         }
         let spool = st.spool.clone();
-        let snap = spool.snapshot();
-        let source = crate::live::SpoolSource {
-            spool,
-            len: snap.len,
-        };
         let id: ExposureId = self.rng.bytes();
         let content_key: [u8; 32] = self.rng.bytes();
-        self.insert_entry(name, Box::new(source), snap.cvs, id, content_key, false);
+        let info = self.insert_checkpoint(name, spool.clone(), id, content_key);
         if let Some(st) = self.lives.get_mut(name) {
-            st.latest = Some((snap.len, id));
+            st.latest = Some((info.size, id));
             st.latest_at = Some(now);
         }
-        self.checkpoints.push_back(id);
+        self.checkpoints.push_back((name.to_string(), id));
         // Older checkpoints are served a while (pullers in the middle of one), then
         // dropped: their pullers get STALE and handshake for the current one.
         while self.checkpoints.len() > crate::live::MAX_CHECKPOINTS {
-            if let Some(old) = self.checkpoints.pop_front() {
+            if let Some((_, old)) = self.checkpoints.pop_front() {
                 self.exposures.remove(&old);
             }
         }
+        // With a window, a checkpoint whose start is a window behind the newest is
+        // dropped too (its pullers get STALE and take the newest): the disk holds
+        // about two windows however fast the stream, not 32 checkpoints' growth.
+        if let Some(window) = spool.window() {
+            let newest = self
+                .exposures
+                .get(&id)
+                .and_then(|e| e.spooled.as_ref())
+                .map_or(0, |(_, c)| c.start());
+            let floor = newest.saturating_sub(window / CHUNK_SIZE as u64);
+            let exposures = &mut self.exposures;
+            self.checkpoints.retain(|(n, cid)| {
+                let old = n == name
+                    && exposures
+                        .get(cid)
+                        .and_then(|e| e.spooled.as_ref())
+                        .is_some_and(|(_, c)| c.start() < floor);
+                if old {
+                    exposures.remove(cid);
+                }
+                !old
+            });
+        }
+        // The spool frees the bytes before the oldest start still served.
+        let oldest = self
+            .checkpoints
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, id)| self.exposures.get(id))
+            .filter_map(|e| e.spooled.as_ref().map(|(_, c)| c.start()))
+            .min();
+        if let Some(start) = oldest {
+            spool.pin(start);
+        }
         Some(id)
+    }
+
+    /// Exposes the spool's checkpoint now under `id` and `content_key`: its root and
+    /// outboard come from the spool, without a CV list.
+    fn insert_checkpoint(
+        &mut self,
+        name: &str,
+        spool: Arc<crate::live::Spool>,
+        id: ExposureId,
+        content_key: [u8; 32],
+    ) -> ExposureInfo {
+        let c = spool.checkpoint();
+        let source = crate::live::SpoolSource {
+            spool: spool.clone(),
+            len: c.len,
+            start: c.start(),
+        };
+        let info = ExposureInfo {
+            id,
+            name: name.to_string(),
+            size: c.len,
+            root: c.root,
+        };
+        let ciphers = Cipher::ALL.map(|ci| ContentCipher::with(ci, &content_key, id, c.len));
+        self.exposures.insert(
+            id,
+            Exposure {
+                info: info.clone(),
+                source: Arc::new(source),
+                ciphers,
+                content_key,
+                outboard: Vec::new(),
+                chunk_count: c.chunk_count(),
+                spooled: Some((spool, c)),
+                sealed: None,
+                _sealer: None,
+                gone: false,
+                relayed: false,
+            },
+        );
+        info
     }
 
     fn insert_entry(
@@ -411,6 +490,7 @@ impl Exposer {
                 content_key,
                 outboard,
                 chunk_count,
+                spooled: None,
                 sealed: None,
                 _sealer: None,
                 gone: false,
@@ -545,25 +625,42 @@ impl Exposer {
         {
             None => Manifest::NotFound,
             Some(e) if e.gone => Manifest::Gone,
+            // A window that moved cannot be told to a puller that reads no features
+            // byte: it would take the checkpoint for every byte.
+            Some(e)
+                if e.spooled.as_ref().is_some_and(|(_, c)| c.window.is_some())
+                    && offer & (wire::OFFER_REPAIR | wire::OFFER_MULTICAST) == 0 =>
+            {
+                Manifest::Gone
+            }
             Some(e) => {
                 let request_key: [u8; 32] = self.rng.bytes();
                 let cipher = Cipher::choose(self.config.cipher, offer);
+                let window = e.spooled.as_ref().and_then(|(_, c)| c.window.clone());
                 // The group carries one sealing and one fragment size: offered to
                 // pullers whose session has both (every member opens every datagram).
                 // A live checkpoint is pulled from its exposer alone (its bytes are
                 // authenticated by this session only): no group, no peer exchange.
                 let group = self.config.multicast.filter(|_| {
                     live.is_none()
+                        && window.is_none()
                         && offer & wire::OFFER_MULTICAST != 0
                         && cipher == self.config.cipher
                         && max_datagram as usize == self.config.max_datagram
                 });
                 // Peer exchange is answered to every puller that reads the byte.
+                // A window's exposure (its final checkpoint included) is pulled from
+                // its exposer alone too: sharers would need its beginning.
                 let mut features = if live.is_some() {
                     wire::FEATURE_LIVE
+                } else if window.is_some() {
+                    0
                 } else {
                     wire::FEATURE_PEX
                 };
+                if window.is_some() {
+                    features |= wire::FEATURE_WINDOW;
+                }
                 if offer & wire::OFFER_REPAIR != 0 {
                     features |= wire::FEATURE_REPAIR;
                 }
@@ -599,6 +696,7 @@ impl Exposer {
                     features: (offer & (wire::OFFER_REPAIR | wire::OFFER_MULTICAST) != 0)
                         .then_some(features),
                     group,
+                    window,
                 })
             }
         };
@@ -1096,12 +1194,22 @@ impl Exposer {
                             return None;
                         }
                     }
-                    Object::Outboard => {
-                        let start = index as usize * CHUNK_SIZE;
-                        let len = merkle::chunk_len(index, e.object_len(object));
-                        buf.clear();
-                        buf.extend_from_slice(&e.outboard[start..start + len]);
-                    }
+                    Object::Outboard => match &e.spooled {
+                        Some((spool, c)) => {
+                            // CVs before the window are no longer held: not an
+                            // exposure gone, only a request no follower makes.
+                            if spool.read_outboard(c, index, &mut buf).is_err() {
+                                self.scratch = buf;
+                                return None;
+                            }
+                        }
+                        None => {
+                            let start = index as usize * CHUNK_SIZE;
+                            let len = merkle::chunk_len(index, e.object_len(object));
+                            buf.clear();
+                            buf.extend_from_slice(&e.outboard[start..start + len]);
+                        }
+                    },
                 }
                 e.cipher(cipher).seal(object, index, &mut buf);
                 self.stats.encryptions += 1;

@@ -140,6 +140,8 @@ pub mod exposer;
 #[doc(hidden)]
 pub mod fec;
 #[doc(hidden)]
+pub mod frontier;
+#[doc(hidden)]
 pub mod fuzzing;
 #[doc(hidden)]
 pub mod handshake;

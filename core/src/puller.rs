@@ -124,6 +124,8 @@ impl PullConfig {
 pub struct ChunkVerifier {
     cipher: ContentCipher,
     cvs: std::sync::Arc<Vec<Hash>>,
+    /// The chunk whose CV is `cvs[0]` (past 0 in a live round).
+    cv_first: u64,
     root: Hash,
     size: u64,
 }
@@ -140,7 +142,10 @@ impl ChunkVerifier {
         let expected = if merkle::chunk_count(self.size) == 1 {
             Some(self.root)
         } else {
-            self.cvs.get(index as usize).copied()
+            index
+                .checked_sub(self.cv_first)
+                .and_then(|i| self.cvs.get(i as usize))
+                .copied()
         };
         plain.len() == merkle::chunk_len(index, self.size)
             && Some(merkle::chunk_cv(index, plain, self.size)) == expected
@@ -215,6 +220,9 @@ pub enum PullError {
     /// A live exposure's checkpoint contradicts an earlier one: it is shorter than
     /// what was verified, or its CVs change chunks already verified.
     BadCheckpoint { what: &'static str },
+    /// A live exposure's window has moved past what this follower holds: the
+    /// exposer no longer holds the bytes from `at` (its window starts at `start`).
+    BehindWindow { at: u64, start: u64 },
 }
 
 impl std::fmt::Display for PullError {
@@ -266,6 +274,10 @@ impl std::fmt::Display for PullError {
             Self::BadCheckpoint { what } => write!(
                 f,
                 "inconsistent checkpoint from the exposer: {what} (forged, or the exposer rewrote its past)"
+            ),
+            Self::BehindWindow { at, start } => write!(
+                f,
+                "fell behind the exposer's window: it no longer holds byte {at}, its window starts at byte {start}"
             ),
         }
     }
@@ -494,6 +506,58 @@ enum Phase {
     Finished,
 }
 
+/// What one live round checks a checkpoint against.
+#[derive(Debug, Clone)]
+struct LiveRound {
+    /// The complete subtrees before `recent` (the joined window's, or the
+    /// follower's).
+    frontier: crate::frontier::Frontier,
+    /// The CVs the outboard must repeat after the frontier.
+    recent: std::sync::Arc<Vec<Hash>>,
+    /// Complete chunks held: not asked for.
+    held: u64,
+    /// The window joined, when the follower held nothing and the start is gone.
+    joined: Option<crate::live::Window>,
+}
+
+impl LiveRound {
+    fn of(base: &crate::live::LiveBase, m: &ManifestBody) -> Result<Self, PullError> {
+        if m.size < base.len {
+            return Err(PullError::BadCheckpoint {
+                what: "its length went backwards",
+            });
+        }
+        match &m.window {
+            Some(w) if base.may_join => Ok(Self {
+                frontier: w.frontier.clone(),
+                recent: std::sync::Arc::default(),
+                held: w.start,
+                joined: Some(w.clone()),
+            }),
+            w => {
+                let start = w.as_ref().map_or(0, |w| w.start);
+                // The chunk of the next byte must still be held, and the CVs from
+                // the frontier's outboard chunk on (kept from one outboard chunk
+                // before the start's).
+                let per = crate::live::CVS_PER_OUTBOARD_CHUNK;
+                let next = base.len / CHUNK_SIZE as u64;
+                if next < start || base.frontier.at() / per < (start / per).saturating_sub(1) {
+                    return Err(PullError::BehindWindow {
+                        at: base.len,
+                        start: merkle::chunk_offset(start),
+                    });
+                }
+                Ok(Self {
+                    frontier: base.frontier.clone(),
+                    recent: base.recent.clone(),
+                    held: base.held(),
+                    joined: None,
+                })
+            }
+        }
+    }
+}
+
 pub struct Puller {
     cfg: PullConfig,
     phase: Phase,
@@ -503,9 +567,19 @@ pub struct Puller {
     size: u64,
     have: ChunkSet,
     have_outboard: ChunkSet,
+    /// The outboard's bytes from outboard chunk `ob_first` on (a live round fetches
+    /// only the part after what its follower holds), of `ob_len` in all.
     outboard: Vec<u8>,
-    /// The outboard's chaining values, once complete (shared with verifiers).
+    ob_len: u64,
+    ob_first: u64,
+    /// The outboard's chaining values, once complete (shared with verifiers), from
+    /// chunk `cv_first` on.
     cvs: std::sync::Arc<Vec<Hash>>,
+    cv_first: u64,
+    /// A live round: the frontier before the outboard part it checks, the CVs it
+    /// must repeat, and the complete chunks held ([`crate::live::LiveBase`], or the
+    /// window joined).
+    live_round: Option<LiveRound>,
     /// Next chunk never yet requested, per object.
     cursor: [u64; 2],
     retx: VecDeque<(Object, u32, u64)>,
@@ -607,7 +681,11 @@ impl Puller {
             have: ChunkSet::new(0),
             have_outboard: ChunkSet::new(0),
             outboard: Vec::new(),
+            ob_len: 0,
+            ob_first: 0,
             cvs: std::sync::Arc::default(),
+            cv_first: 0,
+            live_round: None,
             cursor: [0, 0],
             retx: VecDeque::new(),
             flights: HashMap::new(),
@@ -983,7 +1061,8 @@ impl Puller {
     /// The content's chunk CVs, once the outboard is complete and checked against
     /// the root (`None` before, and for a content of one chunk).
     pub fn cvs(&self) -> Option<std::sync::Arc<Vec<Hash>>> {
-        (self.have.len() > 1 && self.cvs.len() as u64 == self.have.len()).then(|| self.cvs.clone())
+        (self.have.len() > 1 && self.cv_first == 0 && self.cvs.len() as u64 == self.have.len())
+            .then(|| self.cvs.clone())
     }
 
     fn on_welcome(&mut self, now: Instant, d: &[u8]) -> bool {
@@ -1028,7 +1107,9 @@ impl Puller {
             return true;
         }
         let live = m.features.is_some_and(|f| f & wire::FEATURE_LIVE != 0);
-        if self.cfg.live.is_none() && live {
+        // A window's exposure is followed even once final: only a live pull can
+        // start past its beginning.
+        if self.cfg.live.is_none() && (live || m.window.is_some()) {
             self.fail(PullError::IsLive);
             return true;
         }
@@ -1036,14 +1117,14 @@ impl Puller {
             self.fail(PullError::CheckpointMoved);
             return true;
         }
-        if let Some(base) = &self.cfg.live {
-            if m.size < base.len {
-                self.fail(PullError::BadCheckpoint {
-                    what: "its length went backwards",
-                });
+        let live_round = match self.cfg.live.as_ref().map(|base| LiveRound::of(base, &m)) {
+            Some(Err(e)) => {
+                self.fail(e);
                 return true;
             }
-        }
+            Some(Ok(r)) => Some(r),
+            None => None,
+        };
         self.live_manifest = live;
         if let Some(expected) = self.cfg.expected_root.or(self.root) {
             if expected != m.root {
@@ -1070,6 +1151,11 @@ impl Puller {
                 .filter(|r| r.root == m.root && r.size == m.size && r.have.len() == chunks);
             // At most 2^50 chunks (size < 2^64), so the outboard length cannot overflow.
             let ob_len = if chunks > 1 { chunks * 32 } else { 0 };
+            // A live round fetches the outboard from its frontier's outboard chunk on.
+            let ob_first = match &live_round {
+                Some(r) if chunks > 1 => r.frontier.at() / crate::live::CVS_PER_OUTBOARD_CHUNK,
+                _ => 0,
+            };
             let have = match &resume {
                 Some(r) => Some(r.have.clone()),
                 None => ChunkSet::try_new(chunks),
@@ -1077,7 +1163,7 @@ impl Puller {
             let (Some(have), Some(have_outboard), Some(outboard), true) = (
                 have,
                 ChunkSet::try_new(merkle::chunk_count(ob_len)),
-                usize::try_from(ob_len)
+                usize::try_from(ob_len.saturating_sub(ob_first * CHUNK_SIZE as u64))
                     .ok()
                     .and_then(crate::zeroed::try_zeroed::<u8>),
                 // DATA and REQUEST name chunks with 32 bits: past 2^32 chunks (64 TiB)
@@ -1093,6 +1179,10 @@ impl Puller {
             self.have = have;
             self.have_outboard = have_outboard;
             self.outboard = outboard;
+            self.ob_len = ob_len;
+            self.ob_first = ob_first;
+            self.cv_first = ob_first * crate::live::CVS_PER_OUTBOARD_CHUNK;
+            self.live_round = live_round;
             let resumed = resume.is_some();
             if let Some(r) = resume {
                 if r.have.count() > 0 {
@@ -1155,7 +1245,7 @@ impl Puller {
     fn object_len(&self, o: Object) -> u64 {
         match o {
             Object::Content => self.size,
-            Object::Outboard => self.outboard.len() as u64,
+            Object::Outboard => self.ob_len,
         }
     }
 
@@ -1600,7 +1690,12 @@ impl Puller {
         }
         match o {
             Object::Outboard => {
-                let start = index as usize * CHUNK_SIZE;
+                let Some(start) = index
+                    .checked_sub(self.ob_first)
+                    .map(|k| k as usize * CHUNK_SIZE)
+                else {
+                    return;
+                };
                 if let Some(dst) = self.outboard.get_mut(start..start + buf.len()) {
                     dst.copy_from_slice(&buf);
                     self.have_outboard.insert(index);
@@ -1614,7 +1709,10 @@ impl Puller {
                 let expected = if self.have.len() == 1 {
                     self.root
                 } else {
-                    self.cvs.get(index as usize).copied()
+                    index
+                        .checked_sub(self.cv_first)
+                        .and_then(|i| self.cvs.get(i as usize))
+                        .copied()
                 };
                 if Some(cv) != expected {
                     self.chunk_failed(index);
@@ -1636,6 +1734,9 @@ impl Puller {
         if !self.have_outboard.is_full() || !self.cvs.is_empty() || self.outboard.is_empty() {
             return true;
         }
+        let Some(root) = self.root else {
+            return true;
+        };
         let mut cvs: Vec<Hash> = Vec::new();
         if cvs.try_reserve_exact(self.outboard.len() / 32).is_err() {
             self.fail(PullError::TooLarge { size: self.size });
@@ -1646,7 +1747,18 @@ impl Puller {
             h.copy_from_slice(c);
             h
         }));
-        if Some(merkle::root_from_cvs(&cvs, self.size)) != self.root {
+        let consistent = match &self.live_round {
+            None => merkle::root_from_cvs(&cvs, self.size) == root,
+            // The frontier of what the follower holds, with the CVs after it: the
+            // root commits to every byte already written.
+            Some(r) => {
+                let from = (r.frontier.at() - self.cv_first) as usize;
+                r.frontier
+                    .root_with(cvs.get(from..).unwrap_or(&[]), self.size)
+                    == root
+            }
+        };
+        if !consistent {
             self.fail(if self.cfg.live.is_some() {
                 PullError::BadCheckpoint {
                     what: "its root does not match its chunk CVs",
@@ -1656,8 +1768,9 @@ impl Puller {
             });
             return false;
         }
-        if let Some(base) = &self.cfg.live {
-            if cvs.get(..base.cvs.len()) != Some(&base.cvs[..]) {
+        if let Some(r) = &self.live_round {
+            let from = (r.frontier.at() - self.cv_first) as usize;
+            if cvs.get(from..from + r.recent.len()) != Some(&r.recent[..]) {
                 self.fail(PullError::BadCheckpoint {
                     what: "it changes the CV of a chunk already verified",
                 });
@@ -1672,40 +1785,28 @@ impl Puller {
         true
     }
 
-    /// A live round's start: the complete chunks held are not asked for, and the
-    /// outboard chunks made only of their CVs are known already.
+    /// A live round's start: the complete chunks held are not asked for, nor the
+    /// outboard chunks before the follower's frontier.
     fn take_live_base(&mut self) {
-        let Some(base) = self.cfg.live.clone() else {
+        let Some(held) = self.live_round.as_ref().map(|r| r.held) else {
             return;
         };
-        let n = self.have.len();
-        if n <= 1 {
+        if self.have.len() <= 1 {
             // One chunk: checked against the root itself (the follower checks that
             // it repeats what it holds).
             return;
         }
-        let held = (base.cvs.len() as u64).min(n);
-        for i in 0..held {
-            self.have.insert(i);
-        }
-        let per = (CHUNK_SIZE / 32) as u64;
-        for k in 0..self.have_outboard.len() {
-            let (first, end) = (k * per, (k + 1) * per);
-            if end > held {
-                break;
-            }
-            let at = (first * 32) as usize;
-            let Some(dst) = self.outboard.get_mut(at..at + (per * 32) as usize) else {
-                break;
-            };
-            for (j, cv) in base.cvs[first as usize..end as usize].iter().enumerate() {
-                dst[j * 32..j * 32 + 32].copy_from_slice(cv);
-            }
-            self.have_outboard.insert(k);
-        }
+        self.have.insert_range(0, held);
+        self.have_outboard.insert_range(0, self.ob_first);
         if self.outboard_complete() {
             self.check_done();
         }
+    }
+
+    /// The window this live round joined at (its follower held nothing, and the
+    /// exposer no longer holds the stream's start).
+    pub fn live_joined(&self) -> Option<&crate::live::Window> {
+        self.live_round.as_ref().and_then(|r| r.joined.as_ref())
     }
 
     /// Whether the last manifest was a live checkpoint (not the final one).
@@ -1737,6 +1838,7 @@ impl Puller {
                     sess.m.size,
                 ),
                 cvs,
+                cv_first: self.cv_first,
                 root,
                 size,
             }));

@@ -86,6 +86,9 @@ pub enum TransferError {
     KeyDir(String),
     /// The exposer broke the protocol, e.g. chose a cipher that was not offered (16).
     Protocol(String),
+    /// A live pull fell behind the exposer's window: the bytes it needs next are no
+    /// longer held (17).
+    BehindWindow(String),
     /// Cancelled through the caller's flag (130, as an interrupted command).
     Cancelled(String),
     /// Another I/O failure, e.g. a socket error (1).
@@ -116,6 +119,7 @@ impl TransferError {
             Self::Gone(m) => (13, m),
             Self::KeyDir(m) => (15, m),
             Self::Protocol(m) => (16, m),
+            Self::BehindWindow(m) => (17, m),
             Self::Cancelled(m) => (130, m),
         }
     }
@@ -336,6 +340,12 @@ pub enum PullUpdate {
         /// How many chunks.
         chunks: u64,
     },
+    /// A live pull joined at the exposer's window: it no longer holds the stream's
+    /// start, and the output starts at this stream offset.
+    Joined {
+        /// The stream offset of the output's first byte.
+        at: u64,
+    },
     /// Progress (about four times a second).
     Progress {
         /// Bytes stored, including what an earlier run had.
@@ -378,6 +388,9 @@ pub struct PullReport {
     /// end and written in order as it came (to stdout with
     /// [`PullOptions::live_stdout`]); `root` is its final root.
     pub live: bool,
+    /// Live: the stream offset of the output's first byte (past 0 when the pull
+    /// joined at the exposer's window).
+    pub live_start: u64,
 }
 
 /// What a sharer did.
@@ -755,6 +768,7 @@ pub fn pull_from(
                 | PullError::IsLive
                 | PullError::CheckpointMoved
                 | PullError::BadCheckpoint { .. } => TransferError::Protocol(msg),
+                PullError::BehindWindow { .. } => TransferError::BehindWindow(msg),
             };
             return failed(&mut output, err);
         }
@@ -782,6 +796,7 @@ pub fn pull_from(
     };
     Ok(PullReport {
         live: false,
+        live_start: 0,
         share,
         bytes: h.total,
         seconds,
@@ -1209,6 +1224,10 @@ pub struct ExposeOptions {
     /// The interface the group is sent on (`--multicast-if ADDR|IFACE`; default:
     /// the route's).
     pub multicast_if: Option<udp::MulticastIf>,
+    /// A live exposure (`rgtp-expose -` / `--follow`) holds at least its last
+    /// `window` bytes and frees older ones (`--window BYTES`): late joiners start
+    /// there. `None`: every byte is kept, on disk.
+    pub window: Option<u64>,
 }
 
 impl Default for ExposeOptions {
@@ -1227,6 +1246,7 @@ impl Default for ExposeOptions {
             max_rate: None,
             multicast: None,
             multicast_if: None,
+            window: None,
         }
     }
 }

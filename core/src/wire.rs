@@ -403,6 +403,9 @@ impl Missing {
 }
 
 /// Outcome carried in the (authenticated) WELCOME payload.
+// One per handshake, never stored in bulk: the size of the found variant costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
     Found(ManifestBody),
@@ -439,6 +442,9 @@ pub struct ManifestBody {
     /// The exposure's multicast group, present exactly when `features` has
     /// [`FEATURE_MULTICAST`] (said only to pullers whose offer had [`OFFER_MULTICAST`]).
     pub group: Option<std::net::SocketAddrV4>,
+    /// Where the exposer's window starts, present exactly when `features` has
+    /// [`FEATURE_WINDOW`].
+    pub window: Option<crate::live::Window>,
 }
 
 impl Manifest {
@@ -468,6 +474,12 @@ impl Manifest {
                     w.u8(f);
                     if let (true, Some(g)) = (f & FEATURE_MULTICAST != 0, m.group) {
                         w.bytes(&g.ip().octets()).u16(g.port());
+                    }
+                    if let (true, Some(win)) = (f & FEATURE_WINDOW != 0, &m.window) {
+                        w.u64(win.start).u8(win.frontier.cvs().len() as u8);
+                        for cv in win.frontier.cvs() {
+                            w.bytes(cv);
+                        }
                     }
                 }
             }
@@ -499,6 +511,7 @@ impl Manifest {
                         None
                     },
                     group: None,
+                    window: None,
                 };
                 if m.features.is_some_and(|f| f & FEATURE_MULTICAST != 0) {
                     let ip = std::net::Ipv4Addr::from(r.array::<4>()?);
@@ -506,6 +519,21 @@ impl Manifest {
                         return Err(WireError::BadValue("multicast group"));
                     }
                     m.group = Some(std::net::SocketAddrV4::new(ip, r.u16()?));
+                }
+                if m.features.is_some_and(|f| f & FEATURE_WINDOW != 0) {
+                    let start = r.u64()?;
+                    let count = r.u8()? as usize;
+                    if start == 0 || start >= m.chunk_count || count != start.count_ones() as usize
+                    {
+                        return Err(WireError::BadValue("window"));
+                    }
+                    let mut cvs = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        cvs.push(r.array::<32>()?);
+                    }
+                    let frontier = crate::frontier::Frontier::from_parts(start, cvs)
+                        .ok_or(WireError::BadValue("window"))?;
+                    m.window = Some(crate::live::Window { start, frontier });
                 }
                 if m.chunk_size as usize != crate::merkle::CHUNK_SIZE {
                     return Err(WireError::BadValue("chunk size"));
@@ -580,6 +608,13 @@ pub const FEATURE_PEX: u8 = 0x08;
 /// Bit of the manifest's `features` byte: the exposure is live (a stream or a growing
 /// file): this manifest is a checkpoint, its size and root those of the bytes so far.
 pub const FEATURE_LIVE: u8 = 0x04;
+
+/// Bit of the manifest's `features` byte: the exposer no longer holds the first
+/// chunks of this (live) exposure. After the byte (and the group) come the first
+/// chunk held (u64, more than 0 and less than the chunk count), a count (u8) and as
+/// many CVs: the complete subtrees over the chunks before it, one per set bit of the
+/// start, largest first ([`crate::frontier::Frontier`]).
+pub const FEATURE_WINDOW: u8 = 0x10;
 
 /// Request item tag bits: one chunk (else a range), repair fragments.
 const TAG_ONE: u8 = 0x80;
@@ -1074,6 +1109,7 @@ mod tests {
             cipher: crate::crypto::Cipher::Aes256Gcm,
             features: None,
             group: None,
+            window: None,
         };
         let m = Manifest::Found(body.clone());
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);

@@ -36,6 +36,7 @@ fn offer(size: u64) -> (Puller, Vec<PullEvent>) {
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
         features: None,
         group: None,
+        window: None,
     });
     let msg2 = handshake::respond(
         &ex_private,

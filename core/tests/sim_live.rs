@@ -45,6 +45,11 @@ struct World {
 
 impl World {
     fn new(seed: u64, link: LinkConfig) -> Self {
+        Self::windowed(seed, link, None)
+    }
+
+    /// An exposer whose spool keeps at least the last `window` bytes.
+    fn windowed(seed: u64, link: LinkConfig, window: Option<u64>) -> Self {
         let mut net = SimNet::new(seed, link);
         let k = net.static_key();
         let mut ex = Exposer::with_rng(
@@ -53,7 +58,7 @@ impl World {
             net.now,
             net.machine_rng(),
         );
-        let spool = Arc::new(Spool::create(&std::env::temp_dir()).unwrap());
+        let spool = Arc::new(Spool::create(&std::env::temp_dir(), window).unwrap());
         ex.add_live("live.bin", spool.clone());
         World {
             net,
@@ -231,13 +236,13 @@ fn a_resumed_follower_goes_on_from_its_prefix() {
     let held = w.all[..50_000].to_vec();
     w.join(
         "198.51.100.7:40000",
-        Follower::resume_from(&mut &held[..]).unwrap(),
+        Follower::resume_from(&mut &held[..], None).unwrap(),
     );
     let mut wrong = held.to_vec();
     wrong[20_000] ^= 1;
     w.join(
         "198.51.100.8:40000",
-        Follower::resume_from(&mut &wrong[..]).unwrap(),
+        Follower::resume_from(&mut &wrong[..], None).unwrap(),
     );
     let t = w.net.now + Duration::from_millis(200);
     w.run_until(t);
@@ -300,6 +305,93 @@ fn a_rewritten_past_fails_the_follower() {
             "nothing written after the lie"
         );
     }
+}
+
+/// A window of 256 KiB over a stream of 12 MiB (past the 8 MiB of CVs one outboard
+/// chunk holds): a follower from the start gets every byte; a joiner after the
+/// window moved starts at its start and gets every byte from there; both end with
+/// the root of every byte, and the exposer's disk holds about the window.
+#[test]
+fn a_window_bounds_the_disk_and_late_joiners_start_there() {
+    let window = 256 * 1024u64;
+    let mut w = World::windowed(21, LinkConfig::default(), Some(window));
+    let mut r = SimRng::new(21);
+    w.join("198.51.100.7:40000", Follower::new());
+    let step = Duration::from_millis(20);
+    let mut t = w.net.now;
+    let mut most_disk = 0;
+    for i in 0..192 {
+        let rec = record(&mut r, 64 * 1024 + (i % 7) * 1000);
+        w.append(&rec);
+        if i == 150 {
+            w.join("198.51.100.8:40000", Follower::new());
+        }
+        t += step;
+        w.run_until(t);
+        most_disk = most_disk.max(w.spool.disk_bytes());
+    }
+    w.ex.finish_live("live.bin").unwrap();
+    let end = w.net.now + Duration::from_secs(20);
+    w.run_until(end);
+    let root = *blake3::hash(&w.all).as_bytes();
+    for n in &w.nodes {
+        match n.pull.end() {
+            Some(Ok(e)) => assert_eq!((e.root, e.size), (root, w.all.len() as u64)),
+            other => panic!("{} ended {other:?}", n.addr),
+        }
+    }
+    assert!(
+        w.nodes[0].out == w.all,
+        "the follower from the start has every byte"
+    );
+    assert_eq!(w.nodes[0].pull.follower().joined_at(), 0);
+    let joiner = &w.nodes[1];
+    let at = joiner.pull.follower().joined_at() as usize;
+    let held_then = 151 * 64 * 1024;
+    assert!(
+        at > 0 && at + (window as usize) >= held_then - 64 * 1024,
+        "joined at {at}"
+    );
+    assert!(
+        joiner.out == w.all[at..],
+        "the joiner has every byte from {at}"
+    );
+    // The window, the checkpoints still served (at most a window older), a batch of
+    // chunks freed at once and the CVs: about 3 windows, not the 12 MiB streamed.
+    assert!(
+        most_disk < 4 * window + 256 * 1024,
+        "{most_disk} bytes on disk for a window of {window}"
+    );
+}
+
+/// A follower whose file ends before the window's start is told it fell behind,
+/// and writes nothing.
+#[test]
+fn a_follower_behind_the_window_is_told() {
+    let mut w = World::windowed(22, LinkConfig::default(), Some(64 * 1024));
+    let mut r = SimRng::new(22);
+    let first = record(&mut r, 2_000_000);
+    w.append(&first);
+    let held = w.all[..50_000].to_vec();
+    w.join(
+        "198.51.100.7:40000",
+        Follower::resume_from(&mut &held[..], None).unwrap(),
+    );
+    let t = w.net.now + Duration::from_secs(2);
+    w.run_until(t);
+    let n = &w.nodes[0];
+    assert!(
+        matches!(
+            n.pull.end(),
+            Some(Err(LivePullError::Pull(PullError::BehindWindow {
+                at: 50_000,
+                ..
+            })))
+        ),
+        "{:?}",
+        n.pull.end()
+    );
+    assert!(n.out.is_empty());
 }
 
 /// A puller that is not live-aware (a plain pull) is told the exposure is live; once

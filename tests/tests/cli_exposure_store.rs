@@ -315,6 +315,7 @@ fn an_exposer_choosing_a_cipher_not_offered_is_refused() {
         cipher: Cipher::Aes256Gcm,
         features: None,
         group: None,
+        window: None,
     });
     let msg2 = respond(
         &key,

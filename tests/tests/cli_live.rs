@@ -289,3 +289,109 @@ fn a_forged_checkpoint_fails_the_pull() {
     assert_eq!(file_len(&copy), 40_000, "{}", r.describe());
     liar.kill9();
 }
+
+/// Bytes on disk of the unnamed files (the spool) `pid` holds open in `dir`.
+fn unnamed_file_bytes(pid: u32, dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc/PID/fd");
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.starts_with(dir) && t.to_string_lossy().ends_with("(deleted)"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn a_window_bounds_the_exposer_and_late_joiners_start_at_it() {
+    let dir = TestDir::new("live-window");
+    // Less than a chunk is refused.
+    let r = rgtp_command("rgtp-expose", &dir.exposer_cfg())
+        .args(["-", "--name", "x", "--window", "1K", "--port", "0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run rgtp-expose");
+    assert_eq!(r.status.code(), Some(2), "{r:?}");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--window"));
+
+    let window = 256 * 1024;
+    let mut ex = LiveExposer::start(&dir, &["-", "--name", "live.bin", "--window", "256K"], true);
+    let url = ex.url();
+    let a_out = dir.join("a.out");
+    let a = follow(&dir, &url, a_out.to_str().unwrap());
+    let c_out = dir.join("c.out");
+    let mut written = bytes(40, 100_000);
+    ex.write(&written);
+    // A follower killed early: by the time it comes back, the window has moved on.
+    let mut c = follow(&dir, &url, c_out.to_str().unwrap());
+    wait_len(&c_out, 100_000, "the early follower has the start");
+    c.kill9();
+    let c_had = std::fs::read(&c_out).unwrap();
+    let mut most_disk = 0;
+    for i in 0..96u64 {
+        let rec = bytes(100 + i, 64 * 1024);
+        ex.write(&rec);
+        written.extend_from_slice(&rec);
+        std::thread::sleep(Duration::from_millis(5));
+        most_disk = most_disk.max(unnamed_file_bytes(ex.proc.pid(), &dir.join("cache")));
+    }
+    wait_len(&a_out, written.len() as u64, "the follower keeps up");
+    // About the window (and the checkpoints still served), not the 6 MiB streamed.
+    assert!(
+        most_disk > 0 && most_disk < 4 * window + 512 * 1024,
+        "the spool held {most_disk} bytes on disk for a window of {window}"
+    );
+    PullCmd::url(&dir, &url, &c_out)
+        .run(&dir)
+        .assert_clean_error(17, &["fell behind", "window"]);
+    assert!(
+        std::fs::read(&c_out).unwrap() == c_had,
+        "the file is left as it was"
+    );
+    // A late joiner starts at the window's start.
+    let b_out = dir.join("b.out");
+    let b = PullCmd::new(
+        &dir,
+        [url.as_str(), "-o", b_out.to_str().unwrap(), "--json"],
+    )
+    .spawn(&dir);
+    wait_len(&b_out, 1, "the late joiner has bytes");
+    let tail = bytes(999, 5000);
+    std::thread::sleep(Duration::from_millis(100));
+    ex.write(&tail);
+    written.extend_from_slice(&tail);
+    ex.close_stdin();
+    let (_, root) = ex.ended();
+    assert_eq!(
+        root,
+        hex_root(&written),
+        "the final root is b3sum of every byte"
+    );
+    a.finish(PULL_DEADLINE).assert_success();
+    assert!(
+        std::fs::read(&a_out).unwrap() == written,
+        "the follower has every byte"
+    );
+    let r = b.finish(PULL_DEADLINE);
+    r.assert_success();
+    let j = r.json();
+    let at = j.u64("live_start") as usize;
+    assert!(
+        at > 0 && written.len() - at >= window as usize && written.len() - at < 2 * window as usize,
+        "joined at {at} of {}: {}",
+        written.len(),
+        j.0
+    );
+    assert!(
+        r.stderr.contains(&format!("joined at byte {at}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        std::fs::read(&b_out).unwrap() == written[at..],
+        "the joiner has every byte from its start"
+    );
+    assert_eq!(j.0["root"].as_str(), Some(root.as_str()));
+}

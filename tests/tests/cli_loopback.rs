@@ -617,6 +617,7 @@ fn an_impossible_offer_exits_12_without_aborting() {
         cipher: rgtp::crypto::Cipher::ChaCha20Poly1305,
         features: None,
         group: None,
+        window: None,
     });
     let msg2 = respond(
         &key,

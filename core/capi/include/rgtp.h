@@ -144,6 +144,10 @@
 // `seed_secs` seconds (the cancel handle ends it early).
 #define RGTP_PROGRESS_SEEDING 5
 
+// `rgtp_progress.kind`: a live pull joined at the exposer's window (it no longer
+// holds the stream's start): the output starts at stream offset `stored`.
+#define RGTP_PROGRESS_JOINED 6
+
 // `rgtp_pull_options.verify_thread`: decrypt and hash on a second thread when the
 // host has 4 cores or more.
 #define RGTP_VERIFY_AUTO 0
@@ -207,10 +211,11 @@ typedef struct rgtp_pull_options {
 // What a pull reports while it runs, to the progress callback (valid during the
 // call only). Which fields are set depends on `kind` (`RGTP_PROGRESS_*`).
 typedef struct rgtp_progress {
-  // `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED`, `_DAMAGED`, `_SHARING` or
-  // `_SEEDING`.
+  // `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED`, `_DAMAGED`, `_SHARING`,
+  // `_SEEDING` or `_JOINED`.
   int kind;
-  // Bytes stored so far, including what an earlier run had (RUNNING).
+  // Bytes stored so far, including what an earlier run had (RUNNING); the
+  // output's first stream offset (JOINED).
   uint64_t stored;
   // The file's size in bytes (RUNNING).
   uint64_t total;

@@ -83,6 +83,9 @@ pub const RGTP_PROGRESS_SHARING: c_int = 4;
 /// `rgtp_progress.kind`: the pull is done and the call keeps sharing for
 /// `seed_secs` seconds (the cancel handle ends it early).
 pub const RGTP_PROGRESS_SEEDING: c_int = 5;
+/// `rgtp_progress.kind`: a live pull joined at the exposer's window (it no longer
+/// holds the stream's start): the output starts at stream offset `stored`.
+pub const RGTP_PROGRESS_JOINED: c_int = 6;
 
 /// `rgtp_pull_options.verify_thread`: decrypt and hash on a second thread when the
 /// host has 4 cores or more.
@@ -350,10 +353,11 @@ pub unsafe extern "C" fn rgtp_cancel_free(c: *mut RgtpCancel) {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RgtpProgress {
-    /// `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED`, `_DAMAGED`, `_SHARING` or
-    /// `_SEEDING`.
+    /// `RGTP_PROGRESS_WAITING`, `_RUNNING`, `_TRUSTED`, `_DAMAGED`, `_SHARING`,
+    /// `_SEEDING` or `_JOINED`.
     pub kind: c_int,
-    /// Bytes stored so far, including what an earlier run had (RUNNING).
+    /// Bytes stored so far, including what an earlier run had (RUNNING); the
+    /// output's first stream offset (JOINED).
     pub stored: u64,
     /// The file's size in bytes (RUNNING).
     pub total: u64,
@@ -624,6 +628,10 @@ pub unsafe extern "C" fn rgtp_pull_ex(
                 PullUpdate::Seeding { seconds } => {
                     p.kind = RGTP_PROGRESS_SEEDING;
                     p.seed_secs = seconds;
+                }
+                PullUpdate::Joined { at } => {
+                    p.kind = RGTP_PROGRESS_JOINED;
+                    p.stored = at;
                 }
             }
             // SAFETY: a C function pointer given by the caller, called with a pointer

@@ -122,6 +122,10 @@ fn update_dict<'py>(py: Python<'py>, u: &PullUpdate) -> PyResult<Bound<'py, PyDi
             d.set_item("kind", "sharing")?;
             d.set_item("addr", addr.to_string())?;
         }
+        PullUpdate::Joined { at } => {
+            d.set_item("kind", "joined")?;
+            d.set_item("at", at)?;
+        }
         PullUpdate::Seeding { seconds } => {
             d.set_item("kind", "seeding")?;
             d.set_item("seconds", seconds)?;
@@ -238,6 +242,8 @@ fn pull<'py>(
     d.set_item("bad_chunks", s.bad_chunks)?;
     d.set_item("handshakes", s.handshakes)?;
     d.set_item("resumed", r.resumed)?;
+    d.set_item("live", r.live)?;
+    d.set_item("live_start", r.live_start)?;
     d.set_item("missing_bytes_at_start", r.missing_at_start)?;
     d.set_item("cipher", s.cipher.map(|c| c.name()))?;
     d.set_item("output", path.into_os_string())?;

@@ -69,6 +69,8 @@ JSON_FIELDS = {
     "share_bytes_sent",
     "share_handshakes",
     "share_missing_sent",
+    "live",
+    "live_start",
 }
 
 

@@ -66,7 +66,13 @@ pub fn expose_live_until(
     };
     let (mut ex, sock, _, key, _) = prepare(&[], opts)?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let spool = Arc::new(Spool::create(&cache_dir).map_err(|e| {
+    if opts.window.is_some_and(|w| w < crate::live::MIN_WINDOW) {
+        return Err(TransferError::Usage(format!(
+            "--window must be at least {} bytes (one chunk)",
+            crate::live::MIN_WINDOW
+        )));
+    }
+    let spool = Arc::new(Spool::create(&cache_dir, opts.window).map_err(|e| {
         TransferError::File(format!(
             "cannot create the spool in {}: {e}",
             cache_dir.display()
@@ -256,6 +262,7 @@ pub(super) fn pull_live(
     };
     let resumed_at = follower.written();
     let resumed = resumed_at > 0;
+    let mut told_joined = follower.joined_at() > 0;
     cfg.live = None;
     let mut lp = LivePull::new(cfg, follower, Rng::os(), start);
     let mut rx = udp::Receiver::default();
@@ -285,6 +292,17 @@ pub(super) fn pull_live(
         while let Some(t) = lp.poll_transmit(now) {
             if let Err(e) = tx.send(sock, &t) {
                 tracing::debug!("send: {e}");
+            }
+        }
+        if !told_joined {
+            if let Some(w) = lp.joined() {
+                told_joined = true;
+                if sink.regular_file().is_some() {
+                    JoinRecord(w.clone()).store(out)?;
+                }
+                on(PullUpdate::Joined {
+                    at: crate::merkle::chunk_offset(w.start),
+                });
             }
         }
         let bytes = lp.take_output();
@@ -353,13 +371,16 @@ pub(super) fn pull_live(
         share: None,
         bytes: e.size,
         seconds: start.elapsed().as_secs_f64(),
-        missing_at_start: e.size - resumed_at,
+        missing_at_start: e
+            .size
+            .saturating_sub(resumed_at.max(lp.follower().joined_at())),
         resumed,
         root: e.root,
         exposer_key: e.exposer_key,
         stats,
         sources: Vec::new(),
         live: true,
+        live_start: lp.follower().joined_at(),
     })
 }
 
@@ -384,7 +405,13 @@ fn open_output(out: &Path) -> Result<(Sink, Follower), TransferError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(out)
         .map_err(err)?;
-    let follower = Follower::resume_from(&mut f).map_err(err)?;
+    // A record beside an empty output is left from another pull: not this one's.
+    let joined = if f.metadata().map_err(err)?.len() > 0 {
+        JoinRecord::load(out)?
+    } else {
+        None
+    };
+    let follower = Follower::resume_from(&mut f, joined.map(|j| j.0)).map_err(err)?;
     // Bytes after the last whole read are the file's end: append after them.
     f.seek(io::SeekFrom::Start(follower.written()))
         .map_err(err)?;
@@ -424,6 +451,123 @@ fn live_error(
             _ => TransferError::Corrupt(e.to_string()),
         },
         LivePullError::Pull(PullError::Gone) => TransferError::Gone(PullError::Gone.to_string()),
+        LivePullError::Pull(e @ PullError::BehindWindow { .. }) => TransferError::BehindWindow(
+            if to_stdout_or_empty(out, resumed) {
+                e.to_string()
+            } else {
+                format!("{e} (remove {} to join at the window's start)", out.display())
+            }
+        ),
         e => TransferError::Protocol(e.to_string()),
+    }
+}
+
+/// Whether the output is stdout, or held nothing before this run (a hint to remove
+/// it would not help).
+fn to_stdout_or_empty(out: &Path, resumed: bool) -> bool {
+    !resumed || out.as_os_str() == "-"
+}
+
+/// Where a live pull's output file starts in the stream, when it joined at the
+/// exposer's window: `OUT.rgtp-live`, beside the output, so that a resumed pull
+/// knows it (the output's bytes alone do not say).
+///
+/// Format: magic `RGTPLIVE`, version 1, the window's start chunk (u64 LE), a count
+/// (u8) and as many 32-byte CVs (the frontier before it), then `blake3` of all of
+/// that.
+struct JoinRecord(crate::live::Window);
+
+const JOIN_MAGIC: &[u8; 8] = b"RGTPLIVE";
+
+impl JoinRecord {
+    fn path(out: &Path) -> PathBuf {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".rgtp-live");
+        PathBuf::from(p)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + 32 * self.0.frontier.cvs().len());
+        b.extend_from_slice(JOIN_MAGIC);
+        b.push(1);
+        b.extend_from_slice(&self.0.start.to_le_bytes());
+        b.push(self.0.frontier.cvs().len() as u8);
+        for cv in self.0.frontier.cvs() {
+            b.extend_from_slice(cv);
+        }
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(sum.as_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (body, sum) = b.split_at(b.len().checked_sub(32)?);
+        if blake3::hash(body).as_bytes() != sum
+            || body.get(..8)? != JOIN_MAGIC
+            || body.get(8)? != &1
+        {
+            return None;
+        }
+        let start = u64::from_le_bytes(body.get(9..17)?.try_into().ok()?);
+        let count = *body.get(17)? as usize;
+        let cvs: Vec<[u8; 32]> = body
+            .get(18..)?
+            .chunks_exact(32)
+            .map(|c| c.try_into().unwrap_or([0; 32]))
+            .collect();
+        if cvs.len() != count || body.len() != 18 + 32 * count {
+            return None;
+        }
+        let frontier = crate::frontier::Frontier::from_parts(start, cvs)?;
+        Some(Self(crate::live::Window { start, frontier }))
+    }
+
+    /// The record beside `out`, if any; a damaged one is an error (the output's
+    /// place in the stream would be a guess).
+    fn load(out: &Path) -> Result<Option<Self>, TransferError> {
+        let path = Self::path(out);
+        match std::fs::read(&path) {
+            Ok(b) => Self::decode(&b).map(Some).ok_or_else(|| {
+                TransferError::CorruptState(format!(
+                    "{} is damaged: remove it and {} to pull again",
+                    path.display(),
+                    out.display()
+                ))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TransferError::File(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Written once, atomically, before any byte of the output.
+    fn store(&self, out: &Path) -> Result<(), TransferError> {
+        let path = Self::path(out);
+        crate::atomic_file::replace(&path, &self.encode(), 0o644)
+            .map_err(|e| TransferError::File(format!("{}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_record_round_trips_and_refuses_damage() {
+        let mut f = crate::frontier::Frontier::new();
+        for i in 0..13u8 {
+            f.push([i; 32]);
+        }
+        let rec = JoinRecord(crate::live::Window {
+            start: 13,
+            frontier: f,
+        });
+        let b = rec.encode();
+        assert_eq!(JoinRecord::decode(&b).map(|r| r.0), Some(rec.0.clone()));
+        for i in [0, 9, 12, 17, 40, b.len() - 1] {
+            let mut bad = b.clone();
+            bad[i] ^= 1;
+            assert!(JoinRecord::decode(&bad).is_none(), "byte {i}");
+        }
+        assert!(JoinRecord::decode(&b[..b.len() - 1]).is_none());
     }
 }

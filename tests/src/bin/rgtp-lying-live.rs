@@ -41,7 +41,7 @@ fn run() -> Result<(), String> {
     }
     let mut rng = rgtp::rng::Rng::os();
     let key = StaticKey::from_private(rng.bytes());
-    let spool = Arc::new(Spool::create(&std::env::temp_dir()).map_err(|e| e.to_string())?);
+    let spool = Arc::new(Spool::create(&std::env::temp_dir(), None).map_err(|e| e.to_string())?);
     let mut ex = Exposer::new(ExposerConfig::default(), key.private, Instant::now());
     ex.add_live("live.bin", spool.clone());
     let sock = rgtp::udp::bind("127.0.0.1:0".parse().map_err(|_| "address")?)

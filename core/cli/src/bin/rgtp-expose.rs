@@ -19,7 +19,10 @@ the root equals `b3sum FILE`.
 Live exposures: `rgtp-expose - --name NAME` exposes stdin as it is read, until its
 end; `rgtp-expose --follow FILE` exposes FILE as it grows, until Ctrl-C / SIGTERM or
 --follow-idle. The URL printed has no root (there is none yet); pullers follow it
-and write bytes in order as they are verified. At the end the exposer prints
+and write bytes in order as they are verified. With --window BYTES the exposer
+keeps only the stream's last BYTES (disk use stays near BYTES); a puller that joins
+later starts there, and a follower that falls behind it stops (exit 17). At the
+end the exposer prints
 `ended: BYTES` and the URL with the root (b3sum of every byte), and serves the
 finished file until the next Ctrl-C / SIGTERM. Live exposures are pulled from
 their exposer only (not from sharers, --from sources or the DHT).
@@ -80,6 +83,11 @@ struct Args {
     /// With --follow: end the live exposure after SECS without growth.
     #[arg(long, value_name = "SECS", requires = "follow")]
     follow_idle: Option<f64>,
+    /// Live exposures: keep only the last BYTES (e.g. 64M, 1G; at least 16K) of the
+    /// stream, on disk and for late joiners, who start there. Default: every byte,
+    /// in an unnamed file in the cache directory.
+    #[arg(long, value_name = "BYTES", value_parser = rgtp_cli::parse_size)]
+    window: Option<u64>,
     /// UDP port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 443)]
     port: u16,
@@ -271,6 +279,7 @@ fn main() -> ExitCode {
             Ok(a) => rgtp::udp::MulticastIf::Addr(a),
             Err(_) => rgtp::udp::MulticastIf::Name(s.to_string()),
         }),
+        window: args.window,
     };
     // Before announcing: whoever reads "listening on" may signal us at once.
     driver::install_stop_handler();
@@ -280,6 +289,9 @@ fn main() -> ExitCode {
     }
     if args.name.is_some() && !stdin && args.follow.is_none() {
         return fail(2, "--name names a live exposure (`-` or --follow)");
+    }
+    if args.window.is_some() && !stdin && args.follow.is_none() {
+        return fail(2, "--window bounds a live exposure (`-` or --follow)");
     }
     if stdin || args.follow.is_some() {
         return expose_live(&args, &opts, stdin);

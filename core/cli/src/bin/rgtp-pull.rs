@@ -453,6 +453,15 @@ fn run(args: Args) -> Result<(), Failure> {
             }
             eprintln!("rgtp-pull: pulled; seeding for {seconds} s (Ctrl-C ends it)");
         }
+        // The output does not hold the stream's start: said even with --quiet.
+        PullUpdate::Joined { at } => {
+            if progress {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!(
+                "rgtp-pull: the exposer keeps only the end of this stream: joined at byte {at}"
+            );
+        }
         PullUpdate::Damaged { chunks } => {
             eprintln!("rgtp-pull: {chunks} stored chunk(s) no longer match; pulling them again")
         }
@@ -532,6 +541,7 @@ fn run(args: Args) -> Result<(), Failure> {
             "left_group": s.left_group,
             "sources_dropped": s.sources_dropped,
             "live": report.live,
+            "live_start": report.live_start,
             "root": hex(&report.root),
             "share_port": report.share.as_ref().map(|sh| sh.addr.port()),
             "share_bytes_sent": report.share.as_ref().map(|sh| sh.bytes_out),

@@ -135,7 +135,10 @@ def pull(
     ``bad_chunks``, ``handshakes``, ``resumed``, ``missing_bytes_at_start``, ``cipher``,
     ``output``, ``repair_fragments``, ``chunks_repaired``, ``surplus_repair_fragments``,
     ``sources_dropped``, ``sources`` (one dict per source: ``addr``, ``bytes``,
-    ``bad_chunks``, ``dropped``, ``answered``), and with ``share`` ``share_port``,
+    ``bad_chunks``, ``dropped``, ``answered``), ``live`` (the exposure was a live
+    stream, followed to its end), ``live_start`` (live: the stream offset of the
+    file's first byte, past 0 when the exposer's window no longer held the start),
+    and with ``share`` ``share_port``,
     ``share_bytes_sent``, ``share_handshakes``, ``share_missing_sent`` (else None).
 
     Blocks (with the GIL released) until done. An interrupted pull leaves

@@ -16,7 +16,9 @@
 #    followed from the start to /dev/null; the exposer's resident memory and the
 #    disk its spool holds are sampled every 0.2 s, the follower's peak memory read at
 #    its end. Peer in the same run: the same stream without --window (every byte
-#    kept). Prints peaks and throughputs.
+#    kept). Prints peaks and throughputs. With BENCH_BASELINE_BIN=DIR (the
+#    rgtp-expose and rgtp-pull of an older build), the stream is also run through
+#    those, every byte kept, as a before/after in the same run.
 #
 # Runs on 127.0.0.1 only; every process is started here and stopped by pid.
 set -euo pipefail
@@ -123,17 +125,17 @@ spool_disk() { # pid -> bytes on disk of the unnamed files it holds in the cache
   done
   echo "$sum"
 }
-long_run() { # label, extra exposer args...
-  local label=$1; shift
+long_run() { # bin dir, label, extra exposer args...
+  local bin=$1 label=$2; shift 2
   local port=$((PORT + 4))
-  head -c "$LONG" /dev/urandom | "$BIN/rgtp-expose" - --name long.bin --port "$port" --bind 127.0.0.1 "$@" >"$WORK/l.out" 2>"$WORK/l.err" &
+  head -c "$LONG" /dev/urandom | "$bin/rgtp-expose" - --name long.bin --port "$port" --bind 127.0.0.1 "$@" >"$WORK/l.out" 2>"$WORK/l.err" &
   local ex=$!
   PIDS+=($ex)
   local url
   url=$(wait_url "$WORK/l.out")
   local t0
   t0=$(date +%s.%N)
-  /usr/bin/time -f '%M' -o "$WORK/pull.rss" "$BIN/rgtp-pull" "$url" -o /dev/null --quiet --known-exposers "$WORK/known" &
+  /usr/bin/time -f '%M' -o "$WORK/pull.rss" "$bin/rgtp-pull" "$url" -o /dev/null --quiet --known-exposers "$WORK/known" &
   local pull=$!
   PIDS+=($pull)
   local rss=0 disk=0 r d
@@ -157,5 +159,8 @@ print(f"long stream {label}: {b / (t1 - t0) / 2**20:.0f} MiB/s; exposer peak RSS
       f"spool on disk peak {disk / 2**20:.0f} MiB; follower peak RSS {prss / 1024:.0f} MiB ({b >> 20} MiB streamed)")
 PY
 }
-long_run "--window $WINDOW" --window "$WINDOW"
-long_run "every byte kept"
+long_run "$BIN" "--window $WINDOW" --window "$WINDOW"
+long_run "$BIN" "every byte kept"
+if [[ -n ${BENCH_BASELINE_BIN:-} ]]; then
+  long_run "$BENCH_BASELINE_BIN" "every byte kept, baseline build $BENCH_BASELINE_BIN"
+fi

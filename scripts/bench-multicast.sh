@@ -15,6 +15,13 @@
 #                   --max-rate 200M (sealed ahead before the pulls start); four plain
 #                   rgtp-pull URL started together, one per receiver
 #   rgtp-unicast    the same without --multicast (four unicast pulls)
+#   live            a live stream (issue 19): the file's first BENCH_MCAST_LIVE (default
+#                   16M) bytes written into `rgtp-expose - --multicast ...` in 64 KiB
+#                   records every 10 ms (about 50 Mbit/s), four `rgtp-pull URL -o OUT`
+#                   followers started first; done when the last follower ends
+#   live-unicast    the same without --multicast
+#   (the live rows' egress_x is against the bytes streamed, and their ratios are
+#   against the live-unicast row: UFTP has no live mode)
 # Each row: egress_x = the sender veth's tx_bytes during the row / the file size;
 # all_done_s = seconds from starting the receivers' transfer until the last finished;
 # byte_exact = all four copies equal the file; and the ratios of both against the UFTP
@@ -40,7 +47,8 @@ N=4
 CAP_BITS=${BENCH_MCAST_CAP:-200M}      # rgtp-expose --max-rate
 CAP_UFTP=${BENCH_MCAST_CAP_UFTP:-200000} # uftp -R (Kbit/s)
 ROW_TIMEOUT=${BENCH_MCAST_ROW_TIMEOUT:-120}
-ROWS=${BENCH_MCAST_ROWS:-uftp multicast unicast}
+ROWS=${BENCH_MCAST_ROWS:-uftp multicast unicast live-unicast live}
+LIVE_BYTES=${BENCH_MCAST_LIVE:-16M}
 SLOW=${BENCH_MCAST_SLOW:-} # e.g. 50mbit: receiver 4 is a slow member
 TOTAL_TIMEOUT=${BENCH_MCAST_TIMEOUT:-900}
 GROUP=239.255.42.1:5000
@@ -221,6 +229,65 @@ row_rgtp() {
   rm -rf "$dir"
 }
 
+# row_live NAME [EXPOSE FLAGS...]: a live stream of the file's first LIVE_BYTES;
+# sets RES (egress_x against the bytes streamed).
+row_live() {
+  local name=$1 dir=$W/live t0 tx0 tx1 i url last exact=yes
+  shift
+  rm -rf "$dir"
+  mkdir -p "$dir/expose"
+  head -c "$LIVE_BYTES" "$SRC" >"$dir/stream.bin"
+  local sbytes
+  sbytes=$(stat -c %s "$dir/stream.bin")
+  mkfifo "$dir/in"
+  RGTP_CONFIG_DIR=$dir/expose RGTP_CACHE_DIR=$dir/expose/cache \
+    ip netns exec "${NS[0]}" "$BIN/rgtp-expose" - --name live.bin --port "$PORT" --bind "${IPS[0]}" \
+    --max-rate "$CAP_BITS" "$@" <"$dir/in" >"$dir/expose.out" 2>"$dir/expose.log" &
+  local exposer=$!
+  PIDS+=("$exposer")
+  # The producer: 64 KiB every 10 ms, after the followers have started.
+  python3 - "$dir/stream.bin" >"$dir/in" <<'PY' &
+import sys, time
+data = open(sys.argv[1], "rb").read()
+out = sys.stdout.buffer
+time.sleep(1.0)
+for i in range(0, len(data), 65536):
+    out.write(data[i:i + 65536]); out.flush()
+    time.sleep(0.01)
+PY
+  local producer=$!
+  PIDS+=("$producer")
+  for ((i = 0; i < 600; i++)); do grep -qs '^listening on' "$dir/expose.out" && break; sleep 0.1; done
+  url=$(grep -m1 '^rgtp://' "$dir/expose.out" || true)
+  [[ -n $url ]] || { echo "$name: rgtp-expose did not start: $(cat "$dir/expose.log")" >&2; return 1; }
+  local pullers=() ok=()
+  tx0=$(tx_bytes)
+  t0=$(now)
+  for ((i = 1; i <= N; i++)); do
+    RGTP_CONFIG_DIR=$dir/p$i timeout "$ROW_TIMEOUT" ip netns exec "${NS[i]}" \
+      "$BIN/rgtp-pull" --json -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.json" 2>"$dir/p$i.log" &
+    pullers+=($!)
+    PIDS+=($!)
+  done
+  for ((i = 0; i < N; i++)); do
+    if wait "${pullers[i]}"; then ok[i]=1; else ok[i]=0; fi
+  done
+  last=$(now)
+  tx1=$(tx_bytes)
+  stop "${pullers[@]}" "$exposer" "$producer"
+  for ((i = 0; i < N; i++)); do
+    if ((ok[i] == 0)); then
+      echo "$name: follower $((i + 1)) failed: $(tail -2 "$dir/p$((i + 1)).log")" >&2
+      exact=no
+    elif ! cmp -s "$dir/stream.bin" "$dir/out$((i + 1)).bin"; then
+      exact=no
+    fi
+  done
+  RES="$(calc "($tx1 - $tx0) / $sbytes") $(calc "$last - $t0" 2) $exact"
+  pull_stats "$dir"/p*.json
+  rm -rf "$dir"
+}
+
 # pull_stats JSON...: one line: what the pullers' --json reports, summed.
 pull_stats() {
   python3 - "$BYTES" "$@" <<'PY'
@@ -269,5 +336,19 @@ for ((run = 1; run <= RUNS; run++)); do
   if has_row unicast; then
     row_rgtp rgtp-unicast
     row rgtp-unicast "$RES" "$uf_e" "$uf_d"
+  fi
+  lu_e=1
+  lu_d=1
+  if has_row live-unicast; then
+    row_live live-unicast
+    lu=$RES
+    read -r lu_e lu_d _ <<<"$lu"
+    printf '%-15s egress_x %5s  all_done_s %6s  byte_exact %s  (the live rows: egress_x of the bytes streamed)\n' live-unicast $lu
+  fi
+  if has_row live; then
+    row_live live --multicast "$GROUP" --multicast-if "${DEV[0]}"
+    read -r e d x <<<"$RES"
+    printf '%-15s egress_x %5s  all_done_s %6s  byte_exact %-3s  egress/live-unicast %s  done/live-unicast %s\n' \
+      live "$e" "$d" "$x" "$(calc "$e / $lu_e")" "$(calc "$d / $lu_d")"
   fi
 done

@@ -79,7 +79,7 @@ enum Mode {
     ProbeBw,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RateControl {
     mode: Mode,
     /// Recent per-round delivery rates (bytes/s), newest last.
@@ -196,6 +196,23 @@ impl RateControl {
             shared_until: None,
             first_check_at: None,
         }
+    }
+
+    /// What a next session on the same path starts from (a live pull's next round,
+    /// a few milliseconds later): what was learned of the path (rate, round trips,
+    /// loss, mode), with nothing in flight and a new measurement round. A fresh
+    /// model would start up again each round: a burst on a path already known.
+    pub fn carried(&self, now: Instant) -> Self {
+        let mut c = self.clone();
+        c.inflight = 0;
+        c.round_start = now;
+        c.round_sent_start = None;
+        c.round_delivered = 0;
+        c.round_lost = 0;
+        c.round_min_rtt = None;
+        c.check = None;
+        c.backoff = 0;
+        c
     }
 
     /// A round trip measured from a request that timed out to the first answer to

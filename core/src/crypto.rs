@@ -10,6 +10,14 @@
 //! safe because a content key belongs to one exposure and every (object, index) always
 //! carries the same plaintext; the associated data binds exposure id, object, index and
 //! total length, so a chunk cannot be moved, replayed across exposures or truncated.
+//!
+//! A live exposure's checkpoints share one content key ([`ContentCipher::live`]), so
+//! that a content chunk is sealed the same way in every checkpoint and one send to a
+//! multicast group serves followers of different checkpoints. Their plaintext at an
+//! index is not fixed (a partial last chunk grows), so the nonce and associated data
+//! bind the chunk's own length instead of the total: in an append-only stream
+//! (index, length) fixes the bytes. An outboard chunk's bytes depend on the
+//! checkpoint's length, so its nonce and associated data bind that.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
@@ -36,6 +44,46 @@ fn chunk_nonce(object: Object, index: u64) -> ring::aead::Nonce {
     n[4..].copy_from_slice(&index.to_le_bytes());
     // Unique per (key, object, index); the same index always carries the same plaintext.
     ring::aead::Nonce::assume_unique_for_key(n)
+}
+
+/// A live exposure's nonce: object (with bit 7 set, so it never meets an ordinary
+/// nonce), 7 bytes of `len` (the chunk's length for content, the checkpoint's for the
+/// outboard), the index as 32 bits (the protocol names chunks with 32 bits).
+fn live_nonce(object: Object, index: u64, len: u64) -> ring::aead::Nonce {
+    let mut n = [0u8; 12];
+    n[0] = 0x80 | object as u8;
+    n[1..8].copy_from_slice(&len.to_le_bytes()[..7]);
+    n[8..].copy_from_slice(&(index as u32).to_le_bytes());
+    ring::aead::Nonce::assume_unique_for_key(n)
+}
+
+/// The id a live exposure's content chunk of `len` bytes carries when it is sent to
+/// a multicast group: the same in every checkpoint (it comes from the shared content
+/// key), different per length (a partial chunk that grew is another message; the
+/// group's "just sent" filter and the followers tell them apart by it).
+pub fn live_group_id(content_key: &[u8; 32], len: usize) -> ExposureId {
+    live_id("RGTP 2026 live exposure group id", content_key, len as u64)
+}
+
+/// The id a live exposure's outboard chunk carries when sent to the group: one per
+/// checkpoint length (the outboard's bytes depend on it), so that followers of the
+/// same checkpoint share it and others pass it by.
+pub fn live_outboard_group_id(content_key: &[u8; 32], total_len: u64) -> ExposureId {
+    live_id(
+        "RGTP 2026 live exposure outboard group id",
+        content_key,
+        total_len,
+    )
+}
+
+fn live_id(context: &str, content_key: &[u8; 32], len: u64) -> ExposureId {
+    let mut m = [0u8; 40];
+    m[..32].copy_from_slice(content_key);
+    m[32..].copy_from_slice(&len.to_le_bytes());
+    let k = blake3::derive_key(context, &m);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&k[..16]);
+    id
 }
 
 fn chunk_aad(exposure: &ExposureId, object: Object, index: u64, total_len: u64) -> [u8; 33] {
@@ -153,6 +201,9 @@ pub struct ContentCipher {
     cipher: Cipher,
     exposure: ExposureId,
     total_len: u64,
+    /// A live exposure's checkpoint: the shared key's content key, for the lengths
+    /// bound instead of the exposure ([`ContentCipher::live`]).
+    live: Option<[u8; 32]>,
 }
 
 impl ContentCipher {
@@ -178,6 +229,39 @@ impl ContentCipher {
             cipher,
             exposure,
             total_len,
+            live: None,
+        }
+    }
+
+    /// `cipher` under a live exposure's content key, shared by its checkpoints: a
+    /// content chunk's nonce and associated data bind its own length (and the group
+    /// id of that length), an outboard chunk's the checkpoint's length `total_len`.
+    pub fn live(cipher: Cipher, key: &[u8; 32], exposure: ExposureId, total_len: u64) -> Self {
+        let mut c = Self::with(cipher, key, exposure, total_len);
+        c.live = Some(*key);
+        c
+    }
+
+    /// Nonce and associated data of a chunk whose plaintext is `len` bytes.
+    fn bind(&self, object: Object, index: u64, len: usize) -> (ring::aead::Nonce, [u8; 33]) {
+        match (&self.live, object) {
+            (None, _) => (
+                chunk_nonce(object, index),
+                chunk_aad(&self.exposure, object, index, self.total_len),
+            ),
+            (Some(k), Object::Content) => (
+                live_nonce(object, index, len as u64),
+                chunk_aad(&live_group_id(k, len), object, index, len as u64),
+            ),
+            (Some(k), Object::Outboard) => (
+                live_nonce(object, index, self.total_len),
+                chunk_aad(
+                    &live_outboard_group_id(k, self.total_len),
+                    object,
+                    index,
+                    self.total_len,
+                ),
+            ),
         }
     }
 
@@ -188,10 +272,10 @@ impl ContentCipher {
 
     /// Encrypts `buf` (the plaintext chunk) in place and appends the tag.
     pub fn seal(&self, object: Object, index: u64, buf: &mut Vec<u8>) {
-        let aad = chunk_aad(&self.exposure, object, index, self.total_len);
+        let (nonce, aad) = self.bind(object, index, buf.len());
         let tag = self
             .key
-            .seal_in_place_separate_tag(chunk_nonce(object, index), ring::aead::Aad::from(aad), buf)
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(aad), buf)
             .expect("chunk below the AEAD length limit");
         buf.extend_from_slice(tag.as_ref());
     }
@@ -201,10 +285,10 @@ impl ContentCipher {
         if buf.len() < TAG_LEN {
             return false;
         }
-        let aad = chunk_aad(&self.exposure, object, index, self.total_len);
+        let (nonce, aad) = self.bind(object, index, buf.len() - TAG_LEN);
         let ok = self
             .key
-            .open_in_place(chunk_nonce(object, index), ring::aead::Aad::from(aad), buf)
+            .open_in_place(nonce, ring::aead::Aad::from(aad), buf)
             .is_ok();
         if ok {
             buf.truncate(buf.len() - TAG_LEN);
@@ -361,6 +445,53 @@ pub fn same_addr(a: &SocketAddr, b: &SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checkpoints of one live exposure seal a content chunk alike (one group send
+    /// serves them all), a chunk of another length differently, and an outboard chunk
+    /// per checkpoint length; each opens only as it was sealed.
+    #[test]
+    fn live_sealing_binds_lengths_not_checkpoints() {
+        let key = [7u8; 32];
+        for cipher in Cipher::ALL {
+            let a = ContentCipher::live(cipher, &key, [1; 16], 100_000);
+            let b = ContentCipher::live(cipher, &key, [2; 16], 200_000);
+            let seal = |c: &ContentCipher, o: Object, i: u64, p: &[u8]| {
+                let mut v = p.to_vec();
+                c.seal(o, i, &mut v);
+                v
+            };
+            let whole = vec![3u8; 16_384];
+            assert_eq!(
+                seal(&a, Object::Content, 4, &whole),
+                seal(&b, Object::Content, 4, &whole)
+            );
+            let short = seal(&a, Object::Content, 4, &whole[..5000]);
+            let longer = seal(&b, Object::Content, 4, &whole[..6000]);
+            // Different lengths use different nonces: the common prefix's bytes differ.
+            assert_ne!(short[..5000], longer[..5000]);
+            let mut x = short.clone();
+            assert!(b.open(Object::Content, 4, &mut x) && x == whole[..5000]);
+            let mut x = short.clone();
+            assert!(!b.open(Object::Content, 5, &mut x));
+            let mut x = short[..short.len() - 1].to_vec();
+            assert!(!b.open(Object::Content, 4, &mut x));
+            // Outboard: bound to the checkpoint's length.
+            let ob = [9u8; 64];
+            assert_ne!(
+                seal(&a, Object::Outboard, 0, &ob),
+                seal(&b, Object::Outboard, 0, &ob)
+            );
+            let mut x = seal(&a, Object::Outboard, 0, &ob);
+            assert!(!b.open(Object::Outboard, 0, &mut x));
+            // Never the ordinary sealing of the same key.
+            let plain = ContentCipher::with(cipher, &key, [1; 16], 100_000);
+            assert_ne!(
+                seal(&a, Object::Content, 4, &whole),
+                seal(&plain, Object::Content, 4, &whole)
+            );
+        }
+        assert_ne!(live_group_id(&key, 5000), live_group_id(&key, 6000));
+    }
 
     #[test]
     fn chunk_seal_open_and_binding() {

@@ -19,7 +19,7 @@ fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {
 }
 
 /// Waits until one of `fds` (at most two) is readable, or `timeout`.
-fn wait_any_readable(fds: &[libc::c_int], timeout: Duration) -> bool {
+pub(crate) fn wait_any_readable(fds: &[libc::c_int], timeout: Duration) -> bool {
     let mut pfds = [libc::pollfd {
         fd: -1,
         events: libc::POLLIN,

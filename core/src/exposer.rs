@@ -331,8 +331,11 @@ impl Exposer {
         if let Some(old) = self.by_name.remove(name) {
             self.exposures.remove(&old);
         }
-        self.lives
-            .insert(name.to_string(), crate::live::LiveState::new(spool));
+        let content_key: [u8; 32] = self.rng.bytes();
+        self.lives.insert(
+            name.to_string(),
+            crate::live::LiveState::new(spool, content_key),
+        );
     }
 
     /// The live exposure `name` has ended: from now on it is an ordinary exposure of
@@ -343,7 +346,7 @@ impl Exposer {
         spool.end();
         let id: ExposureId = self.rng.bytes();
         let content_key: [u8; 32] = self.rng.bytes();
-        let info = self.insert_checkpoint(name, spool, id, content_key);
+        let info = self.insert_checkpoint(name, spool, id, content_key, false);
         self.lives.remove(name);
         if let Some(old) = self.by_name.insert(name.to_string(), id) {
             self.exposures.remove(&old);
@@ -367,9 +370,9 @@ impl Exposer {
             }
         }
         let spool = st.spool.clone();
+        let content_key = st.content_key;
         let id: ExposureId = self.rng.bytes();
-        let content_key: [u8; 32] = self.rng.bytes();
-        let info = self.insert_checkpoint(name, spool.clone(), id, content_key);
+        let info = self.insert_checkpoint(name, spool.clone(), id, content_key, true);
         if let Some(st) = self.lives.get_mut(name) {
             st.latest = Some((info.size, id));
             st.latest_at = Some(now);
@@ -420,13 +423,16 @@ impl Exposer {
     }
 
     /// Exposes the spool's checkpoint now under `id` and `content_key`: its root and
-    /// outboard come from the spool, without a CV list.
+    /// outboard come from the spool, without a CV list. A `live` checkpoint is sealed
+    /// under its exposure's shared key, binding lengths ([`ContentCipher::live`]);
+    /// the final one as an ordinary exposure.
     fn insert_checkpoint(
         &mut self,
         name: &str,
         spool: Arc<crate::live::Spool>,
         id: ExposureId,
         content_key: [u8; 32],
+        live: bool,
     ) -> ExposureInfo {
         let c = spool.checkpoint();
         let source = crate::live::SpoolSource {
@@ -440,7 +446,13 @@ impl Exposer {
             size: c.len,
             root: c.root,
         };
-        let ciphers = Cipher::ALL.map(|ci| ContentCipher::with(ci, &content_key, id, c.len));
+        let ciphers = Cipher::ALL.map(|ci| {
+            if live {
+                ContentCipher::live(ci, &content_key, id, c.len)
+            } else {
+                ContentCipher::with(ci, &content_key, id, c.len)
+            }
+        });
         self.exposures.insert(
             id,
             Exposure {
@@ -639,12 +651,12 @@ impl Exposer {
                 let window = e.spooled.as_ref().and_then(|(_, c)| c.window.clone());
                 // The group carries one sealing and one fragment size: offered to
                 // pullers whose session has both (every member opens every datagram).
-                // A live checkpoint is pulled from its exposer alone (its bytes are
-                // authenticated by this session only): no group, no peer exchange.
+                // A live checkpoint's content chunks are sealed alike in every
+                // checkpoint (`ContentCipher::live`): its followers share the group
+                // too. (Peer exchange stays off for live and windowed exposures: a
+                // sharer's copy would be authenticated by no session.)
                 let group = self.config.multicast.filter(|_| {
-                    live.is_none()
-                        && window.is_none()
-                        && offer & wire::OFFER_MULTICAST != 0
+                    offer & wire::OFFER_MULTICAST != 0
                         && cipher == self.config.cipher
                         && max_datagram as usize == self.config.max_datagram
                 });
@@ -892,7 +904,7 @@ impl Exposer {
                     self.send_missing(from, req.exposure, missing);
                     return true;
                 }
-                let (dest, mask, repair) = match group {
+                let (dest, mask, repair, wire_id) = match group {
                     Some(g) => {
                         let Some(e) = self.exposures.get(&req.exposure) else {
                             break;
@@ -900,23 +912,38 @@ impl Exposer {
                         if index >= e.object_chunks(object) {
                             break;
                         }
-                        let ct_len = merkle::chunk_len(index, e.object_len(object)) + TAG_LEN;
-                        let frags = wire::fragmentation(ct_len, max_datagram).0;
-                        let key = (req.exposure, object, index as u32);
+                        let len = merkle::chunk_len(index, e.object_len(object));
+                        // A live checkpoint's content goes to the group under the id
+                        // of its length, the same in every checkpoint (one send serves
+                        // followers of all); its outboard under the id of the
+                        // checkpoint's length (followers of the same checkpoint).
+                        let live = e.spooled.as_ref().is_some_and(|(_, c)| !c.ended);
+                        let wire_id = match (live, object) {
+                            (false, _) => req.exposure,
+                            (true, Object::Content) => {
+                                crate::crypto::live_group_id(&e.content_key, len)
+                            }
+                            (true, Object::Outboard) => {
+                                crate::crypto::live_outboard_group_id(&e.content_key, e.info.size)
+                            }
+                        };
+                        let frags = wire::fragmentation(len + TAG_LEN, max_datagram).0;
+                        let key = (wire_id, object, index as u32);
                         let (m, r) = self.just_sent.filter(now, key, frags, mask, repair);
-                        (SocketAddr::V4(g), m, r)
+                        (SocketAddr::V4(g), m, r, wire_id)
                     }
-                    None => (from, mask, repair),
+                    None => (from, mask, repair, req.exposure),
                 };
+                let to_group = dest != from;
                 let sent = self.send_chunk(
-                    &req.exposure,
+                    (&req.exposure, &wire_id),
                     (object, index),
                     mask,
                     repair,
                     (max_datagram, claims.cipher),
                     dest,
                 );
-                if let (Some(_), Some(n)) = (group, sent) {
+                if let (true, Some(n)) = (to_group, sent) {
                     self.stats.group_bytes_out += n as u64;
                 }
                 match sent {
@@ -1080,9 +1107,12 @@ impl Exposer {
     /// Sends the fragments of one chunk selected by `mask`, then its repair fragments
     /// `first .. first + count` (`repair`). Returns the bytes queued, or `None` if the
     /// chunk does not exist.
+    /// Sends fragments (`mask`) and repair fragments of a chunk of exposure `id` to
+    /// `dest`, their headers naming `wire_id` (the exposure, or a live exposure's
+    /// group id).
     fn send_chunk(
         &mut self,
-        id: &ExposureId,
+        (id, wire_id): (&ExposureId, &ExposureId),
         (object, index): (Object, u64),
         mask: u64,
         (first, count): (u8, u8),
@@ -1107,7 +1137,7 @@ impl Exposer {
         let mut sent = 0;
         if mask != 0 {
             let t = fragments(
-                id,
+                wire_id,
                 (object, index),
                 mask,
                 max_datagram,
@@ -1140,7 +1170,7 @@ impl Exposer {
             let mut i = first;
             while i < first + count {
                 let n = per_send.min(first + count - i);
-                let t = repair_fragments(id, (object, index), (i, n), s, dest, rep.clone());
+                let t = repair_fragments(wire_id, (object, index), (i, n), s, dest, rep.clone());
                 sent += queue(&mut self.transmits, &mut self.stats, t);
                 i += n;
             }

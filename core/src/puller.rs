@@ -399,6 +399,9 @@ impl PullStats {
 
 struct Session {
     m: ManifestBody,
+    /// A live checkpoint: sealed under the live exposure's shared key, and its
+    /// content chunks come from the group under the id of their length.
+    live: bool,
     /// When the manifest arrived, on our clock: with `m.clock_ms` it gives the
     /// exposer's clock, which every REQUEST carries (replay protection).
     welcomed_at: Instant,
@@ -504,6 +507,16 @@ enum Phase {
     },
     Transfer,
     Finished,
+}
+
+/// The session's chunk cipher: a live checkpoint's binds lengths, not the exposure
+/// ([`ContentCipher::live`]).
+fn session_cipher(m: &ManifestBody, live: bool) -> ContentCipher {
+    if live {
+        ContentCipher::live(m.cipher, &m.content_key, m.exposure, m.size)
+    } else {
+        ContentCipher::with(m.cipher, &m.content_key, m.exposure, m.size)
+    }
 }
 
 /// What one live round checks a checkpoint against.
@@ -1228,7 +1241,8 @@ impl Puller {
         self.session = Some(Session {
             group,
             repair,
-            cipher: ContentCipher::with(m.cipher, &m.content_key, m.exposure, m.size),
+            cipher: session_cipher(&m, live),
+            live,
             sealer: RequestSealer::new(&m.request_key),
             verifier: None,
             welcomed_at: now,
@@ -1275,6 +1289,17 @@ impl Puller {
             .as_ref()
             .and_then(|s| s.group)
             .filter(|_| self.member)
+    }
+
+    /// Starts from `cc` rather than a fresh model (before the handshake): a live
+    /// pull's next round on the same path ([`RateControl::carried`]).
+    pub fn adopt_rate_control(&mut self, cc: RateControl) {
+        self.cc = cc;
+    }
+
+    /// Whether the session is up and chunks flow (group datagrams are taken).
+    pub fn transferring(&self) -> bool {
+        matches!(self.phase, Phase::Transfer)
     }
 
     /// Stops being a group member (the group cannot be joined, or brings nothing):
@@ -1407,7 +1432,23 @@ impl Puller {
         let Some(sess) = &self.session else {
             return false;
         };
-        if p.exposure != sess.m.exposure || !matches!(self.phase, Phase::Transfer) {
+        // A live checkpoint's chunk from the group names the id of its length
+        // (another checkpoint's follower may have asked for it), or for the outboard
+        // the id of the checkpoint's length.
+        let ours = p.exposure == sess.m.exposure
+            || (from_group
+                && sess.live
+                && p.exposure
+                    == match p.object {
+                        Object::Content => crate::crypto::live_group_id(
+                            &sess.m.content_key,
+                            merkle::chunk_len(p.chunk as u64, sess.m.size),
+                        ),
+                        Object::Outboard => {
+                            crate::crypto::live_outboard_group_id(&sess.m.content_key, sess.m.size)
+                        }
+                    });
+        if !ours || !matches!(self.phase, Phase::Transfer) {
             return false;
         }
         let repair_ok = sess.repair;
@@ -1831,12 +1872,7 @@ impl Puller {
         let sess = self.session.as_mut()?;
         if sess.verifier.is_none() {
             sess.verifier = Some(std::sync::Arc::new(ChunkVerifier {
-                cipher: ContentCipher::with(
-                    sess.m.cipher,
-                    &sess.m.content_key,
-                    sess.m.exposure,
-                    sess.m.size,
-                ),
+                cipher: session_cipher(&sess.m, sess.live),
                 cvs,
                 cv_first: self.cv_first,
                 root,

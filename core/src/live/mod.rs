@@ -60,15 +60,19 @@ pub struct LiveState {
     pub latest: Option<(u64, crate::wire::ExposureId)>,
     /// When it was exposed.
     pub latest_at: Option<Instant>,
+    /// The content key every checkpoint shares (sealed so that a content chunk is
+    /// the same in each: [`crate::crypto::ContentCipher::live`]).
+    pub content_key: [u8; 32],
 }
 
 impl LiveState {
-    /// A live exposure of `spool`, no checkpoint exposed yet.
-    pub fn new(spool: Arc<Spool>) -> Self {
+    /// A live exposure of `spool` under `content_key`, no checkpoint exposed yet.
+    pub fn new(spool: Arc<Spool>, content_key: [u8; 32]) -> Self {
         Self {
             spool,
             latest: None,
             latest_at: None,
+            content_key,
         }
     }
 }

@@ -17,6 +17,13 @@ pub const POLL_MIN: Duration = Duration::from_millis(5);
 /// See [`POLL_MIN`].
 pub const POLL_MAX: Duration = Duration::from_millis(40);
 
+/// How long a live pull keeps the group's datagrams for its next round: the
+/// exposer's "just sent" window ([`crate::multicast::DEFAULT_WINDOW`]) and a round
+/// trip.
+pub const GROUP_REPLAY: Duration = Duration::from_millis(100);
+/// At most this many are kept (about 12 MiB at LAN datagram sizes).
+pub const GROUP_REPLAY_MAX: usize = 8192;
+
 /// How a live pull ended well: the final checkpoint, every byte written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveEnd {
@@ -61,6 +68,12 @@ pub struct LivePull {
     exposer_key: Option<[u8; 32]>,
     joined: Option<Window>,
     out: Vec<u8>,
+    /// The group's datagrams of the last [`GROUP_REPLAY`], and whether the current
+    /// round was given them.
+    recent_group: std::collections::VecDeque<(Instant, Vec<u8>)>,
+    replayed: bool,
+    /// The last finished round's rate control, for the next.
+    cc: Option<crate::cc::RateControl>,
     end: Option<Result<LiveEnd, LivePullError>>,
     /// Rounds started.
     pub rounds: u64,
@@ -89,6 +102,9 @@ impl LivePull {
             exposer_key: None,
             joined: None,
             out: Vec::new(),
+            recent_group: std::collections::VecDeque::new(),
+            replayed: false,
+            cc: None,
             end: None,
             rounds: 0,
             stats: PullStats::default(),
@@ -139,6 +155,69 @@ impl LivePull {
         self.process(now);
     }
 
+    /// The multicast group to receive on, while the current round is a member
+    /// ([`Puller::group`]).
+    pub fn group(&self) -> Option<std::net::SocketAddrV4> {
+        self.puller.as_ref().and_then(|p| p.group())
+    }
+
+    /// Feeds a datagram received on the group. One the current round does not take
+    /// is kept a while ([`GROUP_REPLAY`]): the group serves every follower at once,
+    /// and one between rounds (handshaking), or whose checkpoint is older than the
+    /// asker's, would miss what another asked for, then wait out the group's "just
+    /// sent" window for its own request; the next round is given what came
+    /// meanwhile.
+    pub fn handle_group(&mut self, now: Instant, datagram: &[u8]) {
+        let taken = match &mut self.puller {
+            Some(p) if p.transferring() => {
+                let before = p.stats.group_datagrams;
+                p.handle_group(now, datagram);
+                p.stats.group_datagrams > before
+            }
+            _ => false,
+        };
+        if !taken {
+            self.keep_group(now, datagram);
+        }
+        self.process(now);
+    }
+
+    fn keep_group(&mut self, now: Instant, datagram: &[u8]) {
+        while self
+            .recent_group
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > GROUP_REPLAY)
+            || self.recent_group.len() >= GROUP_REPLAY_MAX
+        {
+            self.recent_group.pop_front();
+        }
+        self.recent_group.push_back((now, datagram.to_vec()));
+    }
+
+    /// A round whose session just came up is given the group's recent datagrams.
+    fn replay_group(&mut self, now: Instant) {
+        let Some(p) = &mut self.puller else { return };
+        if self.replayed || !p.transferring() {
+            return;
+        }
+        self.replayed = true;
+        // Given once: what this round does not take now is for none.
+        for (t, d) in std::mem::take(&mut self.recent_group) {
+            if now.saturating_duration_since(t) <= GROUP_REPLAY {
+                p.handle_group(now, &d);
+            }
+        }
+    }
+
+    /// The group cannot be joined, or brings nothing: this round and every later one
+    /// pull by unicast.
+    pub fn leave_group(&mut self) {
+        self.template.multicast = false;
+        if let Some(p) = &mut self.puller {
+            p.leave_group();
+        }
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let t = self.puller.as_mut()?.poll_transmit(now);
@@ -182,9 +261,14 @@ impl LivePull {
         cfg.live = Some(self.follower.base());
         cfg.pinned_key = cfg.pinned_key.or(self.exposer_key);
         self.follower.start_round();
+        self.replayed = false;
         self.rounds += 1;
         self.next_round = None;
-        self.puller = Some(Puller::with_rng(cfg, now, self.rng.fork()));
+        let mut p = Puller::with_rng(cfg, now, self.rng.fork());
+        if let Some(cc) = &self.cc {
+            p.adopt_rate_control(cc.carried(now));
+        }
+        self.puller = Some(p);
     }
 
     fn fail(&mut self, e: LivePullError) {
@@ -195,6 +279,7 @@ impl LivePull {
     }
 
     fn process(&mut self, now: Instant) {
+        self.replay_group(now);
         loop {
             let Some(p) = &mut self.puller else { return };
             let Some(ev) = p.poll_event() else { return };
@@ -219,6 +304,13 @@ impl LivePull {
                     }
                 }
                 PullEvent::Done => {
+                    // A round that found the group silent or too lossy left it: the
+                    // next ones do not wait for it again.
+                    if p.stats.left_group {
+                        self.template.multicast = false;
+                    }
+                    // The next round starts from what this one learned of the path.
+                    self.cc = Some(p.rate_control().carried(now));
                     let live = p.is_live_checkpoint();
                     let (size, root) = p.checkpoint().unwrap_or((0, [0; 32]));
                     if let Some(p) = self.puller.take() {
@@ -256,6 +348,9 @@ impl LivePull {
                     self.next_round = Some(now + self.poll);
                 }
                 PullEvent::Failed(PullError::CheckpointMoved) => {
+                    if p.stats.left_group {
+                        self.template.multicast = false;
+                    }
                     if let Some(p) = self.puller.take() {
                         self.stats.add(&p.stats);
                     }

@@ -269,6 +269,9 @@ pub(super) fn pull_live(
     let tx = udp::Sender::default();
     let mut trusted = known.is_none();
     let mut last_update = start;
+    // The multicast group's socket, while a round is a member (rounds come and go;
+    // the socket stays joined while they want the same group).
+    let mut group: Option<(std::net::SocketAddrV4, std::net::UdpSocket)> = None;
     let end = loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(TransferError::Cancelled(if to_stdout {
@@ -276,6 +279,34 @@ pub(super) fn pull_live(
             } else {
                 "interrupted; run the same command to resume".into()
             }));
+        }
+        let wanted = lp.group();
+        if wanted.is_some() && group.as_ref().map(|g| g.0) != wanted {
+            group = None;
+            if let Some(g) = wanted {
+                match udp::join_group(g) {
+                    Ok(s) => {
+                        tracing::info!("joined multicast group {g}");
+                        group = Some((g, s));
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            "cannot join multicast group {g} ({e}): following by unicast"
+                        );
+                        lp.leave_group();
+                    }
+                }
+            }
+        }
+        if let Some((_, gs)) = &group {
+            for _ in 0..16 {
+                let now = Instant::now();
+                match rx.recv(gs, |_, d| lp.handle_group(now, d)) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(TransferError::Io(format!("socket error: {e}"))),
+                }
+            }
         }
         for _ in 0..16 {
             let now = Instant::now();
@@ -355,7 +386,13 @@ pub(super) fn pull_live(
             })
             .min(Duration::from_millis(100));
         if !wait.is_zero() {
-            udp::wait_fd(sock.as_raw_fd(), libc::POLLIN, Some(wait));
+            // Either socket may bring the next datagram (microsecond waits: pacing).
+            match &group {
+                Some((_, gs)) => {
+                    driver::wait_any_readable(&[sock.as_raw_fd(), gs.as_raw_fd()], wait)
+                }
+                None => driver::wait_any_readable(&[sock.as_raw_fd()], wait),
+            };
         }
     };
     if let Some(f) = sink.regular_file() {

@@ -25,7 +25,8 @@ later starts there, and a follower that falls behind it stops (exit 17). At the
 end the exposer prints
 `ended: BYTES` and the URL with the root (b3sum of every byte), and serves the
 finished file until the next Ctrl-C / SIGTERM. Live exposures are pulled from
-their exposer only (not from sharers, --from sources or the DHT).
+their exposer only (not from sharers, --from sources or the DHT); with --multicast,
+followers on the LAN share the group as pullers of a file do.
 
 Access log (stderr, info level, target rgtp::access; RUST_LOG=warn silences it):
   INFO rgtp::access: opened peer=ADDR:PORT name=\"NAME\" size=BYTES

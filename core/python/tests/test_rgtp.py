@@ -357,8 +357,14 @@ def test_ctrl_c_stops_a_pull_on_the_main_thread(tmp_path):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach only the main thread")
     url = f"rgtp://127.0.0.1:{free_udp_port()}/x?key={ZERO_KEY}"
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        rgtp.pull(url, tmp_path / "x", connect_timeout=10)
-    assert time.monotonic() - t0 < 3
+    # Python's own Ctrl-C handler, whatever was inherited: a test run started as a
+    # background job inherits SIGINT ignored, and Python then installs none.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            rgtp.pull(url, tmp_path / "x", connect_timeout=10)
+        assert time.monotonic() - t0 < 3
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -4,7 +4,10 @@
 //! written; a growing file (`--follow FILE --follow-idle SECS`) followed through
 //! three appends and an idle end; a follower killed with SIGKILL and started again
 //! resumes where its file ends; a forged checkpoint (an exposer rewriting bytes it
-//! already served, tests/src/bin/rgtp-lying-live.rs) fails the pull with exit 16.
+//! already served, tests/src/bin/rgtp-lying-live.rs) fails the pull with exit 16;
+//! with `--window` a late joiner starts at the window, a follower that fell behind
+//! it stops with exit 17, and the spool's disk stays near the window; a full disk
+//! stops a follower with exit 4 and it resumes once space is freed.
 //! No assertion on timing: waits are bounded only to turn a hang into a failure.
 
 use std::io::{BufRead, BufReader, Write};
@@ -394,4 +397,44 @@ fn a_window_bounds_the_exposer_and_late_joiners_start_at_it() {
         "the joiner has every byte from its start"
     );
     assert_eq!(j.0["root"].as_str(), Some(root.as_str()));
+}
+
+/// A full disk stops a live pull with exit 4 and a clear line, the bytes written
+/// kept; after space is freed the same command goes on from the file's end and ends
+/// byte-exact. Needs root (mounts a small tmpfs).
+#[test]
+fn a_full_disk_stops_a_follower_which_resumes_after_space_is_freed() {
+    require_root!("it mounts a small tmpfs");
+    let dir = TestDir::new("live-disk-full");
+    let mut ex = LiveExposer::start(&dir, &["-", "--name", "big"], true);
+    let url = ex.url();
+    let written = bytes(77, 3 * 1024 * 1024 + 123);
+    ex.write(&written);
+    let disk = SmallDisk::mount(&dir.join("small"), 1024 * 1024);
+    let out = disk.path.join("big.copy");
+    PullCmd::url(&dir, &url, &out)
+        .run(&dir)
+        .assert_clean_error(4, &["disk is full"]);
+    let kept = std::fs::read(&out).unwrap();
+    assert!(
+        !kept.is_empty() && written.starts_with(&kept),
+        "the file holds {} bytes of the stream's start",
+        kept.len()
+    );
+    disk.resize(16 * 1024 * 1024);
+    // Resumed while the stream still runs, and followed to its end.
+    let again =
+        PullCmd::new(&dir, [url.as_str(), "-o", out.to_str().unwrap(), "--json"]).spawn(&dir);
+    wait_len(&out, written.len() as u64, "the resumed follower caught up");
+    ex.close_stdin();
+    let (_, root) = ex.ended();
+    let r = again.finish(PULL_DEADLINE);
+    r.assert_success();
+    assert!(r.json().bool("resumed"));
+    assert!(
+        std::fs::read(&out).unwrap() == written,
+        "the resumed file is the stream"
+    );
+    assert_eq!(b3sum(&out), root);
+    drop(disk);
 }

@@ -339,14 +339,20 @@ pub(super) fn pull_live(
         let bytes = lp.take_output();
         if !bytes.is_empty() {
             sink.write(&bytes).map_err(|e| {
-                TransferError::File(format!(
-                    "cannot write {}: {e}",
-                    if to_stdout {
-                        "to stdout".into()
-                    } else {
-                        out.display().to_string()
-                    }
-                ))
+                let what = if to_stdout {
+                    "to stdout".into()
+                } else {
+                    out.display().to_string()
+                };
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                    // What is in the file is verified and in order: a resumed run
+                    // goes on from its end.
+                    TransferError::DiskFull(format!(
+                        "the disk is full writing {what}; what was written is kept (free space and run the same command to resume)"
+                    ))
+                } else {
+                    TransferError::File(format!("cannot write {what}: {e}"))
+                }
             })?;
         }
         if !trusted {

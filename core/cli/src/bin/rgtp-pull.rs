@@ -556,14 +556,22 @@ fn run(args: Args) -> Result<(), Failure> {
             })).collect::<Vec<_>>(),
         }));
     } else if !args.quiet {
+        // A late joiner's output holds the stream from its window on only.
+        let held = match report.live_start {
+            0 => format!("{total} bytes"),
+            at => format!(
+                "{} bytes: the stream's bytes {at} to {total}",
+                total.saturating_sub(at)
+            ),
+        };
         eprintln!(
-            "rgtp-pull: {} -> {shown_path} ({total} bytes in {secs:.2} s, {}/s)",
+            "rgtp-pull: {} -> {shown_path} ({held} in {secs:.2} s, {}/s)",
             src.name,
             human(missing_at_start as f64 / secs.max(1e-9))
         );
         if report.live {
             eprintln!(
-                "rgtp-pull: {} ended (live); root {}",
+                "rgtp-pull: {} ended (live); root {} (of all {total} bytes)",
                 src.name,
                 hex(&report.root)
             );

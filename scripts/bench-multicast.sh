@@ -185,6 +185,26 @@ row_uftp() {
   rm -rf "$dir"
 }
 
+# pull_all DIR URL: `rgtp-pull URL` on each receiver, started together, to DIR/outI.bin
+# (--json in DIR/pI.json); waits for all. Leaves their pids in PULLERS and 1 or 0
+# (succeeded) in OK.
+PULLERS=()
+OK=()
+pull_all() {
+  local dir=$1 url=$2 i
+  PULLERS=()
+  OK=()
+  for ((i = 1; i <= N; i++)); do
+    RGTP_CONFIG_DIR=$dir/p$i timeout "$ROW_TIMEOUT" ip netns exec "${NS[i]}" \
+      "$BIN/rgtp-pull" --json -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.json" 2>"$dir/p$i.log" &
+    PULLERS+=($!)
+    PIDS+=($!)
+  done
+  for ((i = 0; i < N; i++)); do
+    if wait "${PULLERS[i]}"; then OK[i]=1; else OK[i]=0; fi
+  done
+}
+
 # row_rgtp NAME [EXPOSE FLAGS...]: sets RES.
 row_rgtp() {
   local name=$1 dir=$W/rgtp t0 tx0 tx1 i url last exact=yes
@@ -201,23 +221,14 @@ row_rgtp() {
   [[ -n $url ]] || { echo "$name: rgtp-expose did not start: $(cat "$dir/expose.log")" >&2; return 1; }
   [[ $url == *"root=$ROOTHASH"* ]] || { echo "$name: the URL's root is not b3sum's" >&2; exact=no; }
   for ((i = 0; i < 600; i++)); do grep -qs 'sealed ahead' "$dir/expose.log" && break; sleep 0.1; done
-  local pullers=() ok=()
   tx0=$(tx_bytes)
   t0=$(now)
-  for ((i = 1; i <= N; i++)); do
-    RGTP_CONFIG_DIR=$dir/p$i timeout "$ROW_TIMEOUT" ip netns exec "${NS[i]}" \
-      "$BIN/rgtp-pull" --json -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.json" 2>"$dir/p$i.log" &
-    pullers+=($!)
-    PIDS+=($!)
-  done
-  for ((i = 0; i < N; i++)); do
-    if wait "${pullers[i]}"; then ok[i]=1; else ok[i]=0; fi
-  done
+  pull_all "$dir" "$url"
   last=$(now)
   tx1=$(tx_bytes)
-  stop "${pullers[@]}" "$exposer"
+  stop "${PULLERS[@]}" "$exposer"
   for ((i = 0; i < N; i++)); do
-    if ((ok[i] == 0)); then
+    if ((OK[i] == 0)); then
       echo "$name: pull $((i + 1)) failed: $(tail -2 "$dir/p$((i + 1)).log")" >&2
       exact=no
     elif [[ $(b3sum --no-names "$dir/out$((i + 1)).bin") != "$ROOTHASH" ]]; then
@@ -260,23 +271,14 @@ PY
   for ((i = 0; i < 600; i++)); do grep -qs '^listening on' "$dir/expose.out" && break; sleep 0.1; done
   url=$(grep -m1 '^rgtp://' "$dir/expose.out" || true)
   [[ -n $url ]] || { echo "$name: rgtp-expose did not start: $(cat "$dir/expose.log")" >&2; return 1; }
-  local pullers=() ok=()
   tx0=$(tx_bytes)
   t0=$(now)
-  for ((i = 1; i <= N; i++)); do
-    RGTP_CONFIG_DIR=$dir/p$i timeout "$ROW_TIMEOUT" ip netns exec "${NS[i]}" \
-      "$BIN/rgtp-pull" --json -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.json" 2>"$dir/p$i.log" &
-    pullers+=($!)
-    PIDS+=($!)
-  done
-  for ((i = 0; i < N; i++)); do
-    if wait "${pullers[i]}"; then ok[i]=1; else ok[i]=0; fi
-  done
+  pull_all "$dir" "$url"
   last=$(now)
   tx1=$(tx_bytes)
-  stop "${pullers[@]}" "$exposer" "$producer"
+  stop "${PULLERS[@]}" "$exposer" "$producer"
   for ((i = 0; i < N; i++)); do
-    if ((ok[i] == 0)); then
+    if ((OK[i] == 0)); then
       echo "$name: follower $((i + 1)) failed: $(tail -2 "$dir/p$((i + 1)).log")" >&2
       exact=no
     elif ! cmp -s "$dir/stream.bin" "$dir/out$((i + 1)).bin"; then

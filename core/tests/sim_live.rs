@@ -104,6 +104,31 @@ impl World {
         });
     }
 
+    /// A follower whose output already holds `prefix` (a resumed run).
+    fn join_resumed(&mut self, at: &str, prefix: &[u8]) {
+        self.join(at, Follower::resume_from(&mut &prefix[..], None).unwrap());
+    }
+
+    /// Ends the stream, runs until every follower ended (or 20 s), and checks that
+    /// each ended well with the root of every byte; `what` names the run.
+    fn end_and_check(&mut self, what: &str) {
+        self.ex.finish_live("live.bin").unwrap();
+        let end = self.net.now + Duration::from_secs(20);
+        self.run_until(end);
+        let root = *blake3::hash(&self.all).as_bytes();
+        for n in &self.nodes {
+            match n.pull.end() {
+                Some(Ok(e)) => assert_eq!(
+                    (e.root, e.size),
+                    (root, self.all.len() as u64),
+                    "{what}: {} final root",
+                    n.addr
+                ),
+                other => panic!("{what}: {} ended {other:?}", n.addr),
+            }
+        }
+    }
+
     fn append(&mut self, data: &[u8]) {
         self.spool.append(data).unwrap();
         self.all.extend_from_slice(data);
@@ -196,18 +221,8 @@ fn stream_to_follower_and_late_joiner(seed: u64, link: LinkConfig) -> Vec<Durati
             "seed {seed}: follower {behind} bytes behind at record {i}"
         );
     }
-    w.ex.finish_live("live.bin").unwrap();
-    let end = w.net.now + Duration::from_secs(20);
-    w.run_until(end);
-    let root = *blake3::hash(&w.all).as_bytes();
+    w.end_and_check(&format!("seed {seed}"));
     for n in &w.nodes {
-        match n.pull.end() {
-            Some(Ok(e)) => {
-                assert_eq!(e.root, root, "seed {seed}: final root");
-                assert_eq!(e.size, w.all.len() as u64);
-            }
-            other => panic!("seed {seed}: {} ended {other:?}", n.addr),
-        }
         assert!(n.out == w.all, "seed {seed}: {} output differs", n.addr);
     }
     // Rounds were many (it followed), not one pull at the end.
@@ -265,16 +280,10 @@ fn a_resumed_follower_goes_on_from_its_prefix() {
     let first = record(&mut r, 100_000);
     w.append(&first);
     let held = w.all[..50_000].to_vec();
-    w.join(
-        "198.51.100.7:40000",
-        Follower::resume_from(&mut &held[..], None).unwrap(),
-    );
+    w.join_resumed("198.51.100.7:40000", &held);
     let mut wrong = held.to_vec();
     wrong[20_000] ^= 1;
-    w.join(
-        "198.51.100.8:40000",
-        Follower::resume_from(&mut &wrong[..], None).unwrap(),
-    );
+    w.join_resumed("198.51.100.8:40000", &wrong);
     let t = w.net.now + Duration::from_millis(200);
     w.run_until(t);
     let rest = record(&mut r, 30_000);
@@ -361,16 +370,7 @@ fn a_window_bounds_the_disk_and_late_joiners_start_there() {
         w.run_until(t);
         most_disk = most_disk.max(w.spool.disk_bytes());
     }
-    w.ex.finish_live("live.bin").unwrap();
-    let end = w.net.now + Duration::from_secs(20);
-    w.run_until(end);
-    let root = *blake3::hash(&w.all).as_bytes();
-    for n in &w.nodes {
-        match n.pull.end() {
-            Some(Ok(e)) => assert_eq!((e.root, e.size), (root, w.all.len() as u64)),
-            other => panic!("{} ended {other:?}", n.addr),
-        }
-    }
+    w.end_and_check("window");
     assert!(
         w.nodes[0].out == w.all,
         "the follower from the start has every byte"
@@ -422,15 +422,8 @@ fn followers_on_a_lan_share_the_group() {
             t += step;
             w.run_until(t);
         }
-        w.ex.finish_live("live.bin").unwrap();
-        let end = w.net.now + Duration::from_secs(20);
-        w.run_until(end);
-        let root = *blake3::hash(&w.all).as_bytes();
+        w.end_and_check(if g.is_some() { "group" } else { "unicast" });
         for n in &w.nodes {
-            match n.pull.end() {
-                Some(Ok(e)) => assert_eq!(e.root, root, "{}", n.addr),
-                other => panic!("{} ended {other:?}", n.addr),
-            }
             assert!(n.out == w.all, "{} output differs", n.addr);
         }
         w
@@ -471,10 +464,7 @@ fn a_follower_behind_the_window_is_told() {
     let first = record(&mut r, 2_000_000);
     w.append(&first);
     let held = w.all[..50_000].to_vec();
-    w.join(
-        "198.51.100.7:40000",
-        Follower::resume_from(&mut &held[..], None).unwrap(),
-    );
+    w.join_resumed("198.51.100.7:40000", &held);
     let t = w.net.now + Duration::from_secs(2);
     w.run_until(t);
     let n = &w.nodes[0];

@@ -531,6 +531,8 @@ struct LiveRound {
     held: u64,
     /// The window joined, when the follower held nothing and the start is gone.
     joined: Option<crate::live::Window>,
+    /// The root of what the follower holds, and its length, when it can tell.
+    held_root: Option<(u64, Hash)>,
 }
 
 impl LiveRound {
@@ -546,6 +548,7 @@ impl LiveRound {
                 recent: std::sync::Arc::default(),
                 held: w.start,
                 joined: Some(w.clone()),
+                held_root: None,
             }),
             w => {
                 let start = w.as_ref().map_or(0, |w| w.start);
@@ -565,6 +568,7 @@ impl LiveRound {
                     recent: base.recent.clone(),
                     held: base.held(),
                     joined: None,
+                    held_root: base.root.map(|r| (base.len, r)),
                 })
             }
         }
@@ -1832,6 +1836,26 @@ impl Puller {
         let Some(held) = self.live_round.as_ref().map(|r| r.held) else {
             return;
         };
+        // A checkpoint that did not grow: its root must be that of the bytes held,
+        // and nothing is fetched (an idle stream's rounds cost a handshake only).
+        let unchanged = self
+            .live_round
+            .as_ref()
+            .and_then(|r| r.held_root)
+            .filter(|(len, _)| *len == self.size);
+        if let (Some((_, root)), Some(m)) = (unchanged, self.root) {
+            if root != m {
+                self.fail(PullError::BadCheckpoint {
+                    what: "its root is not that of the bytes already verified",
+                });
+                return;
+            }
+            let (n, ob) = (self.have.len(), self.have_outboard.len());
+            self.have.insert_range(0, n);
+            self.have_outboard.insert_range(0, ob);
+            self.check_done();
+            return;
+        }
         if self.have.len() <= 1 {
             // One chunk: checked against the root itself (the follower checks that
             // it repeats what it holds).

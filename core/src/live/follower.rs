@@ -26,6 +26,11 @@ pub struct LiveBase {
     /// Nothing is written yet: the pull may join at the window's start when the
     /// exposer no longer holds the beginning.
     pub may_join: bool,
+    /// The root of the `len` bytes held, when the follower can tell (it holds the
+    /// partial last chunk's bytes, or more than one complete chunk's CVs): a
+    /// checkpoint of that length that did not grow is checked against it, and
+    /// nothing is fetched.
+    pub root: Option<Hash>,
 }
 
 impl LiveBase {
@@ -161,7 +166,26 @@ impl Follower {
             frontier: self.frontier.clone(),
             recent: Arc::new(self.recent.clone()),
             may_join: self.written == 0,
+            root: self.root_of_written(),
         }
+    }
+
+    /// The root of the bytes written (`b3sum` of the stream so far), when the
+    /// frontier, the CVs after it and the partial chunk's bytes give it.
+    fn root_of_written(&self) -> Option<Hash> {
+        let held = self.held();
+        if self.written == 0 {
+            return None;
+        }
+        if merkle::chunk_count(self.written) == 1 {
+            // One chunk: its root is its hash, and only its bytes give it.
+            return (held == 0).then(|| *blake3::hash(&self.tail).as_bytes());
+        }
+        let mut rest = self.recent.clone();
+        if !self.tail.is_empty() {
+            rest.push(merkle::chunk_cv(held, &self.tail, self.written));
+        }
+        (!rest.is_empty()).then(|| self.frontier.root_with(&rest, self.written))
     }
 
     /// Starts a round: chunks verified under an earlier checkpoint and not yet
@@ -285,6 +309,8 @@ mod tests {
         }
         let base = f.base();
         assert_eq!(base.held(), n as u64);
+        let whole = n * CHUNK_SIZE;
+        assert_eq!(base.root, Some(*blake3::hash(&all[..whole]).as_bytes()));
         assert!(base.recent.len() <= CVS_PER_OUTBOARD_CHUNK as usize);
         assert_eq!(base.frontier.at() % CVS_PER_OUTBOARD_CHUNK, 0);
         let cvs = merkle::cvs_of_bytes(&all);
@@ -294,5 +320,13 @@ mod tests {
                 .root_with(&cvs[base.frontier.at() as usize..], all.len() as u64),
             *blake3::hash(&all).as_bytes()
         );
+        // With the partial last chunk written too, the root of every byte.
+        f.on_chunk(n as u64, all[whole..].to_vec(), &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(f.base().root, Some(*blake3::hash(&all).as_bytes()));
+        // One partial chunk: its hash.
+        let mut g = Follower::new();
+        g.on_chunk(0, all[..100].to_vec(), &mut |_| Ok(())).unwrap();
+        assert_eq!(g.base().root, Some(*blake3::hash(&all[..100]).as_bytes()));
     }
 }

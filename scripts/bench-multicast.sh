@@ -185,6 +185,17 @@ row_uftp() {
   rm -rf "$dir"
 }
 
+# rcvbuf_errors: the receivers' UDP receive-buffer drops so far, summed (datagrams
+# their sockets had no room for: the receiver, not the LAN, lost them).
+rcvbuf_errors() {
+  local i sum=0 n
+  for ((i = 1; i <= N; i++)); do
+    n=$(ip netns exec "${NS[i]}" awk '/^Udp:/ { if (h) { print $6 } else { h = 1 } }' /proc/net/snmp)
+    sum=$((sum + n))
+  done
+  echo "$sum"
+}
+
 # pull_all DIR URL: `rgtp-pull URL` on each receiver, started together, to DIR/outI.bin
 # (--json in DIR/pI.json); waits for all. Leaves their pids in PULLERS and 1 or 0
 # (succeeded) in OK.
@@ -194,6 +205,8 @@ pull_all() {
   local dir=$1 url=$2 i
   PULLERS=()
   OK=()
+  local drops0
+  drops0=$(rcvbuf_errors)
   for ((i = 1; i <= N; i++)); do
     RGTP_CONFIG_DIR=$dir/p$i timeout "$ROW_TIMEOUT" ip netns exec "${NS[i]}" \
       "$BIN/rgtp-pull" --json -q -o "$dir/out$i.bin" "$url" >"$dir/p$i.json" 2>"$dir/p$i.log" &
@@ -203,6 +216,7 @@ pull_all() {
   for ((i = 0; i < N; i++)); do
     if wait "${PULLERS[i]}"; then OK[i]=1; else OK[i]=0; fi
   done
+  echo "#   the receivers' sockets dropped $(($(rcvbuf_errors) - drops0)) datagrams (UDP RcvbufErrors)"
 }
 
 # row_rgtp NAME [EXPOSE FLAGS...]: sets RES.

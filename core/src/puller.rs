@@ -519,6 +519,10 @@ fn session_cipher(m: &ManifestBody, live: bool) -> ContentCipher {
     }
 }
 
+/// Group datagrams a member keeps while its outboard is incomplete (about 12 MiB at
+/// LAN datagram sizes; a live round's outboard takes a round trip).
+const MAX_DEFERRED_GROUP: usize = 8192;
+
 /// What one live round checks a checkpoint against.
 #[derive(Debug, Clone)]
 struct LiveRound {
@@ -593,6 +597,9 @@ pub struct Puller {
     /// chunk `cv_first` on.
     cvs: std::sync::Arc<Vec<Hash>>,
     cv_first: u64,
+    /// Group DATA for content that came before the outboard could verify it
+    /// (at most [`MAX_DEFERRED_GROUP`]): taken again once it can.
+    deferred_group: Vec<Vec<u8>>,
     /// A live round: the frontier before the outboard part it checks, the CVs it
     /// must repeat, and the complete chunks held ([`crate::live::LiveBase`], or the
     /// window joined).
@@ -702,6 +709,7 @@ impl Puller {
             ob_first: 0,
             cvs: std::sync::Arc::default(),
             cv_first: 0,
+            deferred_group: Vec::new(),
             live_round: None,
             cursor: [0, 0],
             retx: VecDeque::new(),
@@ -1475,6 +1483,16 @@ impl Puller {
             return false;
         }
         if from_group && !is_repair && !self.flights.contains_key(&key) {
+            // Content another member asked for, before this puller's outboard can
+            // verify it: kept and taken again once the outboard is complete. (Dropped,
+            // it was lost: this puller's own request for it then came within the
+            // group's "just sent" window, was not sent again, and timed out.)
+            if p.object == Object::Content && self.have.len() > 1 && self.cvs.is_empty() {
+                if self.deferred_group.len() < MAX_DEFERRED_GROUP {
+                    self.deferred_group.push(d.to_vec());
+                }
+                return true;
+            }
             let payload = p.payload.to_vec();
             self.on_group_fragment(now, p.object, p.chunk, f, &payload);
             return true;
@@ -1826,6 +1844,10 @@ impl Puller {
         self.outboard = Vec::new();
         for (c, b) in std::mem::take(&mut self.early) {
             self.complete_chunk(Object::Content, c, b);
+        }
+        let now = self.last_rx;
+        for d in std::mem::take(&mut self.deferred_group) {
+            self.on_data(now, &d, true);
         }
         true
     }

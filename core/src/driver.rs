@@ -120,6 +120,21 @@ pub trait PullHandler {
     }
 }
 
+/// Joins multicast group `g` for a pull (said in the log); `None` when it cannot be
+/// joined, and the pull goes on by unicast.
+pub(crate) fn join_group(g: std::net::SocketAddrV4) -> Option<(std::net::SocketAddrV4, UdpSocket)> {
+    match crate::udp::join_group(g) {
+        Ok(s) => {
+            tracing::info!("joined multicast group {g}");
+            Some((g, s))
+        }
+        Err(e) => {
+            tracing::info!("cannot join multicast group {g} ({e}): pulling by unicast");
+            None
+        }
+    }
+}
+
 /// Runs a pull (from one source or several) to its end.
 pub fn pull<H: PullHandler>(
     sock: &UdpSocket,
@@ -139,18 +154,9 @@ pub fn pull<H: PullHandler>(
         }
         let wanted = p.group();
         if group.as_ref().map(|g| g.0) != wanted {
-            group = None;
-            if let Some(g) = wanted {
-                match crate::udp::join_group(g) {
-                    Ok(s) => {
-                        tracing::info!("joined multicast group {g}");
-                        group = Some((g, s));
-                    }
-                    Err(e) => {
-                        tracing::info!("cannot join multicast group {g} ({e}): pulling by unicast");
-                        p.leave_group();
-                    }
-                }
+            group = wanted.and_then(join_group);
+            if wanted.is_some() && group.is_none() {
+                p.leave_group();
             }
         }
         let mut received = 0;

@@ -149,6 +149,32 @@ struct Exposure {
 }
 
 impl Exposure {
+    /// An exposure served from `source` (nothing sealed ahead yet): its outboard is
+    /// `outboard`, or the spool's for a live checkpoint.
+    fn new(
+        info: ExposureInfo,
+        source: Arc<dyn ChunkSource>,
+        (content_key, ciphers): ([u8; 32], [ContentCipher; 2]),
+        outboard: Vec<u8>,
+        spooled: Option<(Arc<crate::live::Spool>, crate::live::Checkpoint)>,
+        relayed: bool,
+    ) -> Self {
+        let chunk_count = merkle::chunk_count(info.size);
+        Self {
+            info,
+            source,
+            ciphers,
+            content_key,
+            outboard,
+            chunk_count,
+            spooled,
+            sealed: None,
+            _sealer: None,
+            gone: false,
+            relayed,
+        }
+    }
+
     fn cipher(&self, c: Cipher) -> &ContentCipher {
         let i = Cipher::ALL.iter().position(|x| *x == c).unwrap_or(0);
         &self.ciphers[i]
@@ -455,19 +481,14 @@ impl Exposer {
         });
         self.exposures.insert(
             id,
-            Exposure {
-                info: info.clone(),
-                source: Arc::new(source),
-                ciphers,
-                content_key,
-                outboard: Vec::new(),
-                chunk_count: c.chunk_count(),
-                spooled: Some((spool, c)),
-                sealed: None,
-                _sealer: None,
-                gone: false,
-                relayed: false,
-            },
+            Exposure::new(
+                info.clone(),
+                Arc::new(source),
+                (content_key, ciphers),
+                Vec::new(),
+                Some((spool, c)),
+                false,
+            ),
         );
         info
     }
@@ -495,19 +516,14 @@ impl Exposer {
         let ciphers = Cipher::ALL.map(|c| ContentCipher::with(c, &content_key, id, size));
         self.exposures.insert(
             id,
-            Exposure {
-                info: info.clone(),
-                source: Arc::from(source),
-                ciphers,
-                content_key,
+            Exposure::new(
+                info.clone(),
+                Arc::from(source),
+                (content_key, ciphers),
                 outboard,
-                chunk_count,
-                spooled: None,
-                sealed: None,
-                _sealer: None,
-                gone: false,
+                None,
                 relayed,
-            },
+            ),
         );
         info
     }

@@ -280,22 +280,15 @@ pub(super) fn pull_live(
                 "interrupted; run the same command to resume".into()
             }));
         }
-        let wanted = lp.group();
-        if wanted.is_some() && group.as_ref().map(|g| g.0) != wanted {
-            group = None;
-            if let Some(g) = wanted {
-                match udp::join_group(g) {
-                    Ok(s) => {
-                        tracing::info!("joined multicast group {g}");
-                        group = Some((g, s));
-                    }
-                    Err(e) => {
-                        tracing::info!(
-                            "cannot join multicast group {g} ({e}): following by unicast"
-                        );
-                        lp.leave_group();
-                    }
-                }
+        // Kept joined between rounds: the group's data for the next round comes
+        // while this one ends.
+        if let Some(g) = lp
+            .group()
+            .filter(|g| group.as_ref().map(|j| j.0) != Some(*g))
+        {
+            group = driver::join_group(g);
+            if group.is_none() {
+                lp.leave_group();
             }
         }
         if let Some((_, gs)) = &group {
